@@ -1,0 +1,43 @@
+import { resolve } from 'node:path';
+import { z } from 'zod';
+
+const port = z.coerce.number().int().min(0).max(65_535);
+const optionalString = z
+  .string()
+  .optional()
+  .transform((v) => (v === '' ? undefined : v));
+
+/** Process environment, parsed once at start-up (DESIGN.md section 9). */
+export const EnvSchema = z.object({
+  NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  VOLSNAP_DATA_DIR: z.string().default('./.data'),
+  PORT: port.default(8080),
+  HOST: z.string().default('0.0.0.0'),
+  ADMIN_API_KEY: optionalString,
+  DATABASE_URL: optionalString,
+  EMBEDDED_PG_PORT: port.default(54320),
+  TEMPORAL_ADDRESS: optionalString,
+  TEMPORAL_NAMESPACE: z.string().default('default'),
+  TEMPORAL_PORT: port.default(7233),
+  TEMPORAL_UI_PORT: port.default(8233),
+  TEMPORAL_TLS_CERT_PATH: optionalString,
+  TEMPORAL_TLS_KEY_PATH: optionalString,
+  TEMPORAL_TLS_CA_PATH: optionalString,
+  TEMPORAL_TLS_SERVER_NAME: optionalString,
+  TEMPORAL_API_KEY: optionalString,
+  TEMPORAL_TASK_QUEUE: z.string().default('volsnap'),
+  TEMPORAL_BACKUP_TASK_QUEUE: z.string().default('volsnap-backup'),
+});
+
+export type Env = z.infer<typeof EnvSchema> & { dataDir: string };
+
+/** Parses the environment; an invalid value stops start-up with a message naming the variable. */
+export function loadEnv(source: NodeJS.ProcessEnv = process.env): Env {
+  const parsed = EnvSchema.safeParse(source);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`).join('\n');
+    throw new Error(`invalid environment:\n${lines}`);
+  }
+  return { ...parsed.data, dataDir: resolve(parsed.data.VOLSNAP_DATA_DIR) };
+}

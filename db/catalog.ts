@@ -1,0 +1,35 @@
+import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import type { Queryable } from './pool.js';
+
+/** Seeds the read-only catalogs on first start: storage pools, the image store, hosts, offerings, ISOs. */
+export async function seedCatalog(db: Queryable, dataDir: string): Promise<void> {
+  const insert = (table: string, cols: string[], values: unknown[]) =>
+    db.query(
+      `INSERT INTO ${table} (id, ${cols.join(', ')}) VALUES ($1, ${cols.map((_, i) => `$${i + 2}`).join(', ')})
+       ON CONFLICT (name) DO NOTHING`,
+      [randomUUID(), ...values],
+    );
+  await insert('storage_pools', ['name', 'hypervisor', 'path'], ['kvm-primary-1', 'KVM', join(dataDir, 'primary', 'kvm-primary-1')]);
+  await insert('storage_pools', ['name', 'hypervisor', 'path'], ['kvm-primary-2', 'KVM', join(dataDir, 'primary', 'kvm-primary-2')]);
+  await insert('image_stores', ['name', 'path'], ['secondary-1', join(dataDir, 'secondary')]);
+  await insert('hosts', ['name', 'hypervisor', 'address'], ['kvm-host-1', 'KVM', '127.0.0.1']);
+  await insert('hosts', ['name', 'hypervisor', 'address'], ['kvm-host-2', 'KVM', '127.0.0.2']);
+  await insert('service_offerings', ['name', 'cpu_count', 'memory_mb'], ['Small Instance', 1, 1024]);
+  await insert('service_offerings', ['name', 'cpu_count', 'memory_mb'], ['Medium Instance', 2, 4096]);
+  await insert('service_offerings', ['name', 'cpu_count', 'memory_mb'], ['Large Instance', 4, 8192]);
+  await insert('isos', ['name', 'os_type'], ['debian-12-netinst', 'Debian GNU/Linux 12 (64-bit)']);
+  await insert('isos', ['name', 'os_type'], ['ubuntu-24.04-live-server', 'Ubuntu 24.04 (64-bit)']);
+}
+
+export interface ImageStore {
+  id: string;
+  path: string;
+}
+
+/** The image store backups go to (one store; more would be chosen here). */
+export async function defaultImageStore(db: Queryable): Promise<ImageStore> {
+  const { rows } = await db.query<ImageStore>('SELECT id, path FROM image_stores ORDER BY created, name LIMIT 1');
+  if (!rows[0]) throw new Error('no image store is configured');
+  return rows[0];
+}

@@ -1,0 +1,170 @@
+import { IllegalSnapshotTransitionError, canTransition, type SnapshotState } from '../domain/snapshot-states.js';
+import { recordEvent, type NewEvent } from './events.js';
+import { withTransaction, type Pool, type Queryable } from './pool.js';
+
+export interface SnapshotRecord {
+  id: string;
+  accountId: string;
+  volumeId: string;
+  vmId: string | null;
+  volumeType: 'ROOT' | 'DATADISK';
+  name: string;
+  status: SnapshotState;
+  asyncBackup: boolean;
+  workflowId: string;
+  idempotencyKey: string | null;
+  size: number | null;
+  physicalSize: number | null;
+  backupMaxAttempts: number;
+  backupRetryInterval: number;
+  backupAttempts: number;
+  backupBytesDone: number;
+  backupBytesTotal: number;
+  nextAttemptAt: string | null;
+  lastError: string | null;
+  createdAt: string;
+  updatedAt: string;
+  removedAt: string | null;
+}
+
+export interface StoreRefRecord {
+  snapshotId: string;
+  role: 'Primary' | 'Image';
+  storeId: string;
+  installPath: string;
+  state: 'Allocated' | 'Creating' | 'Ready' | 'Destroyed';
+  sizeBytes: number | null;
+  checksum: string | null;
+}
+
+const iso = (v: unknown): string | null => (v == null ? null : new Date(v as string).toISOString());
+
+/** Maps a `snapshots` row. */
+export function toSnapshotRecord(r: Record<string, any>): SnapshotRecord {
+  return {
+    id: r.id,
+    accountId: r.account_id,
+    volumeId: r.volume_id,
+    vmId: r.vm_id,
+    volumeType: r.volume_type,
+    name: r.name,
+    status: r.status,
+    asyncBackup: r.async_backup,
+    workflowId: r.workflow_id,
+    idempotencyKey: r.idempotency_key,
+    size: r.size,
+    physicalSize: r.physical_size,
+    backupMaxAttempts: r.backup_max_attempts,
+    backupRetryInterval: r.backup_retry_interval,
+    backupAttempts: r.backup_attempts,
+    backupBytesDone: r.backup_bytes_done,
+    backupBytesTotal: r.backup_bytes_total,
+    nextAttemptAt: iso(r.next_attempt_at),
+    lastError: r.last_error,
+    createdAt: iso(r.created)!,
+    updatedAt: iso(r.updated)!,
+    removedAt: iso(r.removed),
+  };
+}
+
+function toStoreRef(r: Record<string, any>): StoreRefRecord {
+  return {
+    snapshotId: r.snapshot_id,
+    role: r.store_role,
+    storeId: r.store_id,
+    installPath: r.install_path,
+    state: r.state,
+    sizeBytes: r.size,
+    checksum: r.checksum,
+  };
+}
+
+export async function getSnapshot(db: Queryable, id: string): Promise<SnapshotRecord | undefined> {
+  const { rows } = await db.query('SELECT * FROM snapshots WHERE id = $1', [id]);
+  return rows[0] ? toSnapshotRecord(rows[0]) : undefined;
+}
+
+export async function getStoreRefs(db: Queryable, snapshotId: string): Promise<StoreRefRecord[]> {
+  const { rows } = await db.query('SELECT * FROM snapshot_store_ref WHERE snapshot_id = $1 ORDER BY store_role DESC', [snapshotId]);
+  return rows.map(toStoreRef);
+}
+
+export interface TransitionOptions {
+  /** Extra columns to set with the transition. */
+  set?: Partial<Record<'last_error' | 'size' | 'physical_size' | 'next_attempt_at' | 'removed', unknown>>;
+  event: Omit<NewEvent, 'accountId' | 'resourceType' | 'resourceId'>;
+}
+
+/**
+ * Moves a snapshot to `to` through the state machine, with its event, in one transaction under a row lock.
+ * Already being in `to` is a no-op (activities retry), any other illegal move throws.
+ */
+export async function transitionSnapshot(
+  pool: Pool,
+  id: string,
+  to: SnapshotState,
+  opts: TransitionOptions,
+): Promise<{ changed: boolean; snapshot: SnapshotRecord }> {
+  return withTransaction(pool, async (tx) => {
+    const { rows } = await tx.query('SELECT * FROM snapshots WHERE id = $1 FOR UPDATE', [id]);
+    if (!rows[0]) throw new Error(`snapshot ${id} not found`);
+    const current = toSnapshotRecord(rows[0]);
+    if (current.status === to) return { changed: false, snapshot: current };
+    if (!canTransition(current.status, to)) throw new IllegalSnapshotTransitionError(id, current.status, to);
+    const set = opts.set ?? {};
+    const cols = Object.keys(set);
+    const assignments = cols.map((c, i) => `${c} = $${i + 3}`);
+    const updated = await tx.query(
+      `UPDATE snapshots SET status = $2, updated = now()${assignments.length ? ', ' + assignments.join(', ') : ''}
+       WHERE id = $1 RETURNING *`,
+      [id, to, ...cols.map((c) => set[c as keyof typeof set])],
+    );
+    const snapshot = toSnapshotRecord(updated.rows[0]);
+    await recordEvent(tx, {
+      ...opts.event,
+      accountId: current.accountId,
+      resourceType: 'Snapshot',
+      resourceId: id,
+      details: { ...opts.event.details, snapshotId: id, volumeId: current.volumeId, from: current.status, to },
+    });
+    return { changed: true, snapshot };
+  });
+}
+
+/** Updates backup bookkeeping (attempt number, progress, errors) without a state change. */
+export async function updateBackupProgress(
+  db: Queryable,
+  id: string,
+  fields: Partial<{ attempts: number; bytesDone: number; bytesTotal: number; nextAttemptAt: Date | null; lastError: string | null }>,
+): Promise<void> {
+  const map: Record<string, string> = {
+    attempts: 'backup_attempts',
+    bytesDone: 'backup_bytes_done',
+    bytesTotal: 'backup_bytes_total',
+    nextAttemptAt: 'next_attempt_at',
+    lastError: 'last_error',
+  };
+  const keys = Object.keys(fields).filter((k) => k in map);
+  if (!keys.length) return;
+  await db.query(
+    `UPDATE snapshots SET ${keys.map((k, i) => `${map[k]} = $${i + 2}`).join(', ')}, updated = now() WHERE id = $1`,
+    [id, ...keys.map((k) => (fields as Record<string, unknown>)[k])],
+  );
+}
+
+/** Creates or updates the store reference of a snapshot on one store. */
+export async function upsertStoreRef(db: Queryable, ref: StoreRefRecord): Promise<void> {
+  await db.query(
+    `INSERT INTO snapshot_store_ref (snapshot_id, store_role, store_id, install_path, state, size, checksum)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)
+     ON CONFLICT (snapshot_id, store_role) DO UPDATE SET store_id = EXCLUDED.store_id,
+       install_path = EXCLUDED.install_path, state = EXCLUDED.state, size = EXCLUDED.size,
+       checksum = EXCLUDED.checksum, last_updated = now()`,
+    [ref.snapshotId, ref.role, ref.storeId, ref.installPath, ref.state, ref.sizeBytes, ref.checksum],
+  );
+}
+
+/** Marks a store reference with a new state. */
+export async function setStoreRefState(db: Queryable, snapshotId: string, role: StoreRefRecord['role'], state: StoreRefRecord['state']): Promise<void> {
+  await db.query('UPDATE snapshot_store_ref SET state = $3, last_updated = now() WHERE snapshot_id = $1 AND store_role = $2', [snapshotId, role, state]);
+}

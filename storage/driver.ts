@@ -1,0 +1,65 @@
+/** What the snapshot engine needs from a hypervisor's storage (KVM: qcow2 + qemu-img; XenServer: XenAPI). */
+
+export interface BackupProgress {
+  bytesDone: number;
+  bytesTotal: number;
+}
+
+export interface BackupTarget {
+  accountId: string;
+  volumeId: string;
+  snapshotId: string;
+}
+
+export interface BackupResult {
+  /** Path relative to the image store root: snapshots/<accountId>/<volumeId>/<snapshotId>.<ext> */
+  installPath: string;
+  sizeBytes: number;
+  /** `sha256:<hex>` of the backup file's bytes */
+  checksum: string;
+}
+
+export interface CreatedVolume {
+  /** Absolute path of the volume's image on primary storage (derived from ids only). */
+  path: string;
+  format: 'qcow2' | 'vhd';
+}
+
+export interface StorageDriver {
+  readonly hypervisor: 'KVM' | 'XenServer';
+
+  /** Creates an empty volume image of `sizeBytes` in pool `poolPath`. */
+  createVolume(poolPath: string, volumeId: string, sizeBytes: number): Promise<CreatedVolume>;
+  /** Deletes a volume image; a missing image is not an error. */
+  deleteVolume(volumePath: string): Promise<void>;
+  /** Grows or shrinks the volume's virtual size. */
+  resizeVolume(volumePath: string, sizeBytes: number): Promise<void>;
+  /** Moves a volume image to another pool, keeping its internal snapshots; returns the new volume. */
+  migrateVolume(volumePath: string, targetPoolPath: string, volumeId: string): Promise<CreatedVolume>;
+
+  /** Creates an internal snapshot named after `snapshotId`; idempotent (an existing one is kept). */
+  createSnapshot(volumePath: string, snapshotId: string): Promise<{ sizeBytes: number }>;
+  /** Deletes the internal snapshot; a missing one is not an error. */
+  deleteSnapshot(volumePath: string, snapshotId: string): Promise<void>;
+  /** Whether the internal snapshot exists. */
+  hasSnapshot(volumePath: string, snapshotId: string): Promise<boolean>;
+  /** Reverts the volume to the internal snapshot. */
+  revertSnapshot(volumePath: string, snapshotId: string): Promise<void>;
+
+  /**
+   * Copies the snapshot's point-in-time bytes into the image store: writes a temporary file, fsyncs it,
+   * computes its sha256, then renames it into place. A half-written backup never appears under its final name.
+   */
+  backupSnapshot(
+    volumePath: string,
+    imageStoreRoot: string,
+    target: BackupTarget,
+    opts?: { onProgress?: (p: BackupProgress) => void; signal?: AbortSignal },
+  ): Promise<BackupResult>;
+  /** Verifies a backup's bytes against its checksum. */
+  verifyBackup(imageStoreRoot: string, installPath: string, checksum: string): Promise<boolean>;
+  /** Creates a new volume from a backup in the image store. */
+  createVolumeFromBackup(imageStoreRoot: string, installPath: string, poolPath: string, volumeId: string): Promise<CreatedVolume>;
+  /** Removes backup files of a snapshot, including temporary (partial) ones; missing files are not an error. */
+  deleteBackupFiles(imageStoreRoot: string, target: BackupTarget): Promise<string[]>;
+}

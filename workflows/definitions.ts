@@ -1,0 +1,65 @@
+import { defineSearchAttributeKey } from '@temporalio/common';
+import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import type { BackupRetrySettings } from '../config/settings.js';
+import type { Decision, Operation, VmAction, VolumeType } from '../domain/policy.js';
+import type { SnapshotState } from '../domain/snapshot-states.js';
+
+/** Search attributes that make a snapshot's workflow easy to find in the Temporal Web UI. */
+export const SEARCH_ATTRIBUTES = {
+  VolumeId: defineSearchAttributeKey('VolumeId', 'KEYWORD'),
+  VmId: defineSearchAttributeKey('VmId', 'KEYWORD'),
+  AccountId: defineSearchAttributeKey('AccountId', 'KEYWORD'),
+  SnapshotState: defineSearchAttributeKey('SnapshotState', 'KEYWORD'),
+} as const;
+
+/** The workflow id of a snapshot's workflow. */
+export const snapshotWorkflowId = (snapshotId: string): string => `snapshot-${snapshotId}`;
+
+export interface SnapshotWorkflowInput {
+  snapshotId: string;
+  volumeId: string;
+  vmId: string | null;
+  accountId: string;
+  volumeType: VolumeType;
+  asyncBackup: boolean;
+  /** Read from configuration when the snapshot was requested. */
+  backup: BackupRetrySettings;
+  /** The task queue of the backup worker (the separate backup pool). */
+  backupTaskQueue: string;
+}
+
+export interface SnapshotCreated {
+  snapshotId: string;
+  state: SnapshotState;
+}
+
+export interface SnapshotWorkflowResult {
+  snapshotId: string;
+  state: 'BackedUp';
+  installPath: string;
+  checksum: string;
+  sizeBytes: number;
+}
+
+export interface SnapshotWorkflowStatus {
+  snapshotId: string;
+  volumeId: string;
+  state: SnapshotState;
+  lastError: string | null;
+  /** Which VM actions on the snapshot's VM may run now, by this snapshot's in-flight state. */
+  vmActions: Record<VmAction, Decision> | null;
+}
+
+/** Resolves as soon as the snapshot exists on primary storage (the early return); fails if creation failed. */
+export const snapshotCreatedUpdate = defineUpdate<SnapshotCreated>('snapshotCreated');
+/** "May this operation run now?" answered from the parallel-operation policy table. */
+export const mayRunQuery = defineQuery<Decision, [Operation]>('mayRun');
+/** The snapshot's state and the VM actions it currently allows. */
+export const statusQuery = defineQuery<SnapshotWorkflowStatus>('status');
+
+/** Failure types the workflow raises; the API maps them to responses. */
+export const FAILURE_TYPES = {
+  primary: 'PrimarySnapshotFailed',
+  backup: 'BackupFailed',
+  cancelled: 'SnapshotCancelled',
+} as const;

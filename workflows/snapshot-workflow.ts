@@ -1,0 +1,132 @@
+import {
+  ApplicationFailure,
+  CancellationScope,
+  allHandlersFinished,
+  condition,
+  isCancellation,
+  log,
+  proxyActivities,
+  setCurrentDetails,
+  setHandler,
+  upsertSearchAttributes,
+} from '@temporalio/workflow';
+import type { SnapshotActivities } from '../activities/snapshot-activities.js';
+import { decide, vmActionDecisions, type InFlightSnapshot } from '../domain/policy.js';
+import { isInProgress, type SnapshotState } from '../domain/snapshot-states.js';
+import {
+  FAILURE_TYPES,
+  SEARCH_ATTRIBUTES,
+  mayRunQuery,
+  snapshotCreatedUpdate,
+  statusQuery,
+  type SnapshotWorkflowInput,
+  type SnapshotWorkflowResult,
+} from './definitions.js';
+
+/** Short bookkeeping activities on the main task queue. */
+const bookkeeping = proxyActivities<SnapshotActivities>({
+  startToCloseTimeout: '1 minute',
+  retry: { maximumAttempts: 5, initialInterval: '1 second', nonRetryableErrorTypes: ['SnapshotNotFoundError'] },
+});
+
+/** Creating the primary snapshot: a definite storage failure is final ("exactly as before the feature"). */
+const primary = proxyActivities<SnapshotActivities>({
+  startToCloseTimeout: '2 minutes',
+  retry: { maximumAttempts: 3, initialInterval: '1 second', nonRetryableErrorTypes: [FAILURE_TYPES.primary] },
+  summary: 'create snapshot on primary storage',
+});
+
+function errorMessage(err: unknown): string {
+  let e: unknown = err;
+  // ActivityFailure wraps the activity's ApplicationFailure: report the innermost cause.
+  while (e instanceof Error && e.cause instanceof Error) e = e.cause;
+  return e instanceof Error ? e.message : String(e);
+}
+
+/**
+ * One snapshot: create on primary, tell the caller at once (update `snapshotCreated`), back up on the backup
+ * task queue under the configured retry policy, and delete the primary snapshot if the last attempt fails.
+ */
+export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<SnapshotWorkflowResult> {
+  const { snapshotId, backup } = input;
+  let state: SnapshotState = 'Allocated';
+  let lastError: string | null = null;
+
+  const self = (): InFlightSnapshot[] =>
+    isInProgress(state) ? [{ snapshotId, volumeId: input.volumeId, volumeType: input.volumeType, vmId: input.vmId }] : [];
+
+  setHandler(snapshotCreatedUpdate, async () => {
+    await condition(() => state !== 'Allocated' && state !== 'Creating');
+    if (state === 'Error' && lastError !== null) {
+      throw ApplicationFailure.nonRetryable(lastError, FAILURE_TYPES.primary, { snapshotId });
+    }
+    return { snapshotId, state };
+  });
+  setHandler(mayRunQuery, (op) => decide(op, self()));
+  setHandler(statusQuery, () => ({
+    snapshotId,
+    volumeId: input.volumeId,
+    state,
+    lastError,
+    vmActions: input.vmId ? vmActionDecisions(input.vmId, self()) : null,
+  }));
+
+  const moveTo = (next: SnapshotState, details: string): void => {
+    state = next;
+    upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.SnapshotState, value: next }]);
+    setCurrentDetails(`**${next}** — ${details}`);
+  };
+
+  moveTo('Creating', 'creating the snapshot on primary storage');
+  try {
+    await primary.createSnapshotOnPrimary({ snapshotId });
+  } catch (err) {
+    lastError = errorMessage(err);
+    log.error('primary snapshot failed', { snapshotId, error: lastError });
+    await CancellationScope.nonCancellable(() => bookkeeping.markSnapshotError({ snapshotId, reason: lastError! }));
+    moveTo('Error', `creation on primary failed: ${lastError}`);
+    // Let the caller's update see the failure before the workflow closes.
+    await condition(allHandlersFinished);
+    throw ApplicationFailure.nonRetryable(lastError, FAILURE_TYPES.primary, { snapshotId });
+  }
+  moveTo('CreatedOnPrimary', 'created on primary; backup is next');
+
+  const backupActivities = proxyActivities<SnapshotActivities>({
+    taskQueue: input.backupTaskQueue,
+    startToCloseTimeout: '24 hours',
+    heartbeatTimeout: '1 minute',
+    retry: {
+      maximumAttempts: backup.maxAttempts,
+      initialInterval: `${backup.retryIntervalSeconds} seconds`,
+      maximumInterval: `${backup.retryIntervalSeconds} seconds`,
+      backoffCoefficient: 1,
+      nonRetryableErrorTypes: ['SnapshotNotFoundError'],
+    },
+    summary: `back up to secondary (up to ${backup.maxAttempts} attempts, ${backup.retryIntervalSeconds}s apart)`,
+  });
+
+  moveTo('BackingUp', `backing up to secondary storage: up to ${backup.maxAttempts} attempts, ${backup.retryIntervalSeconds}s apart`);
+  try {
+    const result = await backupActivities.backupSnapshotToSecondary({ snapshotId });
+    moveTo('BackedUp', `backed up to ${result.installPath}`);
+    await condition(allHandlersFinished);
+    return { snapshotId, state: 'BackedUp', ...result };
+  } catch (err) {
+    const cancelled = isCancellation(err);
+    lastError = cancelled ? 'backup cancelled' : errorMessage(err);
+    log.error('backup failed; deleting the primary snapshot', { snapshotId, error: lastError, cancelled });
+    // Compensation must run even while the workflow is being cancelled.
+    await CancellationScope.nonCancellable(async () => {
+      await bookkeeping.deletePrimarySnapshot({ snapshotId });
+      await bookkeeping.markSnapshotError({ snapshotId, reason: lastError! });
+    });
+    moveTo('Error', `backup failed: ${lastError}; primary snapshot deleted`);
+    await condition(allHandlersFinished);
+    if (cancelled) throw err;
+    throw ApplicationFailure.nonRetryable(
+      `backup of snapshot ${snapshotId} failed after ${backup.maxAttempts} attempt(s): ${lastError}`,
+      FAILURE_TYPES.backup,
+      { snapshotId },
+    );
+  }
+}
