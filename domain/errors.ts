@@ -1,0 +1,44 @@
+/** Errors the service raises on purpose; the API maps each to its HTTP status and error code. */
+
+export class NotFoundError extends Error {
+  override readonly name = 'NotFoundError';
+  readonly code = 'NOT_FOUND';
+  constructor(readonly resource: string, readonly id: string) {
+    super(`${resource} ${id} not found`);
+  }
+}
+
+export class ConflictError extends Error {
+  override readonly name = 'ConflictError';
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly details: Record<string, unknown> = {},
+  ) {
+    super(message);
+  }
+}
+
+/** The parallel-operation policy refused an operation (DESIGN.md section 6). */
+export class OperationNotAllowedError extends ConflictError {
+  constructor(message: string, readonly snapshotId: string, readonly volumeId: string) {
+    super('OPERATION_NOT_ALLOWED_DURING_BACKUP', message, { snapshotId, volumeId });
+  }
+}
+
+export class ValidationError extends Error {
+  override readonly name = 'ValidationError';
+  readonly code = 'INVALID_INPUT';
+  constructor(message: string, readonly fields: Record<string, string> = {}) {
+    super(message);
+  }
+}
+
+/** Creating the snapshot on primary storage failed: the caller gets the error, as before the feature. */
+export class SnapshotCreationFailedError extends Error {
+  override readonly name = 'SnapshotCreationFailedError';
+  readonly code = 'SNAPSHOT_CREATION_FAILED';
+  constructor(message: string, readonly snapshotId: string) {
+    super(message);
+  }
+}

@@ -1,0 +1,40 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadEnv, type Env } from '../../config/env.js';
+import { silentLogger, type Logger } from '../../observability/logger.js';
+import { startStack, type Role, type Stack } from '../../worker/stack.js';
+import { freePort } from './ports.js';
+
+export interface TestStack extends Stack {
+  dataDir: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * A real stack for integration tests: embedded PostgreSQL, a Temporal dev server and the workers, all in a
+ * fresh temporary data dir on free ports.
+ */
+export async function startTestStack(
+  opts: { roles?: Role[]; env?: Record<string, string>; logger?: Logger; dataDir?: string } = {},
+): Promise<TestStack> {
+  const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'volsnap-test-'));
+  const env: Env = loadEnv({
+    VOLSNAP_DATA_DIR: dataDir,
+    EMBEDDED_PG_PORT: String(await freePort()),
+    TEMPORAL_PORT: String(await freePort()),
+    TEMPORAL_UI_PORT: String(await freePort()),
+    PORT: '0',
+    LOG_LEVEL: 'silent',
+    ...opts.env,
+  });
+  const stack = await startStack(env, opts.logger ?? silentLogger, opts.roles ?? ['api', 'worker']);
+  return {
+    ...stack,
+    dataDir,
+    async stop() {
+      await stack.close();
+      if (!opts.dataDir) rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}

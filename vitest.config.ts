@@ -1,0 +1,14 @@
+import { defineConfig } from 'vitest/config';
+
+/** Test tiers live in their own folders; each runs in forked processes (Temporal's native runtime is per process). */
+export default defineConfig({
+  test: {
+    pool: 'forks',
+    testTimeout: 120_000,
+    hookTimeout: 180_000,
+    include: ['test/**/*.test.ts'],
+    // Two cores: integration files each start PostgreSQL and a Temporal server, so keep parallelism low.
+    maxWorkers: 2,
+    fileParallelism: true,
+  },
+});

@@ -1,0 +1,129 @@
+import { join } from 'node:path';
+import type { Client, Connection } from '@temporalio/client';
+import type { NativeConnection } from '@temporalio/worker';
+import type { Logger } from 'pino';
+import { createSnapshotActivities } from '../activities/snapshot-activities.js';
+import type { Env } from '../config/env.js';
+import { seedCatalog } from '../db/catalog.js';
+import { startEmbeddedPostgres, type EmbeddedDatabase } from '../db/embedded.js';
+import { migrate } from '../db/migrate.js';
+import { createPool, type Pool } from '../db/pool.js';
+import { readSettings, seedSettings } from '../db/settings.js';
+import { createSnapshotService, type SnapshotService } from '../services/snapshots.js';
+import { KvmStorageDriver } from '../storage/kvm.js';
+import type { StorageDriver } from '../storage/driver.js';
+import { connectClient, connectWorker } from '../temporal/connection.js';
+import { startDevServer, type DevServer } from '../temporal/dev-server.js';
+import { ensureSearchAttributes } from '../temporal/search-attributes.js';
+import { startWorkers, type RunningWorkers } from './workers.js';
+
+export type Role = 'api' | 'worker';
+
+export interface Stack {
+  env: Env;
+  logger: Logger;
+  pool: Pool;
+  client: Client;
+  connection: Connection;
+  drivers: Partial<Record<'KVM' | 'XenServer', StorageDriver>>;
+  snapshots: SnapshotService;
+  devServer: DevServer | null;
+  workers: RunningWorkers | null;
+  /** Database and Temporal answer, and the task queues have pollers. */
+  health(): Promise<{ ok: boolean; checks: Record<string, boolean> }>;
+  close(): Promise<void>;
+}
+
+/**
+ * The composition root: connects (or starts, with embedded defaults) PostgreSQL and Temporal, migrates and
+ * seeds the database, and runs the workers when asked. `npm start`, `npm run api`, `npm run worker` and the
+ * integration tests all build the service through here.
+ */
+export async function startStack(env: Env, logger: Logger, roles: Role[]): Promise<Stack> {
+  const closers: Array<() => Promise<void>> = [];
+  const close = async () => {
+    for (const c of closers.reverse()) await c().catch((err) => logger.error({ err }, 'shutdown step failed'));
+  };
+  try {
+    let databaseUrl = env.DATABASE_URL;
+    if (!databaseUrl) {
+      const db: EmbeddedDatabase = await startEmbeddedPostgres(join(env.dataDir, 'postgres'), env.EMBEDDED_PG_PORT, logger);
+      closers.push(() => db.stop());
+      databaseUrl = db.url;
+    }
+    await migrate(databaseUrl, logger);
+    const pool = createPool(databaseUrl);
+    pool.on('error', (err) => logger.error({ err }, 'database pool error'));
+    closers.push(() => pool.end());
+    await seedSettings(pool);
+    await seedCatalog(pool, env.dataDir);
+
+    let devServer: DevServer | null = null;
+    let address = env.TEMPORAL_ADDRESS;
+    if (!address) {
+      devServer = await startDevServer({
+        dataDir: env.dataDir,
+        port: env.TEMPORAL_PORT,
+        uiPort: env.TEMPORAL_UI_PORT,
+        namespace: env.TEMPORAL_NAMESPACE,
+        logger,
+      });
+      closers.push(() => devServer!.stop());
+      address = devServer.address;
+    }
+    const target = { address, namespace: env.TEMPORAL_NAMESPACE };
+    const { client, connection } = await connectClient(env, target);
+    closers.push(() => connection.close());
+    if (!devServer) await ensureSearchAttributes(connection, env.TEMPORAL_NAMESPACE, logger);
+
+    const drivers = { KVM: new KvmStorageDriver() };
+    let workers: RunningWorkers | null = null;
+    let workerConnection: NativeConnection | null = null;
+    if (roles.includes('worker')) {
+      workerConnection = await connectWorker(env, target);
+      const settings = await readSettings(pool);
+      workers = await startWorkers({
+        connection: workerConnection,
+        namespace: env.TEMPORAL_NAMESPACE,
+        taskQueue: env.TEMPORAL_TASK_QUEUE,
+        backupTaskQueue: env.TEMPORAL_BACKUP_TASK_QUEUE,
+        activities: createSnapshotActivities({ pool, drivers, logger }),
+        backupPoolSize: settings['backup.pool.size'],
+        logger,
+      });
+      closers.push(async () => {
+        await workers!.shutdown();
+        await workerConnection!.close();
+      });
+    }
+
+    const snapshots = createSnapshotService({
+      pool,
+      client,
+      taskQueue: env.TEMPORAL_TASK_QUEUE,
+      backupTaskQueue: env.TEMPORAL_BACKUP_TASK_QUEUE,
+      logger,
+    });
+
+    const health = async () => {
+      const checks: Record<string, boolean> = {};
+      checks.database = await pool.query('SELECT 1').then(() => true, () => false);
+      checks.temporal = await connection.workflowService.getSystemInfo({}).then(() => true, () => false);
+      for (const [name, queue] of [['workers', env.TEMPORAL_TASK_QUEUE], ['backupWorkers', env.TEMPORAL_BACKUP_TASK_QUEUE]] as const) {
+        checks[name] = await connection.workflowService
+          .describeTaskQueue({
+            namespace: env.TEMPORAL_NAMESPACE,
+            taskQueue: { name: queue },
+            taskQueueType: name === 'workers' ? 1 : 2,
+          })
+          .then((r) => (r.pollers?.length ?? 0) > 0, () => false);
+      }
+      return { ok: Object.values(checks).every(Boolean), checks };
+    };
+
+    return { env, logger, pool, client, connection, drivers, snapshots, devServer, workers, health, close };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}
