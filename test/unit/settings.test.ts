@@ -1,0 +1,104 @@
+import { describe, expect, it } from 'vitest';
+import {
+  DEFAULT_SETTINGS,
+  SETTINGS,
+  SETTING_NAMES,
+  backupRetryFrom,
+  isSettingName,
+  parseSetting,
+  type SettingName,
+} from '../../config/settings.js';
+
+/** DESIGN.md section 7. */
+const DESIGN_DEFAULTS = {
+  'backup.max.attempts': 3,
+  'backup.retry.interval': 300,
+  'backup.pool.size': 10,
+  'storage.cleanup.interval': 3600,
+};
+
+describe('defaults', () => {
+  it('are exactly the DESIGN.md section 7 table', () => {
+    expect(DEFAULT_SETTINGS).toEqual(DESIGN_DEFAULTS);
+  });
+
+  it('the setting names are exactly the four of section 7', () => {
+    expect([...SETTING_NAMES].sort()).toEqual(Object.keys(DESIGN_DEFAULTS).sort());
+  });
+
+  it('every setting has a description and a default its own schema accepts', () => {
+    for (const name of SETTING_NAMES) {
+      expect(SETTINGS[name].description.length, name).toBeGreaterThan(0);
+      expect(parseSetting(name, SETTINGS[name].default), name).toBe(SETTINGS[name].default);
+    }
+  });
+});
+
+describe('parseSetting', () => {
+  it.each(SETTING_NAMES)('%s accepts numeric strings and numbers', (name) => {
+    expect(parseSetting(name, '60')).toBe(60);
+    expect(parseSetting(name, 60)).toBe(60);
+    expect(parseSetting(name, String(DESIGN_DEFAULTS[name]))).toBe(DESIGN_DEFAULTS[name]);
+  });
+
+  it('accepts the bounds that are meaningful', () => {
+    expect(parseSetting('backup.max.attempts', '1')).toBe(1);
+    expect(parseSetting('backup.retry.interval', '1')).toBe(1);
+    expect(parseSetting('backup.pool.size', '1')).toBe(1);
+    expect(parseSetting('backup.max.attempts', 100)).toBe(100);
+    expect(parseSetting('backup.retry.interval', 86_400)).toBe(86_400);
+  });
+
+  const BAD: unknown[] = [0, '0', -1, '-1', '-300', 1.5, '2.5', 'abc', 'three', '', '   ', null, Number.NaN, Infinity, '1e999'];
+  const cases = SETTING_NAMES.flatMap((name) => BAD.map((value) => ({ name, value })));
+
+  it.each(cases)('$name rejects $value', ({ name, value }) => {
+    expect(() => parseSetting(name, value)).toThrow();
+  });
+
+  it.each([
+    ['backup.max.attempts', 101],
+    ['backup.max.attempts', 1_000_000],
+    ['backup.retry.interval', 86_401],
+    ['backup.pool.size', 1001],
+    ['storage.cleanup.interval', 604_801],
+    ['storage.cleanup.interval', 9],
+  ] as Array<[SettingName, number]>)('%s rejects out-of-range %s', (name, value) => {
+    expect(() => parseSetting(name, value)).toThrow();
+    expect(() => parseSetting(name, String(value))).toThrow();
+  });
+});
+
+describe('backupRetryFrom', () => {
+  it('maps the defaults to {maxAttempts: 3, retryIntervalSeconds: 300}', () => {
+    expect(backupRetryFrom(DEFAULT_SETTINGS)).toEqual({ maxAttempts: 3, retryIntervalSeconds: 300 });
+  });
+
+  it('maps changed values and ignores the other settings', () => {
+    expect(
+      backupRetryFrom({
+        'backup.max.attempts': 7,
+        'backup.retry.interval': 45,
+        'backup.pool.size': 2,
+        'storage.cleanup.interval': 99,
+      }),
+    ).toEqual({ maxAttempts: 7, retryIntervalSeconds: 45 });
+  });
+});
+
+describe('isSettingName', () => {
+  it('accepts the four names', () => {
+    for (const name of Object.keys(DESIGN_DEFAULTS)) expect(isSettingName(name), name).toBe(true);
+  });
+
+  it.each(['', 'backup', 'backup.max', 'BACKUP.MAX.ATTEMPTS', 'backup.max.attempts ', 'backup.retry.intervals', 'unknown.setting'])(
+    'rejects unknown name %j',
+    (name) => {
+      expect(isSettingName(name)).toBe(false);
+    },
+  );
+
+  it.each(['constructor', 'toString', '__proto__', 'hasOwnProperty', 'valueOf'])('rejects prototype key %s', (name) => {
+    expect(isSettingName(name)).toBe(false);
+  });
+});
