@@ -28,6 +28,8 @@ export const EnvSchema = z.object({
   TEMPORAL_API_KEY: optionalString,
   TEMPORAL_TASK_QUEUE: z.string().default('volsnap'),
   TEMPORAL_BACKUP_TASK_QUEUE: z.string().default('volsnap-backup'),
+  /** Caps each backup copy's read rate so background backups do not starve the VMs' I/O (unset: no cap). */
+  BACKUP_RATE_LIMIT_BYTES_PER_SEC: z.coerce.number().int().positive().optional(),
 });
 
 export type Env = z.infer<typeof EnvSchema> & { dataDir: string };

@@ -76,7 +76,9 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
     closers.push(() => connection.close());
     if (!devServer) await ensureSearchAttributes(connection, env.TEMPORAL_NAMESPACE, logger);
 
-    const drivers = { KVM: new KvmStorageDriver() };
+    const drivers = {
+      KVM: new KvmStorageDriver({ logger, backupRateLimitBytesPerSec: env.BACKUP_RATE_LIMIT_BYTES_PER_SEC }),
+    };
     let workers: RunningWorkers | null = null;
     let workerConnection: NativeConnection | null = null;
     if (roles.includes('worker')) {

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadEnv, type Env } from '../../config/env.js';
@@ -19,6 +19,8 @@ export async function startTestStack(
   opts: { roles?: Role[]; env?: Record<string, string>; logger?: Logger; dataDir?: string } = {},
 ): Promise<TestStack> {
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'volsnap-test-'));
+  // As root, embedded PostgreSQL runs as a separate `postgres` user, which must be able to reach its files.
+  chmodSync(dataDir, 0o755);
   const env: Env = loadEnv({
     VOLSNAP_DATA_DIR: dataDir,
     EMBEDDED_PG_PORT: String(await freePort()),
