@@ -19,14 +19,15 @@ describe('replay of recorded snapshot-workflow histories', () => {
   const histories = recordedHistories();
 
   it('has the recorded scenarios', () => {
-    expect(histories.map((h) => h.workflowId)).toEqual([
+    // Older recordings (kept after a patched change) may sit beside these.
+    expect(histories.map((h) => h.workflowId)).toEqual(expect.arrayContaining([
       'all-attempts-failed',
       'async-success',
       'primary-failure',
       'query-during-backup',
       'retry-then-success',
       'sync-success',
-    ]);
+    ]));
   });
 
   it('replays every history against the current workflow code without non-determinism', async () => {
