@@ -192,6 +192,10 @@ export class KvmStorageDriver implements StorageDriver {
     } catch (err) {
       throw withContext(err, `${ctx} failed: image store ${imageStoreRoot} is unusable`);
     }
+    // A killed earlier attempt (worker crash) can leave its temp file behind: this attempt replaces it.
+    for (const name of await readdir(dir)) {
+      if (name !== path.basename(final) && isFileOf(path.basename(final), name)) await rm(path.join(dir, name), { force: true });
+    }
     const tmp = tempPathFor(final);
     this.log.info({ volumePath, snapshotId: tag, tmp }, 'backup started');
     try {

@@ -94,7 +94,8 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
   const backupActivities = proxyActivities<SnapshotActivities>({
     taskQueue: input.backupTaskQueue,
     startToCloseTimeout: '24 hours',
-    heartbeatTimeout: '1 minute',
+    // Progress heartbeats every second: a dead worker's attempt is noticed within 20 s and retried.
+    heartbeatTimeout: '20 seconds',
     retry: {
       maximumAttempts: backup.maxAttempts,
       initialInterval: `${backup.retryIntervalSeconds} seconds`,
