@@ -19,6 +19,15 @@ export interface SnapshotActivityDeps {
   logger: Logger;
   /** How often progress reaches the database and the heartbeat (ms). */
   progressIntervalMs?: number;
+  /** Optional metrics hooks around each backup attempt (observability/metrics.ts implements them). */
+  metrics?: BackupMetricsHooks;
+}
+
+/** Called around every backup attempt; implementations must not throw. */
+export interface BackupMetricsHooks {
+  backupStarted?(): void;
+  backupSucceeded?(r: { bytes: number; durationSeconds: number }): void;
+  backupFailed?(r: { durationSeconds: number }): void;
 }
 
 interface VolumeLocation {
@@ -61,7 +70,7 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
     });
   }
 
-  return {
+  const activities = {
     /** Creates the snapshot on primary storage: Allocated → Creating → CreatedOnPrimary. */
     async createSnapshotOnPrimary({ snapshotId }: { snapshotId: string }): Promise<{ sizeBytes: number }> {
       const { snapshot, volume, driver } = await load(snapshotId);
@@ -113,13 +122,15 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
       log.info({ maxAttempts: snapshot.backupMaxAttempts }, `backup attempt ${attempt} of ${snapshot.backupMaxAttempts} started`);
 
       let latest = { bytesDone: 0, bytesTotal: snapshot.size ?? 0 };
-      let lastWrite = 0;
-      const flush = async () => {
-        lastWrite = Date.now();
-        await updateBackupProgress(pool, snapshotId, latest).catch((err) => log.warn({ err }, 'recording progress failed'));
-      };
-      // Heartbeat on a timer too: qemu-img reports progress in steps, and a silent copy must not time out.
-      const ticker = setInterval(() => ctx.heartbeat(latest), progressIntervalMs);
+      let written = -1;
+      // Progress reaches the heartbeat and the database on a timer: qemu-img reports in bursts (a rate-limited
+      // copy prints 90 % at once, then nothing for seconds), and a silent copy must neither time out nor look stuck.
+      const ticker = setInterval(() => {
+        ctx.heartbeat(latest);
+        if (latest.bytesDone === written) return;
+        written = latest.bytesDone;
+        void updateBackupProgress(pool, snapshotId, latest).catch((err) => log.warn({ err }, 'recording progress failed'));
+      }, progressIntervalMs);
       try {
         const result = await driver.backupSnapshot(
           volume.path,
@@ -129,8 +140,6 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
             signal: ctx.cancellationSignal,
             onProgress: (p) => {
               latest = p;
-              ctx.heartbeat(p);
-              if (Date.now() - lastWrite >= progressIntervalMs) void flush();
             },
           },
         );
@@ -208,6 +217,38 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
         },
       });
       logFor(snapshot).error({ reason }, 'snapshot moved to Error');
+    },
+  };
+  return deps.metrics ? withBackupMetrics(activities, deps.metrics) : activities;
+}
+
+/** Wraps the backup activity with the metrics hooks; a failing hook never fails the backup. */
+function withBackupMetrics<T extends { backupSnapshotToSecondary(input: { snapshotId: string }): Promise<BackupResult> }>(
+  activities: T,
+  hooks: BackupMetricsHooks,
+): T {
+  const safe = (fn: () => void) => {
+    try {
+      fn();
+    } catch {
+      // metrics must never break a backup
+    }
+  };
+  const backup = activities.backupSnapshotToSecondary;
+  return {
+    ...activities,
+    async backupSnapshotToSecondary(input: { snapshotId: string }): Promise<BackupResult> {
+      const started = performance.now();
+      const seconds = () => (performance.now() - started) / 1000;
+      safe(() => hooks.backupStarted?.());
+      try {
+        const result = await backup(input);
+        safe(() => hooks.backupSucceeded?.({ bytes: result.sizeBytes, durationSeconds: seconds() }));
+        return result;
+      } catch (err) {
+        safe(() => hooks.backupFailed?.({ durationSeconds: seconds() }));
+        throw err;
+      }
     },
   };
 }

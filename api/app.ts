@@ -1,12 +1,63 @@
-import { Hono } from 'hono';
+import { readFileSync } from 'node:fs';
+import { bodyLimit } from 'hono/body-limit';
+import { requestId } from 'hono/request-id';
+import { metricsHandler, metricsMiddleware } from '../observability/metrics.js';
+import { createServices } from '../services/index.js';
 import type { Stack } from '../worker/stack.js';
+import { DOCS_HTML } from './docs.js';
+import { errorBody, notFound, onError } from './errors.js';
+import { requireApiKey } from './middleware/auth.js';
+import { configureOpenAPI, createRouter } from './openapi.js';
+import accounts from './routes/accounts/accounts.index.js';
+import catalogs from './routes/catalogs/catalogs.index.js';
+import configurations from './routes/configurations/configurations.index.js';
+import events from './routes/events/events.index.js';
+import { healthRouter } from './routes/health/health.index.js';
+import { storageRouter } from './routes/storage/storage.index.js';
+import snapshots from './routes/snapshots/snapshots.index.js';
+import vms from './routes/vms/vms.index.js';
+import volumes from './routes/volumes/volumes.index.js';
+import type { AppOpenAPI } from './types.js';
+import { mountUi } from './ui.js';
 
-/** The HTTP application over a running stack. */
-export function createApp(stack: Pick<Stack, 'health' | 'logger'>): Hono {
-  const app = new Hono();
-  app.get('/healthz', async (c) => {
-    const { ok, checks } = await stack.health();
-    return c.json({ status: ok ? 'ok' : 'unavailable', checks }, ok ? 200 : 503);
+/** The slice of the running stack the HTTP API uses; GC and metrics are mounted when the stack has them. */
+export type AppStack = Pick<Stack, 'pool' | 'snapshots' | 'drivers' | 'health' | 'logger'> & Partial<Pick<Stack, 'storageGc' | 'metrics'>>;
+
+/** Request bodies above this are refused with 413 before they are parsed. */
+export const MAX_BODY_BYTES = 1024 * 1024;
+
+const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+/** The HTTP application over a running stack (DESIGN.md section 8). */
+export function createApp(stack: AppStack): AppOpenAPI {
+  const services = createServices(stack);
+  const app = createRouter();
+
+  if (stack.metrics) app.use(metricsMiddleware(stack.metrics));
+  app.use(requestId());
+  app.use(async (c, next) => {
+    c.set('log', stack.logger.child({ requestId: c.var.requestId }));
+    c.set('services', services);
+    const started = performance.now();
+    await next();
+    c.var.log.info({ method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(performance.now() - started) }, 'request');
   });
+  app.use(
+    bodyLimit({
+      maxSize: MAX_BODY_BYTES,
+      onError: (c) => c.json(errorBody('PAYLOAD_TOO_LARGE', `request body over ${MAX_BODY_BYTES} bytes`, { maxBytes: MAX_BODY_BYTES }), 413),
+    }),
+  );
+  app.use('/api/v1/*', requireApiKey);
+  app.onError(onError);
+  app.notFound(notFound);
+
+  configureOpenAPI(app, VERSION);
+  app.get('/docs', (c) => c.html(DOCS_HTML));
+  mountUi(app);
+  app.route('/', healthRouter(stack));
+  if (stack.metrics) app.get('/metrics', metricsHandler(stack.pool, stack.metrics));
+  app.route('/', storageRouter(stack.storageGc));
+  for (const router of [accounts, configurations, catalogs, vms, volumes, snapshots, events]) app.route('/', router);
   return app;
 }

@@ -3,7 +3,7 @@ import type { Hono } from 'hono';
 import type { Logger } from 'pino';
 
 /** Serves the app on host:port; resolves once listening. */
-export function listen(app: Hono, host: string, port: number, logger: Logger): Promise<{ server: ServerType; port: number; close(): Promise<void> }> {
+export function listen(app: Pick<Hono<any, any, any>, 'fetch'>, host: string, port: number, logger: Logger): Promise<{ server: ServerType; port: number; close(): Promise<void> }> {
   return new Promise((resolve) => {
     const server = serve({ fetch: app.fetch, hostname: host, port }, (info) => {
       logger.info({ url: `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${info.port}` }, 'HTTP API listening');

@@ -37,7 +37,7 @@ export const EnvSchema = z.object({
   /** PEM CA certificate for a host with a self-signed certificate. */
   XENSERVER_CA_FILE: optionalString,
   /** Caps each backup copy's read rate so background backups do not starve the VMs' I/O (unset: no cap). */
-  BACKUP_RATE_LIMIT_BYTES_PER_SEC: z.coerce.number().int().positive().optional(),
+  BACKUP_RATE_LIMIT_BYTES_PER_SEC: z.preprocess((v) => (v === '' ? undefined : v), z.coerce.number().int().positive().optional()),
 });
 
 export type Env = z.infer<typeof EnvSchema> & { dataDir: string };

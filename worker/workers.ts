@@ -1,5 +1,6 @@
 import { resolve } from 'node:path';
 import { bundleWorkflowCode, DefaultLogger, Worker, type NativeConnection, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import type { ActivityInterceptorsFactory } from '@temporalio/worker';
 import type { Logger } from 'pino';
 import type { SnapshotActivities } from '../activities/snapshot-activities.js';
 
@@ -22,6 +23,10 @@ export interface WorkerOptions {
   /** `backup.pool.size`: concurrent backups this worker runs. */
   backupPoolSize: number;
   logger: Logger;
+  /** More activities for the main worker (storage GC, say); names must not clash with the snapshot activities. */
+  extraActivities?: Record<string, (...args: any[]) => Promise<unknown>>;
+  /** Activity interceptors for both workers (e.g. the log context of worker/runtime.ts). */
+  activityInterceptors?: ActivityInterceptorsFactory[];
 }
 
 export interface RunningWorkers {
@@ -42,7 +47,8 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
     namespace: opts.namespace,
     taskQueue: opts.taskQueue,
     workflowBundle: await workflowBundle(),
-    activities: mainActivities,
+    activities: { ...opts.extraActivities, ...mainActivities },
+    ...(opts.activityInterceptors ? { interceptors: { activity: opts.activityInterceptors } } : {}),
   });
   const backup = await Worker.create({
     connection: opts.connection,
@@ -50,6 +56,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
     taskQueue: opts.backupTaskQueue,
     activities: { backupSnapshotToSecondary },
     maxConcurrentActivityTaskExecutions: opts.backupPoolSize,
+    ...(opts.activityInterceptors ? { interceptors: { activity: opts.activityInterceptors } } : {}),
   });
   const runs = [main, backup].map((w) =>
     w.run().catch((err) => {

@@ -1,2 +1,3 @@
 /** Every workflow the worker registers. */
 export { snapshotWorkflow } from './snapshot-workflow.js';
+export { storageGcWorkflow } from './storage-gc-workflow.js';

@@ -1,0 +1,10 @@
+import { createApp } from './api/app.js';
+import { listen } from './api/server.js';
+import { silentLogger } from './observability/logger.js';
+import { installTemporalRuntime } from './worker/runtime.js';
+import { startTestStack } from './test/support/stack.js';
+installTemporalRuntime(silentLogger, false);
+const stack = await startTestStack({ env: { ADMIN_API_KEY: 'adm', BACKUP_RATE_LIMIT_BYTES_PER_SEC: String(2 * 1024 * 1024) } });
+const server = await listen(createApp(stack), '127.0.0.1', 18931, silentLogger);
+console.log('READY', server.port);
+process.on('SIGTERM', async () => { await server.close(); await stack.stop(); process.exit(0); });

@@ -1,0 +1,333 @@
+import type { Dirent } from 'node:fs';
+import { readdir, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { Context } from '@temporalio/activity';
+import { WorkflowNotFoundError, type Client } from '@temporalio/client';
+import type { Logger } from 'pino';
+import type { Pool } from '../db/pool.js';
+import { transitionSnapshot } from '../db/snapshots.js';
+import { IN_PROGRESS_STATES, IllegalSnapshotTransitionError, type SnapshotState } from '../domain/snapshot-states.js';
+import type { StorageDriver } from '../storage/driver.js';
+import { isFileOf, isUuid } from '../storage/paths.js';
+
+export interface StorageGcActivityDeps {
+  pool: Pool;
+  drivers: Partial<Record<'KVM' | 'XenServer', StorageDriver>>;
+  logger: Logger;
+  /** Needed by the reconciler (it describes each in-flight snapshot's workflow); without it that step is skipped. */
+  client?: Client;
+  /** Allocated rows younger than this are left alone: their workflow start may still be in flight (s). */
+  allocatedGraceSeconds?: number;
+}
+
+/** An in-flight snapshot whose workflow was gone, moved to Error. */
+export interface ReconciledSnapshot {
+  snapshotId: string;
+  volumeId: string;
+  workflowId: string;
+  previousState: SnapshotState;
+  /** NOT_FOUND, TERMINATED, TIMED_OUT, CANCELLED, FAILED, COMPLETED, ... */
+  workflowStatus: string;
+  reason: string;
+}
+
+/** An Error snapshot whose storage was cleaned and which is now Destroyed. */
+export interface DestroyedSnapshot {
+  snapshotId: string;
+  volumeId: string;
+  /** Absolute paths of the backup files (final or temporary) removed. */
+  removedFiles: string[];
+  primarySnapshotDeleted: boolean;
+  storeRefsDeleted: number;
+}
+
+/** A file under an image store's `snapshots/` that no healthy snapshot owns, removed. */
+export interface RemovedOrphanFile {
+  storeId: string;
+  path: string;
+  snapshotId: string;
+  reason: string;
+}
+
+export interface GcFailure {
+  step: 'reconcile' | 'clean' | 'orphans';
+  snapshotId?: string;
+  path?: string;
+  error: string;
+}
+
+export interface ReconcileResult {
+  /** In-flight snapshots looked at. */
+  checked: number;
+  reconciled: ReconciledSnapshot[];
+  /** Allocated snapshots inside the grace period. */
+  deferred: string[];
+  skipped: boolean;
+  failures: GcFailure[];
+}
+
+export interface CleanResult {
+  destroyed: DestroyedSnapshot[];
+  failures: GcFailure[];
+}
+
+export interface OrphanResult {
+  /** Backup files (final and temporary) looked at. */
+  scanned: number;
+  removed: RemovedOrphanFile[];
+  failures: GcFailure[];
+}
+
+/** File names GC understands: `<snapshotId>.<ext>` and its temporaries `<snapshotId>.<ext>.partial-<hex>`. */
+const BACKUP_FILE = /^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.(qcow2|vhd)(\.partial-[0-9a-f]+)?$/i;
+
+const messageOf = (err: unknown): string => (err instanceof Error ? err.message : String(err));
+const codeOf = (err: unknown): string | undefined => (err as NodeJS.ErrnoException | undefined)?.code;
+
+/** Heartbeats when running as an activity (harmless otherwise), so a long run shows progress. */
+function beat(details?: unknown): void {
+  try {
+    Context.current().heartbeat(details);
+  } catch {
+    // not inside an activity (a direct call from a test)
+  }
+}
+
+interface StoreRow {
+  id: string;
+  path: string;
+}
+
+/**
+ * Storage garbage collection (the seed's "storage GC thread"), as activities over injected dependencies.
+ * Every step is idempotent and safe to run while backups are running.
+ */
+export function createStorageGcActivities(deps: StorageGcActivityDeps) {
+  const { pool } = deps;
+  const graceSeconds = deps.allocatedGraceSeconds ?? 60;
+  const log = deps.logger.child({ component: 'storage-gc' });
+
+  const imageStores = async (): Promise<StoreRow[]> =>
+    (await pool.query<StoreRow>('SELECT id, path FROM image_stores ORDER BY created, name')).rows;
+
+  return {
+    /**
+     * The reconciler: an in-flight snapshot (Allocated, Creating, CreatedOnPrimary, BackingUp) whose workflow
+     * is not running (gone, terminated, timed out, ...) can never finish: move it to Error, saying why, so the
+     * next step cleans it. Allocated rows inside the grace period are left alone.
+     */
+    async reconcileInFlightSnapshots(): Promise<ReconcileResult> {
+      const result: ReconcileResult = { checked: 0, reconciled: [], deferred: [], skipped: false, failures: [] };
+      if (!deps.client) {
+        log.warn('no Temporal client given to the storage GC activities: reconciler skipped');
+        return { ...result, skipped: true };
+      }
+      const { rows } = await pool.query<{
+        id: string;
+        volume_id: string;
+        name: string;
+        status: SnapshotState;
+        workflow_id: string;
+        young: boolean;
+      }>(
+        `SELECT id, volume_id, name, status, workflow_id, created > now() - make_interval(secs => $2) AS young
+         FROM snapshots WHERE status = ANY($1) AND removed IS NULL ORDER BY created`,
+        [[...IN_PROGRESS_STATES], graceSeconds],
+      );
+      for (const row of rows) {
+        beat({ step: 'reconcile', snapshotId: row.id });
+        const slog = log.child({ snapshotId: row.id, volumeId: row.volume_id, workflowId: row.workflow_id });
+        if (row.status === 'Allocated' && row.young) {
+          result.deferred.push(row.id);
+          continue;
+        }
+        result.checked++;
+        let workflowStatus: string;
+        try {
+          const desc = await deps.client.workflow.getHandle(row.workflow_id).describe();
+          workflowStatus = desc.status.name;
+        } catch (err) {
+          if (err instanceof WorkflowNotFoundError) {
+            workflowStatus = 'NOT_FOUND';
+          } else {
+            slog.warn({ err }, 'could not describe the workflow of an in-flight snapshot; left for the next run');
+            result.failures.push({ step: 'reconcile', snapshotId: row.id, error: messageOf(err) });
+            continue;
+          }
+        }
+        if (workflowStatus === 'RUNNING') continue;
+        const reason =
+          workflowStatus === 'NOT_FOUND'
+            ? `workflow ${row.workflow_id} does not exist`
+            : `workflow ${row.workflow_id} is ${workflowStatus}`;
+        try {
+          // Re-checked under the row lock: a snapshot that finished meanwhile (BackedUp) is an illegal move and
+          // is left alone; one already in Error is a no-op.
+          const moved = await transitionSnapshot(pool, row.id, 'Error', {
+            set: { last_error: `${reason} while the snapshot was ${row.status}`, next_attempt_at: null },
+            event: {
+              type: row.status === 'Allocated' || row.status === 'Creating' ? 'SNAPSHOT.CREATE' : 'SNAPSHOT.BACKUP',
+              level: 'ERROR',
+              description: `snapshot ${row.name} moved to Error by the storage GC reconciler: ${reason} while the snapshot was ${row.status}`,
+              details: { reconciler: true, workflowId: row.workflow_id, workflowStatus, reason },
+            },
+          });
+          if (!moved.changed) continue;
+          slog.error({ previousState: row.status, workflowStatus }, `snapshot moved to Error: ${reason}`);
+          result.reconciled.push({
+            snapshotId: row.id,
+            volumeId: row.volume_id,
+            workflowId: row.workflow_id,
+            previousState: row.status,
+            workflowStatus,
+            reason,
+          });
+        } catch (err) {
+          if (err instanceof IllegalSnapshotTransitionError) continue;
+          slog.error({ err }, 'reconciling the snapshot failed');
+          result.failures.push({ step: 'reconcile', snapshotId: row.id, error: messageOf(err) });
+        }
+      }
+      if (result.reconciled.length) log.warn({ count: result.reconciled.length }, 'reconciler moved snapshots whose workflow was gone to Error');
+      return result;
+    },
+
+    /**
+     * Cleans snapshots in Error: removes their backup files (partial or final) from every image store, the
+     * primary snapshot if one was left behind, and their snapshot_store_ref rows; then Error → Destroyed.
+     * A snapshot whose storage cannot be cleaned stays in Error and is retried on the next run.
+     */
+    async cleanErrorSnapshots(): Promise<CleanResult> {
+      const result: CleanResult = { destroyed: [], failures: [] };
+      const { rows } = await pool.query<{
+        id: string;
+        account_id: string;
+        volume_id: string;
+        name: string;
+        volume_path: string;
+        hypervisor: 'KVM' | 'XenServer';
+      }>(
+        `SELECT s.id, s.account_id, s.volume_id, s.name, v.path AS volume_path, v.hypervisor
+         FROM snapshots s JOIN volumes v ON v.id = s.volume_id
+         WHERE s.status = 'Error' AND s.removed IS NULL ORDER BY s.updated`,
+      );
+      if (rows.length === 0) return result;
+      const stores = await imageStores();
+      for (const row of rows) {
+        beat({ step: 'clean', snapshotId: row.id });
+        const slog = log.child({ snapshotId: row.id, volumeId: row.volume_id, workflowId: `snapshot-${row.id}` });
+        try {
+          const driver = deps.drivers[row.hypervisor];
+          if (!driver) throw new Error(`no storage driver for ${row.hypervisor}`);
+          const target = { accountId: row.account_id, volumeId: row.volume_id, snapshotId: row.id };
+          const removedFiles: string[] = [];
+          for (const store of stores) {
+            try {
+              removedFiles.push(...(await driver.deleteBackupFiles(store.path, target)));
+            } catch (err) {
+              // A store path that cannot be a directory holds no files.
+              if (codeOf(err) === 'ENOTDIR' || codeOf(err) === 'ENOENT') continue;
+              throw err;
+            }
+          }
+          let primarySnapshotDeleted = false;
+          // A volume file that is gone took its internal snapshots with it.
+          const volumeExists = await stat(row.volume_path).then((s) => s.isFile(), () => false);
+          if (volumeExists && (await driver.hasSnapshot(row.volume_path, row.id))) {
+            await driver.deleteSnapshot(row.volume_path, row.id);
+            primarySnapshotDeleted = true;
+          }
+          const refs = await pool.query('DELETE FROM snapshot_store_ref WHERE snapshot_id = $1', [row.id]);
+          const storeRefsDeleted = refs.rowCount ?? 0;
+          const moved = await transitionSnapshot(pool, row.id, 'Destroyed', {
+            set: { removed: new Date() },
+            event: {
+              type: 'SNAPSHOT.DELETE',
+              description:
+                `storage GC removed snapshot ${row.name} (Error): ${removedFiles.length} backup file(s), ` +
+                `${storeRefsDeleted} store reference(s)${primarySnapshotDeleted ? ', the primary snapshot' : ''}`,
+              details: { storageGc: true, removedFiles, primarySnapshotDeleted, storeRefsDeleted },
+            },
+          });
+          if (!moved.changed) continue;
+          slog.info({ removedFiles, primarySnapshotDeleted, storeRefsDeleted }, 'storage GC destroyed an Error snapshot');
+          result.destroyed.push({ snapshotId: row.id, volumeId: row.volume_id, removedFiles, primarySnapshotDeleted, storeRefsDeleted });
+        } catch (err) {
+          if (err instanceof IllegalSnapshotTransitionError) continue;
+          slog.error({ err }, 'storage GC could not clean an Error snapshot; it stays in Error until the next run');
+          result.failures.push({ step: 'clean', snapshotId: row.id, error: messageOf(err) });
+        }
+      }
+      return result;
+    },
+
+    /**
+     * Removes files under each image store's `snapshots/<account>/<volume>/` that no healthy snapshot owns:
+     * backups of snapshots that have no row or are Destroyed/Error, and temporary (`.partial-`) files of
+     * snapshots not BackingUp right now. Files of BackedUp and in-flight snapshots are never touched, nor
+     * anything whose name is not a backup's. The files are listed before the rows are read, so a temporary
+     * file that appears meanwhile belongs to a snapshot the database already shows as BackingUp.
+     */
+    async removeOrphanBackupFiles(): Promise<OrphanResult> {
+      const result: OrphanResult = { scanned: 0, removed: [], failures: [] };
+      const found: Array<{ storeId: string; path: string; snapshotId: string; temporary: boolean }> = [];
+      const list = async (dir: string): Promise<Dirent[]> => {
+        try {
+          return await readdir(dir, { withFileTypes: true });
+        } catch (err) {
+          if (codeOf(err) === 'ENOENT' || codeOf(err) === 'ENOTDIR') return [];
+          throw err;
+        }
+      };
+      for (const store of await imageStores()) {
+        const root = path.join(store.path, 'snapshots');
+        try {
+          for (const account of await list(root)) {
+            if (!account.isDirectory() || !isUuid(account.name)) continue;
+            for (const volume of await list(path.join(root, account.name))) {
+              if (!volume.isDirectory() || !isUuid(volume.name)) continue;
+              const dir = path.join(root, account.name, volume.name);
+              for (const file of await list(dir)) {
+                const m = file.isFile() ? BACKUP_FILE.exec(file.name) : null;
+                if (!m || !isFileOf(`${m[1]}.${m[2]}`, file.name)) continue;
+                found.push({ storeId: store.id, path: path.join(dir, file.name), snapshotId: m[1]!.toLowerCase(), temporary: m[3] !== undefined });
+              }
+            }
+          }
+        } catch (err) {
+          log.error({ err, storeId: store.id, root }, 'storage GC could not scan an image store');
+          result.failures.push({ step: 'orphans', path: root, error: messageOf(err) });
+        }
+      }
+      result.scanned = found.length;
+      if (found.length === 0) return result;
+      beat({ step: 'orphans', files: found.length });
+
+      const ids = [...new Set(found.map((f) => f.snapshotId))];
+      const { rows } = await pool.query<{ id: string; status: SnapshotState; removed: Date | null }>(
+        'SELECT id, status, removed FROM snapshots WHERE id = ANY($1::uuid[])',
+        [ids],
+      );
+      const byId = new Map(rows.map((r) => [r.id.toLowerCase(), r]));
+      for (const f of found) {
+        const row = byId.get(f.snapshotId);
+        let reason: string | null = null;
+        if (!row) reason = 'no snapshot row';
+        else if (row.status === 'Destroyed' || row.status === 'Error' || row.removed !== null) reason = `snapshot is ${row.status}`;
+        else if (f.temporary && row.status !== 'BackingUp') reason = `temporary file of a ${row.status} snapshot`;
+        if (!reason) continue;
+        try {
+          await rm(f.path, { force: true });
+          log.info({ snapshotId: f.snapshotId, path: f.path, reason }, 'storage GC removed an orphan backup file');
+          result.removed.push({ storeId: f.storeId, path: f.path, snapshotId: f.snapshotId, reason });
+        } catch (err) {
+          log.error({ err, snapshotId: f.snapshotId, path: f.path }, 'storage GC could not remove an orphan backup file');
+          result.failures.push({ step: 'orphans', snapshotId: f.snapshotId, path: f.path, error: messageOf(err) });
+        }
+      }
+      return result;
+    },
+  };
+}
+
+export type StorageGcActivities = ReturnType<typeof createStorageGcActivities>;

@@ -1,0 +1,113 @@
+import type { Context, ErrorHandler, NotFoundHandler } from 'hono';
+import { HTTPException } from 'hono/http-exception';
+import type { ContentfulStatusCode } from 'hono/utils/http-status';
+import { ZodError } from 'zod';
+import { ConflictError, NotFoundError, SnapshotCreationFailedError, ValidationError } from '../domain/errors.js';
+import { IllegalSnapshotTransitionError } from '../domain/snapshot-states.js';
+import type { AppBindings } from './types.js';
+
+/** The one error shape of the API: `{"error": {"code", "message", "details"}}`. */
+export interface ErrorBody {
+  error: { code: string; message: string; details: Record<string, unknown> };
+}
+
+export function errorBody(code: string, message: string, details: Record<string, unknown> = {}): ErrorBody {
+  return { error: { code, message, details } };
+}
+
+/** An HTTP-level refusal raised by the API itself (authentication, authorisation). */
+export class HttpError extends Error {
+  constructor(
+    readonly status: ContentfulStatusCode,
+    readonly code: string,
+    message: string,
+    readonly details: Record<string, unknown> = {},
+  ) {
+    super(message);
+  }
+}
+
+const WHERE: Record<string, string> = { json: 'body', param: 'path', query: 'query', header: 'header', form: 'body', cookie: 'cookie' };
+
+/** Zod issues as `{fields: {path: message}}`; unknown keys are named one by one. */
+export function zodFields(error: ZodError, rootName = '(root)'): Record<string, string> {
+  const fields: Record<string, string> = {};
+  for (const issue of error.issues) {
+    if (issue.code === 'unrecognized_keys') {
+      for (const key of issue.keys) fields[[...issue.path, key].join('.')] = 'unknown field';
+      continue;
+    }
+    const path = issue.path.map(String).join('.') || rootName;
+    fields[path] ??= issue.message;
+  }
+  return fields;
+}
+
+/** A 400 body for failed request validation. */
+export function validationErrorBody(error: ZodError, target: string): ErrorBody {
+  const fields = zodFields(error);
+  const where = WHERE[target] ?? target;
+  const summary = Object.entries(fields)
+    .slice(0, 3)
+    .map(([k, v]) => `${k}: ${v}`)
+    .join('; ');
+  return errorBody('INVALID_INPUT', `invalid request ${where}: ${summary}`, { in: where, fields });
+}
+
+/** `defaultHook` of every router: a validation failure answers 400 with per-field details. */
+export function validationHook(result: { success: boolean; error?: ZodError; target: string }, c: Context) {
+  if (!result.success && result.error) return c.json(validationErrorBody(result.error, result.target), 400);
+  return undefined;
+}
+
+const HTTP_EXCEPTION_CODES: Record<number, string> = {
+  400: 'MALFORMED_REQUEST',
+  401: 'UNAUTHORIZED',
+  404: 'NOT_FOUND',
+  413: 'PAYLOAD_TOO_LARGE',
+  415: 'UNSUPPORTED_MEDIA_TYPE',
+};
+
+// PostgreSQL SQLSTATEs that mean the input was unusable (a value the column type refuses).
+const PG_BAD_INPUT = new Set(['22P02', '22003', '22001', '22007', '22008']);
+// Two transactions collided: the client may simply retry.
+const PG_RETRY = new Set(['40001', '40P01']);
+
+/** Maps a thrown error to status and body; unknown errors are a logged 500 without details. */
+export function toErrorResponse(err: unknown): { status: ContentfulStatusCode; body: ErrorBody; unexpected: boolean } {
+  const ok = (status: ContentfulStatusCode, body: ErrorBody) => ({ status, body, unexpected: false });
+  if (err instanceof HttpError) return ok(err.status, errorBody(err.code, err.message, err.details));
+  if (err instanceof HTTPException) {
+    const message = err.status === 400 && /JSON/i.test(err.message) ? 'malformed JSON in request body' : err.message || 'request refused';
+    const code = err.status === 400 && /JSON/i.test(err.message) ? 'MALFORMED_JSON' : (HTTP_EXCEPTION_CODES[err.status] ?? `HTTP_${err.status}`);
+    return ok(err.status as ContentfulStatusCode, errorBody(code, message));
+  }
+  if (err instanceof NotFoundError) return ok(404, errorBody('NOT_FOUND', err.message, { resource: err.resource, id: err.id }));
+  if (err instanceof ConflictError) return ok(409, errorBody(err.code, err.message, err.details));
+  if (err instanceof SnapshotCreationFailedError) {
+    const message = /primary storage/.test(err.message) ? err.message : `creating the snapshot on primary storage failed: ${err.message}`;
+    return ok(409, errorBody(err.code, message, { snapshotId: err.snapshotId }));
+  }
+  if (err instanceof ValidationError) return ok(400, errorBody(err.code, err.message, { fields: err.fields }));
+  if (err instanceof ZodError) return ok(400, validationErrorBody(err, 'json'));
+  if (err instanceof IllegalSnapshotTransitionError) return ok(409, errorBody('INVALID_STATE', err.message, { snapshotId: err.snapshotId, state: err.from }));
+  const sqlState = (err as { code?: unknown } | null)?.code;
+  if (typeof sqlState === 'string' && PG_BAD_INPUT.has(sqlState)) return ok(400, errorBody('INVALID_INPUT', 'a value in the request is out of range or malformed'));
+  if (typeof sqlState === 'string' && sqlState === '23505') return ok(409, errorBody('CONFLICT', 'the request conflicts with an existing resource'));
+  if (typeof sqlState === 'string' && PG_RETRY.has(sqlState)) return ok(409, errorBody('CONCURRENT_UPDATE', 'a concurrent request changed the same resources; retry'));
+  return { status: 500, body: errorBody('INTERNAL', 'internal error'), unexpected: true };
+}
+
+/** `app.onError`: maps domain errors to HTTP; logs unexpected ones with their cause and the request id. */
+export const onError: ErrorHandler<AppBindings> = (err, c) => {
+  const { status, body, unexpected } = toErrorResponse(err);
+  const log = c.get('log');
+  if (unexpected) log?.error({ err, method: c.req.method, path: c.req.path }, 'request failed');
+  else log?.debug({ code: body.error.code, status }, 'request refused');
+  if (status === 401) c.header('WWW-Authenticate', 'Bearer realm="volsnap"');
+  return c.json(body, status);
+};
+
+/** `app.notFound`: unknown routes answer in the error shape too. */
+export const notFound: NotFoundHandler<AppBindings> = (c) =>
+  c.json(errorBody('NOT_FOUND', `no route for ${c.req.method} ${c.req.path}`), 404);

@@ -1,0 +1,17 @@
+import type { AppRouteHandler } from '../../types.js';
+import type { ActRoute, AllowedActionsRoute, CreateRoute, GetRoute, ListRoute } from './vms.routes.js';
+
+export const create: AppRouteHandler<CreateRoute> = async (c) =>
+  c.json(await c.var.services.vms.create(c.var.caller, c.req.valid('json')), 201);
+
+export const list: AppRouteHandler<ListRoute> = async (c) =>
+  c.json(await c.var.services.vms.list(c.var.caller, c.req.valid('query')), 200);
+
+export const get: AppRouteHandler<GetRoute> = async (c) =>
+  c.json(await c.var.services.vms.get(c.var.caller, c.req.valid('param').id), 200);
+
+export const allowedActions: AppRouteHandler<AllowedActionsRoute> = async (c) =>
+  c.json(await c.var.services.vms.allowedActions(c.var.caller, c.req.valid('param').id), 200);
+
+export const act: AppRouteHandler<ActRoute> = async (c) =>
+  c.json(await c.var.services.vms.act(c.var.caller, c.req.valid('param').id, c.req.valid('json')), 200);

@@ -1,0 +1,56 @@
+import { createRoute, z } from '@hono/zod-openapi';
+import { errorResponses, IdParamsSchema, jsonBody, jsonContent } from '../../schemas/common.js';
+import { AllowedActionsSchema, CreateVmSchema, VmActionSchema, VmListQuerySchema, VmSchema } from '../../schemas/vm.js';
+
+const tags = ['Virtual machines'];
+
+export const create = createRoute({
+  path: '/api/v1/vms',
+  method: 'post',
+  tags,
+  summary: 'Create a VM: its ROOT and data disks are created as images in the first storage pool',
+  request: { body: jsonBody(CreateVmSchema) },
+  responses: { 201: jsonContent(VmSchema, 'The VM, Running'), ...errorResponses(400, 401, 404, 409, 413) },
+});
+
+export const list = createRoute({
+  path: '/api/v1/vms',
+  method: 'get',
+  tags,
+  summary: 'List VMs (an admin sees every account\'s)',
+  request: { query: VmListQuerySchema },
+  responses: { 200: jsonContent(z.array(VmSchema), 'The VMs'), ...errorResponses(400, 401) },
+});
+
+export const get = createRoute({
+  path: '/api/v1/vms/{id}',
+  method: 'get',
+  tags,
+  summary: 'Get a VM',
+  request: { params: IdParamsSchema },
+  responses: { 200: jsonContent(VmSchema, 'The VM'), ...errorResponses(400, 401, 404) },
+});
+
+export const allowedActions = createRoute({
+  path: '/api/v1/vms/{id}/allowed-actions',
+  method: 'get',
+  tags,
+  summary: 'Which VM actions the parallel-operation policy allows now, with reasons',
+  request: { params: IdParamsSchema },
+  responses: { 200: jsonContent(AllowedActionsSchema, 'Every VM action with its decision'), ...errorResponses(400, 401, 404) },
+});
+
+export const act = createRoute({
+  path: '/api/v1/vms/{id}/actions',
+  method: 'post',
+  tags,
+  summary: 'Run a VM action (refused with 409 OPERATION_NOT_ALLOWED_DURING_BACKUP when the policy says no)',
+  request: { params: IdParamsSchema, body: jsonBody(VmActionSchema) },
+  responses: { 200: jsonContent(VmSchema, 'The VM after the action'), ...errorResponses(400, 401, 404, 409, 413) },
+});
+
+export type CreateRoute = typeof create;
+export type ListRoute = typeof list;
+export type GetRoute = typeof get;
+export type AllowedActionsRoute = typeof allowedActions;
+export type ActRoute = typeof act;

@@ -1,0 +1,11 @@
+import { z } from '@hono/zod-openapi';
+import { HypervisorSchema } from './common.js';
+
+export const IsoSchema = z.object({ id: z.string(), name: z.string(), osType: z.string() }).openapi('Iso');
+export const ServiceOfferingSchema = z
+  .object({ id: z.string(), name: z.string(), cpuCount: z.number().int(), memoryMb: z.number().int() })
+  .openapi('ServiceOffering');
+export const HostSchema = z.object({ id: z.string(), name: z.string(), hypervisor: HypervisorSchema, address: z.string() }).openapi('Host');
+export const StoragePoolSchema = z
+  .object({ id: z.string(), name: z.string(), hypervisor: HypervisorSchema, path: z.string() })
+  .openapi('StoragePool');

@@ -1,0 +1,69 @@
+import { z } from '@hono/zod-openapi';
+
+/** The error shape of every non-2xx answer. */
+export const ErrorSchema = z
+  .object({
+    error: z.object({
+      code: z.string().openapi({ example: 'OPERATION_NOT_ALLOWED_DURING_BACKUP' }),
+      message: z.string(),
+      details: z.record(z.string(), z.unknown()),
+    }),
+  })
+  .openapi('Error');
+
+/** A resource id in the path; anything but a UUID is a 400 (never a database error). */
+export const IdParamsSchema = z.object({
+  id: z.guid({ error: 'must be a UUID' }).openapi({ param: { name: 'id', in: 'path' }, example: '3f0c2a6e-5d3b-4a8e-9a41-0c3b2f1e7d10' }),
+});
+
+/** A reference to another resource by id, in a body or query. */
+export const uuid = (description: string) => z.guid({ error: 'must be a UUID' }).openapi({ description });
+
+/** A human-readable name: 1–128 printable characters. */
+export const NameSchema = z
+  .string({ error: 'must be a string' })
+  .trim()
+  .min(1, 'must not be empty')
+  .max(128, 'must be at most 128 characters')
+  .regex(/^[^\p{Cc}]*$/u, 'must not contain control characters');
+
+export const MAX_VOLUME_BYTES = 2 ** 44; // 16 TiB
+
+/** A volume size: qemu-img works in whole 512-byte sectors, so sizes are positive multiples of 512. */
+export const SizeBytesSchema = z
+  .number({ error: 'must be a number' })
+  .int('must be an integer')
+  .positive('must be positive')
+  .multipleOf(512, 'must be a multiple of 512 bytes')
+  .max(MAX_VOLUME_BYTES, `must be at most ${MAX_VOLUME_BYTES} bytes (16 TiB)`)
+  .openapi({ example: 1073741824 });
+
+export const HypervisorSchema = z.enum(['KVM', 'XenServer']).openapi({ description: 'XenServer is accepted by the schema; the server refuses it while no XenServer driver is configured' });
+
+export const TimestampSchema = z.string().openapi({ format: 'date-time' });
+
+/** A JSON response description for a route. */
+export function jsonContent<T extends z.ZodType>(schema: T, description: string) {
+  return { content: { 'application/json': { schema } }, description };
+}
+
+/** A required JSON request body. */
+export function jsonBody<T extends z.ZodType>(schema: T, description?: string) {
+  return { content: { 'application/json': { schema } }, required: true, ...(description ? { description } : {}) };
+}
+
+const ERROR_DESCRIPTIONS = {
+  400: 'Invalid input: `details.fields` names each bad field',
+  401: 'Missing or invalid API key',
+  403: 'Needs an admin account',
+  404: 'Not found (also another account\'s resource)',
+  409: 'State or policy conflict, e.g. OPERATION_NOT_ALLOWED_DURING_BACKUP',
+  413: 'Request body over 1 MiB',
+} as const;
+
+type ErrorStatus = keyof typeof ERROR_DESCRIPTIONS;
+
+/** Error responses of a route, all in the error shape. */
+export function errorResponses<S extends ErrorStatus>(...statuses: S[]): { [K in S]: ReturnType<typeof jsonContent<typeof ErrorSchema>> } {
+  return Object.fromEntries(statuses.map((s) => [s, jsonContent(ErrorSchema, ERROR_DESCRIPTIONS[s])])) as never;
+}

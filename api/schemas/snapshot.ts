@@ -1,0 +1,70 @@
+import { z } from '@hono/zod-openapi';
+import { SNAPSHOT_STATES } from '../../domain/snapshot-states.js';
+import { NameSchema, TimestampSchema, uuid } from './common.js';
+
+export const SnapshotStateSchema = z.enum(SNAPSHOT_STATES);
+
+export const SnapshotSchema = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    volumeId: z.string(),
+    vmId: z.string().nullable(),
+    accountId: z.string(),
+    state: SnapshotStateSchema,
+    asyncBackup: z.boolean(),
+    createdAt: TimestampSchema,
+    updatedAt: TimestampSchema,
+    workflowId: z.string(),
+    backup: z.object({
+      attempts: z.number().int(),
+      maxAttempts: z.number().int(),
+      retryIntervalSeconds: z.number().int(),
+      bytesDone: z.number().int(),
+      bytesTotal: z.number().int(),
+      lastError: z.string().nullable(),
+      nextAttemptAt: TimestampSchema.nullable(),
+    }),
+    storeRefs: z.array(
+      z.object({
+        role: z.enum(['Primary', 'Image']),
+        storeId: z.string(),
+        installPath: z.string(),
+        state: z.enum(['Allocated', 'Creating', 'Ready', 'Destroyed']),
+        sizeBytes: z.number().int().nullable(),
+        checksum: z.string().nullable(),
+      }),
+    ),
+  })
+  .openapi('Snapshot');
+
+export const CreateSnapshotSchema = z
+  .strictObject({
+    name: NameSchema.optional(),
+    asyncBackup: z.boolean({ error: 'must be a boolean' }).default(false).openapi({
+      description: 'true: answer once the snapshot exists on primary storage; false (default): answer once it is backed up',
+    }),
+  })
+  .openapi('CreateSnapshot');
+
+export const IdempotencyHeadersSchema = z.object({
+  'Idempotency-Key': z
+    .string()
+    .min(1, 'must not be empty')
+    .max(255, 'must be at most 255 characters')
+    .regex(/^[\x21-\x7e]+$/, 'must be printable ASCII without spaces')
+    .optional()
+    .openapi({ description: 'Retrying with the same key returns the same snapshot' }),
+});
+
+export const SnapshotListQuerySchema = z.object({
+  volumeId: uuid('Only snapshots of this volume').optional(),
+  state: SnapshotStateSchema.optional().openapi({ description: 'Default: every state but Destroyed' }),
+});
+
+export const CreateVolumeFromSnapshotSchema = z
+  .strictObject({
+    name: NameSchema.optional(),
+    poolId: uuid('Storage pool; default: the hypervisor\'s first pool').optional(),
+  })
+  .openapi('CreateVolumeFromSnapshot');

@@ -1,0 +1,78 @@
+import { z } from '@hono/zod-openapi';
+import { VM_ACTIONS } from '../../domain/policy.js';
+import { HypervisorSchema, NameSchema, SizeBytesSchema, TimestampSchema, uuid } from './common.js';
+import { VolumeSchema } from './volume.js';
+
+export const VmStateSchema = z.enum(['Running', 'Stopped', 'Destroyed']);
+
+export const VmSchema = z
+  .object({
+    id: z.string(),
+    accountId: z.string(),
+    name: z.string(),
+    hypervisor: HypervisorSchema,
+    state: VmStateSchema,
+    serviceOfferingId: z.string().nullable(),
+    isoId: z.string().nullable(),
+    hostId: z.string().nullable(),
+    createdAt: TimestampSchema,
+    updatedAt: TimestampSchema,
+    volumes: z.array(VolumeSchema).openapi({ description: 'Attached volumes, ROOT first' }),
+  })
+  .openapi('VirtualMachine');
+
+export const CreateVmSchema = z
+  .strictObject({
+    name: NameSchema,
+    hypervisor: HypervisorSchema,
+    serviceOffering: z.string().trim().min(1).max(128).optional().openapi({ description: 'Offering id or name; default: the first offering' }),
+    rootDiskSizeBytes: SizeBytesSchema,
+    dataDisks: z
+      .array(z.strictObject({ name: NameSchema.optional(), sizeBytes: SizeBytesSchema }), { error: 'must be an array' })
+      .max(8, 'at most 8 data disks')
+      .optional(),
+  })
+  .openapi('CreateVirtualMachine');
+
+const bare = <A extends string>(action: A) => z.strictObject({ action: z.literal(action) });
+
+/** `{action, ...params}`; an unknown action is a 400 naming the field `action`. */
+export const VmActionSchema = z
+  .discriminatedUnion(
+    'action',
+    [
+      bare('start'),
+      bare('stop'),
+      bare('reboot'),
+      bare('destroy'),
+      bare('reinstall'),
+      bare('detach-iso'),
+      z.strictObject({ action: z.literal('attach-iso'), isoId: uuid('ISO to attach') }),
+      z.strictObject({ action: z.literal('attach-volume'), volumeId: uuid('Detached DATADISK volume to attach') }),
+      z.strictObject({ action: z.literal('detach-volume'), volumeId: uuid('DATADISK volume to detach') }),
+      z.strictObject({ action: z.literal('change-service-offering'), serviceOfferingId: uuid('New service offering') }),
+      z.strictObject({ action: z.literal('migrate'), hostId: uuid('Target host') }),
+    ],
+    { error: `must be one of ${VM_ACTIONS.join(', ')}` },
+  )
+  .openapi('VirtualMachineAction');
+
+export const AllowedActionsSchema = z
+  .object({
+    vmId: z.string(),
+    inFlightSnapshots: z.array(
+      z.object({ snapshotId: z.string(), volumeId: z.string(), volumeType: z.enum(['ROOT', 'DATADISK']), vmId: z.string().nullable() }),
+    ),
+    actions: z.array(
+      z.object({
+        action: z.enum(VM_ACTIONS),
+        allowed: z.boolean(),
+        reason: z.string().nullable(),
+        snapshotId: z.string().nullable(),
+        volumeId: z.string().nullable(),
+      }),
+    ),
+  })
+  .openapi('AllowedActions');
+
+export const VmListQuerySchema = z.object({ state: VmStateSchema.optional() });

@@ -1,0 +1,21 @@
+import type { OpenAPIHono, RouteConfig, RouteHandler } from '@hono/zod-openapi';
+import type { Logger } from 'pino';
+import type { Caller } from '../services/caller.js';
+import type { Services } from '../services/index.js';
+
+/** Per-request context every handler can read. */
+export interface AppBindings {
+  Variables: {
+    requestId: string;
+    /** The request's logger (carries the request id). */
+    log: Logger;
+    services: Services;
+    /** Set by the auth middleware on /api/v1 routes. */
+    caller: Caller;
+  };
+}
+
+export type AppOpenAPI = OpenAPIHono<AppBindings>;
+
+/** A handler typed by its route definition: validated input in, declared responses out. */
+export type AppRouteHandler<R extends RouteConfig> = RouteHandler<R, AppBindings>;

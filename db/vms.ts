@@ -1,0 +1,68 @@
+import type { Queryable } from './pool.js';
+
+export type Hypervisor = 'KVM' | 'XenServer';
+export type VmState = 'Running' | 'Stopped' | 'Destroyed';
+
+/** A `virtual_machines` row. */
+export interface VmRecord {
+  id: string;
+  accountId: string;
+  name: string;
+  hypervisor: Hypervisor;
+  state: VmState;
+  serviceOfferingId: string | null;
+  isoId: string | null;
+  hostId: string | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** Maps a `virtual_machines` row. */
+export function toVmRecord(r: Record<string, any>): VmRecord {
+  return {
+    id: r.id,
+    accountId: r.account_id,
+    name: r.name,
+    hypervisor: r.hypervisor,
+    state: r.state,
+    serviceOfferingId: r.service_offering_id,
+    isoId: r.iso_id,
+    hostId: r.host_id,
+    createdAt: new Date(r.created).toISOString(),
+    updatedAt: new Date(r.updated).toISOString(),
+  };
+}
+
+/** One VM visible to `ownerId` (null: any account), or undefined. */
+export async function findVm(db: Queryable, id: string, ownerId: string | null): Promise<VmRecord | undefined> {
+  const { rows } = await db.query(
+    'SELECT * FROM virtual_machines WHERE id = $1 AND removed IS NULL AND ($2::uuid IS NULL OR account_id = $2)',
+    [id, ownerId],
+  );
+  return rows[0] ? toVmRecord(rows[0]) : undefined;
+}
+
+/** VMs visible to `ownerId` (null: every account), oldest first. */
+export async function listVms(db: Queryable, ownerId: string | null, filter: { state?: VmState } = {}): Promise<VmRecord[]> {
+  const { rows } = await db.query(
+    `SELECT * FROM virtual_machines
+      WHERE removed IS NULL AND ($1::uuid IS NULL OR account_id = $1) AND ($2::text IS NULL OR state = $2)
+      ORDER BY created, id`,
+    [ownerId, filter.state ?? null],
+  );
+  return rows.map(toVmRecord);
+}
+
+/** Sets columns of a VM (and its `updated` time); returns the new row. */
+export async function updateVm(
+  db: Queryable,
+  id: string,
+  set: Partial<Record<'state' | 'iso_id' | 'service_offering_id' | 'host_id', unknown>>,
+): Promise<VmRecord> {
+  const cols = Object.keys(set);
+  const { rows } = await db.query(
+    `UPDATE virtual_machines SET ${cols.map((c, i) => `${c} = $${i + 2}, `).join('')}updated = now() WHERE id = $1 RETURNING *`,
+    [id, ...cols.map((c) => set[c as keyof typeof set])],
+  );
+  return toVmRecord(rows[0]);
+}

@@ -1,0 +1,132 @@
+import type { Queryable } from './pool.js';
+import type { Hypervisor } from './vms.js';
+
+export type VolumeType = 'ROOT' | 'DATADISK';
+export type VolumeState = 'Allocated' | 'Ready' | 'Destroyed';
+
+/** A `volumes` row. */
+export interface VolumeRecord {
+  id: string;
+  accountId: string;
+  vmId: string | null;
+  name: string;
+  type: VolumeType;
+  hypervisor: Hypervisor;
+  sizeBytes: number;
+  poolId: string;
+  path: string;
+  format: 'qcow2' | 'vhd';
+  state: VolumeState;
+  deviceId: number | null;
+  createdAt: string;
+  updatedAt: string;
+  removedAt: string | null;
+}
+
+/** Maps a `volumes` row. */
+export function toVolumeRecord(r: Record<string, any>): VolumeRecord {
+  return {
+    id: r.id,
+    accountId: r.account_id,
+    vmId: r.vm_id,
+    name: r.name,
+    type: r.type,
+    hypervisor: r.hypervisor,
+    sizeBytes: Number(r.size_bytes),
+    poolId: r.pool_id,
+    path: r.path,
+    format: r.format,
+    state: r.state,
+    deviceId: r.device_id,
+    createdAt: new Date(r.created).toISOString(),
+    updatedAt: new Date(r.updated).toISOString(),
+    removedAt: r.removed == null ? null : new Date(r.removed).toISOString(),
+  };
+}
+
+/** One volume visible to `ownerId` (null: any account), removed ones included (they show as Destroyed). */
+export async function findVolume(db: Queryable, id: string, ownerId: string | null): Promise<VolumeRecord | undefined> {
+  const { rows } = await db.query('SELECT * FROM volumes WHERE id = $1 AND ($2::uuid IS NULL OR account_id = $2)', [id, ownerId]);
+  return rows[0] ? toVolumeRecord(rows[0]) : undefined;
+}
+
+/** Volumes visible to `ownerId`; Destroyed ones only when asked for by state. */
+export async function listVolumes(
+  db: Queryable,
+  ownerId: string | null,
+  filter: { vmId?: string; type?: VolumeType; state?: VolumeState } = {},
+): Promise<VolumeRecord[]> {
+  const { rows } = await db.query(
+    `SELECT * FROM volumes
+      WHERE ($1::uuid IS NULL OR account_id = $1)
+        AND ($2::uuid IS NULL OR vm_id = $2)
+        AND ($3::text IS NULL OR type = $3)
+        AND (CASE WHEN $4::text IS NULL THEN state <> 'Destroyed' ELSE state = $4 END)
+      ORDER BY created, device_id NULLS LAST, id`,
+    [ownerId, filter.vmId ?? null, filter.type ?? null, filter.state ?? null],
+  );
+  return rows.map(toVolumeRecord);
+}
+
+/** The volumes attached to VMs `vmIds`, by VM and device order. */
+export async function volumesOfVms(db: Queryable, vmIds: string[]): Promise<VolumeRecord[]> {
+  if (!vmIds.length) return [];
+  const { rows } = await db.query(
+    `SELECT * FROM volumes WHERE vm_id = ANY($1::uuid[]) AND state <> 'Destroyed' ORDER BY vm_id, device_id NULLS LAST, created`,
+    [vmIds],
+  );
+  return rows.map(toVolumeRecord);
+}
+
+export interface NewVolume {
+  id: string;
+  accountId: string;
+  vmId: string | null;
+  name: string;
+  type: VolumeType;
+  hypervisor: Hypervisor;
+  sizeBytes: number;
+  poolId: string;
+  path: string;
+  format: 'qcow2' | 'vhd';
+  deviceId: number | null;
+}
+
+/** Inserts a Ready volume. */
+export async function insertVolume(db: Queryable, v: NewVolume): Promise<VolumeRecord> {
+  const { rows } = await db.query(
+    `INSERT INTO volumes (id, account_id, vm_id, name, type, hypervisor, size_bytes, pool_id, path, format, state, device_id)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'Ready', $11) RETURNING *`,
+    [v.id, v.accountId, v.vmId, v.name, v.type, v.hypervisor, v.sizeBytes, v.poolId, v.path, v.format, v.deviceId],
+  );
+  return toVolumeRecord(rows[0]);
+}
+
+/** Sets columns of a volume (and its `updated` time); returns the new row. */
+export async function updateVolume(
+  db: Queryable,
+  id: string,
+  set: Partial<Record<'vm_id' | 'device_id' | 'size_bytes' | 'pool_id' | 'path' | 'state' | 'removed', unknown>>,
+): Promise<VolumeRecord> {
+  const cols = Object.keys(set);
+  const { rows } = await db.query(
+    `UPDATE volumes SET ${cols.map((c, i) => `${c} = $${i + 2}, `).join('')}updated = now() WHERE id = $1 RETURNING *`,
+    [id, ...cols.map((c) => set[c as keyof typeof set])],
+  );
+  return toVolumeRecord(rows[0]);
+}
+
+/** Marks a volume Destroyed and removed. */
+export function markVolumeDestroyed(db: Queryable, id: string): Promise<VolumeRecord> {
+  return updateVolume(db, id, { state: 'Destroyed', removed: new Date(), vm_id: null, device_id: null });
+}
+
+/** The primary snapshots on a volume's image are gone with it (deleted or replaced): their store refs say so. */
+export async function destroyPrimaryRefsOfVolume(db: Queryable, volumeId: string): Promise<void> {
+  await db.query(
+    `UPDATE snapshot_store_ref r SET state = 'Destroyed', last_updated = now()
+       FROM snapshots s
+      WHERE s.id = r.snapshot_id AND s.volume_id = $1 AND r.store_role = 'Primary' AND r.state <> 'Destroyed'`,
+    [volumeId],
+  );
+}

@@ -1,0 +1,12 @@
+import type { Role } from '../db/accounts.js';
+
+/** Who is asking: the account behind the API key. */
+export interface Caller {
+  accountId: string;
+  role: Role;
+}
+
+/** The account whose resources `caller` may see and touch; null means every account (an admin). */
+export function ownerScope(caller: Caller): string | null {
+  return caller.role === 'admin' ? null : caller.accountId;
+}

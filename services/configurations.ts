@@ -1,0 +1,52 @@
+import { ZodError } from 'zod';
+import { isSettingName } from '../config/settings.js';
+import { recordEvent } from '../db/events.js';
+import type { Logger } from 'pino';
+import { withTransaction, type Pool } from '../db/pool.js';
+import { listSettings, updateSetting, type SettingRow } from '../db/settings.js';
+import { NotFoundError, ValidationError } from '../domain/errors.js';
+import type { Caller } from './caller.js';
+import type { StorageGcService } from './storage-gc.js';
+
+/** Runtime configuration (DESIGN.md section 7): read by anyone, changed by admins. */
+export function createConfigurationService(deps: {
+  pool: Pool;
+  logger: Logger;
+  /** Re-times the storage GC schedule when `storage.cleanup.interval` changes. */
+  storageGc?: Pick<StorageGcService, 'ensureSchedule'>;
+}) {
+  const { pool, logger } = deps;
+  return {
+    list: (): Promise<SettingRow[]> => listSettings(pool),
+
+    /** Validates and stores one setting (ValidationError for a bad value, NotFoundError for an unknown name). */
+    async update(caller: Caller, name: string, value: unknown): Promise<SettingRow> {
+      if (!isSettingName(name)) throw new NotFoundError('configuration', name);
+      await withTransaction(pool, async (tx) => {
+        const before = (await tx.query('SELECT value FROM configuration WHERE name = $1 FOR UPDATE', [name])).rows[0]?.value;
+        const stored = await updateSetting(tx, name, value).catch((err: unknown) => {
+          if (!(err instanceof ZodError)) throw err;
+          const reason = err.issues[0]?.message ?? 'invalid value';
+          throw new ValidationError(`invalid value for ${name}: ${reason}`, { value: reason });
+        });
+        await recordEvent(tx, {
+          type: 'CONFIGURATION.VALUE.EDIT',
+          // Configuration is global: no account owns the event, admins see it.
+          accountId: null,
+          resourceType: 'Configuration',
+          resourceId: name,
+          description: `configuration ${name} changed from ${before} to ${stored}`,
+          details: { name, from: before === undefined ? null : Number(before), to: stored, by: caller.accountId },
+        });
+      });
+      const row = (await listSettings(pool)).find((s) => s.name === name)!;
+      if (name === 'storage.cleanup.interval' && deps.storageGc) {
+        // The value is stored either way; a worker re-applies it to the schedule when it starts.
+        await deps.storageGc.ensureSchedule(row.value).catch((err: unknown) => logger.warn({ err }, 'updating the storage GC schedule failed'));
+      }
+      return row;
+    },
+  };
+}
+
+export type ConfigurationService = ReturnType<typeof createConfigurationService>;

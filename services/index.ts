@@ -1,0 +1,40 @@
+import type { Logger } from 'pino';
+import type { Pool } from '../db/pool.js';
+import type { Hypervisor } from '../db/vms.js';
+import type { StorageDriver } from '../storage/driver.js';
+import { createAccountService } from './accounts.js';
+import { createCatalogService } from './catalogs.js';
+import { createConfigurationService } from './configurations.js';
+import { createEventBus } from './event-bus.js';
+import { createEventService } from './events.js';
+import { createSnapshotActions } from './snapshot-actions.js';
+import type { SnapshotService } from './snapshots.js';
+import type { StorageGcService } from './storage-gc.js';
+import { createVmService } from './vms.js';
+import { createVolumeService } from './volumes.js';
+
+/** What the API's services are built from: a slice of the running stack. */
+export interface ServiceStack {
+  pool: Pool;
+  logger: Logger;
+  drivers: Partial<Record<Hypervisor, StorageDriver>>;
+  snapshots: SnapshotService;
+  storageGc?: StorageGcService;
+}
+
+/** Builds every service the HTTP API uses over one stack. */
+export function createServices(stack: ServiceStack) {
+  const deps = { pool: stack.pool, drivers: stack.drivers, logger: stack.logger };
+  return {
+    accounts: createAccountService(deps),
+    configurations: createConfigurationService({ ...deps, ...(stack.storageGc ? { storageGc: stack.storageGc } : {}) }),
+    catalogs: createCatalogService(deps),
+    vms: createVmService(deps),
+    volumes: createVolumeService(deps),
+    snapshots: createSnapshotActions({ ...deps, snapshots: stack.snapshots }),
+    events: createEventService(deps),
+    eventBus: createEventBus(stack.pool, stack.logger.child({ component: 'event-bus' })),
+  };
+}
+
+export type Services = ReturnType<typeof createServices>;

@@ -1,0 +1,87 @@
+import type { AccountRecord } from '../db/accounts.js';
+import type { SnapshotRecord, StoreRefRecord } from '../db/snapshots.js';
+import type { VmRecord } from '../db/vms.js';
+import type { VolumeRecord } from '../db/volumes.js';
+
+/*
+ * The API shapes of the resources (DESIGN.md section 8), built from records. The zod schemas in api/schemas
+ * describe exactly these.
+ */
+
+export type VolumeView = Omit<VolumeRecord, 'removedAt'>;
+export type VmView = VmRecord & { volumes: VolumeView[] };
+export type AccountView = AccountRecord;
+
+export interface SnapshotView {
+  id: string;
+  name: string;
+  volumeId: string;
+  vmId: string | null;
+  accountId: string;
+  state: SnapshotRecord['status'];
+  asyncBackup: boolean;
+  createdAt: string;
+  updatedAt: string;
+  workflowId: string;
+  backup: {
+    attempts: number;
+    maxAttempts: number;
+    retryIntervalSeconds: number;
+    bytesDone: number;
+    bytesTotal: number;
+    lastError: string | null;
+    nextAttemptAt: string | null;
+  };
+  storeRefs: Array<{
+    role: StoreRefRecord['role'];
+    storeId: string;
+    installPath: string;
+    state: StoreRefRecord['state'];
+    sizeBytes: number | null;
+    checksum: string | null;
+  }>;
+}
+
+/** A volume as the API shows it (with its path on primary storage). */
+export function volumeView(v: VolumeRecord): VolumeView {
+  const { removedAt: _removed, ...view } = v;
+  return view;
+}
+
+/** A VM with its attached volumes. */
+export function vmView(vm: VmRecord, volumes: VolumeRecord[]): VmView {
+  return { ...vm, volumes: volumes.filter((v) => v.vmId === vm.id).map(volumeView) };
+}
+
+/** A snapshot as DESIGN.md section 8 specifies it. */
+export function snapshotView(s: SnapshotRecord, refs: StoreRefRecord[]): SnapshotView {
+  return {
+    id: s.id,
+    name: s.name,
+    volumeId: s.volumeId,
+    vmId: s.vmId,
+    accountId: s.accountId,
+    state: s.status,
+    asyncBackup: s.asyncBackup,
+    createdAt: s.createdAt,
+    updatedAt: s.updatedAt,
+    workflowId: s.workflowId,
+    backup: {
+      attempts: s.backupAttempts,
+      maxAttempts: s.backupMaxAttempts,
+      retryIntervalSeconds: s.backupRetryInterval,
+      bytesDone: Number(s.backupBytesDone),
+      bytesTotal: Number(s.backupBytesTotal),
+      lastError: s.lastError,
+      nextAttemptAt: s.nextAttemptAt,
+    },
+    storeRefs: refs.map((r) => ({
+      role: r.role,
+      storeId: r.storeId,
+      installPath: r.installPath,
+      state: r.state,
+      sizeBytes: r.sizeBytes == null ? null : Number(r.sizeBytes),
+      checksum: r.checksum,
+    })),
+  };
+}

@@ -1,0 +1,307 @@
+import { randomUUID } from 'node:crypto';
+import { findHost, findIso, findServiceOffering, leastLoadedHost, listServiceOfferings } from '../db/catalog-queries.js';
+import { recordEvent } from '../db/events.js';
+import type { PoolClient } from '../db/pool.js';
+import { findVm, listVms, updateVm, type Hypervisor, type VmRecord, type VmState } from '../db/vms.js';
+import {
+  destroyPrimaryRefsOfVolume,
+  insertVolume,
+  markVolumeDestroyed,
+  updateVolume,
+  volumesOfVms,
+  type VolumeRecord,
+} from '../db/volumes.js';
+import { ConflictError, NotFoundError } from '../domain/errors.js';
+import { vmActionDecisions, VM_ACTIONS, type Decision, type InFlightSnapshot, type VmAction } from '../domain/policy.js';
+import type { StorageDriver } from '../storage/driver.js';
+import { ownerScope, type Caller } from './caller.js';
+import { defaultStoragePool, driverFor, type ServiceDeps } from './deps.js';
+import { lockVm, lockVmVolumes, lockVolumeWithVm } from './locks.js';
+import { assertAllowed, inFlightSnapshots } from './policy-guard.js';
+import { withStorageTransaction, type OnRollback } from './storage-transaction.js';
+import { vmView, type VmView } from './views.js';
+
+export interface CreateVmInput {
+  name: string;
+  hypervisor: Hypervisor;
+  /** An offering's id or name; default: the first offering. */
+  serviceOffering?: string;
+  rootDiskSizeBytes: number;
+  dataDisks?: Array<{ name?: string; sizeBytes: number }>;
+}
+
+/** A VM action with its parameters (DESIGN.md section 8). */
+export type VmActionRequest =
+  | { action: 'start' | 'stop' | 'reboot' | 'destroy' | 'reinstall' | 'detach-iso' }
+  | { action: 'attach-iso'; isoId: string }
+  | { action: 'attach-volume' | 'detach-volume'; volumeId: string }
+  | { action: 'change-service-offering'; serviceOfferingId: string }
+  | { action: 'migrate'; hostId: string };
+
+export interface AllowedAction {
+  action: VmAction;
+  allowed: boolean;
+  reason: string | null;
+  snapshotId: string | null;
+  volumeId: string | null;
+}
+
+/** CloudStack's event type for each VM action. */
+const EVENT_TYPES: Record<VmAction, string> = {
+  start: 'VM.START',
+  stop: 'VM.STOP',
+  reboot: 'VM.REBOOT',
+  destroy: 'VM.DESTROY',
+  reinstall: 'VM.RESTORE',
+  'attach-iso': 'ISO.ATTACH',
+  'detach-iso': 'ISO.DETACH',
+  'attach-volume': 'VOLUME.ATTACH',
+  'detach-volume': 'VOLUME.DETACH',
+  'change-service-offering': 'VM.UPGRADE',
+  migrate: 'VM.MIGRATE',
+};
+
+const invalidState = (message: string, details: Record<string, unknown>) => new ConflictError('INVALID_STATE', message, details);
+
+/** Virtual machines: creation with their disks on primary storage, actions under the parallel-operation policy. */
+export function createVmService(deps: ServiceDeps) {
+  const { pool, logger } = deps;
+
+  async function view(vm: VmRecord): Promise<VmView> {
+    return vmView(vm, await volumesOfVms(pool, [vm.id]));
+  }
+
+  /** Creates one disk image and its row; the image is removed again if the transaction fails. */
+  async function createDisk(
+    tx: PoolClient,
+    onRollback: OnRollback,
+    driver: StorageDriver,
+    disk: { accountId: string; vmId: string; name: string; type: 'ROOT' | 'DATADISK'; hypervisor: Hypervisor; sizeBytes: number; deviceId: number },
+  ): Promise<VolumeRecord> {
+    const target = await defaultStoragePool(tx, disk.hypervisor);
+    const id = randomUUID();
+    const created = await driver.createVolume(target.path, id, disk.sizeBytes);
+    onRollback(() => driver.deleteVolume(created.path));
+    const volume = await insertVolume(tx, { id, ...disk, poolId: target.id, path: created.path, format: created.format });
+    await recordEvent(tx, {
+      type: 'VOLUME.CREATE',
+      accountId: disk.accountId,
+      resourceType: 'Volume',
+      resourceId: id,
+      description: `${disk.type} volume ${disk.name} (${disk.sizeBytes} bytes) created in pool ${target.name}`,
+      details: { volumeId: id, vmId: disk.vmId, poolId: target.id, path: created.path },
+    });
+    return volume;
+  }
+
+  async function actionEvent(tx: PoolClient, vm: VmRecord, action: VmAction, description: string, details: Record<string, unknown> = {}) {
+    await recordEvent(tx, {
+      type: EVENT_TYPES[action],
+      accountId: vm.accountId,
+      resourceType: 'VirtualMachine',
+      resourceId: vm.id,
+      description,
+      details: { vmId: vm.id, action, ...details },
+    });
+  }
+
+  /** Locks the volume an attach/detach names (after the VM, per the lock order). */
+  async function lockTargetVolume(tx: PoolClient, vm: VmRecord, volumeId: string, caller: Caller): Promise<VolumeRecord> {
+    const { volume } = await lockVolumeWithVm(tx, volumeId, ownerScope(caller));
+    if (volume.accountId !== vm.accountId) throw new NotFoundError('volume', volumeId);
+    return volume;
+  }
+
+  async function perform(tx: PoolClient, onRollback: OnRollback, caller: Caller, vm: VmRecord, req: VmActionRequest): Promise<VmRecord> {
+    const target = req.action === 'attach-volume' || req.action === 'detach-volume' ? await lockTargetVolume(tx, vm, req.volumeId, caller) : undefined;
+    const attached = await lockVmVolumes(tx, vm.id);
+    const inFlight = await inFlightSnapshots(tx, { vmId: vm.id, volumeIds: target ? [target.id] : [] });
+    assertAllowed({ kind: 'vm', action: req.action, vmId: vm.id, ...(target ? { volumeId: target.id } : {}) }, inFlight);
+    if (vm.state === 'Destroyed') throw invalidState(`VM ${vm.id} is Destroyed`, { vmId: vm.id, state: vm.state });
+    const requireState = (state: VmState) => {
+      if (vm.state !== state) throw invalidState(`VM ${vm.id} is ${vm.state}; ${req.action} needs it ${state}`, { vmId: vm.id, state: vm.state });
+    };
+
+    switch (req.action) {
+      case 'start':
+        requireState('Stopped');
+        await actionEvent(tx, vm, req.action, `VM ${vm.name} started`);
+        return updateVm(tx, vm.id, { state: 'Running' });
+      case 'stop':
+        requireState('Running');
+        await actionEvent(tx, vm, req.action, `VM ${vm.name} stopped`);
+        return updateVm(tx, vm.id, { state: 'Stopped' });
+      case 'reboot':
+        requireState('Running');
+        await actionEvent(tx, vm, req.action, `VM ${vm.name} rebooted`);
+        return updateVm(tx, vm.id, {});
+      case 'destroy': {
+        const driver = driverFor(deps, vm.hypervisor);
+        const roots = attached.filter((v) => v.type === 'ROOT');
+        for (const v of attached.filter((d) => d.type === 'DATADISK')) {
+          await updateVolume(tx, v.id, { vm_id: null, device_id: null });
+        }
+        for (const root of roots) {
+          await markVolumeDestroyed(tx, root.id);
+          await destroyPrimaryRefsOfVolume(tx, root.id);
+        }
+        await actionEvent(tx, vm, req.action, `VM ${vm.name} destroyed; ROOT volume deleted, data disks detached`, {
+          destroyedVolumeIds: roots.map((v) => v.id),
+          detachedVolumeIds: attached.filter((d) => d.type === 'DATADISK').map((d) => d.id),
+        });
+        const updated = await updateVm(tx, vm.id, { state: 'Destroyed' });
+        // Irreversible, so last: right before COMMIT.
+        for (const root of roots) await driver.deleteVolume(root.path);
+        return updated;
+      }
+      case 'reinstall': {
+        // As CloudStack's restoreVirtualMachine: a fresh ROOT volume (new id) replaces the old, which is destroyed.
+        const driver = driverFor(deps, vm.hypervisor);
+        const old = attached.find((v) => v.type === 'ROOT');
+        if (!old) throw invalidState(`VM ${vm.id} has no ROOT volume`, { vmId: vm.id });
+        await markVolumeDestroyed(tx, old.id);
+        await destroyPrimaryRefsOfVolume(tx, old.id);
+        const fresh = await createDisk(tx, onRollback, driver, {
+          accountId: vm.accountId,
+          vmId: vm.id,
+          name: old.name,
+          type: 'ROOT',
+          hypervisor: vm.hypervisor,
+          sizeBytes: old.sizeBytes,
+          deviceId: 0,
+        });
+        await actionEvent(tx, vm, req.action, `VM ${vm.name} reinstalled with a fresh ROOT volume`, { oldVolumeId: old.id, volumeId: fresh.id });
+        const updated = await updateVm(tx, vm.id, {});
+        await driver.deleteVolume(old.path);
+        return updated;
+      }
+      case 'attach-iso': {
+        const iso = await findIso(tx, req.isoId);
+        if (!iso) throw new NotFoundError('ISO', req.isoId);
+        if (vm.isoId) throw new ConflictError('ISO_ALREADY_ATTACHED', `VM ${vm.id} already has ISO ${vm.isoId} attached; detach it first`, { vmId: vm.id, isoId: vm.isoId });
+        await actionEvent(tx, vm, req.action, `ISO ${iso.name} attached to VM ${vm.name}`, { isoId: iso.id });
+        return updateVm(tx, vm.id, { iso_id: iso.id });
+      }
+      case 'detach-iso':
+        if (!vm.isoId) throw invalidState(`VM ${vm.id} has no ISO attached`, { vmId: vm.id });
+        await actionEvent(tx, vm, req.action, `ISO detached from VM ${vm.name}`, { isoId: vm.isoId });
+        return updateVm(tx, vm.id, { iso_id: null });
+      case 'attach-volume': {
+        const volume = target!;
+        if (volume.vmId) throw new ConflictError('VOLUME_ATTACHED', `volume ${volume.id} is attached to VM ${volume.vmId}; detach it first`, { volumeId: volume.id, vmId: volume.vmId });
+        if (volume.state !== 'Ready') throw invalidState(`volume ${volume.id} is ${volume.state}, not Ready`, { volumeId: volume.id });
+        if (volume.type !== 'DATADISK') throw invalidState(`only DATADISK volumes can be attached`, { volumeId: volume.id });
+        if (volume.hypervisor !== vm.hypervisor) {
+          throw new ConflictError('HYPERVISOR_MISMATCH', `volume ${volume.id} is a ${volume.hypervisor} volume; VM ${vm.id} runs on ${vm.hypervisor}`, { volumeId: volume.id, vmId: vm.id });
+        }
+        const deviceId = Math.max(0, ...attached.map((v) => v.deviceId ?? 0)) + 1;
+        await updateVolume(tx, volume.id, { vm_id: vm.id, device_id: deviceId });
+        await actionEvent(tx, vm, req.action, `volume ${volume.name} attached to VM ${vm.name}`, { volumeId: volume.id, deviceId });
+        return updateVm(tx, vm.id, {});
+      }
+      case 'detach-volume': {
+        const volume = target!;
+        if (volume.vmId !== vm.id) throw new ConflictError('VOLUME_NOT_ATTACHED', `volume ${volume.id} is not attached to VM ${vm.id}`, { volumeId: volume.id, vmId: vm.id });
+        if (volume.type === 'ROOT') throw invalidState(`the ROOT volume cannot be detached`, { volumeId: volume.id, vmId: vm.id });
+        await updateVolume(tx, volume.id, { vm_id: null, device_id: null });
+        await actionEvent(tx, vm, req.action, `volume ${volume.name} detached from VM ${vm.name}`, { volumeId: volume.id });
+        return updateVm(tx, vm.id, {});
+      }
+      case 'change-service-offering': {
+        const offering = await findServiceOffering(tx, req.serviceOfferingId);
+        if (!offering) throw new NotFoundError('service offering', req.serviceOfferingId);
+        await actionEvent(tx, vm, req.action, `VM ${vm.name} changed to service offering ${offering.name}`, { serviceOfferingId: offering.id, previous: vm.serviceOfferingId });
+        return updateVm(tx, vm.id, { service_offering_id: offering.id });
+      }
+      case 'migrate': {
+        const host = await findHost(tx, req.hostId);
+        if (!host) throw new NotFoundError('host', req.hostId);
+        if (host.hypervisor !== vm.hypervisor) {
+          throw new ConflictError('HYPERVISOR_MISMATCH', `host ${host.name} runs ${host.hypervisor}; VM ${vm.id} needs ${vm.hypervisor}`, { hostId: host.id, vmId: vm.id });
+        }
+        if (host.id === vm.hostId) throw invalidState(`VM ${vm.id} already runs on host ${host.name}`, { vmId: vm.id, hostId: host.id });
+        await actionEvent(tx, vm, req.action, `VM ${vm.name} migrated to host ${host.name}`, { hostId: host.id, previous: vm.hostId });
+        return updateVm(tx, vm.id, { host_id: host.id });
+      }
+    }
+  }
+
+  return {
+    /** Creates a VM (Running) with its ROOT and data disks as images in the hypervisor's first storage pool. */
+    async create(caller: Caller, input: CreateVmInput): Promise<VmView> {
+      const driver = driverFor(deps, input.hypervisor);
+      const offering = input.serviceOffering
+        ? await findServiceOffering(pool, input.serviceOffering)
+        : (await listServiceOfferings(pool))[0];
+      if (!offering) throw new NotFoundError('service offering', input.serviceOffering ?? '(default)');
+      const host = await leastLoadedHost(pool, input.hypervisor);
+      if (!host) throw new ConflictError('NO_HOST', `no ${input.hypervisor} host is available`, { hypervisor: input.hypervisor });
+      const vm = await withStorageTransaction(pool, logger, async (tx, onRollback) => {
+        const id = randomUUID();
+        const { rows } = await tx.query(
+          `INSERT INTO virtual_machines (id, account_id, name, hypervisor, state, service_offering_id, host_id)
+           VALUES ($1, $2, $3, $4, 'Running', $5, $6) RETURNING *`,
+          [id, caller.accountId, input.name, input.hypervisor, offering.id, host.id],
+        );
+        const common = { accountId: caller.accountId, vmId: id, hypervisor: input.hypervisor };
+        await createDisk(tx, onRollback, driver, { ...common, name: `${input.name}-ROOT`, type: 'ROOT', sizeBytes: input.rootDiskSizeBytes, deviceId: 0 });
+        for (const [i, disk] of (input.dataDisks ?? []).entries()) {
+          await createDisk(tx, onRollback, driver, { ...common, name: disk.name ?? `${input.name}-DATA-${i + 1}`, type: 'DATADISK', sizeBytes: disk.sizeBytes, deviceId: i + 1 });
+        }
+        await recordEvent(tx, {
+          type: 'VM.CREATE',
+          accountId: caller.accountId,
+          resourceType: 'VirtualMachine',
+          resourceId: id,
+          description: `VM ${input.name} created on host ${host.name} with offering ${offering.name}`,
+          details: { vmId: id, hostId: host.id, serviceOfferingId: offering.id },
+        });
+        return rows[0].id as string;
+      });
+      return view((await findVm(pool, vm, null))!);
+    },
+
+    async list(caller: Caller, filter: { state?: VmState } = {}): Promise<VmView[]> {
+      const vms = await listVms(pool, ownerScope(caller), filter);
+      const volumes = await volumesOfVms(pool, vms.map((v) => v.id));
+      return vms.map((vm) => vmView(vm, volumes));
+    },
+
+    async get(caller: Caller, id: string): Promise<VmView> {
+      const vm = await findVm(pool, id, ownerScope(caller));
+      if (!vm) throw new NotFoundError('VM', id);
+      return view(vm);
+    },
+
+    /** Runs a VM action: locks the VM and the volumes involved, checks the policy and acts, in one transaction. */
+    async act(caller: Caller, id: string, req: VmActionRequest): Promise<VmView> {
+      const updated = await withStorageTransaction(pool, logger, async (tx, onRollback) => {
+        const vm = await lockVm(tx, id, ownerScope(caller));
+        return perform(tx, onRollback, caller, vm, req);
+      });
+      logger.info({ vmId: id, action: req.action, accountId: caller.accountId }, 'VM action done');
+      return view(updated);
+    },
+
+    /** Which VM actions the parallel-operation policy allows now, with reasons (the same table the actions use). */
+    async allowedActions(caller: Caller, id: string): Promise<{ vmId: string; inFlightSnapshots: InFlightSnapshot[]; actions: AllowedAction[] }> {
+      const vm = await findVm(pool, id, ownerScope(caller));
+      if (!vm) throw new NotFoundError('VM', id);
+      const inFlight = await inFlightSnapshots(pool, { vmId: vm.id });
+      const decisions = vmActionDecisions(vm.id, inFlight);
+      return {
+        vmId: vm.id,
+        inFlightSnapshots: inFlight,
+        actions: VM_ACTIONS.map((action) => toAllowedAction(action, decisions[action])),
+      };
+    },
+  };
+}
+
+function toAllowedAction(action: VmAction, d: Decision): AllowedAction {
+  return d.allowed
+    ? { action, allowed: true, reason: null, snapshotId: null, volumeId: null }
+    : { action, allowed: false, reason: d.reason, snapshotId: d.snapshotId, volumeId: d.volumeId };
+}
+
+export type VmService = ReturnType<typeof createVmService>;

@@ -1,0 +1,74 @@
+/** The volsnap HTTP API (DESIGN.md section 8) with the user's API key as `Authorization: Bearer`. */
+
+export class ApiError extends Error {
+  constructor(status, code, message, details) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = status;
+    this.code = code;
+    this.details = details ?? {};
+  }
+
+  /** The message with per-field problems of a 400, e.g. "invalid request body: name: must not be empty". */
+  describe() {
+    const fields = this.details?.fields;
+    if (fields && typeof fields === 'object') {
+      const parts = Object.entries(fields).map(([k, v]) => `${k}: ${v}`);
+      if (parts.length) return parts.join('; ');
+    }
+    return this.message;
+  }
+}
+
+const seg = (id) => encodeURIComponent(id);
+
+export function createApi(key, { onUnauthorized } = {}) {
+  async function call(method, path, body, opts = {}) {
+    const headers = { Authorization: `Bearer ${key}`, Accept: 'application/json', ...opts.headers };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    let res;
+    try {
+      res = await fetch(path, {
+        method,
+        headers,
+        cache: 'no-store',
+        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      });
+    } catch (err) {
+      if (err?.name === 'AbortError') throw err;
+      throw new ApiError(0, 'NETWORK', 'the service cannot be reached', {});
+    }
+    const text = await res.text();
+    let data;
+    try {
+      data = text ? JSON.parse(text) : undefined;
+    } catch {
+      data = undefined;
+    }
+    if (!res.ok) {
+      const e = data?.error;
+      if (res.status === 401) onUnauthorized?.();
+      throw new ApiError(res.status, e?.code ?? `HTTP_${res.status}`, e?.message ?? `HTTP ${res.status} ${res.statusText}`, e?.details);
+    }
+    return data;
+  }
+
+  return {
+    key,
+    listVms: () => call('GET', '/api/v1/vms'),
+    getVm: (id) => call('GET', `/api/v1/vms/${seg(id)}`),
+    createVm: (body) => call('POST', '/api/v1/vms', body),
+    allowedActions: (id) => call('GET', `/api/v1/vms/${seg(id)}/allowed-actions`),
+    vmAction: (id, body) => call('POST', `/api/v1/vms/${seg(id)}/actions`, body),
+    listVolumes: () => call('GET', '/api/v1/volumes'),
+    listSnapshots: () => call('GET', '/api/v1/snapshots'),
+    getSnapshot: (id) => call('GET', `/api/v1/snapshots/${seg(id)}`),
+    /** Answers at the milestone: created on primary (asyncBackup) or backed up (the default). */
+    takeSnapshot: (volumeId, body, idempotencyKey, signal) =>
+      call('POST', `/api/v1/volumes/${seg(volumeId)}/snapshots`, body, { headers: { 'Idempotency-Key': idempotencyKey }, signal }),
+    isos: () => call('GET', '/api/v1/isos'),
+    serviceOfferings: () => call('GET', '/api/v1/service-offerings'),
+    hosts: () => call('GET', '/api/v1/hosts'),
+  };
+}

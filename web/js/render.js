@@ -1,0 +1,304 @@
+import { byId, h, replacePreserving } from './dom.js';
+import { formatBytes, formatCountdown, formatDateTime, formatTime, percent } from './format.js';
+import { detachedVolumes, isInFlight, snapshotsOfVolume, state, vmIdOfSnapshot, volumesOfVm } from './store.js';
+
+export const ACTION_LABELS = {
+  start: 'Start',
+  stop: 'Stop',
+  reboot: 'Reboot',
+  destroy: 'Destroy',
+  reinstall: 'Reinstall',
+  'attach-iso': 'Attach ISO',
+  'detach-iso': 'Detach ISO',
+  'attach-volume': 'Attach disk',
+  'detach-volume': 'Detach disk',
+  'change-service-offering': 'Change offering',
+  migrate: 'Migrate',
+};
+
+/** Actions whose reason is listed on the VM card (detach-volume is explained on the disk it concerns). */
+const VM_LEVEL = ['start', 'stop', 'reboot', 'destroy', 'reinstall', 'attach-iso', 'detach-iso', 'attach-volume', 'change-service-offering', 'migrate'];
+
+/**
+ * Renders the VM list and the detached volumes from the store. Whole VM cards are rebuilt when their data
+ * changes (keeping focus and form values); progress only rebuilds the snapshot's row.
+ */
+export function createView({ onTakeSnapshot, onAction, onSnapshotChanged, isBusy }) {
+  const nameOf = (list, id) => list.find((x) => x.id === id)?.name ?? null;
+
+  function renderAll() {
+    const vms = [...state.vms.values()]
+      .filter((v) => v.state !== 'Destroyed')
+      .sort((a, b) => Date.parse(b.createdAt) - Date.parse(a.createdAt));
+    const destroyed = state.vms.size - vms.length;
+    const next = h(
+      'div',
+      { id: 'vm-list', class: 'vm-list' },
+      vms.length ? vms.map(vmCard) : h('p', { class: 'empty' }, 'No virtual machines yet: create one above to get started.'),
+      destroyed ? h('p', { class: 'muted' }, `${destroyed} destroyed VM${destroyed === 1 ? '' : 's'} not shown.`) : null,
+    );
+    replacePreserving(byId('vm-list'), next);
+    renderDetached();
+  }
+
+  function renderVm(vmId) {
+    const old = document.querySelector(`[data-vm-card="${CSS.escape(vmId)}"]`);
+    const vm = state.vms.get(vmId);
+    if (!old || !vm || vm.state === 'Destroyed') return renderAll();
+    replacePreserving(old, vmCard(vm));
+  }
+
+  function renderDetached() {
+    const vols = detachedVolumes();
+    const next = h(
+      'div',
+      { id: 'detached-list', class: 'detached-list' },
+      vols.length ? vols.map((v) => volumeSection(v, null)) : h('p', { class: 'muted' }, 'No detached volumes.'),
+    );
+    replacePreserving(byId('detached-list'), next);
+  }
+
+  function renderOwnerOf(s) {
+    const vmId = vmIdOfSnapshot(s);
+    if (vmId && document.querySelector(`[data-vm-card="${CSS.escape(vmId)}"]`)) renderVm(vmId);
+    else if (state.volumes.get(s.volumeId)?.vmId === null) renderDetached();
+    else renderAll();
+  }
+
+  function patchSnapshot(id) {
+    const s = state.snapshots.get(id);
+    const old = document.querySelector(`[data-snapshot-row="${CSS.escape(id)}"]`);
+    if (!s) return old?.remove();
+    if (!old) return renderOwnerOf(s);
+    old.replaceWith(snapshotRow(s));
+  }
+
+  function vmCard(vm) {
+    const allowed = state.allowed.get(vm.id);
+    const decisions = new Map((allowed?.actions ?? []).map((a) => [a.action, a]));
+    const decide = (action) => decisions.get(action) ?? { allowed: true, reason: null };
+    const whyId = (action) => `vm-${vm.id}-why-${action}`;
+    const refused = VM_LEVEL.filter((a) => !decide(a).allowed);
+    const titleId = `vm-${vm.id}-title`;
+
+    const button = (action, { key = action, type = 'button', body = { action }, danger = false } = {}) => {
+      const d = decide(action);
+      const busy = isBusy(vm.id, action);
+      const el = h(
+        'button',
+        {
+          type,
+          class: ['btn', danger && 'btn-danger'],
+          'data-key': `vm:${vm.id}:${key}`,
+          disabled: !d.allowed,
+          title: d.allowed ? undefined : d.reason,
+          'aria-describedby': d.allowed ? undefined : whyId(action),
+          'aria-busy': busy ? 'true' : undefined,
+          'aria-disabled': busy ? 'true' : undefined,
+        },
+        ACTION_LABELS[action],
+      );
+      if (type === 'button') el.addEventListener('click', () => onAction(vm, body, el));
+      return el;
+    };
+
+    const paramForm = (action, param, label, options) => {
+      const d = decide(action);
+      const selectId = `vm-${vm.id}-${action}-choice`;
+      const submit = button(action, { type: 'submit' });
+      return h(
+        'form',
+        {
+          class: 'param-action',
+          onsubmit: (ev) => {
+            ev.preventDefault();
+            const choice = ev.currentTarget.querySelector('select').value;
+            if (choice) onAction(vm, { action, [param]: choice }, submit);
+          },
+        },
+        h('label', { for: selectId }, label),
+        h(
+          'select',
+          { id: selectId, 'data-key': `vm:${vm.id}:${action}:choice`, disabled: !d.allowed },
+          options.map((o) => h('option', { value: o.id }, o.name)),
+        ),
+        submit,
+      );
+    };
+
+    const { isos, offerings, hosts } = state.catalogs;
+    const attachable = detachedVolumes().filter((v) => v.hypervisor === vm.hypervisor && v.state === 'Ready' && v.type === 'DATADISK');
+    const otherHosts = hosts.filter((x) => x.hypervisor === vm.hypervisor && x.id !== vm.hostId);
+    const otherOfferings = offerings.filter((o) => o.id !== vm.serviceOfferingId);
+    const running = vm.state === 'Running';
+
+    return h(
+      'article',
+      { class: 'vm card', 'data-vm-card': vm.id, 'aria-labelledby': titleId },
+      h(
+        'header',
+        { class: 'vm-head' },
+        h('h3', { id: titleId, tabindex: '-1' }, vm.name),
+        h('span', { class: ['badge', `vm-${vm.state}`] }, vm.state),
+        h(
+          'dl',
+          { class: 'facts' },
+          fact('Hypervisor', vm.hypervisor),
+          fact('Offering', nameOf(offerings, vm.serviceOfferingId) ?? '—'),
+          fact('Host', nameOf(hosts, vm.hostId) ?? '—'),
+          fact('ISO', vm.isoId ? nameOf(isos, vm.isoId) ?? vm.isoId : 'none'),
+        ),
+      ),
+      h(
+        'div',
+        { class: 'actions', role: 'group', 'aria-label': `Actions for VM ${vm.name}` },
+        h(
+          'div',
+          { class: 'toolbar' },
+          running ? button('stop', { key: 'power' }) : button('start', { key: 'power' }),
+          running ? button('reboot') : null,
+          button('reinstall'),
+          button('destroy', { danger: true }),
+          vm.isoId ? button('detach-iso') : null,
+        ),
+        h(
+          'div',
+          { class: 'param-actions' },
+          vm.isoId || !isos.length ? null : paramForm('attach-iso', 'isoId', 'ISO', isos),
+          attachable.length ? paramForm('attach-volume', 'volumeId', 'Disk', attachable.map((v) => ({ id: v.id, name: `${v.name} (${formatBytes(v.sizeBytes)})` }))) : null,
+          otherOfferings.length ? paramForm('change-service-offering', 'serviceOfferingId', 'Offering', otherOfferings.map((o) => ({ id: o.id, name: `${o.name} (${o.cpuCount} CPU, ${o.memoryMb} MB)` }))) : null,
+          otherHosts.length ? paramForm('migrate', 'hostId', 'Host', otherHosts) : null,
+        ),
+        refused.length
+          ? h(
+              'div',
+              { class: 'reasons' },
+              h('p', { class: 'reasons-title' }, 'Unavailable while a backup is in progress:'),
+              h('ul', {}, refused.map((a) => h('li', { id: whyId(a) }, h('strong', {}, ACTION_LABELS[a]), ': ', decide(a).reason))),
+            )
+          : null,
+      ),
+      h('div', { class: 'volumes' }, volumesOfVm(vm.id).map((v) => volumeSection(v, vm, decide('detach-volume'), allowed))),
+    );
+  }
+
+  function volumeSection(vol, vm, detachDecision, allowed) {
+    const titleId = `vol-${vol.id}-title`;
+    const snaps = snapshotsOfVolume(vol.id);
+    const backingUp = allowed?.inFlightSnapshots.some((s) => s.volumeId === vol.id) ?? false;
+    let detach = null;
+    let why = null;
+    if (vm && vol.type === 'DATADISK') {
+      const blocked = detachDecision && !detachDecision.allowed && (detachDecision.volumeId === vol.id || backingUp);
+      const whyId = `vol-${vol.id}-why-detach`;
+      const reason = blocked
+        ? detachDecision.volumeId === vol.id
+          ? detachDecision.reason
+          : `Detach disk is not allowed while a snapshot of volume ${vol.id} is being backed up`
+        : null;
+      detach = h(
+        'button',
+        {
+          type: 'button',
+          class: 'btn',
+          'data-key': `vol:${vol.id}:detach`,
+          disabled: blocked,
+          title: reason ?? undefined,
+          'aria-describedby': reason ? whyId : undefined,
+          'aria-label': `Detach disk ${vol.name}`,
+        },
+        'Detach',
+      );
+      detach.addEventListener('click', () => onAction(vm, { action: 'detach-volume', volumeId: vol.id }, detach));
+      if (reason) why = h('p', { id: whyId, class: 'reason' }, h('strong', {}, 'Detach disk'), ': ', reason);
+    }
+    const take = h('button', { type: 'button', class: 'btn btn-primary', 'data-key': `vol:${vol.id}:snapshot` }, 'Take snapshot');
+    take.addEventListener('click', () => onTakeSnapshot(vol, take));
+    return h(
+      'section',
+      { class: 'volume', 'aria-labelledby': titleId, 'data-volume': vol.id },
+      h(
+        'div',
+        { class: 'volume-head' },
+        h('h4', { id: titleId }, vol.name),
+        h('span', { class: 'badge' }, vol.type),
+        h('span', { class: 'muted' }, `${formatBytes(vol.sizeBytes)} ${vol.format}`),
+        h('span', { class: 'volume-buttons' }, take, detach),
+      ),
+      h('p', { class: 'path' }, h('span', { class: 'visually-hidden' }, 'Path on primary storage: '), h('code', {}, vol.path)),
+      why,
+      snaps.length
+        ? h('ul', { class: 'snapshots', 'aria-label': `Snapshots of ${vol.name}` }, snaps.map(snapshotRow))
+        : h('p', { class: 'muted no-snapshots' }, 'No snapshots yet.'),
+    );
+  }
+
+  return { renderAll, renderVm, renderDetached, renderOwnerOf, patchSnapshot, snapshotChanged: (s) => s && onSnapshotChanged(s) };
+}
+
+function fact(term, value) {
+  return h('div', {}, h('dt', {}, term), h('dd', {}, value));
+}
+
+/** One snapshot: state, and while it is in flight its progress, attempt and next retry. */
+export function snapshotRow(s) {
+  const b = s.backup;
+  const nameId = `snap-${s.id}-name`;
+  return h(
+    'li',
+    { class: ['snapshot', `is-${s.state}`], 'data-snapshot-row': s.id, 'aria-labelledby': nameId },
+    h(
+      'div',
+      { class: 'snap-head' },
+      h('span', { class: 'snap-name', id: nameId }, s.name),
+      h('span', { class: ['state', `state-${s.state}`] }, s.state),
+      h('span', { class: 'muted' }, s.asyncBackup ? 'asynchronous backup' : 'synchronous backup'),
+      h('time', { class: 'muted', datetime: s.createdAt }, formatDateTime(s.createdAt)),
+    ),
+    isInFlight(s) ? progressBlock(s) : null,
+    s.state === 'BackedUp'
+      ? h('p', { class: 'muted snap-detail' }, `Backed up ${formatBytes(b.bytesTotal)} on attempt ${b.attempts} of ${b.maxAttempts}.`)
+      : null,
+    s.state === 'Error' ? h('p', { class: 'snap-error' }, b.lastError ?? 'failed') : null,
+  );
+}
+
+function progressBlock(s) {
+  const b = s.backup;
+  const determinate = s.state === 'BackingUp' && b.bytesTotal > 0;
+  const text =
+    s.state === 'BackingUp'
+      ? determinate
+        ? `${formatBytes(b.bytesDone)} of ${formatBytes(b.bytesTotal)} (${percent(b.bytesDone, b.bytesTotal)}%)`
+        : 'starting…'
+      : s.state === 'CreatedOnPrimary'
+        ? 'created on primary storage; the backup starts soon'
+        : 'creating on primary storage…';
+  const bar = h('progress', {
+    'aria-label': `Backup progress of ${s.name}`,
+    'aria-valuetext': text,
+    ...(determinate ? { max: b.bytesTotal, value: b.bytesDone } : {}),
+  });
+  return h(
+    'div',
+    { class: 'snap-progress' },
+    h('div', { class: 'progress-line' }, bar, h('span', { class: 'progress-text' }, text)),
+    h(
+      'p',
+      { class: 'snap-detail' },
+      b.attempts > 0 ? h('span', { class: 'attempt' }, `attempt ${b.attempts} of ${b.maxAttempts}`) : null,
+      b.nextAttemptAt
+        ? h(
+            'span',
+            { class: 'retry' },
+            'next retry at ',
+            h('time', { datetime: b.nextAttemptAt }, formatTime(b.nextAttemptAt)),
+            ' (',
+            h('span', { 'data-countdown': b.nextAttemptAt }, formatCountdown(b.nextAttemptAt)),
+            ')',
+          )
+        : null,
+    ),
+    b.lastError ? h('p', { class: 'snap-error' }, `Last attempt failed: ${b.lastError}`) : null,
+  );
+}

@@ -1,0 +1,77 @@
+/** What the page knows, as the API last told it (plus live progress merged in). */
+
+export const IN_FLIGHT = new Set(['Allocated', 'Creating', 'CreatedOnPrimary', 'BackingUp']);
+const FINAL = new Set(['BackedUp', 'Error', 'Destroying', 'Destroyed']);
+
+export const state = {
+  vms: new Map(),
+  volumes: new Map(),
+  snapshots: new Map(),
+  /** vmId -> GET /vms/{id}/allowed-actions answer */
+  allowed: new Map(),
+  catalogs: { isos: [], offerings: [], hosts: [] },
+};
+
+export function resetState() {
+  state.vms.clear();
+  state.volumes.clear();
+  state.snapshots.clear();
+  state.allowed.clear();
+  state.catalogs = { isos: [], offerings: [], hosts: [] };
+}
+
+/** Stores a snapshot unless we already hold a newer version of it. Returns whether anything changed. */
+export function upsertSnapshot(s) {
+  const old = state.snapshots.get(s.id);
+  if (old && Date.parse(old.updatedAt) > Date.parse(s.updatedAt)) return false;
+  if (old && JSON.stringify(old) === JSON.stringify(s)) return false;
+  state.snapshots.set(s.id, s);
+  return true;
+}
+
+/**
+ * Merges an SSE `progress` message into the snapshot. A progress message never moves a finished snapshot
+ * back into flight (it may have been computed just before the final transition). Returns what changed.
+ */
+export function applyProgress(p) {
+  const s = state.snapshots.get(p.snapshotId);
+  if (!s) return { known: false };
+  if (FINAL.has(s.state)) return { known: true, changed: false };
+  const stateChanged = s.state !== p.state;
+  const attemptChanged = s.backup.attempts !== p.attempts;
+  const changed = stateChanged || attemptChanged || s.backup.bytesDone !== p.bytesDone || s.backup.bytesTotal !== p.bytesTotal;
+  if (changed) {
+    state.snapshots.set(s.id, {
+      ...s,
+      state: p.state,
+      backup: { ...s.backup, attempts: p.attempts, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal },
+    });
+  }
+  return { known: true, changed, stateChanged, attemptChanged };
+}
+
+export function snapshotsOfVolume(volumeId) {
+  return [...state.snapshots.values()]
+    .filter((s) => s.volumeId === volumeId && s.state !== 'Destroyed')
+    .sort((a, b) => Date.parse(b.createdAt) - Date.parse(a.createdAt));
+}
+
+/** Volumes attached to a VM, ROOT first then by device id. */
+export function volumesOfVm(vmId) {
+  return [...state.volumes.values()]
+    .filter((v) => v.vmId === vmId)
+    .sort((a, b) => (a.type === b.type ? (a.deviceId ?? 0) - (b.deviceId ?? 0) : a.type === 'ROOT' ? -1 : 1));
+}
+
+export function detachedVolumes() {
+  return [...state.volumes.values()].filter((v) => v.vmId === null).sort((a, b) => a.name.localeCompare(b.name));
+}
+
+/** The VM a snapshot's volume belongs to (if any). */
+export function vmIdOfSnapshot(s) {
+  return s.vmId ?? state.volumes.get(s.volumeId)?.vmId ?? null;
+}
+
+export function isInFlight(s) {
+  return IN_FLIGHT.has(s.state);
+}

@@ -1,0 +1,36 @@
+import { byId, h } from './dom.js';
+
+/**
+ * Notifications in one polite live region (role=status, named "Notifications"). Each has a key so the same
+ * news (say, "created on primary", heard from both the POST answer and the event stream) shows once.
+ */
+
+const shown = new Set();
+const TTL = { info: 8000, success: 8000, warning: 15000 };
+
+export function toast(message, { kind = 'info', key } = {}) {
+  if (key !== undefined) {
+    if (shown.has(key)) return;
+    shown.add(key);
+  }
+  const region = byId('toasts');
+  const close = () => item.remove();
+  const item = h(
+    'div',
+    { class: ['toast', `toast-${kind}`] },
+    h('p', { class: 'toast-text' }, kind === 'error' ? h('strong', {}, 'Error: ') : null, message),
+    h('button', { type: 'button', class: 'toast-close', 'aria-label': 'Dismiss notification', onclick: close }, '×'),
+  );
+  region.append(item);
+  // Errors stay until dismissed; the rest fade after a while (keep at most a handful on screen).
+  const ttl = TTL[kind];
+  if (ttl) setTimeout(close, ttl);
+  const items = region.querySelectorAll('.toast');
+  if (items.length > 6) items[0].remove();
+}
+
+/** Forget the keys (on sign-out), so a new session hears its own news. */
+export function resetToasts() {
+  shown.clear();
+  byId('toasts').replaceChildren();
+}
