@@ -231,8 +231,10 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
             }
           }
           let primarySnapshotDeleted = false;
-          // A volume file that is gone took its internal snapshots with it.
-          const volumeExists = await stat(row.volume_path).then((s) => s.isFile(), () => false);
+          // A KVM volume file that is gone took its internal snapshots with it; XenServer snapshots are VDIs of
+          // their own, which hasSnapshot finds (or not) whatever became of the base VDI.
+          const volumeExists =
+            driver.hypervisor !== 'KVM' || (await stat(row.volume_path).then((s) => s.isFile(), () => false));
           if (volumeExists && (await driver.hasSnapshot(row.volume_path, row.id))) {
             await driver.deleteSnapshot(row.volume_path, row.id);
             primarySnapshotDeleted = true;

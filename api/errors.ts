@@ -2,7 +2,7 @@ import type { Context, ErrorHandler, NotFoundHandler } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { ZodError } from 'zod';
-import { ConflictError, NotFoundError, SnapshotCreationFailedError, ValidationError } from '../domain/errors.js';
+import { ConflictError, NotFoundError, SnapshotCreationFailedError, ValidationError, publicErrorMessage } from '../domain/errors.js';
 import { IllegalSnapshotTransitionError } from '../domain/snapshot-states.js';
 import type { AppBindings } from './types.js';
 
@@ -83,9 +83,10 @@ export function toErrorResponse(err: unknown): { status: ContentfulStatusCode; b
     return ok(err.status as ContentfulStatusCode, errorBody(code, message));
   }
   if (err instanceof NotFoundError) return ok(404, errorBody('NOT_FOUND', err.message, { resource: err.resource, id: err.id }));
-  if (err instanceof ConflictError) return ok(409, errorBody(err.code, err.message, err.details));
+  if (err instanceof ConflictError) return ok(409, errorBody(err.code, publicErrorMessage(err.message), err.details));
   if (err instanceof SnapshotCreationFailedError) {
-    const message = /primary storage/.test(err.message) ? err.message : `creating the snapshot on primary storage failed: ${err.message}`;
+    const reason = publicErrorMessage(err.message);
+    const message = /primary storage/.test(reason) ? reason : `creating the snapshot on primary storage failed: ${reason}`;
     return ok(409, errorBody(err.code, message, { snapshotId: err.snapshotId }));
   }
   if (err instanceof ValidationError) return ok(400, errorBody(err.code, err.message, { fields: err.fields }));

@@ -42,3 +42,11 @@ export class SnapshotCreationFailedError extends Error {
     super(message);
   }
 }
+
+/**
+ * A storage error as users may see it: absolute paths of the servers' file systems (image store roots, temp
+ * files) are shortened to their last segment, which is all a user can act on; the full text stays in the log.
+ */
+export function publicErrorMessage(message: string): string {
+  return message.replace(/(?:\/[\w.@+-]+){2,}/g, (path) => `…/${path.slice(path.lastIndexOf('/') + 1)}`);
+}

@@ -1,3 +1,4 @@
+import { publicErrorMessage } from '../domain/errors.js';
 import type { AccountRecord } from '../db/accounts.js';
 import type { SnapshotRecord, StoreRefRecord } from '../db/snapshots.js';
 import type { VmRecord } from '../db/vms.js';
@@ -72,7 +73,7 @@ export function snapshotView(s: SnapshotRecord, refs: StoreRefRecord[]): Snapsho
       retryIntervalSeconds: s.backupRetryInterval,
       bytesDone: Number(s.backupBytesDone),
       bytesTotal: Number(s.backupBytesTotal),
-      lastError: s.lastError,
+      lastError: s.lastError === null ? null : publicErrorMessage(s.lastError),
       nextAttemptAt: s.nextAttemptAt,
     },
     storeRefs: refs.map((r) => ({

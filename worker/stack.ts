@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Client, Connection } from '@temporalio/client';
 import type { NativeConnection } from '@temporalio/worker';
@@ -5,7 +6,7 @@ import type { Logger } from 'pino';
 import { createSnapshotActivities } from '../activities/snapshot-activities.js';
 import { createStorageGcActivities } from '../activities/storage-gc-activities.js';
 import type { Env } from '../config/env.js';
-import { seedCatalog } from '../db/catalog.js';
+import { seedCatalog, type XenServerCatalog } from '../db/catalog.js';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../db/embedded.js';
 import { migrate } from '../db/migrate.js';
 import { createPool, type Pool } from '../db/pool.js';
@@ -15,6 +16,7 @@ import { createSnapshotService, type SnapshotService } from '../services/snapsho
 import { createStorageGcService, type StorageGcService } from '../services/storage-gc.js';
 import { processMetrics, type VolsnapMetrics } from '../observability/metrics.js';
 import { KvmStorageDriver } from '../storage/kvm.js';
+import { XenServerStorageDriver } from '../storage/xen.js';
 import type { StorageDriver } from '../storage/driver.js';
 import { connectClient, connectWorker } from '../temporal/connection.js';
 import { startDevServer, type DevServer } from '../temporal/dev-server.js';
@@ -65,7 +67,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
     pool.on('error', (err) => logger.error({ err }, 'database pool error'));
     closers.push(() => pool.end());
     await seedSettings(pool);
-    await seedCatalog(pool, env.dataDir);
+    await seedCatalog(pool, env.dataDir, xenServerCatalog(env));
     if (roles.includes('api')) await ensureAdminAccount(pool, env.ADMIN_API_KEY, logger);
 
     let devServer: DevServer | null = null;
@@ -86,9 +88,14 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
     closers.push(() => connection.close());
     if (!devServer) await ensureSearchAttributes(connection, env.TEMPORAL_NAMESPACE, logger);
 
-    const drivers = {
+    const drivers: Stack['drivers'] = {
       KVM: new KvmStorageDriver({ logger, backupRateLimitBytesPerSec: env.BACKUP_RATE_LIMIT_BYTES_PER_SEC }),
     };
+    const xen = xenServerDriver(env, logger);
+    if (xen) {
+      drivers.XenServer = xen;
+      closers.push(() => xen.close());
+    }
     const metrics = processMetrics();
     const storageGc = createStorageGcService({ client, taskQueue: env.TEMPORAL_TASK_QUEUE, logger });
     let workers: RunningWorkers | null = null;
@@ -146,4 +153,25 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
     await close();
     throw err;
   }
+}
+
+/** XenServer storage, when a pool master and its credentials are configured. */
+function xenServerDriver(env: Env, logger: Logger): XenServerStorageDriver | null {
+  if (!env.XENSERVER_URL || !env.XENSERVER_USERNAME || !env.XENSERVER_PASSWORD) return null;
+  return new XenServerStorageDriver({
+    url: env.XENSERVER_URL,
+    username: env.XENSERVER_USERNAME,
+    password: env.XENSERVER_PASSWORD,
+    ...(env.XENSERVER_CA_FILE ? { ca: readFileSync(env.XENSERVER_CA_FILE, 'utf8') } : {}),
+    logger,
+  });
+}
+
+/** The XenServer SRs to offer as primary storage pools. */
+function xenServerCatalog(env: Env): XenServerCatalog | undefined {
+  if (!env.XENSERVER_URL || !env.XENSERVER_SR_UUIDS) return undefined;
+  return {
+    hostAddress: new URL(env.XENSERVER_URL).hostname,
+    srUuids: env.XENSERVER_SR_UUIDS.split(',').map((u) => u.trim()).filter(Boolean),
+  };
 }

