@@ -28,6 +28,8 @@ export const EnvSchema = z.object({
   TEMPORAL_API_KEY: optionalString,
   TEMPORAL_TASK_QUEUE: z.string().default('volsnap'),
   TEMPORAL_BACKUP_TASK_QUEUE: z.string().default('volsnap-backup'),
+  /** `npm run worker` only: serve this process's Prometheus metrics on this port. */
+  METRICS_PORT: z.preprocess((v) => (v === '' ? undefined : v), port.optional()),
   /** XenServer pool master (XenAPI over HTTPS); with these set, volumes with hypervisor XenServer are served. */
   XENSERVER_URL: optionalString,
   XENSERVER_USERNAME: optionalString,
