@@ -28,6 +28,8 @@ export const EnvSchema = z.object({
   TEMPORAL_API_KEY: optionalString,
   TEMPORAL_TASK_QUEUE: z.string().default('volsnap'),
   TEMPORAL_BACKUP_TASK_QUEUE: z.string().default('volsnap-backup'),
+  /** host:port for the Temporal SDK's Prometheus exporter (worker/runtime.ts reads it before the env is parsed). */
+  TEMPORAL_METRICS_BIND: optionalString,
   /** `npm run worker` only: serve this process's Prometheus metrics on this port. */
   METRICS_PORT: z.preprocess((v) => (v === '' ? undefined : v), port.optional()),
   /** XenServer pool master (XenAPI over HTTPS); with these set, volumes with hypervisor XenServer are served. */

