@@ -31,7 +31,7 @@ export const EnvSchema = z.object({
   /** host:port for the Temporal SDK's Prometheus exporter (worker/runtime.ts reads it before the env is parsed). */
   TEMPORAL_METRICS_BIND: optionalString,
   /** `npm run worker` only: serve this process's Prometheus metrics on this port. */
-  METRICS_PORT: z.preprocess((v) => (v === '' ? undefined : v), port.optional()),
+  METRICS_PORT: port.optional(),
   /** XenServer pool master (XenAPI over HTTPS); with these set, volumes with hypervisor XenServer are served. */
   XENSERVER_URL: optionalString,
   XENSERVER_USERNAME: optionalString,
@@ -41,14 +41,16 @@ export const EnvSchema = z.object({
   /** PEM CA certificate for a host with a self-signed certificate. */
   XENSERVER_CA_FILE: optionalString,
   /** Caps each backup copy's read rate so background backups do not starve the VMs' I/O (unset: no cap). */
-  BACKUP_RATE_LIMIT_BYTES_PER_SEC: z.preprocess((v) => (v === '' ? undefined : v), z.coerce.number().int().positive().optional()),
+  BACKUP_RATE_LIMIT_BYTES_PER_SEC: z.coerce.number().int().positive().optional(),
 });
 
 export type Env = z.infer<typeof EnvSchema> & { dataDir: string };
 
 /** Parses the environment; an invalid value stops start-up with a message naming the variable. */
 export function loadEnv(source: NodeJS.ProcessEnv = process.env): Env {
-  const parsed = EnvSchema.safeParse(source);
+  // An empty variable (`PORT=`, compose's `${VAR:-}`) means unset: its default applies.
+  const present = Object.fromEntries(Object.entries(source).filter(([, v]) => v !== ''));
+  const parsed = EnvSchema.safeParse(present);
   if (!parsed.success) {
     const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`).join('\n');
     throw new Error(`invalid environment:\n${lines}`);

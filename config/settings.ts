@@ -5,24 +5,31 @@ import { z } from 'zod';
  * Values are read when a snapshot is created and travel in the workflow input, so a change applies to the
  * next snapshot without a restart.
  */
+/** A whole number in [min, max], given as a number or a decimal string (not `true`, `[5]` or `0x10`). */
+const wholeNumber = (min: number, max: number) =>
+  z
+    .union([z.number(), z.string().trim().regex(/^-?\d+$/, 'must be a whole number')])
+    .transform(Number)
+    .pipe(z.number().int().min(min).max(max));
+
 export const SETTINGS = {
   'backup.max.attempts': {
-    schema: z.coerce.number().int().min(1).max(100),
+    schema: wholeNumber(1, 100),
     default: 3,
     description: 'Total backup attempts before the snapshot goes to Error',
   },
   'backup.retry.interval': {
-    schema: z.coerce.number().int().min(1).max(86_400),
+    schema: wholeNumber(1, 86_400),
     default: 300,
     description: 'Seconds to wait between backup attempts',
   },
   'backup.pool.size': {
-    schema: z.coerce.number().int().min(1).max(1000),
+    schema: wholeNumber(1, 1000),
     default: 10,
     description: 'Concurrent backups per worker (the separate backup pool); read when a worker starts',
   },
   'storage.cleanup.interval': {
-    schema: z.coerce.number().int().min(10).max(604_800),
+    schema: wholeNumber(10, 604_800),
     default: 3600,
     description: 'Seconds between storage garbage collection runs',
   },

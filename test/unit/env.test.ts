@@ -78,3 +78,12 @@ describe('loadEnv errors', () => {
     expect(() => loadEnv({ TEMPORAL_UI_PORT: 'ui' })).toThrow(/TEMPORAL_UI_PORT/);
   });
 });
+
+describe('empty variables mean unset', () => {
+  it('PORT= falls back to 8080 rather than a random port', () => {
+    expect(loadEnv({ PORT: '' }).PORT).toBe(8080);
+  });
+  it('BACKUP_RATE_LIMIT_BYTES_PER_SEC= means no cap', () => {
+    expect(loadEnv({ BACKUP_RATE_LIMIT_BYTES_PER_SEC: '' }).BACKUP_RATE_LIMIT_BYTES_PER_SEC).toBeUndefined();
+  });
+});

@@ -102,3 +102,9 @@ describe('isSettingName', () => {
     expect(isSettingName(name)).toBe(false);
   });
 });
+
+describe('parseSetting refuses values that only coerce to numbers', () => {
+  it.each([[true], [[5]], ['0x10'], ['1e2'], [null]])('rejects %j', (value) => {
+    expect(() => parseSetting('backup.max.attempts', value)).toThrow();
+  });
+});
