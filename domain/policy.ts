@@ -19,7 +19,8 @@ export const VM_ACTIONS = [
 ] as const;
 export type VmAction = (typeof VM_ACTIONS)[number];
 
-export const VOLUME_ACTIONS = ['snapshot', 'resize', 'migrate', 'delete'] as const;
+/** `revert`: rewrite V from one of its snapshots. */
+export const VOLUME_ACTIONS = ['snapshot', 'resize', 'migrate', 'delete', 'revert'] as const;
 export type VolumeAction = (typeof VOLUME_ACTIONS)[number];
 
 export const SNAPSHOT_ACTIONS = ['delete', 'revert', 'create-volume'] as const;
@@ -57,6 +58,7 @@ export const VOLUME_ACTION_POLICY: Readonly<Record<VolumeAction, Rule>> = {
   resize: 'forbidden',
   migrate: 'forbidden',
   delete: 'forbidden',
+  revert: 'forbidden',
 };
 
 /** Operations on S itself while it is in flight: none. */

@@ -6,7 +6,7 @@ import type { PoolClient } from '../db/pool.js';
 import { getSnapshot, getStoreRefs, toSnapshotRecord, type SnapshotRecord, type StoreRefRecord } from '../db/snapshots.js';
 import { findVolume, insertVolume, updateVolume, type VolumeRecord } from '../db/volumes.js';
 import type { VmRecord } from '../db/vms.js';
-import { ConflictError, NotFoundError, OperationNotAllowedError, SnapshotCreationFailedError } from '../domain/errors.js';
+import { ConflictError, NotFoundError, SnapshotCreationFailedError } from '../domain/errors.js';
 import type { SnapshotAction } from '../domain/policy.js';
 import type { SnapshotState } from '../domain/snapshot-states.js';
 import type { SnapshotService } from './snapshots.js';
@@ -185,15 +185,8 @@ export function createSnapshotActions(deps: ServiceDeps & { snapshots: SnapshotS
      */
     revert(caller: Caller, id: string): Promise<VolumeView> {
       return withLockedSnapshot(caller, id, 'revert', async (tx, { snapshot, volume, vm }) => {
-        // The table has no volume-level "revert" row; section 6 refuses anything else on V while it backs up.
-        const busy = (await inFlightSnapshots(tx, { volumeIds: [volume.id] }))[0];
-        if (busy) {
-          throw new OperationNotAllowedError(
-            `reverting volume ${volume.id} is not allowed while snapshot ${busy.snapshotId} of it is being backed up: it rewrites the volume`,
-            busy.snapshotId,
-            busy.volumeId,
-          );
-        }
+        // Reverting rewrites V: refused while any snapshot of V is in flight (the table's volume `revert` row).
+        assertAllowed({ kind: 'volume', action: 'revert', volumeId: volume.id }, await inFlightSnapshots(tx, { volumeIds: [volume.id] }));
         requireState(snapshot, ['BackedUp'], 'revert');
         if (volume.removedAt || volume.state !== 'Ready') throw new ConflictError('INVALID_STATE', `volume ${volume.id} is ${volume.state}`, { volumeId: volume.id });
         if (vm && vm.state === 'Running') throw new ConflictError('INVALID_STATE', `VM ${vm.id} is Running; stop it before reverting its volume`, { vmId: vm.id, state: vm.state });

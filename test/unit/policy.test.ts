@@ -62,6 +62,8 @@ const EXPECTED_VOLUME_ON_V: Record<VolumeAction, boolean> = {
   resize: false,
   migrate: false,
   delete: false,
+  // Reverting V from another of its snapshots rewrites V: "anything else on V" is refused.
+  revert: false,
 };
 
 /** Any operation on S itself is refused. */
