@@ -16,6 +16,8 @@ export const EnvSchema = z.object({
   HOST: z.string().default('0.0.0.0'),
   ADMIN_API_KEY: optionalString,
   DATABASE_URL: optionalString,
+  /** Connections per process; size it to backup.pool.size plus API concurrency. */
+  DATABASE_POOL_MAX: z.coerce.number().int().min(1).max(1000).default(20),
   EMBEDDED_PG_PORT: port.default(54320),
   TEMPORAL_ADDRESS: optionalString,
   TEMPORAL_NAMESPACE: z.string().default('default'),

@@ -63,7 +63,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
       databaseUrl = db.url;
     }
     await migrate(databaseUrl, logger);
-    const pool = createPool(databaseUrl);
+    const pool = createPool(databaseUrl, env.DATABASE_POOL_MAX);
     pool.on('error', (err) => logger.error({ err }, 'database pool error'));
     closers.push(() => pool.end());
     await seedSettings(pool);
