@@ -2,12 +2,25 @@
  * KVM storage driver: volumes are qcow2 files on primary storage, snapshots are qcow2 internal snapshots, and
  * backups are standalone qcow2 files in the image store, all handled with qemu-img.
  */
-import { createHash } from 'node:crypto';
-import { constants as fsc, createReadStream } from 'node:fs';
-import { copyFile, link, mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { constants as fsc } from 'node:fs';
+import { copyFile, link, mkdir, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { BackupProgress, BackupResult, BackupTarget, CreatedVolume, StorageDriver } from './driver.js';
+import {
+  assertSize,
+  errCode,
+  fsyncPath,
+  notFound,
+  safeProgress,
+  sha256File,
+  SnapshotNotFoundError,
+  VolumeExistsError,
+  withContext,
+  type DriverLogger,
+} from './common.js';
 import { CommandError, run } from './exec.js';
+
+export { SnapshotNotFoundError, VolumeExistsError, type DriverLogger } from './common.js';
 import {
   assertUuid,
   backupFilePath,
@@ -19,13 +32,6 @@ import {
   volumePath as volumeFilePath,
 } from './paths.js';
 
-/** The subset of a pino logger the driver uses. */
-export interface DriverLogger {
-  info(obj: object, msg?: string): void;
-  warn(obj: object, msg?: string): void;
-  error(obj: object, msg?: string): void;
-}
-
 /** Options of the KVM driver. */
 export interface KvmDriverOptions {
   /** qemu-img binary; default `qemu-img` from PATH. */
@@ -33,16 +39,6 @@ export interface KvmDriverOptions {
   logger?: DriverLogger;
   /** Caps backup copy speed (qemu-img convert -r) so background backups do not starve primary storage I/O. */
   backupRateLimitBytesPerSec?: number;
-}
-
-/** The snapshot to act on does not exist on the volume; retrying will not help. */
-export class SnapshotNotFoundError extends Error {
-  override name = 'SnapshotNotFoundError';
-}
-
-/** A volume image already exists where a new one would be created; it is never overwritten. */
-export class VolumeExistsError extends Error {
-  override name = 'VolumeExistsError';
 }
 
 interface ImageInfo {
@@ -322,25 +318,6 @@ function qcow2Opts(file: string): string {
   return `driver=qcow2,file.filename=${file.replaceAll(',', ',,')}`;
 }
 
-function assertSize(sizeBytes: number): void {
-  // qemu-img rounds sizes up to whole 512-byte sectors; refuse instead of silently changing the size.
-  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
-    throw new RangeError(`size must be a positive multiple of 512 bytes, got ${sizeBytes}`);
-  }
-}
-
-function notFound(tag: string, volumePath: string): SnapshotNotFoundError {
-  return new SnapshotNotFoundError(`snapshot ${tag} not found on ${volumePath}`);
-}
-
-/** Wraps an error with context, keeping its name so callers can still tell SnapshotNotFoundError/AbortError apart. */
-function withContext(err: unknown, context: string): Error {
-  const e = err instanceof Error ? err : new Error(String(err));
-  const wrapped = new Error(`${context}: ${e.message}`, { cause: e });
-  wrapped.name = e.name;
-  return wrapped;
-}
-
 /** Turns qemu-img -p output ("    (12.34/100%)\r") into byte progress; 100% is held back until the backup is committed. */
 function progressParser(total: number, report: (p: BackupProgress) => void): (chunk: string) => void {
   let buf = '';
@@ -359,32 +336,6 @@ function progressParser(total: number, report: (p: BackupProgress) => void): (ch
       }
     }
   };
-}
-
-/** A throwing progress callback runs inside a stream handler, where it would crash the process; log it instead. */
-function safeProgress(cb: ((p: BackupProgress) => void) | undefined, log: DriverLogger): (p: BackupProgress) => void {
-  return (p) => {
-    try {
-      cb?.(p);
-    } catch (err) {
-      log.warn({ err }, 'backup progress callback threw');
-    }
-  };
-}
-
-async function sha256File(file: string, signal?: AbortSignal): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(file, { signal })) hash.update(chunk as Buffer);
-  return hash.digest('hex');
-}
-
-async function fsyncPath(p: string): Promise<void> {
-  const fh = await open(p, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
 }
 
 /** Publishes `tmp` as `final` atomically, failing if `final` exists (link(2) never overwrites). */
@@ -407,8 +358,4 @@ async function exists(p: string): Promise<boolean> {
     if (errCode(err) === 'ENOENT') return false;
     throw err;
   }
-}
-
-function errCode(err: unknown): string | undefined {
-  return (err as NodeJS.ErrnoException | undefined)?.code;
 }

@@ -5,13 +5,23 @@
  * host's /export_raw_vdi into the image store; restores import a VHD into a new VDI through /import_raw_vdi.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createWriteStream } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { BackupProgress, BackupResult, BackupTarget, CreatedVolume, StorageDriver } from './driver.js';
-import { SnapshotNotFoundError, VolumeExistsError, type DriverLogger } from './kvm.js';
+import {
+  assertSize,
+  errCode,
+  fsyncPath,
+  notFound,
+  safeProgress,
+  sha256File,
+  VolumeExistsError,
+  withContext,
+  type DriverLogger,
+} from './common.js';
 import { assertUuid, backupFilePath, backupInstallPath, InvalidPathError, isFileOf, resolveInstallPath, tempPathFor } from './paths.js';
 import { NULL_REF, XenApiClient, XenApiError, type XenApiClientOptions, type XenApiHost } from './xenapi-client.js';
 
@@ -581,52 +591,4 @@ function toInt(v: number | string): number {
 
 function isCode(err: unknown, code: string): boolean {
   return err instanceof XenApiError && err.code === code;
-}
-
-function assertSize(sizeBytes: number): void {
-  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
-    throw new RangeError(`size must be a positive multiple of 512 bytes, got ${sizeBytes}`);
-  }
-}
-
-function notFound(tag: string, volumePath: string): SnapshotNotFoundError {
-  return new SnapshotNotFoundError(`snapshot ${tag} not found on ${volumePath}`);
-}
-
-/** Wraps an error with context, keeping its name so callers can still tell SnapshotNotFoundError/AbortError apart. */
-function withContext(err: unknown, context: string): Error {
-  const e = err instanceof Error ? err : new Error(String(err));
-  const wrapped = new Error(`${context}: ${e.message}`, { cause: e });
-  wrapped.name = e.name;
-  return wrapped;
-}
-
-/** A throwing progress callback runs inside a stream handler, where it would crash the process; log it instead. */
-function safeProgress(cb: ((p: BackupProgress) => void) | undefined, log: DriverLogger): (p: BackupProgress) => void {
-  return (p) => {
-    try {
-      cb?.(p);
-    } catch (err) {
-      log.warn({ err }, 'backup progress callback threw');
-    }
-  };
-}
-
-async function sha256File(file: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
-  return hash.digest('hex');
-}
-
-async function fsyncPath(p: string): Promise<void> {
-  const fh = await open(p, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
-function errCode(err: unknown): string | undefined {
-  return (err as NodeJS.ErrnoException | undefined)?.code;
 }
