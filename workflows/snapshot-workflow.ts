@@ -1,11 +1,15 @@
 import {
+  type ActivityOptions,
+  type LocalActivityOptions,
   ApplicationFailure,
   CancellationScope,
   allHandlersFinished,
   condition,
   isCancellation,
   log,
+  patched,
   proxyActivities,
+  proxyLocalActivities,
   setCurrentDetails,
   setHandler,
   upsertSearchAttributes,
@@ -30,11 +34,19 @@ const bookkeeping = proxyActivities<SnapshotActivities>({
 });
 
 /** Creating the primary snapshot: a definite storage failure is final ("exactly as before the feature"). */
-const primary = proxyActivities<SnapshotActivities>({
+const PRIMARY_OPTIONS: LocalActivityOptions & ActivityOptions = {
   startToCloseTimeout: '2 minutes',
   retry: { maximumAttempts: 3, initialInterval: '1 second', nonRetryableErrorTypes: [FAILURE_TYPES.primary] },
   summary: 'create snapshot on primary storage',
-});
+};
+const primary = proxyActivities<SnapshotActivities>(PRIMARY_OPTIONS);
+/**
+ * The same as a local activity: it runs inside the first workflow task, so "created" reaches the caller one
+ * workflow task sooner (the time-to-created the product exists for). Executions started before this change
+ * replay the regular activity (see PRIMARY_AS_LOCAL_ACTIVITY).
+ */
+const primaryLocal = proxyLocalActivities<SnapshotActivities>(PRIMARY_OPTIONS);
+const PRIMARY_AS_LOCAL_ACTIVITY = 'create-primary-as-local-activity';
 
 function errorMessage(err: unknown): string {
   let e: unknown = err;
@@ -79,7 +91,8 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
 
   moveTo('Creating', 'creating the snapshot on primary storage');
   try {
-    await primary.createSnapshotOnPrimary({ snapshotId });
+    if (patched(PRIMARY_AS_LOCAL_ACTIVITY)) await primaryLocal.createSnapshotOnPrimary({ snapshotId });
+    else await primary.createSnapshotOnPrimary({ snapshotId });
   } catch (err) {
     lastError = errorMessage(err);
     log.error('primary snapshot failed', { snapshotId, error: lastError });
