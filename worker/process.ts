@@ -36,5 +36,13 @@ export function bootstrap(name: string): { env: Env; logger: Logger; onShutdown(
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  // `npm start` does not pass a SIGTERM sent to npm on to us: when our parent dies and we are re-parented,
+  // shut down the same way rather than linger with PostgreSQL and Temporal running.
+  const parent = process.ppid;
+  if (parent !== 1) {
+    setInterval(() => {
+      if (process.ppid !== parent) stop('parent exited');
+    }, 1000).unref();
+  }
   return { env, logger, onShutdown: (fn) => handlers.push(fn) };
 }
