@@ -88,14 +88,14 @@ function isPinned(image: string): boolean {
 }
 
 /**
- * The package.json script a command runs: `npm run <script>`, or `node --import tsx <entry>` for the script
- * `tsx <entry>` (the same program with node as the process that receives the signals).
+ * The package.json script a command runs: `npm run <script>`, or the script's own `node --import tsx <entry>`
+ * (run directly, so node is the process that receives the signals).
  */
 function commandScript(command: string | string[] | undefined): string | undefined {
   const argv = typeof command === 'string' ? command.split(/\s+/) : (command ?? []);
   if (argv[0] === 'npm' && argv[1] === 'run') return argv.filter((a) => !a.startsWith('-'))[2];
   if (argv[0] === 'node' && argv[1] === '--import' && argv[2] === 'tsx' && argv.length === 4) {
-    return Object.entries(scripts).find(([, cmd]) => cmd === `tsx ${argv[3]}`)?.[0];
+    return Object.entries(scripts).find(([, cmd]) => cmd === `node --import tsx ${argv[3]}`)?.[0];
   }
   return undefined;
 }
@@ -311,7 +311,7 @@ describe('Dockerfile', () => {
     const argv = JSON.parse(cmd!.args) as string[];
     const script = commandScript(argv);
     expect(script, cmd!.args).toBeDefined();
-    expect(scripts[script!]).toMatch(/^tsx /);
+    expect(scripts[script!]).toMatch(/^node --import tsx /);
     expect(existsSync(join(ROOT, argv.at(-1)!))).toBe(true);
     // The image installs with --omit=dev: what runs the TypeScript must be a runtime dependency.
     const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { dependencies: Dict };
