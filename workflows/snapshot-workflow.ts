@@ -107,8 +107,9 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
   const backupActivities = proxyActivities<SnapshotActivities>({
     taskQueue: input.backupTaskQueue,
     startToCloseTimeout: '24 hours',
-    // Progress heartbeats every second: a dead worker's attempt is noticed within 20 s and retried.
-    heartbeatTimeout: '20 seconds',
+    // Progress heartbeats every second: a dead worker's attempt is noticed within 30 s and retried, with
+    // room for a loaded machine's slow heartbeat round trips.
+    heartbeatTimeout: '30 seconds',
     retry: {
       maximumAttempts: backup.maxAttempts,
       initialInterval: `${backup.retryIntervalSeconds} seconds`,
