@@ -25,7 +25,8 @@ export const NameSchema = z
   .trim()
   .min(1, 'must not be empty')
   .max(128, 'must be at most 128 characters')
-  .regex(/^[^\p{Cc}]*$/u, 'must not contain control characters');
+  // The C0/C1 control characters spelled out: a /u flag would leak into the OpenAPI pattern and break clients.
+  .regex(/^[^\x00-\x1f\x7f-\x9f]*$/, 'must not contain control characters');
 
 export const MAX_VOLUME_BYTES = 2 ** 44; // 16 TiB
 
