@@ -1,0 +1,170 @@
+/**
+ * volsnap benchmarks (`npm run bench`, `npm run bench -- --quick`): starts the embedded stack in-process
+ * (PostgreSQL, Temporal dev server, workers), serves the HTTP API on a free port, measures P1–P4 side by
+ * side over real HTTP / the real driver, and writes bench/results/<name>.json and .md. See bench/README.md.
+ *
+ * Options: --quick (under 2 minutes, smaller images and fewer samples), --only p1,p3 (a subset),
+ * --out <name> (default latest, or latest-quick with --quick), --note "<text>" (recorded in the results),
+ * --profile (CPU profile of the Node main thread per phase into bench/results/profiles/).
+ */
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os, { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { createApp } from '../api/app.js';
+import { listen } from '../api/server.js';
+import { silentLogger } from '../observability/logger.js';
+import { startTestStack, type TestStack } from '../test/support/stack.js';
+import { installTemporalRuntime } from '../worker/runtime.js';
+import type { BenchContext, TargetCheck } from './context.js';
+import { HttpClient } from './lib/http.js';
+import { bundleNoopWorkflow, startNoopWorkers, type NoopWorkers } from './lib/noop.js';
+import { PhaseProfiler, type ProfileSummary } from './lib/profile.js';
+import { GiB, round } from './lib/stats.js';
+import { cpuDiff, cpuSnapshot, freeBytes, loadSampler, machineInfo, type CpuUsage } from './lib/system.js';
+import { runP1 } from './p1-time-to-created.js';
+import { runP2 } from './p2-vm-actions.js';
+import { runP3 } from './p3-throughput.js';
+import { runP4 } from './p4-orchestration.js';
+import { renderMarkdown, type BenchReport } from './report.js';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const ADMIN_KEY = 'bench-admin-key';
+
+const { values: args } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    only: { type: 'string' },
+    out: { type: 'string' },
+    note: { type: 'string' },
+    profile: { type: 'boolean', default: false },
+  },
+});
+const quick = args.quick!;
+const phases = (args.only ?? 'p1,p2,p3,p4').split(',').map((s) => s.trim().toLowerCase());
+const outName = args.out ?? (quick ? 'latest-quick' : 'latest');
+const resultsDir = join(HERE, 'results');
+
+const started = Date.now();
+const log = (msg: string) => process.stderr.write(`[bench +${((Date.now() - started) / 1000).toFixed(1)}s] ${msg}\n`);
+
+/** Disk the run needs at its peak (images stay until the stack stops), with a margin. */
+function diskNeeded(): number {
+  const p1 = quick ? (64 / 1024 + 0.25 + 1) * 2 : (0.25 + 1 + 4) + 4;
+  const p2 = quick ? 10 * 0.125 : 10 * 0.36;
+  const p3 = quick ? 1.5 : 8.5;
+  return (p1 * +phases.includes('p1') + p2 * +phases.includes('p2') + p3 * +phases.includes('p3') + 2) * GiB;
+}
+
+async function main(): Promise<void> {
+  const root = tmpdir();
+  const need = diskNeeded();
+  const free = freeBytes(root);
+  if (free < need) {
+    throw new Error(`${round(free / GiB, 1)} GiB free under ${root}, the ${quick ? 'quick' : 'full'} run needs about ${round(need / GiB, 1)} GiB${quick ? '' : ' (try --quick)'}`);
+  }
+  const machine = await machineInfo(root);
+  log(`${machine.cpuCount} × ${machine.cpuModel}, ${round(machine.memoryBytes / GiB, 1)} GiB RAM, ${round(free / GiB, 1)} GiB free on ${machine.disk.device}; ${quick ? 'quick' : 'full'} run of ${phases.join(', ')}`);
+  const load = loadSampler();
+  const loadAtStart = os.loadavg();
+
+  // Bundle the no-op workflow while the stack starts (webpack takes seconds).
+  const noopBundle = bundleNoopWorkflow(HERE);
+  noopBundle.catch(() => undefined);
+
+  installTemporalRuntime(silentLogger);
+  const scratchDir = mkdtempSync(join(root, 'volsnap-bench-'));
+  let stack: TestStack | undefined;
+  let server: Awaited<ReturnType<typeof listen>> | undefined;
+  let noop: NoopWorkers | undefined;
+  const results: Record<string, unknown> = {};
+  const cpu: Record<string, CpuUsage> = {};
+  const profiles: Record<string, ProfileSummary | null> = {};
+  const failures: Record<string, string> = {};
+  let connections = 0;
+  let stackStartSeconds = 0;
+  try {
+    const t0 = performance.now();
+    stack = await startTestStack({ env: { ADMIN_API_KEY: ADMIN_KEY } });
+    const app = createApp(stack);
+    server = await listen(app, '127.0.0.1', 0, silentLogger);
+    server.server.on('connection', () => connections++);
+    stackStartSeconds = round((performance.now() - t0) / 1000, 1);
+    log(`stack up in ${stackStartSeconds} s; API on http://127.0.0.1:${server.port}`);
+
+    // The no-op worker pair (the orchestration floor for P1 and P4), with the stack's backup pool size.
+    const poolSize = Number((await stack.pool.query(`SELECT value FROM configuration WHERE name = 'backup.pool.size'`)).rows[0]?.value ?? 10);
+    noop = await startNoopWorkers(stack, await noopBundle, poolSize);
+
+    const admin = new HttpClient(`http://127.0.0.1:${server.port}`, ADMIN_KEY);
+    const account = await admin.expect([201], 'POST', '/api/v1/accounts', { name: 'bench-user', role: 'user' });
+    const ctx: BenchContext = { quick, stack, admin, user: admin.as(account.body.apiKey), scratchDir, log };
+
+    const profiler = args.profile ? new PhaseProfiler(join(resultsDir, 'profiles')) : null;
+    const runners: Record<string, () => Promise<unknown>> = {
+      p1: () => runP1(ctx, noop!),
+      p2: () => runP2(ctx),
+      p3: () => runP3(ctx),
+      p4: () => runP4(ctx, noop!),
+    };
+    for (const p of ['p1', 'p2', 'p3', 'p4']) {
+      if (!phases.includes(p)) continue;
+      log(`${p.toUpperCase()} started`);
+      await profiler?.start();
+      const c0 = cpuSnapshot();
+      try {
+        results[p] = await runners[p]!();
+      } catch (err) {
+        failures[p] = err instanceof Error ? (err.stack ?? err.message) : String(err);
+        log(`${p.toUpperCase()} FAILED: ${failures[p]}`);
+      }
+      cpu[p] = cpuDiff(c0, cpuSnapshot());
+      if (profiler) profiles[p] = await profiler.stop(`${outName}-${p}`);
+      log(`${p.toUpperCase()} done in ${cpu[p]!.wallSeconds} s`);
+    }
+  } finally {
+    await noop?.stop().catch(() => undefined);
+    await server?.close().catch(() => undefined);
+    await stack?.stop().catch((err) => log(`stopping the stack: ${String(err)}`));
+    rmSync(scratchDir, { recursive: true, force: true });
+  }
+
+  const targets = Object.values(results).flatMap((r) => ((r as { targets?: TargetCheck[] }).targets ?? []));
+  const report: BenchReport = {
+    generatedAt: new Date().toISOString(),
+    mode: quick ? 'quick' : 'full',
+    phases,
+    durationSeconds: round((Date.now() - started) / 1000, 1),
+    stackStartSeconds,
+    machine,
+    conditions: {
+      loadAverageAtStart: loadAtStart.map((x) => round(x)),
+      loadAverage1mDuringRun: load.stop(),
+      note: args.note ?? null,
+      httpConnectionsAccepted: connections,
+      logging: 'LOG_LEVEL=silent (as in the tests)',
+    },
+    targets,
+    results,
+    cpuByPhase: cpu,
+    ...(args.profile ? { profiles } : {}),
+    ...(Object.keys(failures).length ? { failures } : {}),
+  };
+  mkdirSync(resultsDir, { recursive: true });
+  const jsonPath = join(resultsDir, `${outName}.json`);
+  const mdPath = join(resultsDir, `${outName}.md`);
+  writeFileSync(jsonPath, `${JSON.stringify(report, null, 2)}\n`);
+  writeFileSync(mdPath, renderMarkdown(report));
+  log(`wrote ${resolve(jsonPath)} and ${resolve(mdPath)} in ${report.durationSeconds} s`);
+  process.stdout.write(renderMarkdown(report));
+  if (Object.keys(failures).length) process.exitCode = 1;
+}
+
+main().then(
+  () => process.exit(process.exitCode ?? 0),
+  (err) => {
+    log(`failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+    process.exit(1);
+  },
+);
