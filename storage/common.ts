@@ -1,7 +1,9 @@
 /** Pieces every storage driver shares: error types, size checks, durable file helpers, safe progress. */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { open, readdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { isFileOf } from './paths.js';
 import type { BackupProgress } from './driver.js';
 
 /** The subset of a pino logger the drivers use. */
@@ -70,4 +72,24 @@ export async function sha256File(file: string, signal?: AbortSignal): Promise<st
 
 export function errCode(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException | undefined)?.code;
+}
+
+/** Removes a backup file and its temporary (partial) siblings; a missing directory means nothing to remove. */
+export async function removeBackupFiles(final: string): Promise<string[]> {
+  const dir = path.dirname(final);
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (err) {
+    if (errCode(err) === 'ENOENT') return [];
+    throw err;
+  }
+  const removed: string[] = [];
+  for (const name of names.filter((n) => isFileOf(path.basename(final), n))) {
+    const p = path.join(dir, name);
+    await rm(p, { force: true });
+    removed.push(p);
+  }
+  if (removed.length > 0) await fsyncPath(dir);
+  return removed;
 }

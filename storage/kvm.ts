@@ -11,6 +11,7 @@ import {
   errCode,
   fsyncPath,
   notFound,
+  removeBackupFiles,
   safeProgress,
   sha256File,
   SnapshotNotFoundError,
@@ -265,23 +266,7 @@ export class KvmStorageDriver implements StorageDriver {
   }
 
   async deleteBackupFiles(imageStoreRoot: string, target: BackupTarget): Promise<string[]> {
-    const final = backupFilePath(imageStoreRoot, target);
-    const dir = path.dirname(final);
-    let names: string[];
-    try {
-      names = await readdir(dir);
-    } catch (err) {
-      if (errCode(err) === 'ENOENT') return [];
-      throw err;
-    }
-    const removed: string[] = [];
-    for (const name of names.filter((n) => isFileOf(path.basename(final), n))) {
-      const p = path.join(dir, name);
-      await rm(p, { force: true });
-      removed.push(p);
-    }
-    if (removed.length > 0) await fsyncPath(dir);
-    return removed;
+    return removeBackupFiles(backupFilePath(imageStoreRoot, target));
   }
 
   /** Reads virtual size and snapshot tags; -U so it works while another process (a backup, a VM) holds the lock. */

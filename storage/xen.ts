@@ -6,7 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -16,13 +16,14 @@ import {
   errCode,
   fsyncPath,
   notFound,
+  removeBackupFiles,
   safeProgress,
   sha256File,
   VolumeExistsError,
   withContext,
   type DriverLogger,
 } from './common.js';
-import { assertUuid, backupFilePath, backupInstallPath, InvalidPathError, isFileOf, resolveInstallPath, tempPathFor } from './paths.js';
+import { assertUuid, backupFilePath, backupInstallPath, InvalidPathError, resolveInstallPath, tempPathFor } from './paths.js';
 import { NULL_REF, XenApiClient, XenApiError, type XenApiClientOptions, type XenApiHost } from './xenapi-client.js';
 
 /** One host for every SR, or a lookup from SR uuid (storage_pools.path) to the pool master that serves it. */
@@ -334,23 +335,7 @@ export class XenServerStorageDriver implements StorageDriver {
   }
 
   async deleteBackupFiles(imageStoreRoot: string, target: BackupTarget): Promise<string[]> {
-    const final = backupFilePath(imageStoreRoot, target, 'vhd');
-    const dir = path.dirname(final);
-    let names: string[];
-    try {
-      names = await readdir(dir);
-    } catch (err) {
-      if (errCode(err) === 'ENOENT') return [];
-      throw err;
-    }
-    const removed: string[] = [];
-    for (const name of names.filter((n) => isFileOf(path.basename(final), n))) {
-      const p = path.join(dir, name);
-      await rm(p, { force: true });
-      removed.push(p);
-    }
-    if (removed.length > 0) await fsyncPath(dir);
-    return removed;
+    return removeBackupFiles(backupFilePath(imageStoreRoot, target, 'vhd'));
   }
 
   /** Logs out of every host. */

@@ -1,7 +1,7 @@
+import { fsyncPath } from '../../storage/common.js';
 /** qcow2 helpers for the bench: real data written as a guest would, and bare qemu-img calls. */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { run } from './system.js';
 
 const FILL_CHUNK = 1024 * 1024 * 1024;
@@ -32,18 +32,11 @@ export async function bareSnapshotCreate(imagePath: string, tag: string): Promis
   return { wallMs: performance.now() - t, innerMs: Number(stdout.trim()) / 1000 };
 }
 
-export async function fsyncPath(p: string): Promise<void> {
-  const fh = await open(p, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
 /** sha256 of a file, streamed; `chunk` is the read size (the driver uses the stream default, 64 KiB). */
 export async function sha256File(file: string, chunk?: number): Promise<string> {
   const hash = createHash('sha256');
   for await (const c of createReadStream(file, chunk ? { highWaterMark: chunk } : {})) hash.update(c as Buffer);
   return hash.digest('hex');
 }
+
+export { fsyncPath };
