@@ -22,6 +22,7 @@ export interface P2Result {
   baseline: Summary;
   byAction: Record<string, { baseline: Summary; duringBackups: Summary }>;
   p50Ratio: number;
+  p95Ratio: number;
   p99Ratio: number;
   backupsStillRunningAtEnd: number;
   backupBytesDoneDuringMeasurement: number;
@@ -36,11 +37,11 @@ const CYCLE = ['reboot', 'change-service-offering', 'stop', 'start'] as const;
 export async function runP2(ctx: BenchContext): Promise<P2Result> {
   const { stack, user, quick, log } = ctx;
   const nVms = 10;
-  const samples = quick ? 40 : 200;
+  const samples = quick ? 40 : 500;
   const envRate = process.env.BACKUP_RATE_LIMIT_BYTES_PER_SEC;
   const rate = envRate ? Number(envRate) : 8 * MiB;
   // Enough data that every backup outlasts the measurement by a wide margin at this rate.
-  const windowSeconds = quick ? 10 : 30;
+  const windowSeconds = quick ? 8 : 30;
   const fill = Math.ceil((rate * windowSeconds) / MiB) * MiB;
 
   const offerings = (await user.expect([200], 'GET', '/api/v1/service-offerings')).body as Array<{ id: string }>;
@@ -140,6 +141,7 @@ export async function runP2(ctx: BenchContext): Promise<P2Result> {
     baseline: b,
     byAction: Object.fromEntries([...byAction].map(([a, v]) => [a, { baseline: summarize(v.baseline), duringBackups: summarize(v.loaded) }])),
     p50Ratio: ratio(l.p50, b.p50),
+    p95Ratio: ratio(l.p95, b.p95),
     p99Ratio,
     backupsStillRunningAtEnd: stillRunning,
     backupBytesDoneDuringMeasurement: bytesDuring,

@@ -5,7 +5,7 @@
  */
 import type { Client } from '@temporalio/client';
 import { check, type BenchContext, type TargetCheck } from './context.js';
-import { historySpans, medianSpans, primaryAsLocalActivity } from './lib/history.js';
+import { historyProblems, historySpans, medianSpans, primaryAsLocalActivity } from './lib/history.js';
 import { fillImage } from './lib/images.js';
 import { cpuDiff, cpuSnapshot, type CpuUsage } from './lib/system.js';
 import { MiB, ratio, round, summarize, type Summary } from './lib/stats.js';
@@ -20,6 +20,8 @@ export interface P4Side {
   /** Medians over sampled workflow histories (ms from WorkflowExecutionStarted unless noted). */
   spans: Record<string, number>;
   historyEvents: number;
+  /** Failed or timed-out workflow tasks / activities over every measured workflow (the success path has none). */
+  problems: Record<string, number>;
   cpu: CpuUsage;
 }
 
@@ -106,9 +108,10 @@ export async function runP4(ctx: BenchContext, noopWorkers: NoopWorkers): Promis
     noop: { ids: [] as string[], lat: [] as number[], created: 0, completed: 0, cpu: [] as CpuUsage[] },
   };
   // Warm-up of both paths (bundles loaded, connections up); the no-op mirrors the snapshot workflow's shape.
-  const warm = await realSide(concurrency);
+  const warmN = quick ? 4 : concurrency;
+  const warm = await realSide(warmN);
   noopWorkers.mirror({ primaryAsLocalActivity: await primaryAsLocalActivity(client, warm.ids[0]!) });
-  await noopSide(concurrency);
+  await noopSide(warmN);
   for (let r = 0; r < rounds; r++) {
     for (const side of r % 2 === 0 ? (['real', 'noop'] as const) : (['noop', 'real'] as const)) {
       const c0 = cpuSnapshot();
@@ -126,6 +129,8 @@ export async function runP4(ctx: BenchContext, noopWorkers: NoopWorkers): Promis
   const side = async (k: 'real' | 'noop'): Promise<P4Side> => {
     const a = acc[k];
     const { spans, events } = await sampleSpans(client, pick(a.ids));
+    const problems: Record<string, number> = {};
+    for (const id of a.ids) for (const [k, v] of Object.entries(await historyProblems(client, id))) problems[k] = (problems[k] ?? 0) + v;
     const cpu = a.cpu.reduce((x, y) => ({
       wallSeconds: round(x.wallSeconds + y.wallSeconds),
       machineBusySeconds: round(x.machineBusySeconds + y.machineBusySeconds),
@@ -142,6 +147,7 @@ export async function runP4(ctx: BenchContext, noopWorkers: NoopWorkers): Promis
       createdLatency: summarize(a.lat),
       spans,
       historyEvents: events,
+      problems,
       cpu,
     };
   };

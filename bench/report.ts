@@ -124,7 +124,7 @@ export function renderMarkdown(r: BenchReport): string {
         ],
       ),
     );
-    out.push('', `Ratios during/without: p50 ${p2.p50Ratio}, p99 ${p2.p99Ratio}.`, '');
+    out.push('', `Ratios during/without: p50 ${p2.p50Ratio}, p95 ${p2.p95Ratio}, p99 ${p2.p99Ratio}.`, '');
     out.push(table(['action', 'no backup p50 / p95 / p99', 'during backups p50 / p95 / p99'], Object.entries(p2.byAction).map(([a, v]) => [a, dist(v.baseline), dist(v.duringBackups)])));
     out.push('', `CPU during backups: ${cpuLine(p2.cpuDuringBackups)}.`, '', `CPU baseline: ${cpuLine(p2.cpuBaselineBefore)}.`);
     out.push('', ...p2.notes.map((n) => `- ${n}`));
@@ -175,6 +175,8 @@ export function renderMarkdown(r: BenchReport): string {
     }
     out.push('', 'Timing spans from sampled workflow histories (median ms from WorkflowExecutionStarted unless noted; no-op activities mapped to the real names):', '');
     out.push(table(['span', 'volsnap', 'no-op'], [...merged].map(([k, v]) => [k, v.real === undefined ? '' : String(v.real), v.noop === undefined ? '' : String(v.noop)])));
+    const probs = (x: Record<string, number>) => (Object.keys(x).length ? Object.entries(x).map(([k, v]) => `${k} × ${v}`).join(', ') : 'none');
+    out.push('', `Failed or timed-out tasks in the measured workflows (each costs a retry interval): volsnap ${probs(p4.real.problems)}; no-op ${probs(p4.noop.problems)}.`);
     out.push('', `CPU, volsnap side: ${cpuLine(p4.real.cpu)}.`, '', `CPU, no-op side: ${cpuLine(p4.noop.cpu)}.`);
     out.push('', ...p4.notes.map((n) => `- ${n}`));
   }

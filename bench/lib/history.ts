@@ -98,3 +98,18 @@ export async function primaryAsLocalActivity(client: Client, workflowId: string)
   );
   return !scheduled && events.some((e) => e.eventType === EventType.EVENT_TYPE_MARKER_RECORDED);
 }
+
+/** Failures and timeouts in a history (retries the success path should not have), by event type. */
+export async function historyProblems(client: Client, workflowId: string): Promise<Record<string, number>> {
+  const h = await client.workflow.getHandle(workflowId).fetchHistory();
+  const out: Record<string, number> = {};
+  for (const e of h.events ?? []) {
+    const name = EventType[e.eventType ?? 0] as string | undefined;
+    if (!name || !/TIMED_OUT|FAILED/.test(name)) continue;
+    let key = name.replace('EVENT_TYPE_', '');
+    const t = e.activityTaskTimedOutEventAttributes?.failure?.timeoutFailureInfo?.timeoutType ?? e.workflowTaskTimedOutEventAttributes?.timeoutType;
+    if (t != null) key += ` (${String(proto.temporal.api.enums.v1.TimeoutType[t]).replace('TIMEOUT_TYPE_', '')})`;
+    out[key] = (out[key] ?? 0) + 1;
+  }
+  return out;
+}

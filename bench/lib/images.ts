@@ -1,7 +1,7 @@
-import { fsyncPath } from '../../storage/common.js';
 /** qcow2 helpers for the bench: real data written as a guest would, and bare qemu-img calls. */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
+import { fsyncPath } from '../../storage/common.js';
 import { run } from './system.js';
 
 const FILL_CHUNK = 1024 * 1024 * 1024;
