@@ -34,6 +34,7 @@ interface VolumeLocation {
   path: string;
   hypervisor: 'KVM' | 'XenServer';
   poolId: string;
+  sizeBytes: number;
 }
 
 const PRIMARY_FAILED = 'PrimarySnapshotFailed';
@@ -48,11 +49,11 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
   async function load(snapshotId: string): Promise<{ snapshot: SnapshotRecord; volume: VolumeLocation; driver: StorageDriver }> {
     const snapshot = await getSnapshot(pool, snapshotId);
     if (!snapshot) throw ApplicationFailure.nonRetryable(`snapshot ${snapshotId} does not exist`, 'SnapshotNotFoundError');
-    const { rows } = await pool.query<VolumeLocation>(
-      'SELECT path, hypervisor, pool_id AS "poolId" FROM volumes WHERE id = $1',
+    const { rows } = await pool.query<Omit<VolumeLocation, 'sizeBytes'> & { sizeBytes: string }>(
+      'SELECT path, hypervisor, pool_id AS "poolId", size_bytes AS "sizeBytes" FROM volumes WHERE id = $1',
       [snapshot.volumeId],
     );
-    const volume = rows[0];
+    const volume = rows[0] && { ...rows[0], sizeBytes: Number(rows[0].sizeBytes) };
     if (!volume) throw ApplicationFailure.nonRetryable(`volume ${snapshot.volumeId} does not exist`, 'SnapshotNotFoundError');
     const driver = deps.drivers[volume.hypervisor];
     if (!driver) throw ApplicationFailure.nonRetryable(`no storage driver for ${volume.hypervisor}`, PRIMARY_FAILED);
@@ -78,12 +79,16 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
       if (snapshot.status === 'CreatedOnPrimary' || snapshot.status === 'BackingUp' || snapshot.status === 'BackedUp') {
         return { sizeBytes: snapshot.size ?? 0 };
       }
-      await transitionSnapshot(pool, snapshotId, 'Creating', {
+      const { changed } = await transitionSnapshot(pool, snapshotId, 'Creating', {
         event: { type: 'SNAPSHOT.CREATE', description: `creating snapshot ${snapshot.name} on primary storage` },
       });
+      // Storage is touched only after the row is Creating: if this call moved it there, no earlier execution
+      // (a retry, or a local activity re-run after a workflow-task timeout) can have created the snapshot.
+      // The volume's size is stable meanwhile: resize is forbidden while the snapshot is in flight.
+      const fresh = changed ? { volumeSizeBytes: volume.sizeBytes } : undefined;
       let sizeBytes: number;
       try {
-        ({ sizeBytes } = await driver.createSnapshot(volume.path, snapshotId));
+        ({ sizeBytes } = await driver.createSnapshot(volume.path, snapshotId, fresh));
       } catch (err) {
         log.error({ err }, 'creating the snapshot on primary storage failed');
         throw ApplicationFailure.nonRetryable(`creating the snapshot on primary storage failed: ${messageOf(err)}`, PRIMARY_FAILED);

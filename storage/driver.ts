@@ -37,8 +37,11 @@ export interface StorageDriver {
   /** Moves a volume image to another pool, keeping its internal snapshots; returns the new volume. */
   migrateVolume(volumePath: string, targetPoolPath: string, volumeId: string): Promise<CreatedVolume>;
 
-  /** Creates an internal snapshot named after `snapshotId`; idempotent (an existing one is kept). */
-  createSnapshot(volumePath: string, snapshotId: string): Promise<{ sizeBytes: number }>;
+  /**
+   * Creates an internal snapshot named after `snapshotId`; idempotent (an existing one is kept). `fresh` says
+   * no earlier call can have created it and gives the volume's size, so a driver may skip its existence probe.
+   */
+  createSnapshot(volumePath: string, snapshotId: string, fresh?: { volumeSizeBytes: number }): Promise<{ sizeBytes: number }>;
   /** Deletes the internal snapshot; a missing one is not an error. */
   deleteSnapshot(volumePath: string, snapshotId: string): Promise<void>;
   /** Whether the internal snapshot exists. */

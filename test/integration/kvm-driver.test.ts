@@ -162,6 +162,15 @@ describe('snapshots', () => {
     await driver.deleteSnapshot(vol, snap);
   });
 
+  it('a fresh create (no earlier call can have made it) takes the size it is given; a later plain call finds it', async () => {
+    const { vol } = await volumeWithPattern();
+    const snap = randomUUID();
+    expect(await driver.createSnapshot(vol, snap, { volumeSizeBytes: 64 * MiB })).toEqual({ sizeBytes: 64 * MiB });
+    // A retry (not fresh) probes the image and keeps the one snapshot.
+    expect(await driver.createSnapshot(vol, snap)).toEqual({ sizeBytes: 64 * MiB });
+    expect(await snapshotTags(vol)).toEqual([snap]);
+  });
+
   it('serialises concurrent creates of the same snapshot into one', async () => {
     const { vol } = await volumeWithPattern();
     const snap = randomUUID();
