@@ -5,7 +5,7 @@ import { metricsHandler, metricsMiddleware } from '../observability/metrics.js';
 import { createServices } from '../services/index.js';
 import type { Stack } from '../worker/stack.js';
 import { DOCS_HTML } from './docs.js';
-import { errorBody, notFound, onError } from './errors.js';
+import { errorBody, notFoundOrMethodNotAllowed, onError } from './errors.js';
 import { requireApiKey } from './middleware/auth.js';
 import { configureOpenAPI, createRouter } from './openapi.js';
 import accounts from './routes/accounts/accounts.index.js';
@@ -50,7 +50,6 @@ export function createApp(stack: AppStack): AppOpenAPI {
   );
   app.use('/api/v1/*', requireApiKey);
   app.onError(onError);
-  app.notFound(notFound);
 
   configureOpenAPI(app, VERSION);
   app.get('/docs', (c) => c.html(DOCS_HTML));
@@ -59,5 +58,6 @@ export function createApp(stack: AppStack): AppOpenAPI {
   if (stack.metrics) app.get('/metrics', metricsHandler(stack.pool, stack.metrics));
   app.route('/', storageRouter(stack.storageGc));
   for (const router of [accounts, configurations, catalogs, vms, volumes, snapshots, events]) app.route('/', router);
+  app.notFound(notFoundOrMethodNotAllowed(app.routes));
   return app;
 }

@@ -112,3 +112,35 @@ export const onError: ErrorHandler<AppBindings> = (err, c) => {
 /** `app.notFound`: unknown routes answer in the error shape too. */
 export const notFound: NotFoundHandler<AppBindings> = (c) =>
   c.json(errorBody('NOT_FOUND', `no route for ${c.req.method} ${c.req.path}`), 404);
+
+/**
+ * `app.notFound` over the registered routes: a known path asked with a method it does not serve is 405 with
+ * an Allow header (RFC 9110 §15.5.6), anything else 404.
+ */
+export function notFoundOrMethodNotAllowed(routes: ReadonlyArray<{ method: string; path: string }>): NotFoundHandler<AppBindings> {
+  const byPattern = new Map<string, { re: RegExp; methods: Set<string> }>();
+  for (const r of routes) {
+    if (r.method === 'ALL' || r.path.includes('*')) continue; // middleware, not endpoints
+    const entry = byPattern.get(r.path) ?? { re: pathPattern(r.path), methods: new Set<string>() };
+    entry.methods.add(r.method);
+    if (r.method === 'GET') entry.methods.add('HEAD');
+    byPattern.set(r.path, entry);
+  }
+  return (c) => {
+    const allowed = new Set<string>();
+    for (const { re, methods } of byPattern.values()) if (re.test(c.req.path)) for (const m of methods) allowed.add(m);
+    if (allowed.size === 0 || allowed.has(c.req.method)) return notFound(c);
+    const allow = [...allowed].sort().join(', ');
+    c.header('Allow', allow);
+    return c.json(errorBody('METHOD_NOT_ALLOWED', `${c.req.method} is not allowed on ${c.req.path}; allowed: ${allow}`, { allow: [...allowed].sort() }), 405);
+  };
+}
+
+/** `/a/:id/b` → /^\/a\/[^/]+\/b\/?$/ (Hono path parameters match one segment). */
+function pathPattern(path: string): RegExp {
+  const body = path
+    .split('/')
+    .map((seg) => (seg.startsWith(':') ? '[^/]+' : seg.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')))
+    .join('/');
+  return new RegExp(`^${body}/?$`);
+}

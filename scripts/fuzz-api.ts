@@ -44,7 +44,6 @@ export const SCHEMATHESIS = join(ROOT, '.tools', 'venv', 'bin', 'schemathesis');
  * - positive_data_acceptance: the document cannot express every server-side rule (a setting's value range
  *   depends on its name; `multipleOf: 512` of sizes is dropped by the generator), so "schema-valid" bodies are
  *   rightly refused with 400.
- * - unsupported_method: an undeclared method (TRACE, ...) answers 404 NOT_FOUND in the error shape, not 405.
  * - ignored_auth: /healthz and /openapi.json are public by design while the document declares global bearer auth.
  */
 export const CHECKS = [
@@ -56,6 +55,7 @@ export const CHECKS = [
   'missing_required_header',
   'use_after_free',
   'ensure_resource_availability',
+  'unsupported_method',
 ];
 
 export interface FuzzOptions {

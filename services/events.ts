@@ -1,6 +1,7 @@
 import { toEventRow, type EventRow } from '../db/events.js';
 import type { Pool } from '../db/pool.js';
 import { IN_PROGRESS_STATES, type SnapshotState } from '../domain/snapshot-states.js';
+import { publicErrorMessage } from '../domain/errors.js';
 import { ownerScope, type Caller } from './caller.js';
 
 /** Backup progress of one in-flight snapshot, as the event stream pushes it. */
@@ -9,8 +10,13 @@ export interface SnapshotProgress {
   volumeId: string;
   state: SnapshotState;
   attempts: number;
+  maxAttempts: number;
   bytesDone: number;
   bytesTotal: number;
+  /** When the next attempt starts, while the workflow waits out the retry interval. */
+  nextAttemptAt: string | null;
+  /** Why the last attempt failed, in public wording. */
+  lastError: string | null;
 }
 
 /** Whether `caller` may see `event`: its own account's; an admin sees all (global ones too). */
@@ -34,7 +40,8 @@ export function createEventService(deps: { pool: Pool }) {
     /** Backup progress of the caller's snapshots in flight. */
     async progress(caller: Caller): Promise<SnapshotProgress[]> {
       const { rows } = await pool.query(
-        `SELECT id, volume_id, status, backup_attempts, backup_bytes_done, backup_bytes_total FROM snapshots
+        `SELECT id, volume_id, status, backup_attempts, backup_max_attempts, backup_bytes_done, backup_bytes_total,
+                next_attempt_at, last_error FROM snapshots
           WHERE status = ANY($1::text[]) AND ($2::uuid IS NULL OR account_id = $2) ORDER BY created`,
         [IN_PROGRESS_STATES, ownerScope(caller)],
       );
@@ -43,8 +50,11 @@ export function createEventService(deps: { pool: Pool }) {
         volumeId: r.volume_id,
         state: r.status,
         attempts: r.backup_attempts,
+        maxAttempts: r.backup_max_attempts,
         bytesDone: Number(r.backup_bytes_done),
         bytesTotal: Number(r.backup_bytes_total),
+        nextAttemptAt: r.next_attempt_at ? new Date(r.next_attempt_at).toISOString() : null,
+        lastError: r.last_error === null ? null : publicErrorMessage(r.last_error),
       }));
     },
   };

@@ -15,11 +15,13 @@ export const EventSchema = z
   })
   .openapi('Event');
 
-const cursor = z.coerce
-  .number({ error: 'must be a number' })
-  .int('must be an integer')
-  .min(0, 'must be at least 0')
-  .max(Number.MAX_SAFE_INTEGER, 'too large');
+// Digits only: z.coerce.number would read an empty `since=` as 0 and replay everything.
+const cursor = z
+  .string()
+  .regex(/^[0-9]{1,16}$/, 'must be a whole number')
+  .transform(Number)
+  .pipe(z.number().int().max(Number.MAX_SAFE_INTEGER, 'too large'))
+  .openapi({ type: 'integer', minimum: 0, example: 42 });
 
 export const EventListQuerySchema = z.object({
   since: cursor.optional().openapi({ description: 'Only events with a greater id' }),

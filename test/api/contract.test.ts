@@ -255,6 +255,8 @@ describe('HTTP API contract', () => {
       ['bad UUID in query', 'GET', '/api/v1/snapshots?volumeId=42', {}, 400, 'INVALID_INPUT'],
       ['unknown state filter', 'GET', '/api/v1/snapshots?state=Sleeping', {}, 400, 'INVALID_INPUT'],
       ['bad events cursor', 'GET', '/api/v1/events?since=-1', {}, 400, 'INVALID_INPUT'],
+      ['empty events cursor', 'GET', '/api/v1/events?since=', {}, 400, 'INVALID_INPUT'],
+      ['non-numeric events cursor', 'GET', '/api/v1/events?since=1e3', {}, 400, 'INVALID_INPUT'],
       ['unknown VM', 'GET', '/api/v1/vms/00000000-0000-4000-8000-000000000000', {}, 404, 'NOT_FOUND'],
       ['unknown ISO', 'POST', '/api/v1/vms/VMID/actions', { body: { action: 'attach-iso', isoId: '00000000-0000-4000-8000-000000000000' } }, 404, 'NOT_FOUND'],
       ['malformed JSON', 'POST', '/api/v1/volumes', { rawBody: '{"name": "x", ' }, 400, 'MALFORMED_JSON'],
@@ -281,6 +283,17 @@ describe('HTTP API contract', () => {
       expect(res.body.error.details).toBeTypeOf('object');
       expect(JSON.stringify(res.body)).not.toMatch(/\bat .*\.ts:\d+/);
       if (status === 400 && code === 'INVALID_INPUT') expect(Object.keys(res.body.error.details.fields ?? {}).length).toBeGreaterThan(0);
+    });
+
+    it('a known path asked with a method it does not serve is 405 with Allow; unknown paths stay 404', async () => {
+      const res = await h.call('DELETE', '/api/v1/events');
+      expect(res.status).toBe(405);
+      expect(res.body.error.code).toBe('METHOD_NOT_ALLOWED');
+      expect(res.headers.get('allow')).toBe('GET, HEAD');
+      const onId = await h.call('PATCH', '/api/v1/volumes/00000000-0000-4000-8000-000000000000');
+      expect(onId.status).toBe(405);
+      expect(onId.headers.get('allow')).toMatch(/\bDELETE\b.*\bGET\b/);
+      expect((await h.call('DELETE', '/api/v1/events/stream/extra')).status).toBe(404);
     });
 
     it('names each bad field', async () => {

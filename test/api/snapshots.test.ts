@@ -249,8 +249,11 @@ describe('snapshots over HTTP', () => {
         await h.setConfig('backup.retry.interval', 3600);
         await h.breakImageStore();
         const held = (await snapshot(mine.id, { asyncBackup: true })).body;
-        const progress = await stream.until((m) => m.event === 'progress' && m.data.snapshotId === held.id);
-        expect(progress.data).toMatchObject({ volumeId: mine.id, bytesTotal: MiB });
+        // Once the first attempt failed: attempt 1 of N, why, and when the next one starts.
+        const progress = await stream.until((m) => m.event === 'progress' && m.data.snapshotId === held.id && m.data.lastError !== null);
+        expect(progress.data).toMatchObject({ volumeId: mine.id, state: 'BackingUp', attempts: 1, maxAttempts: 3, bytesTotal: MiB });
+        expect(progress.data.lastError).toMatch(/image store/);
+        expect(Date.parse(progress.data.nextAttemptAt)).toBeGreaterThan(Date.now() + 3000_000);
         expect(stream.received.every((m) => m.event !== 'message' || m.data.accountId === user.id)).toBe(true);
       } finally {
         await stream.close();

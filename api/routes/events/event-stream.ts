@@ -108,14 +108,14 @@ function eventSender(stream: SSEStreamingApi, since: number | undefined) {
   };
 }
 
-/** Emits a `progress` message for each in-flight snapshot whose state, attempt or bytes changed. */
+/** Emits a `progress` message for each in-flight snapshot whose progress (state, attempt, bytes, retry) changed. */
 function progressTracker(stream: SSEStreamingApi) {
   let last = new Map<string, string>();
   return {
     async update(current: SnapshotProgress[]) {
       const next = new Map<string, string>();
       for (const p of current) {
-        const key = `${p.state}/${p.attempts}/${p.bytesDone}/${p.bytesTotal}`;
+        const key = JSON.stringify(p);
         next.set(p.snapshotId, key);
         if (last.get(p.snapshotId) !== key) await stream.writeSSE({ event: 'progress', data: JSON.stringify(p) });
       }

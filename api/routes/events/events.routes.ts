@@ -20,7 +20,8 @@ export const stream = createRoute({
   summary: 'Server-sent events: every new event, and backup progress',
   description:
     'Each audit event is an unnamed SSE message (`id` = event id, `data` = the Event JSON). `event: progress` messages carry ' +
-    '`{snapshotId, volumeId, state, attempts, bytesDone, bytesTotal}` of in-flight snapshots when they change (about once a second). ' +
+    '`{snapshotId, volumeId, state, attempts, maxAttempts, bytesDone, bytesTotal, nextAttemptAt, lastError}` of in-flight snapshots ' +
+    'when they change (checked about once a second). ' +
     '`event: ready` is sent once the stream is live. Resume with `Last-Event-ID` (or `?since=`): events after that id are replayed first.',
   request: { query: EventStreamQuerySchema, headers: EventStreamHeadersSchema },
   responses: {
