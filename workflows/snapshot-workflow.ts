@@ -1,4 +1,5 @@
 import {
+  ActivityFailure,
   type ActivityOptions,
   type LocalActivityOptions,
   ApplicationFailure,
@@ -48,10 +49,21 @@ const primary = proxyActivities<SnapshotActivities>(PRIMARY_OPTIONS);
 const primaryLocal = proxyLocalActivities<SnapshotActivities>(PRIMARY_OPTIONS);
 const PRIMARY_AS_LOCAL_ACTIVITY = 'create-primary-as-local-activity';
 
+/**
+ * Executions that reached a failure before this change recorded the innermost cause of the error chain (e.g. a
+ * bare "ENOENT: ... mkdir" without the "image store is unusable" context); newer ones record the message the
+ * activity threw, which carries its context. The message is an activity input, so the change is patched.
+ */
+const LAST_ERROR_FROM_ACTIVITY = 'last-error-from-activity-message';
+
 function errorMessage(err: unknown): string {
   let e: unknown = err;
-  // ActivityFailure wraps the activity's ApplicationFailure: report the innermost cause.
-  while (e instanceof Error && e.cause instanceof Error) e = e.cause;
+  if (patched(LAST_ERROR_FROM_ACTIVITY)) {
+    // Only Temporal's own wrapper goes: its cause is what the activity threw (or the timeout).
+    if (e instanceof ActivityFailure && e.cause) e = e.cause;
+  } else {
+    while (e instanceof Error && e.cause instanceof Error) e = e.cause;
+  }
   return e instanceof Error ? e.message : String(e);
 }
 

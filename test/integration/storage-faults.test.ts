@@ -209,9 +209,9 @@ describe('storage faults', () => {
       await setStorePath(store);
       try {
         const { snapshot } = await stack.snapshots.requestSnapshot({ accountId, volumeId: vol.volumeId, asyncBackup: true });
-        // The final lastError is the innermost cause only, and Node's recursive mkdir reports a read-only file system
-        // as ENOENT (EROFS/EPERM are hidden): it names the store's path, not why it failed (reported to the lead).
-        await expectCompensatedError(snapshot.id, vol, 2, new RegExp(store.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+        // The final lastError is the activity's message with its context. (Node's recursive mkdir reports a
+        // read-only file system as ENOENT, so the context is what says the store is the problem.)
+        await expectCompensatedError(snapshot.id, vol, 2, new RegExp(`image store ${store.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is unusable`));
         const { rows } = await stack.pool.query<{ description: string }>(
           `SELECT description FROM events WHERE resource_id = $1 AND description LIKE 'backup attempt % failed%' ORDER BY id`,
           [snapshot.id],

@@ -169,7 +169,7 @@ describe('snapshot workflow (time-skipping server, mocked activities)', () => {
     await withWorkers(acts, async () => {
       const { handle, created } = await startAndAwaitCreated(wfInput);
       await created;
-            const err = await handle.result().then(() => null, (e) => e);
+      const err = await handle.result().then(() => null, (e) => e);
       expect(err).toBeInstanceOf(WorkflowFailedError);
       expect((err as WorkflowFailedError).cause).toBeInstanceOf(ApplicationFailure);
       expect(((err as WorkflowFailedError).cause as ApplicationFailure).type).toBe('BackupFailed');
@@ -197,7 +197,9 @@ describe('snapshot workflow (time-skipping server, mocked activities)', () => {
     const calls: Calls = { order: [], backupAttempts: [], errors: [] };
     const acts = mockActivities(calls, {
       backupSnapshotToSecondary: async () => {
-        throw new Error('disk full');
+        throw new Error('backup to /store failed: image store /store is unusable: ENOSPC: no space left on device', {
+          cause: new Error('ENOSPC: no space left on device'),
+        });
       },
     });
     await withWorkers(acts, async () => {
@@ -205,6 +207,8 @@ describe('snapshot workflow (time-skipping server, mocked activities)', () => {
       await created;
       await handle.result().catch(() => undefined);
     });
+    // The recorded reason is the activity's message with its context, not only the innermost cause.
+    expect(calls.errors).toEqual(['backup to /store failed: image store /store is unusable: ENOSPC: no space left on device']);
     expect(calls.backupAttempts.map((a) => a.attempt)).toEqual([1, 2]);
     const gap = (calls.backupAttempts[1]!.scheduledAtMs - calls.backupAttempts[0]!.scheduledAtMs) / 1000;
     expect(gap).toBeGreaterThanOrEqual(10);
