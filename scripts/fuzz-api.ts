@@ -15,11 +15,9 @@
  * 2. Seeds real resources through the API (VMs with disks, a standalone volume, a backed-up snapshot) and hands
  *    their ids to schemathesis as dictionaries bound to the path/body parameters, so generated requests reach the
  *    handlers behind the 404s instead of only ever hitting unknown ids.
- * 3. Fetches /openapi.json and works around defects of the generated document (see portableDocument): the name
- *    pattern carries the regex flag (`/u`) and uses `\p{Cc}`, which Python's regex engine does not know, so no
- *    name can be generated; sizes lack `multipleOf: 512`; the event stream declares a string where OpenAPI 3.1
- *    tools expect the schema of one event. The copy handed to schemathesis states what the server enforces;
- *    every rewrite is reported in the result (and printed), so the workarounds cannot hide a regression.
+ * 3. Fetches /openapi.json and rewrites regex patterns a non-JavaScript engine cannot read (see portableDocument:
+ *    a trailing flag such as `/u`, or `\p{Cc}`). The served document carries none today; every rewrite is reported
+ *    in the result (and printed), so a workaround cannot hide a regression.
  * 4. Runs `schemathesis run` with the checks the declared contract can meet (see CHECKS), a HAR report of every
  *    request and response, and JUnit output under test-results/.
  * 5. Reads the HAR and checks the two invariants itself, independently of schemathesis's own checks.
@@ -42,8 +40,7 @@ export const SCHEMATHESIS = join(ROOT, '.tools', 'venv', 'bin', 'schemathesis');
 /**
  * Checks the declared contract can meet. Left out, and why:
  * - positive_data_acceptance: the document cannot express every server-side rule (a setting's value range
- *   depends on its name; `multipleOf: 512` of sizes is dropped by the generator), so "schema-valid" bodies are
- *   rightly refused with 400.
+ *   depends on its name; a shrink needs shrinkOk), so "schema-valid" bodies are rightly refused with 400.
  * - ignored_auth: /healthz and /openapi.json are public by design while the document declares global bearer auth.
  */
 export const CHECKS = [
@@ -189,15 +186,6 @@ export async function seedResources(baseUrl: string, key: string): Promise<Seede
   };
 }
 
-const MAX_VOLUME_BYTES = 2 ** 44;
-const SSE_EVENT_SCHEMA = {
-  type: 'object',
-  properties: { event: { type: 'string' }, id: { type: 'string' }, data: { type: 'string' }, retry: { type: 'integer' } },
-  required: ['data'],
-};
-const isStringSchema = (v: unknown): boolean =>
-  !!v && typeof v === 'object' && (v as { schema?: { type?: unknown } }).schema?.type === 'string';
-
 /**
  * A copy of the OpenAPI document schemathesis can generate data from. Each rewrite is a defect of the served
  * document (returned as text): a JSON Schema `pattern` is an ECMA-262 regex source without delimiters or flags.
@@ -209,16 +197,7 @@ export function portableDocument(doc: unknown): { doc: unknown; fixes: string[] 
     if (!node || typeof node !== 'object') return node;
     const out: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(node)) {
-      if (k === 'text/event-stream' && isStringSchema(v)) {
-        // Before OpenAPI 3.2 (no `itemSchema`), tools read the `schema` of an event stream as the schema of one event.
-        fixes.add('the text/event-stream response declares `schema: {type: string}`, which OpenAPI 3.1 tools read as the schema of each event ({event, id, data}); declared here as an event object');
-        out[k] = { ...(v as object), schema: SSE_EVENT_SCHEMA };
-      } else if (k === 'maximum' && v === MAX_VOLUME_BYTES && (node as Record<string, unknown>).type === 'integer' && !('multipleOf' in node)) {
-        // zod's .multipleOf(512) of SizeBytesSchema is dropped by the document generator.
-        fixes.add(`volume sizes (integer, maximum ${MAX_VOLUME_BYTES}) lack \`multipleOf: 512\`, which the server enforces`);
-        out[k] = v;
-        out.multipleOf = 512;
-      } else if (k === 'pattern' && typeof v === 'string') {
+      if (k === 'pattern' && typeof v === 'string') {
         let p = v;
         const flags = /\/[dgimsuvy]+$/.exec(p);
         if (flags) {

@@ -37,7 +37,8 @@ export const SizeBytesSchema = z
   .positive('must be positive')
   .multipleOf(512, 'must be a multiple of 512 bytes')
   .max(MAX_VOLUME_BYTES, `must be at most ${MAX_VOLUME_BYTES} bytes (16 TiB)`)
-  .openapi({ example: 1073741824 });
+  // The document generator drops zod's multipleOf; state it so clients and fuzzers see the rule the server applies.
+  .openapi({ example: 1073741824, multipleOf: 512 });
 
 export const HypervisorSchema = z.enum(['KVM', 'XenServer']).openapi({ description: 'XenServer is accepted by the schema; the server refuses it while no XenServer driver is configured' });
 

@@ -39,3 +39,16 @@ export const EventStreamHeadersSchema = z.object({
     .optional()
     .openapi({ description: 'Resume after this event id (sent by EventSource on reconnect)' }),
 });
+
+/**
+ * One server-sent event as OpenAPI 3.1 tools read a text/event-stream schema (before 3.2's itemSchema, the
+ * schema describes each event): `data` holds the JSON of an Event, or of a progress record for `event: progress`.
+ */
+export const ServerSentEventSchema = z
+  .object({
+    event: z.enum(['message', 'progress', 'ready']).optional().openapi({ description: 'absent for audit events (`message`)' }),
+    id: z.string().optional().openapi({ description: 'the event id, for Last-Event-ID' }),
+    data: z.string().openapi({ description: 'JSON' }),
+    retry: z.number().int().optional(),
+  })
+  .openapi('ServerSentEvent');

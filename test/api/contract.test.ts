@@ -63,6 +63,12 @@ describe('HTTP API contract', () => {
         expect(Object.keys(doc.body.paths)).toContain(path);
       }
       expect(doc.body.components.schemas.Snapshot.properties.backup).toBeDefined();
+      // The rules the server applies are in the document: sector-sized volume sizes, one schema per SSE event.
+      const createVolume = doc.body.paths['/api/v1/volumes'].post.requestBody.content['application/json'].schema;
+      const createVolumeSchema = createVolume.$ref ? doc.body.components.schemas[createVolume.$ref.split('/').pop()] : createVolume;
+      expect(createVolumeSchema.properties.sizeBytes).toMatchObject({ type: 'integer', multipleOf: 512 });
+      expect(doc.body.paths['/api/v1/events/stream'].get.responses['200'].content['text/event-stream'].schema).toEqual({ $ref: '#/components/schemas/ServerSentEvent' });
+      expect(doc.body.components.schemas.ServerSentEvent.required).toEqual(['data']);
       const docs = await h.call('GET', '/docs', { key: null });
       expect(docs.status).toBe(200);
       expect(docs.headers.get('content-type')).toMatch(/text\/html/);

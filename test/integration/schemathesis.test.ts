@@ -46,6 +46,10 @@ describe('schemathesis against the running service', () => {
     expect(count((s) => s === 409)).toBeGreaterThan(0);
   });
 
+  it('the served document needs no rewrite for a non-JavaScript validator', () => {
+    expect(result.documentFixes).toEqual([]);
+  });
+
   it('no request gets a 5xx', () => {
     expect(result.serverErrors, describeResult(result)).toEqual([]);
   });

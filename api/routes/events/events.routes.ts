@@ -1,6 +1,6 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { errorResponses, jsonContent } from '../../schemas/common.js';
-import { EventListQuerySchema, EventSchema, EventStreamHeadersSchema, EventStreamQuerySchema } from '../../schemas/event.js';
+import { EventListQuerySchema, EventSchema, EventStreamHeadersSchema, EventStreamQuerySchema, ServerSentEventSchema } from '../../schemas/event.js';
 
 const tags = ['Events'];
 
@@ -25,7 +25,7 @@ export const stream = createRoute({
     '`event: ready` is sent once the stream is live. Resume with `Last-Event-ID` (or `?since=`): events after that id are replayed first.',
   request: { query: EventStreamQuerySchema, headers: EventStreamHeadersSchema },
   responses: {
-    200: { description: 'An event stream', content: { 'text/event-stream': { schema: z.string() } } },
+    200: { description: 'An event stream', content: { 'text/event-stream': { schema: ServerSentEventSchema } } },
     ...errorResponses(400, 401),
   },
 });
