@@ -151,7 +151,8 @@ let helperUnavailable = false;
 
 /** The process's spawn helper, started on first use; undefined when it cannot be started here. */
 function spawnHelper(): SpawnHelper | undefined {
-  if (helper || helperUnavailable) return helper;
+  if (helperUnavailable) return undefined;
+  if (helper) return helper;
   try {
     const child = fork(HELPER_PATH, [], { execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     child.unref();
@@ -160,6 +161,11 @@ function spawnHelper(): SpawnHelper | undefined {
     helperUnavailable = true;
   }
   return helper;
+}
+
+/** Turns the helper off (commands are forked from this process) or back on; for tests of both paths. */
+export function useSpawnHelper(enabled: boolean): void {
+  helperUnavailable = !enabled;
 }
 
 /** The helper's pid (tests), starting it if needed. */

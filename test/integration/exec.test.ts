@@ -1,5 +1,5 @@
-import { describe, expect, it } from 'vitest';
-import { CommandError, run, spawnHelperPid } from '../../storage/exec.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CommandError, run, spawnHelperPid, useSpawnHelper } from '../../storage/exec.js';
 
 const alive = (pid: number): boolean => {
   try {
@@ -10,16 +10,8 @@ const alive = (pid: number): boolean => {
   }
 };
 
-/** storage/exec.ts run(): commands start in the spawn helper, never forked from the service process itself. */
-describe('run() through the spawn helper', () => {
-  it('starts commands as children of the helper, not of this process', async () => {
-    const helperPid = spawnHelperPid();
-    expect(helperPid).toBeGreaterThan(0);
-    expect(helperPid).not.toBe(process.pid);
-    const { stdout } = await run('sh', ['-c', 'echo $PPID']);
-    expect(Number(stdout.trim())).toBe(helperPid);
-  });
-
+/** What run() promises whichever way the command is started. */
+function commonBehaviour(): void {
   it('streams stdout as it comes, collects it, and reports a failure with exit code and stderr', async () => {
     const chunks: string[] = [];
     const ok = await run('sh', ['-c', 'printf one; sleep 0.2; printf two; printf warn >&2'], { onStdout: (c) => chunks.push(c) });
@@ -48,6 +40,19 @@ describe('run() through the spawn helper', () => {
     expect(alive(pid)).toBe(false);
     await expect(run('true', [], { signal: ac.signal })).rejects.toMatchObject({ name: 'AbortError' });
   });
+}
+
+/** storage/exec.ts run(): commands start in the spawn helper, never forked from the service process itself. */
+describe('run() through the spawn helper', () => {
+  commonBehaviour();
+
+  it('starts commands as children of the helper, not of this process', async () => {
+    const helperPid = spawnHelperPid();
+    expect(helperPid).toBeGreaterThan(0);
+    expect(helperPid).not.toBe(process.pid);
+    const { stdout } = await run('sh', ['-c', 'echo $PPID']);
+    expect(Number(stdout.trim())).toBe(helperPid);
+  });
 
   it('a helper that dies fails its commands clearly; the next command gets a new helper', async () => {
     const first = spawnHelperPid()!;
@@ -59,5 +64,17 @@ describe('run() through the spawn helper', () => {
     const second = Number(stdout.trim());
     expect(second).not.toBe(first);
     expect(second).toBe(spawnHelperPid());
+  });
+});
+
+/** The fallback when the helper cannot start: execFile from this process, with the same contract. */
+describe('run() without the spawn helper', () => {
+  beforeAll(() => useSpawnHelper(false));
+  afterAll(() => useSpawnHelper(true));
+  commonBehaviour();
+
+  it('forks the command from this process', async () => {
+    const { stdout } = await run('sh', ['-c', 'echo $PPID']);
+    expect(Number(stdout.trim())).toBe(process.pid);
   });
 });
