@@ -206,12 +206,18 @@ export class KvmStorageDriver implements StorageDriver {
       // -U: read without taking the image lock, so snapshots and writes on the live image can proceed meanwhile;
       // the snapshot's clusters are copy-on-write protected, so its point-in-time bytes stay stable.
       const args = ['convert', '-U', '-p', ...rate, '-f', 'qcow2', '-O', 'qcow2', '-l', `snapshot.name=${tag}`, volumePath, tmp];
+      // Progress from the bytes written against what the copy needs (`qemu-img measure`): qemu-img's own -p
+      // counts unallocated areas at once and reads 100 % while a quarter of the data is still to come.
+      const required = await this.requiredBytes(volumePath, tag, signal);
+      const progress = required ? writtenProgress(tmp, required, info.virtualSize, report) : undefined;
       try {
-        await this.qemu(args, { signal, onStdout: progressParser(info.virtualSize, report) });
+        await this.qemu(args, { signal, onStdout: progress?.sample ?? progressParser(info.virtualSize, report) });
       } catch (err) {
         // The snapshot may have been deleted between the check above and the copy.
         if (err instanceof CommandError && /can't find snapshot/i.test(err.stderr)) throw notFound(tag, volumePath);
         throw err;
+      } finally {
+        progress?.stop();
       }
       // Hash while the copy is flushed: both read the just-written file, and the rename below waits for both.
       const [digest] = await settleAll([sha256File(tmp, signal), fsyncPath(tmp).then(() => fsyncPath(dir))]);
@@ -282,6 +288,19 @@ export class KvmStorageDriver implements StorageDriver {
     return { virtualSize: json['virtual-size'], snapshotNames: (json.snapshots ?? []).map((s) => s.name) };
   }
 
+  /** Bytes a qcow2 copy of the snapshot needs (data and metadata); undefined when qemu-img cannot say. */
+  private async requiredBytes(volumePath: string, tag: string, signal?: AbortSignal): Promise<number | undefined> {
+    try {
+      const { stdout } = await this.qemu(['measure', '-U', '-f', 'qcow2', '-O', 'qcow2', '-l', `snapshot.name=${tag}`, '--output=json', volumePath], { signal });
+      const required = (JSON.parse(stdout) as { required?: unknown }).required;
+      return typeof required === 'number' && required > 0 ? required : undefined;
+    } catch (err) {
+      signal?.throwIfAborted();
+      this.log.warn({ err, volumePath, snapshotId: tag }, 'qemu-img measure failed; progress follows qemu-img -p');
+      return undefined;
+    }
+  }
+
   // `-f qcow2` everywhere: format probing is unsafe, a guest could write a qcow2 header into a raw image.
   private qemu(args: string[], opts?: Parameters<typeof run>[2]): ReturnType<typeof run> {
     return run(this.qemuImg, args, opts);
@@ -326,6 +345,39 @@ function progressParser(total: number, report: (p: BackupProgress) => void): (ch
         report({ bytesDone: done, bytesTotal: total });
       }
     }
+  };
+}
+
+/**
+ * Progress of a copy into `tmp` as the share of `required` bytes written so far, in bytes of the virtual size
+ * `total` (the unit the API reports). Sampled when qemu-img prints progress and every second in between;
+ * strictly increasing and below `total` (the caller reports completion).
+ */
+function writtenProgress(tmp: string, required: number, total: number, report: (p: BackupProgress) => void) {
+  let last = -1;
+  let sampling = false;
+  let stopped = false;
+  const sample = (): void => {
+    if (sampling || stopped) return;
+    sampling = true;
+    stat(tmp)
+      .then(({ size }) => {
+        const done = Math.floor((Math.min(size, required) / required) * total);
+        if (!stopped && done > last && done < total) {
+          last = done;
+          report({ bytesDone: done, bytesTotal: total });
+        }
+      })
+      .catch(() => undefined) // not created yet, or already renamed
+      .finally(() => (sampling = false));
+  };
+  const timer = setInterval(sample, 1000);
+  return {
+    sample,
+    stop: () => {
+      stopped = true;
+      clearInterval(timer);
+    },
   };
 }
 
