@@ -1,11 +1,15 @@
+import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { MockActivityEnvironment } from '@temporalio/testing';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createSnapshotActivities } from '../../activities/snapshot-activities.js';
 import { embeddedDatabaseUrl } from '../../db/embedded.js';
 import { EVENTS_CHANNEL } from '../../db/events.js';
 import { getSnapshot, transitionSnapshot } from '../../db/snapshots.js';
 import { IllegalSnapshotTransitionError } from '../../domain/snapshot-states.js';
 import { insertAccount, insertVolume } from '../support/fixtures.js';
+import { silentLogger } from '../../observability/logger.js';
 import { startTestStack, type TestStack } from '../support/stack.js';
 
 /** transitionSnapshot on real PostgreSQL: the state machine, its events and their announcements, under races. */
@@ -13,13 +17,14 @@ describe('snapshot state transitions', () => {
   let stack: TestStack;
   let accountId: string;
   let volumeId: string;
+  let volumePath: string;
   let listener: pg.Client;
   const announced: string[] = [];
 
   beforeAll(async () => {
     stack = await startTestStack({ roles: [] });
     accountId = await insertAccount(stack.pool);
-    ({ volumeId } = await insertVolume(stack.pool, stack.drivers.KVM!, { accountId, sizeBytes: 1024 * 1024 }));
+    ({ volumeId, path: volumePath } = await insertVolume(stack.pool, stack.drivers.KVM!, { accountId, sizeBytes: 1024 * 1024 }));
     listener = new pg.Client({ connectionString: stack.env.DATABASE_URL ?? embeddedDatabaseUrl(stack.env.EMBEDDED_PG_PORT) });
     await listener.connect();
     listener.on('notification', (n) => announced.push(n.payload ?? ''));
@@ -113,5 +118,29 @@ describe('snapshot state transitions', () => {
     for (const r of [toError, toCreated, toBackingUp]) if (r.status === 'rejected') expect(r.reason).toBeInstanceOf(IllegalSnapshotTransitionError);
     const path = (await eventsOf(id)).map((e) => `${e.details.from}->${e.details.to}`);
     for (const step of path) expect(['Allocated->Creating', 'Creating->Error', 'Creating->CreatedOnPrimary', 'CreatedOnPrimary->BackingUp', 'CreatedOnPrimary->Error', 'BackingUp->Error']).toContain(step);
+  });
+
+  describe('createSnapshotOnPrimary (the activity, on real PostgreSQL and qcow2)', () => {
+    const tags = (): string[] =>
+      ((JSON.parse(execFileSync('qemu-img', ['info', '-U', '--output=json', volumePath], { encoding: 'utf8' })).snapshots ?? []) as Array<{ name: string }>).map((x) => x.name);
+    const createOnPrimary = (snapshotId: string) =>
+      new MockActivityEnvironment().run(createSnapshotActivities({ pool: stack.pool, drivers: stack.drivers, logger: silentLogger }).createSnapshotOnPrimary, { snapshotId });
+
+    it('a first execution creates exactly one internal snapshot and records the volume size', async () => {
+      const id = await newSnapshot();
+      expect(await createOnPrimary(id)).toEqual({ sizeBytes: 1024 * 1024 });
+      expect(tags().filter((t) => t === id)).toHaveLength(1);
+      expect(await getSnapshot(stack.pool, id)).toMatchObject({ status: 'CreatedOnPrimary', size: 1024 * 1024 });
+    });
+
+    it('a re-run after an execution that created the snapshot but died before recording it makes no duplicate', async () => {
+      const id = await newSnapshot();
+      // The earlier execution: moved the row to Creating, ran qemu-img, then crashed.
+      await transitionSnapshot(stack.pool, id, 'Creating', { event: { type: 'SNAPSHOT.CREATE', description: 'creating' } });
+      execFileSync('qemu-img', ['snapshot', '-c', id, volumePath]);
+      expect(await createOnPrimary(id)).toEqual({ sizeBytes: 1024 * 1024 });
+      expect(tags().filter((t) => t === id)).toHaveLength(1);
+      expect((await getSnapshot(stack.pool, id))?.status).toBe('CreatedOnPrimary');
+    });
   });
 });
