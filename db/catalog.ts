@@ -8,17 +8,34 @@ export interface XenServerCatalog {
   srUuids: string[];
 }
 
-/** Seeds the read-only catalogs on first start: storage pools, the image store, hosts, offerings, ISOs. */
-export async function seedCatalog(db: Queryable, dataDir: string, xen?: XenServerCatalog): Promise<void> {
+/** A seeded storage location whose path in the database is not the one this process would have seeded. */
+export interface CatalogPathMismatch {
+  table: 'storage_pools' | 'image_stores';
+  name: string;
+  inDatabase: string;
+  fromThisProcess: string;
+}
+
+/**
+ * Seeds the read-only catalogs on first start: storage pools, the image store, hosts, offerings, ISOs.
+ * Existing rows are kept, so the first process's data directory decides the KVM paths; the ones that differ
+ * from this process's are returned (the caller warns: a second data directory would otherwise go unnoticed).
+ */
+export async function seedCatalog(db: Queryable, dataDir: string, xen?: XenServerCatalog): Promise<CatalogPathMismatch[]> {
   const insert = (table: string, cols: string[], values: unknown[]) =>
     db.query(
       `INSERT INTO ${table} (id, ${cols.join(', ')}) VALUES ($1, ${cols.map((_, i) => `$${i + 2}`).join(', ')})
        ON CONFLICT (name) DO NOTHING`,
       [randomUUID(), ...values],
     );
-  await insert('storage_pools', ['name', 'hypervisor', 'path'], ['kvm-primary-1', 'KVM', join(dataDir, 'primary', 'kvm-primary-1')]);
-  await insert('storage_pools', ['name', 'hypervisor', 'path'], ['kvm-primary-2', 'KVM', join(dataDir, 'primary', 'kvm-primary-2')]);
-  await insert('image_stores', ['name', 'path'], ['secondary-1', join(dataDir, 'secondary')]);
+  const paths = [
+    { table: 'storage_pools', name: 'kvm-primary-1', path: join(dataDir, 'primary', 'kvm-primary-1') },
+    { table: 'storage_pools', name: 'kvm-primary-2', path: join(dataDir, 'primary', 'kvm-primary-2') },
+    { table: 'image_stores', name: 'secondary-1', path: join(dataDir, 'secondary') },
+  ] as const;
+  for (const p of paths) {
+    await insert(p.table, p.table === 'storage_pools' ? ['name', 'hypervisor', 'path'] : ['name', 'path'], p.table === 'storage_pools' ? [p.name, 'KVM', p.path] : [p.name, p.path]);
+  }
   await insert('hosts', ['name', 'hypervisor', 'address'], ['kvm-host-1', 'KVM', '127.0.0.1']);
   await insert('hosts', ['name', 'hypervisor', 'address'], ['kvm-host-2', 'KVM', '127.0.0.2']);
   await insert('service_offerings', ['name', 'cpu_count', 'memory_mb'], ['Small Instance', 1, 1024]);
@@ -34,6 +51,13 @@ export async function seedCatalog(db: Queryable, dataDir: string, xen?: XenServe
       await db.query(`UPDATE storage_pools SET path = $2 WHERE name = $1 AND hypervisor = 'XenServer'`, [`xen-sr-${i + 1}`, srUuid]);
     }
   }
+  const mismatches: CatalogPathMismatch[] = [];
+  for (const p of paths) {
+    const { rows } = await db.query<{ path: string }>(`SELECT path FROM ${p.table} WHERE name = $1`, [p.name]);
+    const inDatabase = rows[0]?.path;
+    if (inDatabase !== undefined && inDatabase !== p.path) mismatches.push({ table: p.table, name: p.name, inDatabase, fromThisProcess: p.path });
+  }
+  return mismatches;
 }
 
 export interface ImageStore {

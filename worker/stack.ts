@@ -67,7 +67,9 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
     pool.on('error', (err) => logger.error({ err }, 'database pool error'));
     closers.push(() => pool.end());
     await seedSettings(pool);
-    await seedCatalog(pool, env.dataDir, xenServerCatalog(env));
+    for (const m of await seedCatalog(pool, env.dataDir, xenServerCatalog(env))) {
+      logger.warn(m, `${m.name} is at ${m.inDatabase} (seeded by the first process on this database), not under this process's VOLSNAP_DATA_DIR; that path is used`);
+    }
     if (roles.includes('api')) await ensureAdminAccount(pool, env.ADMIN_API_KEY, logger);
 
     let devServer: DevServer | null = null;
