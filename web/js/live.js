@@ -114,11 +114,11 @@ export function createLive({ api, view, onError }) {
     }
   }
 
-  /** A `progress` message: bytes done/total, attempt and state of an in-flight snapshot. */
+  /** A `progress` message: state, attempt of N, bytes done/total, next retry and last error of an in-flight snapshot. */
   function onProgress(p) {
     const r = applyProgress(p);
-    if (!r.known || r.stateChanged || r.attemptChanged) {
-      // A snapshot we have not seen, or news beyond the bytes (next retry time, last error): read it whole.
+    if (!r.known || r.stateChanged || (r.attemptChanged && !r.retryKnown)) {
+      // A snapshot we have not seen, or a new state (store references change with it): read it whole.
       void guard(refreshSnapshot(p.snapshotId));
       return;
     }

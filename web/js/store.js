@@ -39,15 +39,19 @@ export function applyProgress(p) {
   if (FINAL.has(s.state)) return { known: true, changed: false };
   const stateChanged = s.state !== p.state;
   const attemptChanged = s.backup.attempts !== p.attempts;
-  const changed = stateChanged || attemptChanged || s.backup.bytesDone !== p.bytesDone || s.backup.bytesTotal !== p.bytesTotal;
+  // The retry fields arrive with progress too; older servers' messages lack them, and then they stay as read.
+  const retry = {};
+  for (const k of ['maxAttempts', 'nextAttemptAt', 'lastError']) if (k in p) retry[k] = p[k];
+  const retryChanged = Object.entries(retry).some(([k, v]) => s.backup[k] !== v);
+  const changed = stateChanged || attemptChanged || retryChanged || s.backup.bytesDone !== p.bytesDone || s.backup.bytesTotal !== p.bytesTotal;
   if (changed) {
     state.snapshots.set(s.id, {
       ...s,
       state: p.state,
-      backup: { ...s.backup, attempts: p.attempts, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal },
+      backup: { ...s.backup, ...retry, attempts: p.attempts, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal },
     });
   }
-  return { known: true, changed, stateChanged, attemptChanged };
+  return { known: true, changed, stateChanged, attemptChanged, retryKnown: 'nextAttemptAt' in p };
 }
 
 export function snapshotsOfVolume(volumeId) {
