@@ -33,8 +33,9 @@ export async function seedCatalog(db: Queryable, dataDir: string, xen?: XenServe
     { table: 'storage_pools', name: 'kvm-primary-2', path: join(dataDir, 'primary', 'kvm-primary-2') },
     { table: 'image_stores', name: 'secondary-1', path: join(dataDir, 'secondary') },
   ] as const;
-  for (const p of paths) {
-    await insert(p.table, p.table === 'storage_pools' ? ['name', 'hypervisor', 'path'] : ['name', 'path'], p.table === 'storage_pools' ? [p.name, 'KVM', p.path] : [p.name, p.path]);
+  for (const { table, name, path } of paths) {
+    if (table === 'storage_pools') await insert(table, ['name', 'hypervisor', 'path'], [name, 'KVM', path]);
+    else await insert(table, ['name', 'path'], [name, path]);
   }
   await insert('hosts', ['name', 'hypervisor', 'address'], ['kvm-host-1', 'KVM', '127.0.0.1']);
   await insert('hosts', ['name', 'hypervisor', 'address'], ['kvm-host-2', 'KVM', '127.0.0.2']);
