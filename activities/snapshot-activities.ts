@@ -1,17 +1,21 @@
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import type { Logger } from 'pino';
 import { defaultImageStore } from '../db/catalog.js';
+import { findImageStore } from '../db/catalog-queries.js';
 import { recordEvent } from '../db/events.js';
 import type { Pool } from '../db/pool.js';
 import {
   getSnapshot,
+  getStoreRefs,
   setStoreRefState,
   transitionSnapshot,
   updateBackupProgress,
   upsertStoreRef,
   type SnapshotRecord,
 } from '../db/snapshots.js';
+import { IllegalSnapshotTransitionError, canTransition } from '../domain/snapshot-states.js';
 import type { BackupResult, StorageDriver } from '../storage/driver.js';
+import { ACTIVITY_FAILURE_TYPES, FAILURE_TYPES, type BackupAttemptInput } from '../workflows/definitions.js';
 
 export interface SnapshotActivityDeps {
   pool: Pool;
@@ -37,9 +41,34 @@ interface VolumeLocation {
   sizeBytes: number;
 }
 
-const PRIMARY_FAILED = 'PrimarySnapshotFailed';
+const PRIMARY_FAILED = FAILURE_TYPES.primary;
+const { copyFailed: COPY_FAILED, interrupted: INTERRUPTED, notFound: NOT_FOUND, illegalTransition: ILLEGAL } =
+  ACTIVITY_FAILURE_TYPES;
 
 const messageOf = (err: unknown): string => (err instanceof Error ? err.message : String(err));
+
+/** A qemu-img write-lock clash on the image (storage/kvm.ts): another process has it; worth another try. */
+const isImageBusy = (err: unknown): boolean => err instanceof Error && err.name === 'ImageBusyError';
+
+/**
+ * Runs a state transition; a move the state machine refuses (the row is already further along, or failed)
+ * becomes a non-retryable failure of a clear type: retrying cannot make it legal.
+ */
+async function transitionOrFail(...args: Parameters<typeof transitionSnapshot>): ReturnType<typeof transitionSnapshot> {
+  try {
+    return await transitionSnapshot(...args);
+  } catch (err) {
+    if (err instanceof IllegalSnapshotTransitionError) throw ApplicationFailure.nonRetryable(err.message, ILLEGAL);
+    throw err;
+  }
+}
+
+/** Why the activity's cancellation signal fired ('WORKER_SHUTDOWN', 'CANCELLED', 'TIMED_OUT', ...), if it did. */
+function cancelReason(ctx: Context): string | null {
+  if (!ctx.cancellationSignal.aborted) return null;
+  const reason = ctx.cancellationSignal.reason as unknown;
+  return reason instanceof Error ? reason.message : String(reason ?? 'CANCELLED');
+}
 
 /** Activities that move one snapshot through its lifecycle; created over injected dependencies. */
 export function createSnapshotActivities(deps: SnapshotActivityDeps) {
@@ -48,13 +77,13 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
 
   async function load(snapshotId: string): Promise<{ snapshot: SnapshotRecord; volume: VolumeLocation; driver: StorageDriver }> {
     const snapshot = await getSnapshot(pool, snapshotId);
-    if (!snapshot) throw ApplicationFailure.nonRetryable(`snapshot ${snapshotId} does not exist`, 'SnapshotNotFoundError');
+    if (!snapshot) throw ApplicationFailure.nonRetryable(`snapshot ${snapshotId} does not exist`, NOT_FOUND);
     const { rows } = await pool.query<Omit<VolumeLocation, 'sizeBytes'> & { sizeBytes: string }>(
       'SELECT path, hypervisor, pool_id AS "poolId", size_bytes AS "sizeBytes" FROM volumes WHERE id = $1',
       [snapshot.volumeId],
     );
     const volume = rows[0] && { ...rows[0], sizeBytes: Number(rows[0].sizeBytes) };
-    if (!volume) throw ApplicationFailure.nonRetryable(`volume ${snapshot.volumeId} does not exist`, 'SnapshotNotFoundError');
+    if (!volume) throw ApplicationFailure.nonRetryable(`volume ${snapshot.volumeId} does not exist`, NOT_FOUND);
     const driver = deps.drivers[volume.hypervisor];
     if (!driver) throw ApplicationFailure.nonRetryable(`no storage driver for ${volume.hypervisor}`, PRIMARY_FAILED);
     return { snapshot, volume, driver };
@@ -71,6 +100,54 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
     });
   }
 
+  /** The backup of a snapshot already BackedUp, after checking its file still matches its checksum. */
+  async function existingBackup(snapshot: SnapshotRecord, driver: StorageDriver, log: Logger): Promise<BackupResult> {
+    const ref = (await getStoreRefs(pool, snapshot.id)).find((r) => r.role === 'Image' && r.state === 'Ready');
+    const store = ref && (await findImageStore(pool, ref.storeId));
+    if (!ref || !store || !ref.checksum) {
+      throw ApplicationFailure.nonRetryable(`snapshot ${snapshot.id} is BackedUp but has no Ready backup`, ILLEGAL);
+    }
+    if (!(await driver.verifyBackup(store.path, ref.installPath, ref.checksum))) {
+      throw ApplicationFailure.nonRetryable(`snapshot ${snapshot.id} is BackedUp but its backup does not verify`, ILLEGAL);
+    }
+    log.info({ installPath: ref.installPath }, 'snapshot already backed up; its verified backup is the result');
+    return { installPath: ref.installPath, sizeBytes: ref.sizeBytes ?? 0, checksum: ref.checksum };
+  }
+
+  /** Records a failed copy (reason, next attempt, event) and gives the error to throw. */
+  async function copyFailed(snapshot: SnapshotRecord, attempt: number, maxAttempts: number, err: unknown, classify: boolean, log: Logger): Promise<unknown> {
+    const message = messageOf(err);
+    const gone = err instanceof Error && err.name === NOT_FOUND;
+    const last = attempt >= maxAttempts || gone;
+    const nextAttemptAt = last ? null : new Date(Date.now() + snapshot.backupRetryInterval * 1000);
+    log.error({ err, maxAttempts, nextAttemptAt }, `backup attempt ${attempt} of ${maxAttempts} failed`);
+    await updateBackupProgress(pool, snapshot.id, { lastError: message, nextAttemptAt });
+    await recordEvent(pool, {
+      type: 'SNAPSHOT.BACKUP',
+      level: last ? 'ERROR' : 'WARN',
+      accountId: snapshot.accountId,
+      resourceType: 'Snapshot',
+      resourceId: snapshot.id,
+      description: `backup attempt ${attempt} of ${maxAttempts} failed: ${message}`,
+      details: { snapshotId: snapshot.id, volumeId: snapshot.volumeId, attempt, nextAttemptAt: nextAttemptAt?.toISOString() ?? null },
+    });
+    if (gone) return ApplicationFailure.nonRetryable(message, NOT_FOUND);
+    return classify ? ApplicationFailure.nonRetryable(message, COPY_FAILED) : err;
+  }
+
+  /**
+   * An attempt cut short through no fault of the copy: shown as such at once ("interrupted, resuming"), and
+   * retried by Temporal without costing an attempt. Recording it is best effort: the database may be the cause.
+   */
+  async function interrupted(snapshot: SnapshotRecord, attempt: number, maxAttempts: number, why: string, err: unknown, log: Logger): Promise<ApplicationFailure> {
+    const message = `backup attempt ${attempt} of ${maxAttempts} interrupted (${why}); resuming`;
+    log.warn({ err }, message);
+    await updateBackupProgress(pool, snapshot.id, { lastError: message, nextAttemptAt: null }).catch((e: unknown) =>
+      log.warn({ err: e }, 'recording the interruption failed'),
+    );
+    return ApplicationFailure.retryable(message, INTERRUPTED);
+  }
+
   const activities = {
     /** Creates the snapshot on primary storage: Allocated → Creating → CreatedOnPrimary. */
     async createSnapshotOnPrimary({ snapshotId }: { snapshotId: string }): Promise<{ sizeBytes: number }> {
@@ -79,7 +156,11 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
       if (snapshot.status === 'CreatedOnPrimary' || snapshot.status === 'BackingUp' || snapshot.status === 'BackedUp') {
         return { sizeBytes: snapshot.size ?? 0 };
       }
-      const { changed } = await transitionSnapshot(pool, snapshotId, 'Creating', {
+      if (snapshot.status !== 'Allocated' && snapshot.status !== 'Creating') {
+        // A reset or re-delivered execution of a snapshot that failed or was deleted: it is not created again.
+        throw ApplicationFailure.nonRetryable(`snapshot ${snapshotId} is ${snapshot.status}; it cannot be created again`, PRIMARY_FAILED);
+      }
+      const { changed } = await transitionOrFail(pool, snapshotId, 'Creating', {
         event: { type: 'SNAPSHOT.CREATE', description: `creating snapshot ${snapshot.name} on primary storage` },
       });
       // Storage is touched only after the row is Creating: if this call moved it there, no earlier execution
@@ -90,6 +171,11 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
       try {
         ({ sizeBytes } = await driver.createSnapshot(volume.path, snapshotId, fresh));
       } catch (err) {
+        if (isImageBusy(err)) {
+          // Another process holds the image (a clash the cross-process image lock cannot see): try again.
+          log.warn({ err }, 'the volume image is busy; creating the snapshot on primary storage will be retried');
+          throw ApplicationFailure.retryable(`the volume is busy: ${messageOf(err)}`, 'ImageBusyError');
+        }
         log.error({ err }, 'creating the snapshot on primary storage failed');
         throw ApplicationFailure.nonRetryable(`creating the snapshot on primary storage failed: ${messageOf(err)}`, PRIMARY_FAILED);
       }
@@ -102,7 +188,7 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
         sizeBytes,
         checksum: null,
       });
-      await transitionSnapshot(pool, snapshotId, 'CreatedOnPrimary', {
+      await transitionOrFail(pool, snapshotId, 'CreatedOnPrimary', {
         set: { size: sizeBytes },
         event: { type: 'SNAPSHOT.CREATE', description: `snapshot ${snapshot.name} created on primary storage` },
       });
@@ -113,18 +199,32 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
     /**
      * One backup attempt: copies the snapshot into the image store (temporary name, verify, rename), with
      * progress in heartbeats and in the database. CreatedOnPrimary → BackingUp → BackedUp.
+     *
+     * Delivered at least once, so it answers for every state it may meet: a snapshot already BackedUp with a
+     * verified Image ref returns that backup again (a re-delivery, a reset workflow); one that failed or was
+     * deleted is refused without a retry. With `attempt` in the input (the workflow's attempt loop), a failure of
+     * the copy itself is reported as `BackupCopyFailed` and anything that cut the attempt short (its worker
+     * stopping, the database unreachable) as a retryable `BackupInterrupted`, which costs no attempt.
      */
-    async backupSnapshotToSecondary({ snapshotId }: { snapshotId: string }): Promise<BackupResult> {
+    async backupSnapshotToSecondary(input: BackupAttemptInput): Promise<BackupResult> {
+      const { snapshotId } = input;
       const ctx = Context.current();
-      const attempt = ctx.info.attempt;
+      const classify = input.attempt !== undefined;
+      const attempt = input.attempt ?? ctx.info.attempt;
       const { snapshot, volume, driver } = await load(snapshotId);
-      const log = logFor(snapshot);
+      const maxAttempts = input.maxAttempts ?? snapshot.backupMaxAttempts;
+      const log = logFor(snapshot).child({ attempt });
+
+      if (snapshot.status === 'BackedUp') return existingBackup(snapshot, driver, log);
+      if (snapshot.status !== 'CreatedOnPrimary' && snapshot.status !== 'BackingUp') {
+        throw ApplicationFailure.nonRetryable(`snapshot ${snapshotId} is ${snapshot.status}; it is not backed up`, ILLEGAL);
+      }
       const store = await defaultImageStore(pool);
-      await transitionSnapshot(pool, snapshotId, 'BackingUp', {
+      await transitionOrFail(pool, snapshotId, 'BackingUp', {
         event: { type: 'SNAPSHOT.BACKUP', description: `backing up snapshot ${snapshot.name} to secondary storage` },
       });
-      await updateBackupProgress(pool, snapshotId, { attempts: attempt, bytesDone: 0, nextAttemptAt: null });
-      log.info({ maxAttempts: snapshot.backupMaxAttempts }, `backup attempt ${attempt} of ${snapshot.backupMaxAttempts} started`);
+      await updateBackupProgress(pool, snapshotId, { attempts: attempt, bytesDone: 0, nextAttemptAt: null, ...(classify ? { lastError: null } : {}) });
+      log.info({ maxAttempts }, `backup attempt ${attempt} of ${maxAttempts} started`);
 
       let latest = { bytesDone: 0, bytesTotal: snapshot.size ?? 0 };
       let written = -1;
@@ -136,8 +236,9 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
         written = latest.bytesDone;
         void updateBackupProgress(pool, snapshotId, latest).catch((err) => log.warn({ err }, 'recording progress failed'));
       }, progressIntervalMs);
+      let result: BackupResult;
       try {
-        const result = await driver.backupSnapshot(
+        result = await driver.backupSnapshot(
           volume.path,
           store.path,
           { accountId: snapshot.accountId, volumeId: snapshot.volumeId, snapshotId },
@@ -148,6 +249,16 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
             },
           },
         );
+      } catch (err) {
+        const stopped = cancelReason(ctx);
+        if (classify && stopped === 'WORKER_SHUTDOWN') throw await interrupted(snapshot, attempt, maxAttempts, 'its worker is stopping', err, log);
+        // Cancelled by the workflow, or the server no longer waits for this execution: nothing to record.
+        if (stopped) throw err;
+        throw await copyFailed(snapshot, attempt, maxAttempts, err, classify, log);
+      } finally {
+        clearInterval(ticker);
+      }
+      try {
         await upsertStoreRef(pool, {
           snapshotId,
           role: 'Image',
@@ -158,7 +269,7 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
           checksum: result.checksum,
         });
         await updateBackupProgress(pool, snapshotId, { bytesDone: latest.bytesTotal, bytesTotal: latest.bytesTotal, lastError: null });
-        await transitionSnapshot(pool, snapshotId, 'BackedUp', {
+        await transitionOrFail(pool, snapshotId, 'BackedUp', {
           set: { physical_size: result.sizeBytes, next_attempt_at: null },
           event: {
             type: 'SNAPSHOT.BACKUP',
@@ -166,35 +277,32 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
             details: { attempt, installPath: result.installPath, checksum: result.checksum },
           },
         });
-        log.info({ installPath: result.installPath, sizeBytes: result.sizeBytes, checksum: result.checksum }, 'backup completed');
-        return result;
       } catch (err) {
-        const message = messageOf(err);
-        const last = attempt >= snapshot.backupMaxAttempts || (err instanceof Error && err.name === 'SnapshotNotFoundError');
-        const nextAttemptAt = last ? null : new Date(Date.now() + snapshot.backupRetryInterval * 1000);
-        log.error({ err, maxAttempts: snapshot.backupMaxAttempts, nextAttemptAt }, `backup attempt ${attempt} of ${snapshot.backupMaxAttempts} failed`);
-        await updateBackupProgress(pool, snapshotId, { lastError: message, nextAttemptAt });
-        await recordEvent(pool, {
-          type: 'SNAPSHOT.BACKUP',
-          level: last ? 'ERROR' : 'WARN',
-          accountId: snapshot.accountId,
-          resourceType: 'Snapshot',
-          resourceId: snapshotId,
-          description: `backup attempt ${attempt} of ${snapshot.backupMaxAttempts} failed: ${message}`,
-          details: { snapshotId, volumeId: snapshot.volumeId, attempt, nextAttemptAt: nextAttemptAt?.toISOString() ?? null },
-        });
-        if (err instanceof Error && err.name === 'SnapshotNotFoundError') {
-          throw ApplicationFailure.nonRetryable(message, 'SnapshotNotFoundError');
+        // The copy is whole; only its bookkeeping failed (the database went away): the next execution finds the
+        // file under its final name and redoes the copy, which is cheap next to losing an attempt.
+        if (classify && !(err instanceof ApplicationFailure)) {
+          throw await interrupted(snapshot, attempt, maxAttempts, 'recording the finished copy failed', err, log);
         }
         throw err;
-      } finally {
-        clearInterval(ticker);
       }
+      log.info({ installPath: result.installPath, sizeBytes: result.sizeBytes, checksum: result.checksum }, 'backup completed');
+      return result;
     },
 
-    /** Compensation: deletes the snapshot from primary storage. Idempotent. */
-    async deletePrimarySnapshot({ snapshotId }: { snapshotId: string }): Promise<void> {
+    /**
+     * Compensation: deletes the snapshot from primary storage, unless the snapshot is backed up after all (its
+     * Image ref is Ready, or the row is BackedUp or being deleted by the user): a re-delivered or reset
+     * compensation must never destroy a good snapshot. Idempotent.
+     */
+    async deletePrimarySnapshot({ snapshotId }: { snapshotId: string }): Promise<{ deleted: boolean; reason?: string }> {
       const { snapshot, volume, driver } = await load(snapshotId);
+      const log = logFor(snapshot);
+      const imageReady = (await getStoreRefs(pool, snapshotId)).some((r) => r.role === 'Image' && r.state === 'Ready');
+      if (imageReady || snapshot.status === 'BackedUp' || snapshot.status === 'Destroying' || snapshot.status === 'Destroyed') {
+        const reason = imageReady ? 'its backup is Ready' : `it is ${snapshot.status}`;
+        log.warn({ status: snapshot.status, imageReady }, `primary snapshot kept: ${reason}`);
+        return { deleted: false, reason };
+      }
       await driver.deleteSnapshot(volume.path, snapshotId);
       await setStoreRefState(pool, snapshotId, 'Primary', 'Destroyed');
       await recordEvent(pool, {
@@ -205,15 +313,23 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
         description: `primary snapshot ${snapshot.name} deleted after the backup failed`,
         details: { snapshotId, volumeId: snapshot.volumeId },
       });
-      logFor(snapshot).warn('primary snapshot deleted (compensation)');
+      log.warn('primary snapshot deleted (compensation)');
+      return { deleted: true };
     },
 
-    /** Moves the snapshot to Error with the reason; storage GC cleans it later. */
-    async markSnapshotError({ snapshotId, reason }: { snapshotId: string; reason: string }): Promise<void> {
+    /**
+     * Moves the snapshot to Error with the reason; storage GC cleans it later. Only from states that allow it:
+     * a snapshot already BackedUp (a re-delivered or reset execution) or Destroyed keeps its state.
+     */
+    async markSnapshotError({ snapshotId, reason }: { snapshotId: string; reason: string }): Promise<{ changed: boolean; state: string }> {
       const snapshot = await getSnapshot(pool, snapshotId);
-      if (!snapshot) throw ApplicationFailure.nonRetryable(`snapshot ${snapshotId} does not exist`, 'SnapshotNotFoundError');
+      if (!snapshot) throw ApplicationFailure.nonRetryable(`snapshot ${snapshotId} does not exist`, NOT_FOUND);
+      if (snapshot.status !== 'Error' && !canTransition(snapshot.status, 'Error')) {
+        deps.logger.warn({ snapshotId, status: snapshot.status, reason }, `snapshot kept ${snapshot.status}: it cannot move to Error`);
+        return { changed: false, state: snapshot.status };
+      }
       const creating = snapshot.status === 'Allocated' || snapshot.status === 'Creating';
-      await transitionSnapshot(pool, snapshotId, 'Error', {
+      const { changed } = await transitionOrFail(pool, snapshotId, 'Error', {
         set: { last_error: reason, next_attempt_at: null },
         event: {
           type: creating ? 'SNAPSHOT.CREATE' : 'SNAPSHOT.BACKUP',
@@ -221,14 +337,15 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
           description: `snapshot ${snapshot.name} failed: ${reason}`,
         },
       });
-      logFor(snapshot).error({ reason }, 'snapshot moved to Error');
+      if (changed) logFor(snapshot).error({ reason }, 'snapshot moved to Error');
+      return { changed, state: 'Error' };
     },
   };
   return deps.metrics ? withBackupMetrics(activities, deps.metrics) : activities;
 }
 
 /** Wraps the backup activity with the metrics hooks; a failing hook never fails the backup. */
-function withBackupMetrics<T extends { backupSnapshotToSecondary(input: { snapshotId: string }): Promise<BackupResult> }>(
+function withBackupMetrics<T extends { backupSnapshotToSecondary(input: BackupAttemptInput): Promise<BackupResult> }>(
   activities: T,
   hooks: BackupMetricsHooks,
 ): T {
@@ -242,7 +359,7 @@ function withBackupMetrics<T extends { backupSnapshotToSecondary(input: { snapsh
   const backup = activities.backupSnapshotToSecondary;
   return {
     ...activities,
-    async backupSnapshotToSecondary(input: { snapshotId: string }): Promise<BackupResult> {
+    async backupSnapshotToSecondary(input: BackupAttemptInput): Promise<BackupResult> {
       const started = performance.now();
       const seconds = () => (performance.now() - started) / 1000;
       safe(() => hooks.backupStarted?.());

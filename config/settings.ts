@@ -23,6 +23,12 @@ export const SETTINGS = {
     default: 300,
     description: 'Seconds to wait between backup attempts',
   },
+  'backup.queue.timeout': {
+    schema: wholeNumber(10, 604_800),
+    default: 3600,
+    description:
+      'Seconds a backup may wait for a backup worker to pick it up before the snapshot fails (primary snapshot deleted)',
+  },
   'backup.pool.size': {
     schema: wholeNumber(1, 1000),
     default: 10,

@@ -17,6 +17,8 @@ export interface SnapshotRecord {
   physicalSize: number | null;
   backupMaxAttempts: number;
   backupRetryInterval: number;
+  /** Seconds the backup may wait for a backup worker; null for snapshots from before the setting. */
+  backupQueueTimeout: number | null;
   backupAttempts: number;
   backupBytesDone: number;
   backupBytesTotal: number;
@@ -56,6 +58,7 @@ export function toSnapshotRecord(r: Record<string, any>): SnapshotRecord {
     physicalSize: r.physical_size,
     backupMaxAttempts: r.backup_max_attempts,
     backupRetryInterval: r.backup_retry_interval,
+    backupQueueTimeout: r.backup_queue_timeout ?? null,
     backupAttempts: r.backup_attempts,
     backupBytesDone: r.backup_bytes_done,
     backupBytesTotal: r.backup_bytes_total,

@@ -68,15 +68,17 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         throw new ConflictError('INVALID_STATE', `volume ${volume.id} is ${volume.state}, not Ready`, { volumeId: volume.id });
       }
       assertAllowed({ kind: 'volume', action: 'snapshot', volumeId: volume.id }, await inFlightSnapshots(tx, { volumeIds: [volume.id] }));
-      const settings = backupRetryFrom(await readSettings(tx));
+      const all = await readSettings(tx);
+      const settings = { ...backupRetryFrom(all), queueTimeoutSeconds: all['backup.queue.timeout'] };
       const id = randomUUID();
       const name = req.name ?? `${volume.name}-${new Date().toISOString().replace(/[-:]/g, '').slice(0, 15)}`;
       const { rows } = await tx.query(
         `INSERT INTO snapshots (id, account_id, volume_id, vm_id, volume_type, name, status, async_backup, workflow_id,
-                                idempotency_key, backup_max_attempts, backup_retry_interval, backup_bytes_total)
-         VALUES ($1, $2, $3, $4, $5, $6, 'Allocated', $7, $8, $9, $10, $11, $12) RETURNING *`,
+                                idempotency_key, backup_max_attempts, backup_retry_interval, backup_bytes_total, backup_queue_timeout)
+         VALUES ($1, $2, $3, $4, $5, $6, 'Allocated', $7, $8, $9, $10, $11, $12, $13) RETURNING *`,
         [id, req.accountId, volume.id, volume.vm_id, volume.type, name, req.asyncBackup, snapshotWorkflowId(id),
-          req.idempotencyKey ?? null, settings.maxAttempts, settings.retryIntervalSeconds, volume.size_bytes],
+          req.idempotencyKey ?? null, settings.maxAttempts, settings.retryIntervalSeconds, volume.size_bytes,
+          settings.queueTimeoutSeconds],
       );
       const snapshot = toSnapshotRecord(rows[0]);
       await recordEvent(tx, {
@@ -159,7 +161,11 @@ function inputFor(s: SnapshotRecord, backupTaskQueue: string): SnapshotWorkflowI
     accountId: s.accountId,
     volumeType: s.volumeType,
     asyncBackup: s.asyncBackup,
-    backup: { maxAttempts: s.backupMaxAttempts, retryIntervalSeconds: s.backupRetryInterval },
+    backup: {
+      maxAttempts: s.backupMaxAttempts,
+      retryIntervalSeconds: s.backupRetryInterval,
+      ...(s.backupQueueTimeout ? { queueTimeoutSeconds: s.backupQueueTimeout } : {}),
+    },
     backupTaskQueue,
   };
 }

@@ -23,7 +23,10 @@ export interface SnapshotWorkflowInput {
   volumeType: VolumeType;
   asyncBackup: boolean;
   /** Read from configuration when the snapshot was requested. */
-  backup: BackupRetrySettings;
+  backup: BackupRetrySettings & {
+    /** `backup.queue.timeout`: how long a backup may wait for a backup worker (absent in older inputs). */
+    queueTimeoutSeconds?: number;
+  };
   /** The task queue of the backup worker (the separate backup pool). */
   backupTaskQueue: string;
 }
@@ -63,3 +66,28 @@ export const FAILURE_TYPES = {
   backup: 'BackupFailed',
   cancelled: 'SnapshotCancelled',
 } as const;
+
+/**
+ * Failure types the snapshot activities raise, and how the workflow reads them (the backup attempt loop in
+ * workflows/snapshot-workflow.ts):
+ * - `copyFailed`: the copy itself failed (store unusable, source unreadable, verification mismatch). Counts
+ *   toward `backup.max.attempts`; the workflow waits `backup.retry.interval` and tries again.
+ * - `interrupted`: the attempt was cut short by its worker stopping, or its bookkeeping could not reach the
+ *   database. Retried by Temporal at once (so is a heartbeat timeout after a killed worker); costs no attempt.
+ * - `notFound`, `illegalTransition`: the snapshot is gone or in a state the step cannot act on (a re-delivered
+ *   activity, a reset workflow). Never retried.
+ */
+export const ACTIVITY_FAILURE_TYPES = {
+  copyFailed: 'BackupCopyFailed',
+  interrupted: 'BackupInterrupted',
+  notFound: 'SnapshotNotFoundError',
+  illegalTransition: 'IllegalSnapshotTransitionError',
+} as const;
+
+/** Input of one backup attempt. `attempt` is absent in executions from before the workflow-level attempt loop. */
+export interface BackupAttemptInput {
+  snapshotId: string;
+  /** Which copy attempt this is (1-based), counted by the workflow: only copy failures advance it. */
+  attempt?: number;
+  maxAttempts?: number;
+}

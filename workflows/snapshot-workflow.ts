@@ -4,6 +4,7 @@ import {
   type LocalActivityOptions,
   ApplicationFailure,
   CancellationScope,
+  TimeoutFailure,
   allHandlersFinished,
   condition,
   isCancellation,
@@ -12,6 +13,7 @@ import {
   proxyActivities,
   proxyLocalActivities,
   setCurrentDetails,
+  sleep,
   setHandler,
   upsertSearchAttributes,
 } from '@temporalio/workflow';
@@ -19,6 +21,7 @@ import type { SnapshotActivities } from '../activities/snapshot-activities.js';
 import { decide, vmActionDecisions, type InFlightSnapshot } from '../domain/policy.js';
 import { isInProgress, type SnapshotState } from '../domain/snapshot-states.js';
 import {
+  ACTIVITY_FAILURE_TYPES,
   FAILURE_TYPES,
   SEARCH_ATTRIBUTES,
   mayRunQuery,
@@ -27,6 +30,7 @@ import {
   type SnapshotWorkflowInput,
   type SnapshotWorkflowResult,
 } from './definitions.js';
+import type { BackupResult } from '../storage/driver.js';
 
 /** Short bookkeeping activities on the main task queue. */
 const bookkeeping = proxyActivities<SnapshotActivities>({
@@ -55,6 +59,23 @@ const PRIMARY_AS_LOCAL_ACTIVITY = 'create-primary-as-local-activity';
  * activity threw, which carries its context. The message is an activity input, so the change is patched.
  */
 const LAST_ERROR_FROM_ACTIVITY = 'last-error-from-activity-message';
+
+/**
+ * Executions from before this change let Temporal's retry policy count backup attempts, so a worker that
+ * stopped or died mid-copy (a deploy, a crash) cost an attempt and a `backup.retry.interval` wait, and a
+ * re-delivered activity on a finished snapshot burnt every attempt and then compensated. Newer ones count
+ * attempts here: only a failure of the copy itself (`BackupCopyFailed`) advances the count and waits the
+ * interval on a durable timer; interruptions (heartbeat timeout, worker shutdown, database unreachable) are
+ * retried by Temporal at once; an illegal state is final at once.
+ */
+const BACKUP_ATTEMPT_LOOP = 'backup-attempt-loop';
+/** Interruptions retried per attempt before the attempt counts as failed: a crash loop must still end. */
+const MAX_INTERRUPTIONS = 50;
+
+function failureType(err: unknown): string | undefined {
+  const cause = err instanceof ActivityFailure ? err.cause : err;
+  return cause instanceof ApplicationFailure ? (cause.type ?? undefined) : undefined;
+}
 
 function errorMessage(err: unknown): string {
   let e: unknown = err;
@@ -116,25 +137,74 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
   }
   moveTo('CreatedOnPrimary', 'created on primary; backup is next');
 
-  const backupActivities = proxyActivities<SnapshotActivities>({
-    taskQueue: input.backupTaskQueue,
-    startToCloseTimeout: '24 hours',
-    // Progress heartbeats every second: a dead worker's attempt is noticed within 30 s and retried, with
-    // room for a loaded machine's slow heartbeat round trips.
-    heartbeatTimeout: '30 seconds',
-    retry: {
-      maximumAttempts: backup.maxAttempts,
-      initialInterval: `${backup.retryIntervalSeconds} seconds`,
-      maximumInterval: `${backup.retryIntervalSeconds} seconds`,
-      backoffCoefficient: 1,
-      nonRetryableErrorTypes: ['SnapshotNotFoundError'],
-    },
-    summary: `back up to secondary (up to ${backup.maxAttempts} attempts, ${backup.retryIntervalSeconds}s apart)`,
-  });
+  const legacyBackup = (): Promise<BackupResult> => {
+    const backupActivities = proxyActivities<SnapshotActivities>({
+      taskQueue: input.backupTaskQueue,
+      startToCloseTimeout: '24 hours',
+      // Progress heartbeats every second: a dead worker's attempt is noticed within 30 s and retried, with
+      // room for a loaded machine's slow heartbeat round trips.
+      heartbeatTimeout: '30 seconds',
+      retry: {
+        maximumAttempts: backup.maxAttempts,
+        initialInterval: `${backup.retryIntervalSeconds} seconds`,
+        maximumInterval: `${backup.retryIntervalSeconds} seconds`,
+        backoffCoefficient: 1,
+        nonRetryableErrorTypes: ['SnapshotNotFoundError'],
+      },
+      summary: `back up to secondary (up to ${backup.maxAttempts} attempts, ${backup.retryIntervalSeconds}s apart)`,
+    });
+    return backupActivities.backupSnapshotToSecondary({ snapshotId });
+  };
+
+  const backupWithAttemptLoop = async (): Promise<BackupResult> => {
+    for (let attempt = 1; ; attempt++) {
+      const copy = proxyActivities<SnapshotActivities>({
+        taskQueue: input.backupTaskQueue,
+        startToCloseTimeout: '24 hours',
+        heartbeatTimeout: '30 seconds',
+        // `backup.queue.timeout`: with no backup worker to take it, the snapshot fails instead of holding its
+        // volume forever.
+        ...(backup.queueTimeoutSeconds ? { scheduleToStartTimeout: `${backup.queueTimeoutSeconds} seconds` } : {}),
+        retry: {
+          maximumAttempts: MAX_INTERRUPTIONS,
+          initialInterval: '1 second',
+          backoffCoefficient: 2,
+          maximumInterval: '30 seconds',
+          nonRetryableErrorTypes: [
+            ACTIVITY_FAILURE_TYPES.copyFailed,
+            ACTIVITY_FAILURE_TYPES.notFound,
+            ACTIVITY_FAILURE_TYPES.illegalTransition,
+          ],
+        },
+        summary: `back up to secondary: attempt ${attempt} of ${backup.maxAttempts}`,
+      });
+      try {
+        return await copy.backupSnapshotToSecondary({ snapshotId, attempt, maxAttempts: backup.maxAttempts });
+      } catch (err) {
+        if (err instanceof ActivityFailure && err.cause instanceof TimeoutFailure && err.cause.timeoutType === 'SCHEDULE_TO_START') {
+          throw ApplicationFailure.nonRetryable(
+            `no backup worker took the backup within ${backup.queueTimeoutSeconds} s (backup.queue.timeout)`,
+            'BackupQueueTimeout',
+          );
+        }
+        if (isCancellation(err) || attempt >= backup.maxAttempts || failureType(err) !== ACTIVITY_FAILURE_TYPES.copyFailed) {
+          throw err;
+        }
+        lastError = errorMessage(err);
+        log.warn('backup attempt failed; waiting for the next one', { snapshotId, attempt, error: lastError });
+        setCurrentDetails(
+          `**BackingUp** — attempt ${attempt} of ${backup.maxAttempts} failed: ${lastError}; ` +
+            `next attempt in ${backup.retryIntervalSeconds}s`,
+        );
+        await sleep(`${backup.retryIntervalSeconds} seconds`);
+        setCurrentDetails(`**BackingUp** — backing up to secondary storage: attempt ${attempt + 1} of ${backup.maxAttempts}`);
+      }
+    }
+  };
 
   moveTo('BackingUp', `backing up to secondary storage: up to ${backup.maxAttempts} attempts, ${backup.retryIntervalSeconds}s apart`);
   try {
-    const result = await backupActivities.backupSnapshotToSecondary({ snapshotId });
+    const result = patched(BACKUP_ATTEMPT_LOOP) ? await backupWithAttemptLoop() : await legacyBackup();
     moveTo('BackedUp', `backed up to ${result.installPath}`);
     await condition(allHandlersFinished);
     return { snapshotId, state: 'BackedUp', ...result };
@@ -143,10 +213,19 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
     lastError = cancelled ? 'backup cancelled' : errorMessage(err);
     log.error('backup failed; deleting the primary snapshot', { snapshotId, error: lastError, cancelled });
     // Compensation must run even while the workflow is being cancelled.
-    await CancellationScope.nonCancellable(async () => {
-      await bookkeeping.deletePrimarySnapshot({ snapshotId });
+    const kept = await CancellationScope.nonCancellable(async () => {
+      const compensation = await bookkeeping.deletePrimarySnapshot({ snapshotId });
+      // Older workers answered nothing; only an explicit "kept" changes the outcome.
+      if (compensation?.deleted === false) return compensation.reason ?? 'kept';
       await bookkeeping.markSnapshotError({ snapshotId, reason: lastError! });
+      return null;
     });
+    if (kept !== null) {
+      log.warn('backup step failed but the snapshot is backed up after all; nothing deleted', { snapshotId, error: lastError, kept });
+      setCurrentDetails(`**${state}** — a repeated backup step failed (${lastError}); primary snapshot kept: ${kept}`);
+      await condition(allHandlersFinished);
+      throw ApplicationFailure.nonRetryable(`snapshot ${snapshotId} kept: ${kept}; ${lastError}`, FAILURE_TYPES.backup, { snapshotId });
+    }
     moveTo('Error', `backup failed: ${lastError}; primary snapshot deleted`);
     await condition(allHandlersFinished);
     if (cancelled) throw err;

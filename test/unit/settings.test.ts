@@ -9,11 +9,12 @@ import {
   type SettingName,
 } from '../../config/settings.js';
 
-/** DESIGN.md section 7. */
+/** DESIGN.md section 7, plus backup.queue.timeout (the bound on waiting for a backup worker). */
 const DESIGN_DEFAULTS = {
   'backup.max.attempts': 3,
   'backup.retry.interval': 300,
   'backup.pool.size': 10,
+  'backup.queue.timeout': 3600,
   'storage.cleanup.interval': 3600,
 };
 
@@ -22,7 +23,7 @@ describe('defaults', () => {
     expect(DEFAULT_SETTINGS).toEqual(DESIGN_DEFAULTS);
   });
 
-  it('the setting names are exactly the four of section 7', () => {
+  it('the setting names are exactly the four of section 7 and backup.queue.timeout', () => {
     expect([...SETTING_NAMES].sort()).toEqual(Object.keys(DESIGN_DEFAULTS).sort());
   });
 
@@ -80,6 +81,7 @@ describe('backupRetryFrom', () => {
         'backup.max.attempts': 7,
         'backup.retry.interval': 45,
         'backup.pool.size': 2,
+        'backup.queue.timeout': 60,
         'storage.cleanup.interval': 99,
       }),
     ).toEqual({ maxAttempts: 7, retryIntervalSeconds: 45 });
@@ -87,7 +89,7 @@ describe('backupRetryFrom', () => {
 });
 
 describe('isSettingName', () => {
-  it('accepts the four names', () => {
+  it('accepts the five names', () => {
     for (const name of Object.keys(DESIGN_DEFAULTS)) expect(isSettingName(name), name).toBe(true);
   });
 

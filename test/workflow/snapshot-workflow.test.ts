@@ -38,6 +38,12 @@ interface Calls {
   errors: string[];
 }
 
+/** The backup attempt: counted by the workflow (its input), or by Temporal for executions before that. */
+const attemptOf = (req: { attempt?: number } | undefined): number => req?.attempt ?? Context.current().info.attempt;
+
+/** A failure of the copy itself, as the real activity reports it: it counts toward backup.max.attempts. */
+const copyFailed = (message: string) => ApplicationFailure.nonRetryable(message, 'BackupCopyFailed');
+
 type Mock = Partial<Record<keyof SnapshotActivities, (input: any) => Promise<any>>>;
 
 function mockActivities(calls: Calls, overrides: Mock = {}): SnapshotActivities {
@@ -46,27 +52,27 @@ function mockActivities(calls: Calls, overrides: Mock = {}): SnapshotActivities 
       calls.order.push('createSnapshotOnPrimary');
       return { sizeBytes: 1024 };
     },
-    async backupSnapshotToSecondary() {
-      const info = Context.current().info;
+    async backupSnapshotToSecondary(req: { attempt?: number }) {
       calls.order.push('backupSnapshotToSecondary');
-      calls.backupAttempts.push({ attempt: info.attempt, scheduledAtMs: await env.currentTimeMs() });
+      calls.backupAttempts.push({ attempt: attemptOf(req), scheduledAtMs: await env.currentTimeMs() });
       return { installPath: 'snapshots/a/v/s.qcow2', sizeBytes: 1024, checksum: 'sha256:00' };
     },
     async deletePrimarySnapshot() {
       calls.order.push('deletePrimarySnapshot');
+      return { deleted: true };
     },
     async markSnapshotError({ reason }: { reason: string }) {
       calls.order.push('markSnapshotError');
       calls.errors.push(reason);
+      return { changed: true, state: 'Error' };
     },
   };
   const wrapped = { ...base } as Record<string, unknown>;
   for (const [name, fn] of Object.entries(overrides)) {
     wrapped[name] = async (input: unknown) => {
       if (name === 'backupSnapshotToSecondary') {
-        const info = Context.current().info;
         calls.order.push(name);
-        calls.backupAttempts.push({ attempt: info.attempt, scheduledAtMs: await env.currentTimeMs() });
+        calls.backupAttempts.push({ attempt: attemptOf(input as { attempt?: number }), scheduledAtMs: await env.currentTimeMs() });
       } else {
         calls.order.push(name);
       }
@@ -162,7 +168,7 @@ describe('snapshot workflow (time-skipping server, mocked activities)', () => {
     const calls: Calls = { order: [], backupAttempts: [], errors: [] };
     const acts = mockActivities(calls, {
       backupSnapshotToSecondary: async () => {
-        throw new Error('image store unreachable');
+        throw copyFailed('image store unreachable');
       },
     });
     const wfInput = input();
@@ -197,7 +203,10 @@ describe('snapshot workflow (time-skipping server, mocked activities)', () => {
     const calls: Calls = { order: [], backupAttempts: [], errors: [] };
     const acts = mockActivities(calls, {
       backupSnapshotToSecondary: async () => {
-        throw new Error('backup to /store failed: image store /store is unusable: ENOSPC: no space left on device', {
+        throw ApplicationFailure.create({
+          message: 'backup to /store failed: image store /store is unusable: ENOSPC: no space left on device',
+          type: 'BackupCopyFailed',
+          nonRetryable: true,
           cause: new Error('ENOSPC: no space left on device'),
         });
       },
@@ -219,8 +228,8 @@ describe('snapshot workflow (time-skipping server, mocked activities)', () => {
   it('ends BackedUp when a later attempt succeeds, without compensation', async () => {
     const calls: Calls = { order: [], backupAttempts: [], errors: [] };
     const acts = mockActivities(calls, {
-      backupSnapshotToSecondary: async () => {
-        if (Context.current().info.attempt < 2) throw new Error('transient copy failure');
+      backupSnapshotToSecondary: async (req: { attempt?: number }) => {
+        if (attemptOf(req) < 2) throw copyFailed('transient copy failure');
         return { installPath: 'snapshots/a/v/s.qcow2', sizeBytes: 2048, checksum: 'sha256:11' };
       },
     });
@@ -312,5 +321,82 @@ describe('snapshot workflow (time-skipping server, mocked activities)', () => {
     });
     expect(calls.order.slice(-2)).toEqual(['deletePrimarySnapshot', 'markSnapshotError']);
     expect(calls.errors).toEqual(['backup cancelled']);
+  });
+
+  it('an interrupted attempt (worker stopping) is resumed at once and costs no attempt', async () => {
+    const calls: Calls = { order: [], backupAttempts: [], errors: [] };
+    let executions = 0;
+    const acts = mockActivities(calls, {
+      backupSnapshotToSecondary: async () => {
+        executions++;
+        if (executions <= 2) throw ApplicationFailure.retryable('attempt 1 of 1 interrupted (its worker is stopping); resuming', 'BackupInterrupted');
+        return { installPath: 'snapshots/a/v/s.qcow2', sizeBytes: 4096, checksum: 'sha256:33' };
+      },
+    });
+    await withWorkers(acts, async () => {
+      // One attempt only: before the attempt loop, each interruption burnt it and the snapshot failed.
+      const { handle, created } = await startAndAwaitCreated(input({ backup: { maxAttempts: 1, retryIntervalSeconds: 300 } }));
+      await created;
+      expect(await handle.result()).toMatchObject({ state: 'BackedUp', sizeBytes: 4096 });
+    });
+    expect(calls.backupAttempts.map((a) => a.attempt)).toEqual([1, 1, 1]);
+    // Resumed within seconds, not after backup.retry.interval.
+    const last = calls.backupAttempts.at(-1)!.scheduledAtMs - calls.backupAttempts[0]!.scheduledAtMs;
+    expect(last / 1000).toBeLessThan(30);
+    expect(calls.order).not.toContain('deletePrimarySnapshot');
+  });
+
+  it('a backup step refused by the state machine is final at once: no further attempts', async () => {
+    const calls: Calls = { order: [], backupAttempts: [], errors: [] };
+    const acts = mockActivities(calls, {
+      backupSnapshotToSecondary: async () => {
+        throw ApplicationFailure.nonRetryable('snapshot s is Error; it is not backed up', 'IllegalSnapshotTransitionError');
+      },
+    });
+    await withWorkers(acts, async () => {
+      const { handle, created } = await startAndAwaitCreated(input());
+      await created;
+      await expect(handle.result()).rejects.toBeInstanceOf(WorkflowFailedError);
+    });
+    expect(calls.backupAttempts).toHaveLength(1);
+    expect(calls.order.slice(-2)).toEqual(['deletePrimarySnapshot', 'markSnapshotError']);
+  });
+
+  it('when the compensation finds the snapshot backed up it keeps it: no Error, nothing deleted', async () => {
+    const calls: Calls = { order: [], backupAttempts: [], errors: [] };
+    const acts = mockActivities(calls, {
+      backupSnapshotToSecondary: async () => {
+        throw copyFailed('copy failed');
+      },
+      deletePrimarySnapshot: async () => ({ deleted: false, reason: 'it is BackedUp' }),
+    });
+    await withWorkers(acts, async () => {
+      const { handle, created } = await startAndAwaitCreated(input({ backup: { maxAttempts: 1, retryIntervalSeconds: 5 } }));
+      await created;
+      const err = await handle.result().then(() => null, (e) => e);
+      expect(String((err as WorkflowFailedError).cause?.message)).toContain('kept');
+    });
+    expect(calls.order).not.toContain('markSnapshotError');
+  });
+
+  it('with no backup worker, fails after backup.queue.timeout with a clear reason', async () => {
+    const calls: Calls = { order: [], backupAttempts: [], errors: [] };
+    const { backupSnapshotToSecondary: _unused, ...mainOnly } = mockActivities(calls);
+    const main = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue: TASK_QUEUE,
+      workflowBundle: await workflowBundle(),
+      activities: mainOnly,
+    });
+    await main.runUntil(async () => {
+      const { handle, created } = await startAndAwaitCreated(
+        input({ backupTaskQueue: `${BACKUP_QUEUE}-nobody`, backup: { maxAttempts: 3, retryIntervalSeconds: 300, queueTimeoutSeconds: 10 } }),
+      );
+      await created;
+      // The time-skipping server times a schedule-to-start bound on the real clock: keep the bound short.
+      await expect(handle.result()).rejects.toBeInstanceOf(WorkflowFailedError);
+    });
+    expect(calls.order).toEqual(['createSnapshotOnPrimary', 'deletePrimarySnapshot', 'markSnapshotError']);
+    expect(calls.errors[0]).toContain('backup.queue.timeout');
   });
 });
