@@ -223,7 +223,7 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
       await transitionOrFail(pool, snapshotId, 'BackingUp', {
         event: { type: 'SNAPSHOT.BACKUP', description: `backing up snapshot ${snapshot.name} to secondary storage` },
       });
-      await updateBackupProgress(pool, snapshotId, { attempts: attempt, bytesDone: 0, nextAttemptAt: null, ...(classify ? { lastError: null } : {}) });
+      await updateBackupProgress(pool, snapshotId, { attempts: attempt, bytesDone: 0, nextAttemptAt: null });
       log.info({ maxAttempts }, `backup attempt ${attempt} of ${maxAttempts} started`);
 
       let latest = { bytesDone: 0, bytesTotal: snapshot.size ?? 0 };
