@@ -2,7 +2,7 @@ import type { Context, ErrorHandler, NotFoundHandler } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { ZodError } from 'zod';
-import { ConflictError, NotFoundError, SnapshotCreationFailedError, ValidationError, publicErrorMessage } from '../domain/errors.js';
+import { ConflictError, NotFoundError, ServiceUnavailableError, SnapshotCreationFailedError, ValidationError, publicErrorMessage } from '../domain/errors.js';
 import { IllegalSnapshotTransitionError } from '../domain/snapshot-states.js';
 import type { AppBindings } from './types.js';
 
@@ -89,6 +89,7 @@ export function toErrorResponse(err: unknown): { status: ContentfulStatusCode; b
     const message = /primary storage/.test(reason) ? reason : `creating the snapshot on primary storage failed: ${reason}`;
     return ok(409, errorBody(err.code, message, { snapshotId: err.snapshotId }));
   }
+  if (err instanceof ServiceUnavailableError) return ok(503, errorBody(err.code, err.message, err.details));
   if (err instanceof ValidationError) return ok(400, errorBody(err.code, err.message, { fields: err.fields }));
   if (err instanceof ZodError) return ok(400, validationErrorBody(err, 'json'));
   if (err instanceof IllegalSnapshotTransitionError) return ok(409, errorBody('INVALID_STATE', err.message, { snapshotId: err.snapshotId, state: err.from }));
@@ -106,6 +107,7 @@ export const onError: ErrorHandler<AppBindings> = (err, c) => {
   if (unexpected) log?.error({ err, method: c.req.method, path: c.req.path }, 'request failed');
   else log?.debug({ code: body.error.code, status }, 'request refused');
   if (status === 401) c.header('WWW-Authenticate', 'Bearer realm="volsnap"');
+  if (err instanceof ServiceUnavailableError) c.header('Retry-After', String(err.retryAfterSeconds));
   return c.json(body, status);
 };
 

@@ -197,3 +197,24 @@ export async function upsertStoreRef(db: Queryable, ref: StoreRefRecord): Promis
 export async function setStoreRefState(db: Queryable, snapshotId: string, role: StoreRefRecord['role'], state: StoreRefRecord['state']): Promise<void> {
   await db.query('UPDATE snapshot_store_ref SET state = $3, last_updated = now() WHERE snapshot_id = $1 AND store_role = $2', [snapshotId, role, state]);
 }
+
+/**
+ * Moves a snapshot that is still Allocated to Error with its reason and event; false when it has moved on (its
+ * workflow took it). For a request whose workflow could not be started: the row must not hold its volume.
+ */
+export async function failAllocatedSnapshot(db: Queryable, id: string, reason: string): Promise<boolean> {
+  const { rows } = await db.query(
+    `WITH upd AS (
+       UPDATE snapshots SET status = 'Error', last_error = $2, updated = now() WHERE id = $1 AND status = 'Allocated' RETURNING *
+     ), ev AS (
+       INSERT INTO events (type, level, account_id, resource_type, resource_id, description, details)
+       SELECT 'SNAPSHOT.CREATE', 'ERROR', upd.account_id, 'Snapshot', upd.id, 'snapshot ' || upd.name || ' failed: ' || $2,
+              jsonb_build_object('snapshotId', upd.id, 'volumeId', upd.volume_id, 'from', 'Allocated', 'to', 'Error')
+         FROM upd
+       RETURNING pg_notify($3, id::text)
+     )
+     SELECT id FROM upd`,
+    [id, reason, EVENTS_CHANNEL],
+  );
+  return rows.length > 0;
+}

@@ -44,6 +44,22 @@ export class SnapshotCreationFailedError extends Error {
 }
 
 /**
+ * A dependency (Temporal, its workers) did not answer in time: nothing the caller did wrong, worth a retry.
+ * The API answers 503 with Retry-After.
+ */
+export class ServiceUnavailableError extends Error {
+  override readonly name = 'ServiceUnavailableError';
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly details: Record<string, unknown> = {},
+    readonly retryAfterSeconds = 5,
+  ) {
+    super(message);
+  }
+}
+
+/**
  * A storage error as users may see it: absolute paths of the servers' file systems (image store roots, temp
  * files) are shortened to their last segment, which is all a user can act on; the full text stays in the log.
  */

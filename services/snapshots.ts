@@ -5,8 +5,8 @@ import { backupRetryFrom } from '../config/settings.js';
 import { recordEvent } from '../db/events.js';
 import { withTransaction, type Pool, type PoolClient } from '../db/pool.js';
 import { readSettings } from '../db/settings.js';
-import { getSnapshot, toSnapshotRecord, type SnapshotRecord } from '../db/snapshots.js';
-import { NotFoundError, ConflictError, SnapshotCreationFailedError } from '../domain/errors.js';
+import { failAllocatedSnapshot, getSnapshot, toSnapshotRecord, type SnapshotRecord } from '../db/snapshots.js';
+import { NotFoundError, ConflictError, ServiceUnavailableError, SnapshotCreationFailedError } from '../domain/errors.js';
 import {
   SEARCH_ATTRIBUTES,
   snapshotCreatedUpdate,
@@ -22,6 +22,11 @@ export interface SnapshotServiceDeps {
   taskQueue: string;
   backupTaskQueue: string;
   logger: Logger;
+  /**
+   * How long a request may wait for "created" (Update-with-Start: Temporal and a main worker must answer)
+   * before it answers 503; default 60 s. Creation on primary takes milliseconds, so this only bounds an outage.
+   */
+  createDeadlineMs?: number;
 }
 
 export interface SnapshotRequest {
@@ -49,6 +54,35 @@ export async function lockVolume(tx: PoolClient, volumeId: string, accountId: st
 /** Takes volume snapshots: records the request, then starts the snapshot's workflow with Update-with-Start. */
 export function createSnapshotService(deps: SnapshotServiceDeps) {
   const { pool, client, logger } = deps;
+  const createDeadlineMs = deps.createDeadlineMs ?? 60_000;
+
+  /**
+   * "Created" did not come in time (Temporal unreachable, no main worker polling). A snapshot still Allocated
+   * has touched no storage: it goes to Error at once so it does not hold its volume, and its workflow, if it
+   * started after all, is ended (its first step would refuse an Error snapshot anyway).
+   */
+  async function notCreated(snapshot: SnapshotRecord, err: unknown, log: Logger): Promise<Error | null> {
+    const reason = 'the snapshot workflow did not start in time (Temporal or its workers unavailable)';
+    log.error({ err }, reason);
+    const failed = await failAllocatedSnapshot(pool, snapshot.id, reason).catch((e: unknown) => {
+      log.error({ err: e }, 'could not move the unstarted snapshot to Error; storage GC will');
+      return false;
+    });
+    if (!failed) {
+      // The workflow took the row after all and only the answer was lost: report what it reached.
+      const now = await getSnapshot(pool, snapshot.id).catch(() => undefined);
+      if (now && now.status !== 'Allocated' && now.status !== 'Creating' && now.status !== 'Error') return null;
+    } else {
+      await client.workflow
+        .getHandle(snapshot.workflowId)
+        .terminate(reason)
+        .catch(() => undefined);
+    }
+    return new ServiceUnavailableError('TEMPORAL_UNAVAILABLE', `snapshot not created: ${reason}; try again`, {
+      snapshotId: snapshot.id,
+      state: failed ? 'Error' : snapshot.status,
+    });
+  }
 
   /** Inserts the snapshot row (Allocated) under the volume lock, or returns the one an Idempotency-Key names. */
   async function allocate(req: SnapshotRequest): Promise<{ snapshot: SnapshotRecord; input: SnapshotWorkflowInput; replay: boolean }> {
@@ -125,7 +159,9 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
       const finished = ['BackedUp', 'Error', 'Destroying', 'Destroyed'].includes(snapshot.status);
       if (!finished) {
         try {
-          await client.workflow.executeUpdateWithStart(snapshotCreatedUpdate, { startWorkflowOperation });
+          await client.withDeadline(Date.now() + createDeadlineMs, () =>
+            client.workflow.executeUpdateWithStart(snapshotCreatedUpdate, { startWorkflowOperation }),
+          );
           log.info({ asyncBackup: snapshot.asyncBackup, replay }, 'snapshot created on primary');
         } catch (err) {
           if (err instanceof WorkflowUpdateFailedError) {
@@ -133,14 +169,20 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
             log.error({ err }, 'snapshot creation on primary failed');
             throw new SnapshotCreationFailedError(reason, snapshot.id);
           }
-          log.error({ err }, 'starting the snapshot workflow failed; the reconciler will clean the snapshot');
-          throw err;
+          const refusal = await notCreated(snapshot, err, log);
+          if (refusal) throw refusal;
         }
         if (!snapshot.asyncBackup) {
           try {
             await client.workflow.getHandle(snapshot.workflowId).result();
           } catch (err) {
-            if (!(err instanceof WorkflowFailedError)) throw err;
+            if (!(err instanceof WorkflowFailedError)) {
+              // Temporal went away while we waited: the backup goes on; the caller can follow it by id.
+              log.error({ err }, 'waiting for the synchronous backup failed');
+              throw new ServiceUnavailableError('TEMPORAL_UNAVAILABLE', 'Temporal did not answer while waiting for the backup; it goes on, follow the snapshot by its id', {
+                snapshotId: snapshot.id,
+              });
+            }
             log.warn({ err }, 'synchronous backup failed');
           }
         }

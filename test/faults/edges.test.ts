@@ -6,7 +6,9 @@ import { createSnapshotActivities } from '../../activities/snapshot-activities.j
 import { embeddedDatabaseUrl } from '../../db/embedded.js';
 import { updateSetting } from '../../db/settings.js';
 import { getSnapshot, getStoreRefs, type SnapshotRecord } from '../../db/snapshots.js';
+import { ServiceUnavailableError } from '../../domain/errors.js';
 import { silentLogger } from '../../observability/logger.js';
+import { createSnapshotService } from '../../services/snapshots.js';
 import type { StorageDriver } from '../../storage/driver.js';
 import { eventually, insertAccount, insertVolume, sha256File, writePattern } from '../support/fixtures.js';
 import { startTestStack, type TestStack } from '../support/stack.js';
@@ -176,4 +178,30 @@ describe('durability at the edges (real stack)', () => {
       await updateSetting(stack.pool, 'backup.retry.interval', 2);
     }
   });
+
+  it('with no worker to take it, a snapshot request answers 503 in bounded time and leaves no Allocated row behind', async () => {
+    await stack.workers!.shutdown();
+    const vol = await insertVolume(stack.pool, driver, { accountId, sizeBytes: 16 * MiB });
+    const snapshots = createSnapshotService({
+      pool: stack.pool,
+      client: stack.client,
+      taskQueue: stack.env.TEMPORAL_TASK_QUEUE,
+      backupTaskQueue: stack.env.TEMPORAL_BACKUP_TASK_QUEUE,
+      logger: silentLogger,
+      createDeadlineMs: 3000,
+    });
+    const started = Date.now();
+    const err = await snapshots.requestSnapshot({ accountId, volumeId: vol.volumeId, asyncBackup: true }).then(() => null, (e) => e);
+    expect(err).toBeInstanceOf(ServiceUnavailableError);
+    expect((err as ServiceUnavailableError).code).toBe('TEMPORAL_UNAVAILABLE');
+    expect(Date.now() - started).toBeLessThan(30_000);
+    const id = (err as ServiceUnavailableError).details.snapshotId as string;
+    const row = (await getSnapshot(stack.pool, id))!;
+    // Not Allocated: the volume is not held by a snapshot nothing will ever take.
+    expect(row.status).toBe('Error');
+    expect(row.lastError).toMatch(/did not start in time/);
+    expect((await stack.client.workflow.getHandle(row.workflowId).describe()).status.name).toBe('TERMINATED');
+    expect(await driver.hasSnapshot(vol.path, id)).toBe(false);
+  });
 });
+
