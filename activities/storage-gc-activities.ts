@@ -4,7 +4,10 @@ import path from 'node:path';
 import { Context } from '@temporalio/activity';
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import type { Logger } from 'pino';
+import { withImageLock } from '../db/image-locks.js';
 import type { Pool } from '../db/pool.js';
+import { isTransitionalVolumeState } from '../db/volumes.js';
+import { reconcileStuckVolumes, type VolumeReconcileResult } from '../services/volume-reconcile.js';
 import { transitionSnapshot } from '../db/snapshots.js';
 import { IN_PROGRESS_STATES, IllegalSnapshotTransitionError, type SnapshotState } from '../domain/snapshot-states.js';
 import type { StorageDriver } from '../storage/driver.js';
@@ -18,6 +21,8 @@ export interface StorageGcActivityDeps {
   client?: Client;
   /** Allocated rows younger than this are left alone: their workflow start may still be in flight (s). */
   allocatedGraceSeconds?: number;
+  /** Volumes in a transitional state without a heartbeat for this long are reconciled (s); default 120. */
+  volumeStaleAfterSeconds?: number;
 }
 
 /** An in-flight snapshot whose workflow was gone, moved to Error. */
@@ -64,6 +69,8 @@ export interface ReconcileResult {
   deferred: string[];
   skipped: boolean;
   failures: GcFailure[];
+  /** Volumes left Migrating/Resizing/Creating by a dead process, finished or undone (logged; not in the GC result yet). */
+  volumes?: VolumeReconcileResult['settled'];
 }
 
 export interface CleanResult {
@@ -118,6 +125,16 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
      */
     async reconcileInFlightSnapshots(): Promise<ReconcileResult> {
       const result: ReconcileResult = { checked: 0, reconciled: [], deferred: [], skipped: false, failures: [] };
+      // First the volumes whose storage work died between its two commits: it needs no Temporal client.
+      try {
+        const vols = await reconcileStuckVolumes(deps, deps.volumeStaleAfterSeconds !== undefined ? { staleAfterSeconds: deps.volumeStaleAfterSeconds } : {});
+        result.volumes = vols.settled;
+        for (const f of vols.failures) result.failures.push({ step: 'reconcile', error: `volume ${f.volumeId}: ${f.error}` });
+        if (vols.settled.length) log.warn({ volumes: vols.settled }, 'reconciler settled volumes left in a transitional state');
+      } catch (err) {
+        log.error({ err }, 'reconciling stuck volumes failed; left for the next run');
+        result.failures.push({ step: 'reconcile', error: messageOf(err) });
+      }
       if (!deps.client) {
         log.warn('no Temporal client given to the storage GC activities: reconciler skipped');
         return { ...result, skipped: true };
@@ -205,9 +222,10 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
         volume_id: string;
         name: string;
         volume_path: string;
+        volume_state: string;
         hypervisor: 'KVM' | 'XenServer';
       }>(
-        `SELECT s.id, s.account_id, s.volume_id, s.name, v.path AS volume_path, v.hypervisor
+        `SELECT s.id, s.account_id, s.volume_id, s.name, v.path AS volume_path, v.state AS volume_state, v.hypervisor
          FROM snapshots s JOIN volumes v ON v.id = s.volume_id
          WHERE s.status = 'Error' AND s.removed IS NULL ORDER BY s.updated`,
       );
@@ -219,6 +237,11 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
         try {
           const driver = deps.drivers[row.hypervisor];
           if (!driver) throw new Error(`no storage driver for ${row.hypervisor}`);
+          // Its volume is being migrated or resized: its image may be moving; clean it on a later run.
+          if (isTransitionalVolumeState(row.volume_state)) {
+            slog.info({ volumeState: row.volume_state }, 'volume of an Error snapshot is busy; cleaning it on the next run');
+            continue;
+          }
           const target = { accountId: row.account_id, volumeId: row.volume_id, snapshotId: row.id };
           const removedFiles: string[] = [];
           for (const store of stores) {
@@ -236,7 +259,9 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
           const volumeExists =
             driver.hypervisor !== 'KVM' || (await stat(row.volume_path).then((s) => s.isFile(), () => false));
           if (volumeExists && (await driver.hasSnapshot(row.volume_path, row.id))) {
-            await driver.deleteSnapshot(row.volume_path, row.id);
+            // Under the volume's image lock: API requests and snapshot activities in other processes change
+            // the same qcow2.
+            await withImageLock(pool, row.volume_id, () => driver.deleteSnapshot(row.volume_path, row.id), { logger: slog });
             primarySnapshotDeleted = true;
           }
           const refs = await pool.query('DELETE FROM snapshot_store_ref WHERE snapshot_id = $1', [row.id]);

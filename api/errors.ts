@@ -2,6 +2,7 @@ import type { Context, ErrorHandler, NotFoundHandler } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { ZodError } from 'zod';
+import { ImageBusyError } from '../storage/common.js';
 import { ConflictError, NotFoundError, ServiceUnavailableError, SnapshotCreationFailedError, ValidationError, publicErrorMessage } from '../domain/errors.js';
 import { IllegalSnapshotTransitionError } from '../domain/snapshot-states.js';
 import type { AppBindings } from './types.js';
@@ -90,6 +91,8 @@ export function toErrorResponse(err: unknown): { status: ContentfulStatusCode; b
     return ok(409, errorBody(err.code, message, { snapshotId: err.snapshotId }));
   }
   if (err instanceof ServiceUnavailableError) return ok(503, errorBody(err.code, err.message, err.details));
+  // Another process held the image beyond the bound: nothing changed, the client may retry.
+  if (err instanceof ImageBusyError) return ok(409, errorBody('IMAGE_BUSY', publicErrorMessage(err.message)));
   if (err instanceof ValidationError) return ok(400, errorBody(err.code, err.message, { fields: err.fields }));
   if (err instanceof ZodError) return ok(400, validationErrorBody(err, 'json'));
   if (err instanceof IllegalSnapshotTransitionError) return ok(409, errorBody('INVALID_STATE', err.message, { snapshotId: err.snapshotId, state: err.from }));

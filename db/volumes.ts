@@ -2,7 +2,24 @@ import type { Queryable } from './pool.js';
 import type { Hypervisor } from './vms.js';
 
 export type VolumeType = 'ROOT' | 'DATADISK';
-export type VolumeState = 'Allocated' | 'Ready' | 'Destroyed';
+export type VolumeState = 'Allocated' | 'Creating' | 'Ready' | 'Migrating' | 'Resizing' | 'Error' | 'Destroyed';
+
+/**
+ * States a volume holds while long storage work runs outside any transaction (domain/policy.ts treats the
+ * volume as busy). `volumes.pending` says what the work does, so a reconciler can finish or undo it.
+ */
+export const TRANSITIONAL_VOLUME_STATES = ['Creating', 'Migrating', 'Resizing'] as const;
+export type TransitionalVolumeState = (typeof TRANSITIONAL_VOLUME_STATES)[number];
+
+export function isTransitionalVolumeState(state: string): state is TransitionalVolumeState {
+  return (TRANSITIONAL_VOLUME_STATES as readonly string[]).includes(state);
+}
+
+/** What a volume in a transitional state is doing; `token` tells this run apart from any other. */
+export type PendingVolumeOperation =
+  | { op: 'migrate'; token: string; fromPoolId: string; toPoolId: string; fromPath: string; toPath: string }
+  | { op: 'resize'; token: string; fromBytes: number; toBytes: number }
+  | { op: 'create-from-snapshot'; token: string; snapshotId: string; poolId: string; poolPath: string };
 
 /** A `volumes` row. */
 export interface VolumeRecord {
@@ -92,14 +109,66 @@ export interface NewVolume {
   deviceId: number | null;
 }
 
-/** Inserts a Ready volume. */
-export async function insertVolume(db: Queryable, v: NewVolume): Promise<VolumeRecord> {
+/** Inserts a Ready volume, or one still being created (`pending` then says how). */
+export async function insertVolume(db: Queryable, v: NewVolume, pending?: PendingVolumeOperation): Promise<VolumeRecord> {
   const { rows } = await db.query(
-    `INSERT INTO volumes (id, account_id, vm_id, name, type, hypervisor, size_bytes, pool_id, path, format, state, device_id)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'Ready', $11) RETURNING *`,
-    [v.id, v.accountId, v.vmId, v.name, v.type, v.hypervisor, v.sizeBytes, v.poolId, v.path, v.format, v.deviceId],
+    `INSERT INTO volumes (id, account_id, vm_id, name, type, hypervisor, size_bytes, pool_id, path, format, state, device_id, pending, pending_heartbeat)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, CASE WHEN $13::jsonb IS NULL THEN NULL ELSE now() END) RETURNING *`,
+    [v.id, v.accountId, v.vmId, v.name, v.type, v.hypervisor, v.sizeBytes, v.poolId, v.path, v.format, pending ? 'Creating' : 'Ready', v.deviceId, pending ? JSON.stringify(pending) : null],
   );
   return toVolumeRecord(rows[0]);
+}
+
+/** Moves a Ready volume (whose row the caller has locked) into a transitional state for `pending`. */
+export async function beginVolumeOperation(db: Queryable, id: string, state: TransitionalVolumeState, pending: PendingVolumeOperation): Promise<VolumeRecord> {
+  const { rows } = await db.query(
+    `UPDATE volumes SET state = $2, pending = $3, pending_heartbeat = now(), updated = now() WHERE id = $1 AND state = 'Ready' RETURNING *`,
+    [id, state, JSON.stringify(pending)],
+  );
+  if (!rows[0]) throw new Error(`volume ${id} is not Ready`);
+  return toVolumeRecord(rows[0]);
+}
+
+/** Shows that the process running `token` is alive; false when the operation is no longer ours (reconciled). */
+export async function heartbeatVolumeOperation(db: Queryable, id: string, token: string): Promise<boolean> {
+  const { rowCount } = await db.query(`UPDATE volumes SET pending_heartbeat = now() WHERE id = $1 AND pending->>'token' = $2`, [id, token]);
+  return (rowCount ?? 0) > 0;
+}
+
+/**
+ * Ends operation `token` on a volume whose row the caller has locked: sets `set` (state included) and clears
+ * `pending`. Undefined when the operation is no longer ours (a reconciler finished or undid it meanwhile).
+ */
+export async function endVolumeOperation(
+  db: Queryable,
+  id: string,
+  token: string,
+  set: Partial<Record<'size_bytes' | 'pool_id' | 'path' | 'state' | 'removed', unknown>>,
+): Promise<VolumeRecord | undefined> {
+  const cols = Object.keys(set);
+  const { rows } = await db.query(
+    `UPDATE volumes SET ${cols.map((c, i) => `${c} = $${i + 3}, `).join('')}pending = NULL, pending_heartbeat = NULL, updated = now()
+      WHERE id = $1 AND pending->>'token' = $2 RETURNING *`,
+    [id, token, ...cols.map((c) => set[c as keyof typeof set])],
+  );
+  return rows[0] ? toVolumeRecord(rows[0]) : undefined;
+}
+
+/** A volume in a transitional state with what it is doing, as the reconciler reads it. */
+export interface StuckVolume {
+  volume: VolumeRecord;
+  pending: PendingVolumeOperation | null;
+}
+
+/** Volumes in a transitional state whose process has not shown a heartbeat for `staleSeconds`. */
+export async function findStuckVolumes(db: Queryable, staleSeconds: number): Promise<StuckVolume[]> {
+  const { rows } = await db.query(
+    `SELECT * FROM volumes
+      WHERE state = ANY($1::text[]) AND coalesce(pending_heartbeat, updated) <= now() - make_interval(secs => $2)
+      ORDER BY updated`,
+    [[...TRANSITIONAL_VOLUME_STATES], staleSeconds],
+  );
+  return rows.map((r) => ({ volume: toVolumeRecord(r), pending: (r.pending as PendingVolumeOperation | null) ?? null }));
 }
 
 /** Sets columns of a volume (and its `updated` time); returns the new row. */

@@ -26,6 +26,13 @@ export class OperationNotAllowedError extends ConflictError {
   }
 }
 
+/** The volume's storage work (migrate, resize, creation) is in progress: retry once it is Ready. */
+export class VolumeBusyError extends ConflictError {
+  constructor(message: string, readonly volumeId: string, readonly state: string) {
+    super('VOLUME_BUSY', message, { volumeId, state });
+  }
+}
+
 export class ValidationError extends Error {
   override readonly name = 'ValidationError';
   readonly code = 'INVALID_INPUT';

@@ -154,3 +154,93 @@ export function vmActionDecisions(
   }
   return out;
 }
+
+/*
+ * Volumes in a transitional state (Migrating, Resizing, a new volume Creating): their storage work runs outside
+ * any transaction, so the row locks no longer keep other requests away while it runs. This second table does:
+ * a conflicting request is refused at once (409 VOLUME_BUSY) instead of waiting minutes behind the copy.
+ */
+
+/** A volume whose storage work is in progress. */
+export interface BusyVolume {
+  volumeId: string;
+  /** Migrating, Resizing or Creating. */
+  state: string;
+  volumeType: VolumeType;
+  /** The VM the volume is attached to, if any. */
+  vmId: string | null;
+  /** For a volume being created from a snapshot: that snapshot (its backup is being read). */
+  sourceSnapshotId?: string | null;
+}
+
+/** Operations on M while one of its volumes is busy: the VM keeps running; nothing may touch that disk. */
+export const VM_ACTION_POLICY_WHILE_VOLUME_BUSY: Readonly<Record<VmAction, Rule>> = {
+  start: 'allowed',
+  stop: 'allowed',
+  reboot: 'allowed',
+  // Destroying or reinstalling deletes the ROOT disk; a busy DATADISK is only detached.
+  destroy: 'datadisk-only',
+  reinstall: 'datadisk-only',
+  'attach-iso': 'allowed',
+  'detach-iso': 'allowed',
+  'attach-volume': 'unless-target-is-backing-up-volume',
+  'detach-volume': 'unless-target-is-backing-up-volume',
+  'change-service-offering': 'allowed',
+  migrate: 'forbidden',
+};
+
+/** Operations on a busy volume itself: none (each would change or move the image under the running work). */
+export const VOLUME_ACTION_POLICY_WHILE_BUSY: Readonly<Record<VolumeAction, Rule>> = {
+  snapshot: 'forbidden',
+  resize: 'forbidden',
+  migrate: 'forbidden',
+  delete: 'forbidden',
+  revert: 'forbidden',
+};
+
+/**
+ * Operations on a snapshot S whose volume is busy, or from whose backup a new volume is being created:
+ * deleting or reverting would change the image (or remove the backup) being worked on; creating another
+ * volume from S only reads its backup.
+ */
+export const SNAPSHOT_ACTION_POLICY_WHILE_VOLUME_BUSY: Readonly<Record<SnapshotAction, Rule>> = {
+  delete: 'forbidden',
+  revert: 'forbidden',
+  'create-volume': 'allowed',
+};
+
+export type BusyDecision = { allowed: true } | { allowed: false; volumeId: string; state: string; reason: string };
+
+/**
+ * Decides `op` against volumes whose storage work is in progress; the first refusal wins. A snapshot
+ * operation needs `snapshotVolumeId` (the volume S belongs to).
+ */
+export function decideBusy(op: Operation, busy: readonly BusyVolume[], snapshotVolumeId?: string): BusyDecision {
+  for (const b of busy) {
+    let rule: Rule | undefined;
+    if (op.kind === 'vm') {
+      if (op.volumeId === b.volumeId && (op.action === 'attach-volume' || op.action === 'detach-volume')) rule = 'forbidden';
+      else if (b.vmId !== null && b.vmId === op.vmId) rule = VM_ACTION_POLICY_WHILE_VOLUME_BUSY[op.action];
+    } else if (op.kind === 'volume') {
+      if (op.volumeId === b.volumeId) rule = VOLUME_ACTION_POLICY_WHILE_BUSY[op.action];
+    } else if (b.volumeId === snapshotVolumeId) {
+      rule = SNAPSHOT_ACTION_POLICY_WHILE_VOLUME_BUSY[op.action];
+    } else if (b.sourceSnapshotId === op.snapshotId) {
+      // A volume is being created from S's backup: only deleting S (and that backup) would disturb it.
+      rule = op.action === 'delete' ? 'forbidden' : 'allowed';
+    }
+    const refused =
+      rule === 'forbidden' ||
+      (rule === 'datadisk-only' && b.volumeType !== 'DATADISK') ||
+      (rule === 'unless-target-is-backing-up-volume' && op.kind === 'vm' && op.volumeId === b.volumeId);
+    if (refused) {
+      return {
+        allowed: false,
+        volumeId: b.volumeId,
+        state: b.state,
+        reason: `${describe(op)} is not allowed while volume ${b.volumeId} is ${b.state}; try again when it is Ready`,
+      };
+    }
+  }
+  return { allowed: true };
+}

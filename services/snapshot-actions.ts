@@ -2,9 +2,13 @@ import { randomUUID } from 'node:crypto';
 import { defaultImageStore } from '../db/catalog.js';
 import { findImageStore, findStoragePool } from '../db/catalog-queries.js';
 import { recordEvent } from '../db/events.js';
-import type { PoolClient } from '../db/pool.js';
+import { withImageLock } from '../db/image-locks.js';
+import { withTransaction, type PoolClient } from '../db/pool.js';
 import { getSnapshot, getStoreRefs, toSnapshotRecord, type SnapshotRecord, type StoreRefRecord } from '../db/snapshots.js';
-import { findVolume, insertVolume, updateVolume, type VolumeRecord } from '../db/volumes.js';
+import { endVolumeOperation, findVolume, insertVolume, updateVolume, type PendingVolumeOperation, type VolumeRecord } from '../db/volumes.js';
+import { volumePath as kvmVolumePath } from '../storage/paths.js';
+import { withVolumeHeartbeat } from './volume-operations.js';
+import { settleVolumeOperation } from './volume-reconcile.js';
 import type { VmRecord } from '../db/vms.js';
 import { ConflictError, NotFoundError, SnapshotCreationFailedError } from '../domain/errors.js';
 import type { SnapshotAction } from '../domain/policy.js';
@@ -13,7 +17,7 @@ import type { SnapshotService } from './snapshots.js';
 import { ownerScope, type Caller } from './caller.js';
 import { defaultStoragePool, driverFor, type ServiceDeps } from './deps.js';
 import { lockSnapshotWithVolume } from './locks.js';
-import { assertAllowed, inFlightSnapshots } from './policy-guard.js';
+import { assertAllowed, assertNotBusy, busyVolumes, inFlightSnapshots } from './policy-guard.js';
 import { transitionLockedSnapshot } from './snapshot-transitions.js';
 import { withStorageTransaction, type OnRollback } from './storage-transaction.js';
 import { snapshotView, volumeView, type SnapshotView, type VolumeView } from './views.js';
@@ -64,7 +68,10 @@ export function createSnapshotActions(deps: ServiceDeps & { snapshots: SnapshotS
   ): Promise<T> {
     return withStorageTransaction(pool, logger, async (tx, onRollback) => {
       const locked = await lockSnapshotWithVolume(tx, id, ownerScope(caller));
-      assertAllowed({ kind: 'snapshot', action, snapshotId: id }, await inFlightSnapshots(tx, { snapshotIds: [id] }));
+      const op = { kind: 'snapshot', action, snapshotId: id } as const;
+      assertAllowed(op, await inFlightSnapshots(tx, { snapshotIds: [id] }));
+      // Its volume Migrating/Resizing, or a new volume being created from its backup: 409 VOLUME_BUSY at once.
+      assertNotBusy(op, await busyVolumes(tx, { volumeIds: [locked.volume.id], snapshotIds: [id] }), locked.volume.id);
       return fn(tx, locked, onRollback);
     });
   }
@@ -162,7 +169,8 @@ export function createSnapshotActions(deps: ServiceDeps & { snapshots: SnapshotS
           }
           // Skipped when the primary snapshot is already gone (compensated, or its volume deleted or replaced).
           const primaryLive = refs.some((r) => r.role === 'Primary' && r.state !== 'Destroyed');
-          if (primaryLive && !volume.removedAt) await driver.deleteSnapshot(volume.path, snapshot.id);
+          // Under the image lock (on this transaction): qemu-img in another process must not clash with it.
+          if (primaryLive && !volume.removedAt) await withImageLock(tx, volume.id, () => driver.deleteSnapshot(volume.path, snapshot.id), { logger });
         } catch (err) {
           const reason = `deleting snapshot files failed: ${err instanceof Error ? err.message : String(err)}`;
           logger.error({ err, snapshotId: snapshot.id }, 'snapshot delete failed; moving it to Error for storage GC');
@@ -205,17 +213,23 @@ export function createSnapshotActions(deps: ServiceDeps & { snapshots: SnapshotS
           description: `volume ${volume.name} reverted to snapshot ${snapshot.name}`,
           details: { snapshotId: snapshot.id, volumeId: volume.id },
         });
-        // Not undoable, so last: right before COMMIT.
-        await driver.revertSnapshot(volume.path, snapshot.id);
+        // Not undoable, so last: right before COMMIT; under the image lock, held on this transaction.
+        await withImageLock(tx, volume.id, () => driver.revertSnapshot(volume.path, snapshot.id), { logger });
         return volumeView(reverted);
       });
     },
 
-    /** Creates a new detached DATADISK volume from the snapshot's backup in the image store. */
-    createVolume(caller: Caller, id: string, input: { name?: string; poolId?: string }): Promise<VolumeView> {
-      return withLockedSnapshot(caller, id, 'create-volume', async (tx, { snapshot, volume: source }, onRollback) => {
+    /**
+     * Creates a new detached DATADISK volume from the snapshot's backup in the image store. Three steps, so
+     * that no row lock or pooled connection is held during the copy: commit the new volume as Creating (the
+     * snapshot cannot be deleted meanwhile: VOLUME_BUSY), copy, commit it Ready. A failure removes the partial
+     * image and the volume (Destroyed); a crash in between is settled by the reconciler.
+     */
+    async createVolume(caller: Caller, id: string, input: { name?: string; poolId?: string }): Promise<VolumeView> {
+      const token = randomUUID();
+      const begun = await withLockedSnapshot(caller, id, 'create-volume', async (tx, { snapshot, volume: source }) => {
         requireState(snapshot, ['BackedUp'], 'creating a volume');
-        const driver = driverFor(deps, source.hypervisor);
+        driverFor(deps, source.hypervisor);
         const { ref, storePath } = await imageRef(tx, snapshot);
         const target = input.poolId ? await findStoragePool(tx, input.poolId) : await defaultStoragePool(tx, source.hypervisor);
         if (!target) throw new NotFoundError('storage pool', input.poolId!);
@@ -223,31 +237,61 @@ export function createSnapshotActions(deps: ServiceDeps & { snapshots: SnapshotS
           throw new ConflictError('HYPERVISOR_MISMATCH', `storage pool ${target.name} is a ${target.hypervisor} pool, not ${source.hypervisor}`, { poolId: target.id });
         }
         const newId = randomUUID();
-        const created = await driver.createVolumeFromBackup(storePath, ref.installPath, target.path, newId);
-        onRollback(() => driver.deleteVolume(created.path));
-        const volume = await insertVolume(tx, {
-          id: newId,
-          accountId: snapshot.accountId,
-          vmId: null,
-          name: input.name ?? `${snapshot.name}-volume`,
-          type: 'DATADISK',
-          hypervisor: source.hypervisor,
-          sizeBytes: snapshot.size ?? source.sizeBytes,
-          poolId: target.id,
-          path: created.path,
-          format: created.format,
-          deviceId: null,
-        });
+        const pending: Extract<PendingVolumeOperation, { op: 'create-from-snapshot' }> = { op: 'create-from-snapshot', token, snapshotId: snapshot.id, poolId: target.id, poolPath: target.path };
+        const volume = await insertVolume(
+          tx,
+          {
+            id: newId,
+            accountId: snapshot.accountId,
+            vmId: null,
+            name: input.name ?? `${snapshot.name}-volume`,
+            type: 'DATADISK',
+            hypervisor: source.hypervisor,
+            sizeBytes: snapshot.size ?? source.sizeBytes,
+            poolId: target.id,
+            // Where the KVM driver puts it (derived from ids); other drivers only say so when done.
+            path: source.hypervisor === 'KVM' ? kvmVolumePath(target.path, newId) : '',
+            format: source.hypervisor === 'KVM' ? 'qcow2' : 'vhd',
+            deviceId: null,
+          },
+          pending,
+        );
+        return { volume, pending, snapshot, ref, storePath, target };
+      });
+      const { volume, pending, snapshot, ref, storePath, target } = begun;
+      const log = logger.child({ volumeId: volume.id, snapshotId: snapshot.id, operation: 'create-from-snapshot', token });
+      const driver = driverFor(deps, volume.hypervisor);
+      let created;
+      try {
+        // Only reads the backup and writes a file nobody else knows yet: no image lock needed.
+        created = await withVolumeHeartbeat(deps, volume.id, token, () => driver.createVolumeFromBackup(storePath, ref.installPath, target.path, volume.id));
+      } catch (err) {
+        log.error({ err }, 'creating a volume from a snapshot failed; removing it');
+        await settleVolumeOperation(deps, volume, pending, err instanceof Error ? err.message : String(err), 'failed').catch((settleErr: unknown) =>
+          log.error({ err: settleErr, cause: err }, 'removing the half-created volume failed; the reconciler will'),
+        );
+        throw err;
+      }
+      const ready = await withTransaction(pool, async (tx) => {
+        const v = await endVolumeOperation(tx, volume.id, token, { state: 'Ready', path: created.path });
+        if (!v) return undefined;
         await recordEvent(tx, {
           type: 'VOLUME.CREATE',
           accountId: snapshot.accountId,
           resourceType: 'Volume',
-          resourceId: newId,
-          description: `volume ${volume.name} created from snapshot ${snapshot.name}`,
-          details: { volumeId: newId, snapshotId: snapshot.id, poolId: target.id, path: created.path },
+          resourceId: v.id,
+          description: `volume ${v.name} created from snapshot ${snapshot.name}`,
+          details: { volumeId: v.id, snapshotId: snapshot.id, poolId: target.id, path: created.path },
         });
-        return volumeView(volume);
+        return v;
       });
+      if (!ready) {
+        // The reconciler judged this process dead and removed the volume meanwhile: the copy goes too.
+        await driver.deleteVolume(created.path).catch((err: unknown) => log.error({ err }, 'removing the abandoned volume image failed'));
+        throw new ConflictError('VOLUME_OPERATION_ABANDONED', `creating volume ${volume.id} took too long and was abandoned; try again`, { volumeId: volume.id, snapshotId: snapshot.id });
+      }
+      log.info({ path: created.path }, 'volume created from snapshot');
+      return volumeView(ready);
     },
   };
 }

@@ -6,7 +6,8 @@ import { recordEvent } from '../db/events.js';
 import { withTransaction, type Pool, type PoolClient } from '../db/pool.js';
 import { readSettings } from '../db/settings.js';
 import { failAllocatedSnapshot, getSnapshot, toSnapshotRecord, type SnapshotRecord } from '../db/snapshots.js';
-import { NotFoundError, ConflictError, ServiceUnavailableError, SnapshotCreationFailedError } from '../domain/errors.js';
+import { NotFoundError, ConflictError, ServiceUnavailableError, SnapshotCreationFailedError, VolumeBusyError } from '../domain/errors.js';
+import { isTransitionalVolumeState } from '../db/volumes.js';
 import {
   SEARCH_ATTRIBUTES,
   snapshotCreatedUpdate,
@@ -97,6 +98,10 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
           }
           return { snapshot: existing, input: inputFor(existing, deps.backupTaskQueue), replay: true };
         }
+      }
+      if (isTransitionalVolumeState(volume.state)) {
+        // Migrating/Resizing: a snapshot now would change the image under the running copy (policy table).
+        throw new VolumeBusyError(`volume ${volume.id} is ${volume.state}; snapshot it when it is Ready`, volume.id, volume.state);
       }
       if (volume.state !== 'Ready') {
         throw new ConflictError('INVALID_STATE', `volume ${volume.id} is ${volume.state}, not Ready`, { volumeId: volume.id });

@@ -7,17 +7,18 @@ import {
   destroyPrimaryRefsOfVolume,
   insertVolume,
   markVolumeDestroyed,
+  isTransitionalVolumeState,
   updateVolume,
   volumesOfVms,
   type VolumeRecord,
 } from '../db/volumes.js';
 import { ConflictError, NotFoundError } from '../domain/errors.js';
-import { vmActionDecisions, VM_ACTIONS, type Decision, type InFlightSnapshot, type VmAction } from '../domain/policy.js';
+import { decideBusy, vmActionDecisions, VM_ACTIONS, type BusyVolume, type Decision, type InFlightSnapshot, type VmAction } from '../domain/policy.js';
 import type { StorageDriver } from '../storage/driver.js';
 import { ownerScope, type Caller } from './caller.js';
 import { defaultStoragePool, driverFor, type ServiceDeps } from './deps.js';
 import { lockVm, lockVmVolumes, lockVolumeWithVm } from './locks.js';
-import { assertAllowed, inFlightSnapshots } from './policy-guard.js';
+import { assertAllowed, assertNotBusy, inFlightSnapshots } from './policy-guard.js';
 import { withStorageTransaction, type OnRollback } from './storage-transaction.js';
 import { vmView, type VmView } from './views.js';
 
@@ -116,7 +117,10 @@ export function createVmService(deps: ServiceDeps) {
     const target = req.action === 'attach-volume' || req.action === 'detach-volume' ? await lockTargetVolume(tx, vm, req.volumeId, caller) : undefined;
     const attached = await lockVmVolumes(tx, vm.id);
     const inFlight = await inFlightSnapshots(tx, { vmId: vm.id, volumeIds: target ? [target.id] : [] });
-    assertAllowed({ kind: 'vm', action: req.action, vmId: vm.id, ...(target ? { volumeId: target.id } : {}) }, inFlight);
+    const op = { kind: 'vm', action: req.action, vmId: vm.id, ...(target ? { volumeId: target.id } : {}) } as const;
+    assertAllowed(op, inFlight);
+    // A disk of this VM (or the one attached/detached) Migrating/Resizing: refused at once if it conflicts.
+    assertNotBusy(op, toBusy([...attached, ...(target ? [target] : [])]));
     if (vm.state === 'Destroyed') throw invalidState(`VM ${vm.id} is Destroyed`, { vmId: vm.id, state: vm.state });
     const requireState = (state: VmState) => {
       if (vm.state !== state) throw invalidState(`VM ${vm.id} is ${vm.state}; ${req.action} needs it ${state}`, { vmId: vm.id, state: vm.state });
@@ -289,13 +293,30 @@ export function createVmService(deps: ServiceDeps) {
       if (!vm) throw new NotFoundError('VM', id);
       const inFlight = await inFlightSnapshots(pool, { vmId: vm.id });
       const decisions = vmActionDecisions(vm.id, inFlight);
+      const busy = toBusy(await volumesOfVms(pool, [vm.id]));
       return {
         vmId: vm.id,
         inFlightSnapshots: inFlight,
-        actions: VM_ACTIONS.map((action) => toAllowedAction(action, decisions[action])),
+        actions: VM_ACTIONS.map((action) => {
+          const d = decisions[action];
+          if (!d.allowed) return toAllowedAction(action, d);
+          // detach-volume: answered for the busy disks (the restrictive case), as for backing-up ones.
+          for (const volumeId of action === 'detach-volume' ? [undefined, ...busy.map((b) => b.volumeId)] : [undefined]) {
+            const b = decideBusy({ kind: 'vm', action, vmId: vm.id, ...(volumeId ? { volumeId } : {}) }, busy);
+            if (!b.allowed) return { action, allowed: false, reason: b.reason, snapshotId: null, volumeId: b.volumeId };
+          }
+          return toAllowedAction(action, d);
+        }),
       };
     },
   };
+}
+
+/** The busy (Migrating, Resizing, Creating) volumes among `volumes`. */
+function toBusy(volumes: VolumeRecord[]): BusyVolume[] {
+  return volumes
+    .filter((v) => isTransitionalVolumeState(v.state))
+    .map((v) => ({ volumeId: v.id, state: v.state, volumeType: v.type, vmId: v.vmId }));
 }
 
 function toAllowedAction(action: VmAction, d: Decision): AllowedAction {

@@ -1,15 +1,20 @@
 import { randomUUID } from 'node:crypto';
 import { findStoragePool } from '../db/catalog-queries.js';
 import { recordEvent } from '../db/events.js';
-import type { PoolClient } from '../db/pool.js';
+import { withImageLock } from '../db/image-locks.js';
+import { withTransaction, type PoolClient } from '../db/pool.js';
 import type { Hypervisor } from '../db/vms.js';
 import {
+  beginVolumeOperation,
   destroyPrimaryRefsOfVolume,
+  endVolumeOperation,
   findVolume,
+  isTransitionalVolumeState,
   insertVolume,
   listVolumes,
   markVolumeDestroyed,
   updateVolume,
+  type PendingVolumeOperation,
   type VolumeRecord,
   type VolumeState,
   type VolumeType,
@@ -19,7 +24,10 @@ import type { VolumeAction } from '../domain/policy.js';
 import { ownerScope, type Caller } from './caller.js';
 import { defaultStoragePool, driverFor, type ServiceDeps } from './deps.js';
 import { lockVolumeWithVm } from './locks.js';
-import { assertAllowed, inFlightSnapshots } from './policy-guard.js';
+import { assertAllowed, assertNotBusy, busyVolumes, inFlightSnapshots } from './policy-guard.js';
+import { volumePath as kvmVolumePath } from '../storage/paths.js';
+import { withVolumeHeartbeat } from './volume-operations.js';
+import { movePrimaryRefs, settleVolumeOperation } from './volume-reconcile.js';
 import { withStorageTransaction, type OnRollback } from './storage-transaction.js';
 import { volumeView, type VolumeView } from './views.js';
 
@@ -47,10 +55,21 @@ export function createVolumeService(deps: ServiceDeps) {
   ): Promise<T> {
     return withStorageTransaction(pool, logger, async (tx, onRollback) => {
       const { volume } = await lockVolumeWithVm(tx, id, ownerScope(caller));
-      assertAllowed({ kind: 'volume', action, volumeId: volume.id }, await inFlightSnapshots(tx, { volumeIds: [volume.id] }));
+      const op = { kind: 'volume', action, volumeId: volume.id } as const;
+      assertAllowed(op, await inFlightSnapshots(tx, { volumeIds: [volume.id] }));
+      // A volume whose storage work runs (Migrating, Resizing) answers 409 VOLUME_BUSY at once.
+      if (isTransitionalVolumeState(volume.state)) assertNotBusy(op, await busyVolumes(tx, { volumeIds: [volume.id] }));
       if (volume.state !== 'Ready') throw new ConflictError('INVALID_STATE', `volume ${volume.id} is ${volume.state}, not Ready`, { volumeId: volume.id, state: volume.state });
       return fn(tx, volume, onRollback);
     });
+  }
+
+  /** The operation's own failure path: undo what storage shows; if even that fails, the reconciler will. */
+  async function settle(volume: VolumeRecord, pending: Parameters<typeof settleVolumeOperation>[2], err: unknown): Promise<void> {
+    const why = err instanceof Error ? err.message : String(err);
+    await settleVolumeOperation(deps, volume, pending, why, 'failed').catch((settleErr: unknown) =>
+      logger.error({ err: settleErr, cause: err, volumeId: volume.id }, 'undoing a failed volume operation failed; the reconciler will settle it'),
+    );
   }
 
   const event = (tx: PoolClient, v: VolumeRecord, type: string, description: string, details: Record<string, unknown> = {}) =>
@@ -107,53 +126,116 @@ export function createVolumeService(deps: ServiceDeps) {
         const destroyed = await markVolumeDestroyed(tx, volume.id);
         await destroyPrimaryRefsOfVolume(tx, volume.id);
         await event(tx, volume, 'VOLUME.DELETE', `volume ${volume.name} deleted`, { path: volume.path });
-        // Irreversible, so last: right before COMMIT.
-        await driver.deleteVolume(volume.path);
+        // Irreversible, so last: right before COMMIT; under the image lock (on this transaction) so no other
+        // process is changing the image as it goes.
+        await withImageLock(tx, volume.id, () => driver.deleteVolume(volume.path), { logger });
         return volumeView(destroyed);
       });
     },
 
-    /** Resizes a volume; shrinking loses data and needs `shrinkOk`. */
-    resize(caller: Caller, id: string, input: { sizeBytes: number; shrinkOk?: boolean }): Promise<VolumeView> {
-      return withLockedVolume(caller, id, 'resize', async (tx, volume, onRollback) => {
+    /**
+     * Resizes a volume; shrinking loses data and needs `shrinkOk`. Three steps, so that no row lock or pooled
+     * connection is held while qemu-img works: commit Resizing, resize under the image lock, commit the size.
+     * A failure undoes the resize; a crash in between is settled by the reconciler.
+     */
+    async resize(caller: Caller, id: string, input: { sizeBytes: number; shrinkOk?: boolean }): Promise<VolumeView> {
+      const token = randomUUID();
+      type Begun = { unchanged: VolumeRecord } | { volume: VolumeRecord; pending: Extract<PendingVolumeOperation, { op: 'resize' }> };
+      const begun = await withLockedVolume<Begun>(caller, id, 'resize', async (tx, volume) => {
         if (input.sizeBytes < volume.sizeBytes && !input.shrinkOk) {
           throw new ValidationError(`volume ${volume.id} has ${volume.sizeBytes} bytes; shrinking loses data, pass shrinkOk: true to do it`, {
             sizeBytes: `smaller than the current size ${volume.sizeBytes}; pass shrinkOk: true to shrink`,
           });
         }
-        if (input.sizeBytes === volume.sizeBytes) return volumeView(volume);
-        const driver = driverFor(deps, volume.hypervisor);
-        const resized = await updateVolume(tx, volume.id, { size_bytes: input.sizeBytes });
-        await event(tx, volume, 'VOLUME.RESIZE', `volume ${volume.name} resized from ${volume.sizeBytes} to ${input.sizeBytes} bytes`, { from: volume.sizeBytes, to: input.sizeBytes });
-        await driver.resizeVolume(volume.path, input.sizeBytes);
-        onRollback(() => driver.resizeVolume(volume.path, volume.sizeBytes));
-        return volumeView(resized);
+        if (input.sizeBytes === volume.sizeBytes) return { unchanged: volume };
+        driverFor(deps, volume.hypervisor);
+        const pending = { op: 'resize' as const, token, fromBytes: volume.sizeBytes, toBytes: input.sizeBytes };
+        return { volume: await beginVolumeOperation(tx, volume.id, 'Resizing', pending), pending };
       });
+      if ('unchanged' in begun) return volumeView(begun.unchanged);
+      const { volume, pending } = begun;
+      const log = logger.child({ volumeId: volume.id, operation: 'resize', token });
+      const driver = driverFor(deps, volume.hypervisor);
+      try {
+        await withVolumeHeartbeat(deps, volume.id, token, () => withImageLock(pool, volume.id, () => driver.resizeVolume(volume.path, input.sizeBytes), { logger: log }));
+      } catch (err) {
+        log.error({ err }, 'volume resize failed; undoing it');
+        await settle(volume, pending, err);
+        throw err;
+      }
+      const resized = await withTransaction(pool, async (tx) => {
+        const v = await endVolumeOperation(tx, volume.id, token, { state: 'Ready', size_bytes: input.sizeBytes });
+        if (v) await event(tx, v, 'VOLUME.RESIZE', `volume ${v.name} resized from ${pending.fromBytes} to ${input.sizeBytes} bytes`, { from: pending.fromBytes, to: input.sizeBytes });
+        return v;
+      });
+      log.info({ from: pending.fromBytes, to: input.sizeBytes }, 'volume resized');
+      // Not ours any more only if the reconciler judged this process dead and completed the resize itself.
+      return volumeView(resized ?? (await findVolume(pool, volume.id, null))!);
     },
 
-    /** Moves a volume's image (with its primary snapshots) to another storage pool of the same hypervisor. */
-    migrate(caller: Caller, id: string, input: { poolId: string }): Promise<VolumeView> {
-      return withLockedVolume(caller, id, 'migrate', async (tx, volume, onRollback) => {
+    /**
+     * Moves a volume's image (with its primary snapshots) to another storage pool of the same hypervisor. The
+     * copy runs with no row lock and no pooled connection held (the volume is Migrating meanwhile: VM actions
+     * the policy allows answer at once); only publishing the copy takes the image lock. A failure undoes it;
+     * a crash between the commits is settled by the reconciler.
+     */
+    async migrate(caller: Caller, id: string, input: { poolId: string }): Promise<VolumeView> {
+      const token = randomUUID();
+      const begun = await withLockedVolume(caller, id, 'migrate', async (tx, volume) => {
         const target = await findStoragePool(tx, input.poolId);
         if (!target) throw new NotFoundError('storage pool', input.poolId);
         if (target.hypervisor !== volume.hypervisor) {
           throw new ConflictError('HYPERVISOR_MISMATCH', `storage pool ${target.name} is a ${target.hypervisor} pool; volume ${volume.id} is ${volume.hypervisor}`, { poolId: target.id, volumeId: volume.id });
         }
         if (target.id === volume.poolId) throw new ConflictError('INVALID_STATE', `volume ${volume.id} is already in storage pool ${target.name}`, { volumeId: volume.id, poolId: target.id });
-        const driver = driverFor(deps, volume.hypervisor);
-        const source = await findStoragePool(tx, volume.poolId);
-        const moved = await driver.migrateVolume(volume.path, target.path, volume.id);
-        if (source) onRollback(() => driver.migrateVolume(moved.path, source.path, volume.id));
-        const updated = await updateVolume(tx, volume.id, { pool_id: target.id, path: moved.path });
-        // The internal snapshots moved with the image: their primary store refs follow.
-        await tx.query(
-          `UPDATE snapshot_store_ref r SET store_id = $2, install_path = $3 || '@' || r.snapshot_id, last_updated = now()
-             FROM snapshots s WHERE s.id = r.snapshot_id AND s.volume_id = $1 AND r.store_role = 'Primary' AND r.state <> 'Destroyed'`,
-          [volume.id, target.id, moved.path],
-        );
-        await event(tx, volume, 'VOLUME.MIGRATE', `volume ${volume.name} migrated to storage pool ${target.name}`, { from: volume.poolId, to: target.id, path: moved.path });
-        return volumeView(updated);
+        driverFor(deps, volume.hypervisor);
+        const pending = {
+          op: 'migrate' as const,
+          token,
+          fromPoolId: volume.poolId,
+          toPoolId: target.id,
+          fromPath: volume.path,
+          // Where the KVM driver puts it (derived from ids); other drivers only say so when done.
+          toPath: volume.hypervisor === 'KVM' ? kvmVolumePath(target.path, volume.id) : '',
+        };
+        return { volume: await beginVolumeOperation(tx, volume.id, 'Migrating', pending), pending, target };
       });
+      const { volume, pending, target } = begun;
+      const log = logger.child({ volumeId: volume.id, operation: 'migrate', token, toPoolId: target.id });
+      const driver = driverFor(deps, volume.hypervisor);
+      let moved;
+      try {
+        moved = await withVolumeHeartbeat(deps, volume.id, token, () =>
+          driver.migrateVolume(volume.path, target.path, volume.id, {
+            lock: (fn) =>
+              withImageLock(
+                pool,
+                volume.id,
+                async () => {
+                  // Publish only while the operation is still ours (not settled by a reconciler meanwhile).
+                  const { rowCount } = await pool.query(`SELECT 1 FROM volumes WHERE id = $1 AND pending->>'token' = $2`, [volume.id, token]);
+                  if (!rowCount) throw new ConflictError('VOLUME_OPERATION_ABANDONED', `the migration of volume ${volume.id} was settled by the reconciler meanwhile`, { volumeId: volume.id });
+                  return fn();
+                },
+                { logger: log },
+              ),
+          }),
+        );
+      } catch (err) {
+        log.error({ err }, 'volume migration failed; undoing it');
+        await settle(volume, pending, err);
+        throw err;
+      }
+      const updated = await withTransaction(pool, async (tx) => {
+        const v = await endVolumeOperation(tx, volume.id, token, { state: 'Ready', pool_id: target.id, path: moved.path });
+        if (!v) return undefined;
+        // The internal snapshots moved with the image: their primary store refs follow.
+        await movePrimaryRefs(tx, volume.id, target.id, moved.path);
+        await event(tx, v, 'VOLUME.MIGRATE', `volume ${v.name} migrated to storage pool ${target.name}`, { from: pending.fromPoolId, to: target.id, path: moved.path });
+        return v;
+      });
+      log.info({ path: moved.path }, 'volume migrated');
+      return volumeView(updated ?? (await findVolume(pool, volume.id, null))!);
     },
   };
 }

@@ -22,6 +22,24 @@ export class VolumeExistsError extends Error {
   override name = 'VolumeExistsError';
 }
 
+/**
+ * Another process holds the image's lock (a qemu-img "write" lock clash, or the cross-process image lock in
+ * db/image-locks.ts) for longer than the caller was willing to wait. Nothing was changed, so the operation is
+ * safe to retry later: activities should let Temporal retry it (do not mark it non-retryable), and the API
+ * answers 409 IMAGE_BUSY. The message names only the image's file name, never the command line or host paths.
+ */
+export class ImageBusyError extends Error {
+  override name = 'ImageBusyError';
+  constructor(message: string, readonly fileName?: string) {
+    super(message);
+  }
+}
+
+/** qemu-img's stderr when another process (a VM, qemu-io, another qemu-img) has the image open for writing. */
+export function isWriteLockClash(stderr: string): boolean {
+  return /Failed to get "write" lock|Is another process using the image/i.test(stderr);
+}
+
 export function notFound(tag: string, volumePath: string): SnapshotNotFoundError {
   return new SnapshotNotFoundError(`snapshot ${tag} not found on ${volumePath}`);
 }

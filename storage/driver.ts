@@ -1,5 +1,8 @@
 /** What the snapshot engine needs from a hypervisor's storage (KVM: qcow2 + qemu-img; XenServer: XenAPI). */
 
+/** Thrown by drivers when an image stays locked by another process beyond their retry bound; retryable. */
+export { ImageBusyError } from './common.js';
+
 export interface BackupProgress {
   bytesDone: number;
   bytesTotal: number;
@@ -25,6 +28,12 @@ export interface CreatedVolume {
   format: 'qcow2' | 'vhd';
 }
 
+/**
+ * Runs `fn` while holding the cross-process lock of one image (services pass db/image-locks.ts withImageLock
+ * bound to the volume). Drivers wrap only short mutating steps in it, never long reads.
+ */
+export type ImageLockRunner = <T>(fn: () => Promise<T>) => Promise<T>;
+
 export interface StorageDriver {
   readonly hypervisor: 'KVM' | 'XenServer';
 
@@ -34,8 +43,12 @@ export interface StorageDriver {
   deleteVolume(volumePath: string): Promise<void>;
   /** Grows or shrinks the volume's virtual size. */
   resizeVolume(volumePath: string, sizeBytes: number): Promise<void>;
-  /** Moves a volume image to another pool, keeping its internal snapshots; returns the new volume. */
-  migrateVolume(volumePath: string, targetPoolPath: string, volumeId: string): Promise<CreatedVolume>;
+  /**
+   * Moves a volume image to another pool, keeping its internal snapshots; returns the new volume. Idempotent: a
+   * retry after a crash finishes the move. `opts.lock` wraps the short step that publishes the copy and
+   * removes the source (not the copy itself).
+   */
+  migrateVolume(volumePath: string, targetPoolPath: string, volumeId: string, opts?: { lock?: ImageLockRunner }): Promise<CreatedVolume>;
 
   /**
    * Creates an internal snapshot named after `snapshotId`; idempotent (an existing one is kept). `fresh` says

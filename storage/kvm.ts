@@ -5,11 +5,13 @@
 import { constants as fsc } from 'node:fs';
 import { copyFile, link, mkdir, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
-import type { BackupProgress, BackupResult, BackupTarget, CreatedVolume, StorageDriver } from './driver.js';
+import type { BackupProgress, BackupResult, BackupTarget, CreatedVolume, ImageLockRunner, StorageDriver } from './driver.js';
 import {
   assertSize,
   errCode,
   fsyncPath,
+  ImageBusyError,
+  isWriteLockClash,
   notFound,
   removeBackupFiles,
   safeProgress,
@@ -22,7 +24,7 @@ import {
 } from './common.js';
 import { CommandError, run } from './exec.js';
 
-export { SnapshotNotFoundError, VolumeExistsError, type DriverLogger } from './common.js';
+export { ImageBusyError, SnapshotNotFoundError, VolumeExistsError, type DriverLogger } from './common.js';
 import {
   assertUuid,
   backupFilePath,
@@ -41,6 +43,11 @@ export interface KvmDriverOptions {
   logger?: DriverLogger;
   /** Caps backup copy speed (qemu-img convert -r) so background backups do not starve primary storage I/O. */
   backupRateLimitBytesPerSec?: number;
+  /**
+   * How long a qemu-img mutation keeps retrying while another process (a VM, qemu-io, a qemu-img in another
+   * volsnap process) holds the image's write lock, before it fails with ImageBusyError; default 30 s.
+   */
+  lockRetryMs?: number;
 }
 
 interface ImageInfo {
@@ -56,6 +63,7 @@ export class KvmStorageDriver implements StorageDriver {
   private readonly qemuImg: string;
   private readonly log: DriverLogger;
   private readonly rateLimit: number | undefined;
+  private readonly lockRetryMs: number;
   /** Per-image queue: qemu-img mutations take the image's write lock, so in-process ones must not overlap. */
   private readonly locks = new Map<string, Promise<unknown>>();
 
@@ -63,6 +71,7 @@ export class KvmStorageDriver implements StorageDriver {
     this.qemuImg = opts.qemuImg ?? 'qemu-img';
     this.log = opts.logger ?? noopLogger;
     this.rateLimit = opts.backupRateLimitBytesPerSec;
+    this.lockRetryMs = opts.lockRetryMs ?? 30_000;
   }
 
   async createVolume(poolPath: string, volumeId: string, sizeBytes: number): Promise<CreatedVolume> {
@@ -94,36 +103,53 @@ export class KvmStorageDriver implements StorageDriver {
       const { virtualSize } = await this.info(volumePath);
       if (virtualSize === sizeBytes) return;
       const shrink = sizeBytes < virtualSize ? ['--shrink'] : [];
-      await this.qemu(['resize', '-q', '-f', 'qcow2', ...shrink, volumePath, String(sizeBytes)]);
+      await this.mutate(volumePath, ['resize', '-q', '-f', 'qcow2', ...shrink, volumePath, String(sizeBytes)]);
     });
   }
 
-  async migrateVolume(volumePath: string, targetPoolPath: string, volumeId: string): Promise<CreatedVolume> {
+  /**
+   * Copies the image (byte for byte, internal snapshots included) to the target pool, then publishes the copy
+   * and removes the source. The long copy runs without any lock: the caller keeps other writers away (the
+   * volume is Migrating) and a change to the source during the copy is detected and copied again. Only the
+   * short publish-and-remove step runs under `opts.lock` (the cross-process image lock) and the in-process queue.
+   */
+  async migrateVolume(volumePath: string, targetPoolPath: string, volumeId: string, opts: { lock?: ImageLockRunner } = {}): Promise<CreatedVolume> {
     const src = parseVolumePath(volumePath);
     if (src.volumeId !== assertUuid(volumeId, 'volumeId')) {
       throw new Error(`volume path ${volumePath} does not belong to volume ${volumeId}`);
     }
     const dest = volumeFilePath(targetPoolPath, volumeId);
     if (dest === volumePath) return { path: dest, format: 'qcow2' };
-    await this.locked(volumePath, async () => {
+    const lock: ImageLockRunner = opts.lock ?? ((fn) => fn());
+    await mkdir(path.dirname(dest), { recursive: true });
+    for (let attempt = 1; ; attempt++) {
       // A retry after a crash between publishing the copy and deleting the source finds only the destination.
-      if (!(await exists(volumePath)) && (await exists(dest))) return;
-      await mkdir(path.dirname(dest), { recursive: true });
+      if (!(await exists(volumePath)) && (await exists(dest))) break;
+      const before = await fileVersion(volumePath);
       const tmp = tempPathFor(dest);
       try {
         // A byte copy keeps the internal snapshots (qemu-img convert would flatten them away).
         await copyFile(volumePath, tmp, fsc.COPYFILE_FICLONE);
         await fsyncPath(tmp);
-        // The source is authoritative: a destination left by an interrupted attempt is replaced.
-        await rename(tmp, dest);
-        await fsyncPath(path.dirname(dest));
-      } catch (err) {
+        const published = await lock(() =>
+          this.locked(volumePath, async () => {
+            // Someone changed the source while it was copied (a snapshot, a guest write): copy again.
+            if ((await fileVersion(volumePath)) !== before) return false;
+            // The source is authoritative: a destination left by an interrupted attempt is replaced.
+            await rename(tmp, dest);
+            await fsyncPath(path.dirname(dest));
+            await rm(volumePath, { force: true });
+            await fsyncPath(path.dirname(volumePath));
+            return true;
+          }),
+        );
+        if (published) break;
+      } finally {
         await rm(tmp, { force: true });
-        throw err;
       }
-      await rm(volumePath, { force: true });
-      await fsyncPath(path.dirname(volumePath));
-    });
+      if (attempt >= 3) throw new ImageBusyError(`volume image ${path.basename(volumePath)} kept changing while it was copied; try again later`, path.basename(volumePath));
+      this.log.warn({ volumePath, attempt }, 'volume image changed while it was copied; copying again');
+    }
     this.log.info({ from: volumePath, to: dest }, 'volume migrated');
     return { path: dest, format: 'qcow2' };
   }
@@ -134,12 +160,12 @@ export class KvmStorageDriver implements StorageDriver {
     return this.locked(volumePath, async () => {
       if (fresh) {
         // One qemu-img process instead of two on the time-to-created path (bench/README.md, P1).
-        await this.qemu(['snapshot', '-q', '--image-opts', '-c', tag, qcow2Opts(volumePath)]);
+        await this.mutate(volumePath, ['snapshot', '-q', '--image-opts', '-c', tag, qcow2Opts(volumePath)]);
         return { sizeBytes: fresh.volumeSizeBytes };
       }
       const info = await this.info(volumePath);
       // qemu-img happily creates a second snapshot with the same tag, so idempotency needs this check.
-      if (!info.snapshotNames.includes(tag)) await this.qemu(['snapshot', '-q', '--image-opts', '-c', tag, qcow2Opts(volumePath)]);
+      if (!info.snapshotNames.includes(tag)) await this.mutate(volumePath, ['snapshot', '-q', '--image-opts', '-c', tag, qcow2Opts(volumePath)]);
       return { sizeBytes: info.virtualSize };
     });
   }
@@ -150,7 +176,7 @@ export class KvmStorageDriver implements StorageDriver {
     await this.locked(volumePath, async () => {
       // `-d` removes one snapshot per call; duplicates (e.g. made by hand) must all go.
       const count = (await this.info(volumePath)).snapshotNames.filter((n) => n === tag).length;
-      for (let i = 0; i < count; i++) await this.qemu(['snapshot', '-q', '--image-opts', '-d', tag, qcow2Opts(volumePath)]);
+      for (let i = 0; i < count; i++) await this.mutate(volumePath, ['snapshot', '-q', '--image-opts', '-d', tag, qcow2Opts(volumePath)]);
     });
   }
 
@@ -165,7 +191,7 @@ export class KvmStorageDriver implements StorageDriver {
     const tag = assertUuid(snapshotId, 'snapshotId');
     await this.locked(volumePath, async () => {
       if (!(await this.info(volumePath)).snapshotNames.includes(tag)) throw notFound(tag, volumePath);
-      await this.qemu(['snapshot', '-q', '--image-opts', '-a', tag, qcow2Opts(volumePath)]);
+      await this.mutate(volumePath, ['snapshot', '-q', '--image-opts', '-a', tag, qcow2Opts(volumePath)]);
     });
   }
 
@@ -306,6 +332,34 @@ export class KvmStorageDriver implements StorageDriver {
     return run(this.qemuImg, args, opts);
   }
 
+  /**
+   * Runs a qemu-img command that needs the image's write lock. While another process holds that lock (a
+   * running VM, qemu-io, a qemu-img in another volsnap process) it is retried with backoff for up to
+   * `lockRetryMs`; then it fails with ImageBusyError, whose message carries only the image's file name (the
+   * command line, with host paths, goes to the log only). qemu-img refuses before changing anything when the
+   * lock is taken, so a retry is safe.
+   */
+  private async mutate(volumePath: string, args: string[]): Promise<void> {
+    const deadline = Date.now() + this.lockRetryMs;
+    for (let delay = 50, attempt = 1; ; attempt++) {
+      try {
+        await this.qemu(args);
+        return;
+      } catch (err) {
+        if (!(err instanceof CommandError) || !isWriteLockClash(err.stderr)) throw err;
+        const left = deadline - Date.now();
+        if (left <= 0) {
+          this.log.warn({ err, volumePath, attempts: attempt }, 'image still locked by another process; giving up');
+          const file = path.basename(volumePath);
+          throw new ImageBusyError(`volume image ${file} is in use by another process (its write lock stayed taken for ${Math.round(this.lockRetryMs / 1000)} s); try again later`, file);
+        }
+        if (attempt === 1) this.log.info({ volumePath }, 'image locked by another process; retrying');
+        await new Promise((r) => setTimeout(r, Math.min(delay, left)));
+        delay = Math.min(delay * 2, 1000);
+      }
+    }
+  }
+
   private async locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
     const prev = this.locks.get(key) ?? Promise.resolve();
     const next = prev.catch(() => undefined).then(fn);
@@ -391,6 +445,12 @@ async function publishNoClobber(tmp: string, final: string): Promise<void> {
   }
   await unlink(tmp);
   await fsyncPath(path.dirname(final));
+}
+
+/** What changes when anyone writes the file: a copy taken between two equal versions is consistent. */
+async function fileVersion(p: string): Promise<string> {
+  const s = await stat(p, { bigint: true });
+  return `${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
 }
 
 async function exists(p: string): Promise<boolean> {

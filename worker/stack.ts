@@ -14,6 +14,7 @@ import { readSettings, seedSettings } from '../db/settings.js';
 import { ensureAdminAccount } from '../services/accounts.js';
 import { createSnapshotService, type SnapshotService } from '../services/snapshots.js';
 import { createStorageGcService, type StorageGcService } from '../services/storage-gc.js';
+import { reconcileStuckVolumes } from '../services/volume-reconcile.js';
 import { processMetrics, type VolsnapMetrics } from '../observability/metrics.js';
 import { KvmStorageDriver } from '../storage/kvm.js';
 import { XenServerStorageDriver } from '../storage/xen.js';
@@ -98,6 +99,12 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
       drivers.XenServer = xen;
       closers.push(() => xen.close());
     }
+    // A process that died between the two commits of a migrate/resize/new-volume left its volume busy: settle
+    // the ones whose heartbeat is stale (live operations in other processes keep theirs fresh).
+    await reconcileStuckVolumes({ pool, drivers, logger }).then(
+      (r) => r.settled.length && logger.warn({ volumes: r.settled }, 'volumes left in a transitional state were settled at start-up'),
+      (err: unknown) => logger.error({ err }, 'could not reconcile volumes left in a transitional state; storage GC will retry'),
+    );
     const metrics = processMetrics();
     const storageGc = createStorageGcService({ client, taskQueue: env.TEMPORAL_TASK_QUEUE, logger });
     let workers: RunningWorkers | null = null;

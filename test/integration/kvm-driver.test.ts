@@ -1,5 +1,5 @@
 /** KvmStorageDriver against real qemu-img on qcow2 files in a temp dir. */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createHash, randomUUID } from 'node:crypto';
 import { readdirSync, statSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
@@ -9,7 +9,7 @@ import { promisify } from 'node:util';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { BackupProgress, BackupTarget } from '../../storage/driver.js';
-import { createKvmStorageDriver } from '../../storage/kvm.js';
+import { createKvmStorageDriver, ImageBusyError } from '../../storage/kvm.js';
 
 const exec = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -198,6 +198,76 @@ describe('snapshots', () => {
     await driver.revertSnapshot(vol, snap);
     expect(await readsPattern(vol, 0xab, '0', '4M')).toBe(true);
     await expect(driver.revertSnapshot(vol, randomUUID())).rejects.toMatchObject({ name: 'SnapshotNotFoundError' });
+  });
+});
+
+/**
+ * Holds `file`'s qemu write lock from another process for about `ms` (qemu-io without -r opens it read-write,
+ * as a running VM or another volsnap process's qemu-img would); resolves once the lock is taken.
+ */
+async function holdWriteLock(file: string, ms: number): Promise<{ done: Promise<void> }> {
+  const child = spawn('qemu-io', ['-f', 'qcow2', '-c', `sleep ${ms}`, file], { stdio: 'ignore' });
+  const done = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+  // Taken once a second writer is refused.
+  for (;;) {
+    const r = await exec('qemu-img', ['snapshot', '-l', file]).then(() => 'open', (e: { stderr?: string }) => e.stderr ?? '');
+    if (/write" lock|lock/i.test(r)) break;
+    await new Promise((res) => setTimeout(res, 20));
+  }
+  return { done };
+}
+
+describe('image write lock held by another process', () => {
+  it('retries a snapshot while another process holds the write lock, then succeeds', async () => {
+    const { vol } = await volumeWithPattern(16 * MiB, '1M');
+    const holder = await holdWriteLock(vol, 2000);
+    const snap = randomUUID();
+    const started = Date.now();
+    await driver.createSnapshot(vol, snap, { volumeSizeBytes: 16 * MiB });
+    expect(Date.now() - started).toBeGreaterThan(1000);
+    expect(await snapshotTags(vol)).toEqual([snap]);
+    await holder.done;
+  });
+
+  it('gives up after its bound with ImageBusyError naming only the file, not the command or host paths', async () => {
+    const { vol, volumeId } = await volumeWithPattern(16 * MiB, '1M');
+    const impatient = createKvmStorageDriver({ logger, lockRetryMs: 1500 });
+    const holder = await holdWriteLock(vol, 4000);
+    const started = Date.now();
+    const err = await impatient.createSnapshot(vol, randomUUID()).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ImageBusyError);
+    expect((err as Error).name).toBe('ImageBusyError');
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1400);
+    expect(Date.now() - started).toBeLessThan(3500);
+    const message = (err as Error).message;
+    expect(message).toContain(`${volumeId}.qcow2`);
+    expect(message).not.toContain('qemu-img');
+    expect(message).not.toContain(dir);
+    expect(await snapshotTags(vol)).toEqual([]);
+    await holder.done;
+    // Once the other process is gone, the same call goes through.
+    const snap = randomUUID();
+    await impatient.createSnapshot(vol, snap);
+    expect(await snapshotTags(vol)).toEqual([snap]);
+  });
+
+  it('migrates while the source changes during the copy: the change is copied too', async () => {
+    const { vol, volumeId } = await volumeWithPattern(64 * MiB, '32M');
+    const pool2 = path.join(dir, 'pool2');
+    let changed = false;
+    const moved = await driver.migrateVolume(vol, pool2, volumeId, {
+      lock: async (fn) => {
+        // Between the copy and its publication, another writer changes the source (once).
+        if (!changed) {
+          changed = true;
+          await qemuIo(vol, 'write -P 0xee 0 1M');
+        }
+        return fn();
+      },
+    });
+    expect(await readsPattern(moved.path, 0xee, '0', '1M')).toBe(true);
+    await expect(stat(vol)).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(await listFiles(pool2)).toEqual([`${volumeId}.qcow2`]);
   });
 });
 
