@@ -1,8 +1,10 @@
+import path from 'node:path';
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import type { Logger } from 'pino';
 import { defaultImageStore } from '../db/catalog.js';
 import { findImageStore } from '../db/catalog-queries.js';
 import { recordEvent } from '../db/events.js';
+import { withImageLock } from '../db/image-locks.js';
 import type { Pool } from '../db/pool.js';
 import {
   getSnapshot,
@@ -15,6 +17,7 @@ import {
 } from '../db/snapshots.js';
 import { IllegalSnapshotTransitionError, canTransition } from '../domain/snapshot-states.js';
 import type { BackupResult, StorageDriver } from '../storage/driver.js';
+import { CommandError } from '../storage/exec.js';
 import { ACTIVITY_FAILURE_TYPES, FAILURE_TYPES, type BackupAttemptInput } from '../workflows/definitions.js';
 
 export interface SnapshotActivityDeps {
@@ -169,7 +172,8 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
       const fresh = changed ? { volumeSizeBytes: volume.sizeBytes } : undefined;
       let sizeBytes: number;
       try {
-        ({ sizeBytes } = await driver.createSnapshot(volume.path, snapshotId, fresh));
+        // Serialised with every other writer of this image in any process (snapshot delete, revert, GC, resize).
+        ({ sizeBytes } = await withImageLock(pool, snapshot.volumeId, () => driver.createSnapshot(volume.path, snapshotId, fresh), { logger: log }));
       } catch (err) {
         if (isImageBusy(err)) {
           // Another process holds the image (a clash the cross-process image lock cannot see): try again.
@@ -177,7 +181,9 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
           throw ApplicationFailure.retryable(`the volume is busy: ${messageOf(err)}`, 'ImageBusyError');
         }
         log.error({ err }, 'creating the snapshot on primary storage failed');
-        throw ApplicationFailure.nonRetryable(`creating the snapshot on primary storage failed: ${messageOf(err)}`, PRIMARY_FAILED);
+        // The caller reads this reason: the tool's own words, not its command line (that stays in the log).
+        const reason = err instanceof CommandError ? `${path.basename(err.command.split(' ')[0]!)}: ${err.stderr || `exit ${err.exitCode}`}` : messageOf(err);
+        throw ApplicationFailure.nonRetryable(`creating the snapshot on primary storage failed: ${reason}`, PRIMARY_FAILED);
       }
       await upsertStoreRef(pool, {
         snapshotId,
@@ -303,7 +309,7 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
         log.warn({ status: snapshot.status, imageReady }, `primary snapshot kept: ${reason}`);
         return { deleted: false, reason };
       }
-      await driver.deleteSnapshot(volume.path, snapshotId);
+      await withImageLock(pool, snapshot.volumeId, () => driver.deleteSnapshot(volume.path, snapshotId), { logger: log });
       await setStoreRefState(pool, snapshotId, 'Primary', 'Destroyed');
       await recordEvent(pool, {
         type: 'SNAPSHOT.DELETE',

@@ -138,6 +138,28 @@ describe('durability at the edges (real stack)', () => {
     await expectIntactBackup(snapshot, vol.path);
   });
 
+  it('16 concurrent snapshots of one volume through two worker processes are all created (one image lock across processes)', async () => {
+    const vol = await insertVolume(stack.pool, driver, { accountId, sizeBytes: 16 * MiB });
+    // A second set of workers with its own storage driver: the in-process queue of the first cannot see it.
+    const second = await startTestStack({
+      roles: ['worker'],
+      dataDir: stack.dataDir,
+      env: { DATABASE_URL: embeddedDatabaseUrl(stack.env.EMBEDDED_PG_PORT), TEMPORAL_ADDRESS: stack.devServer!.address },
+    });
+    try {
+      const results = await Promise.allSettled(
+        Array.from({ length: 16 }, () => stack.snapshots.requestSnapshot({ accountId, volumeId: vol.volumeId, asyncBackup: true })),
+      );
+      const failures = results.flatMap((r) => (r.status === 'rejected' ? [String(r.reason?.message ?? r.reason)] : []));
+      expect(failures).toEqual([]);
+      const ids = results.map((r) => (r as PromiseFulfilledResult<{ snapshot: SnapshotRecord }>).value.snapshot.id);
+      for (const id of ids) expect(await driver.hasSnapshot(vol.path, id), id).toBe(true);
+      for (const id of ids) expect((await waitForState(id, ['BackedUp', 'Error'])).status).toBe('BackedUp');
+    } finally {
+      await second.stop();
+    }
+  });
+
   it('a backup on its last attempt survives its worker stopping mid-copy: resumed by the next worker, no attempt spent', async () => {
     const vol = await insertVolume(stack.pool, driver, { accountId, sizeBytes: 128 * MiB });
     await writePattern(vol.path, 0x77, 0, 96 * MiB);
