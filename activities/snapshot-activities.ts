@@ -50,6 +50,9 @@ const { copyFailed: COPY_FAILED, interrupted: INTERRUPTED, notFound: NOT_FOUND, 
 
 const messageOf = (err: unknown): string => (err instanceof Error ? err.message : String(err));
 
+/** How often a running copy touches its row even without progress (services/views.ts reads it as alive). */
+export const PROGRESS_ALIVE_MS = 5_000;
+
 /** A qemu-img write-lock clash on the image (storage/kvm.ts): another process has it; worth another try. */
 const isImageBusy = (err: unknown): boolean => err instanceof Error && err.name === 'ImageBusyError';
 
@@ -236,10 +239,14 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
       let written = -1;
       // Progress reaches the heartbeat and the database on a timer: qemu-img reports in bursts (a rate-limited
       // copy prints 90 % at once, then nothing for seconds), and a silent copy must neither time out nor look stuck.
+      let writtenAt = Date.now();
       const ticker = setInterval(() => {
         ctx.heartbeat(latest);
-        if (latest.bytesDone === written) return;
+        // Unchanged progress is still written now and then: the row's `updated` is how a reader tells a slow
+        // copy from one whose worker is gone (services/views.ts).
+        if (latest.bytesDone === written && Date.now() - writtenAt < PROGRESS_ALIVE_MS) return;
         written = latest.bytesDone;
+        writtenAt = Date.now();
         void updateBackupProgress(pool, snapshotId, latest).catch((err) => log.warn({ err }, 'recording progress failed'));
       }, progressIntervalMs);
       let result: BackupResult;

@@ -54,8 +54,23 @@ export function vmView(vm: VmRecord, volumes: VolumeRecord[]): VmView {
   return { ...vm, volumes: volumes.filter((v) => v.vmId === vm.id).map(volumeView) };
 }
 
+/**
+ * A copy whose row has not been touched for this long has lost its worker (a running copy writes at least every
+ * PROGRESS_ALIVE_MS of activities/snapshot-activities.ts); Temporal hands it to another worker once its
+ * heartbeat times out. Shown as such rather than as a frozen progress bar.
+ */
+const SILENT_COPY_MS = 20_000;
+
+function backupLastError(s: SnapshotRecord, nowMs: number): string | null {
+  const silentMs = nowMs - Date.parse(s.updatedAt);
+  if (s.status === 'BackingUp' && s.nextAttemptAt === null && !s.lastError?.includes('interrupted') && silentMs > SILENT_COPY_MS) {
+    return `attempt ${s.backupAttempts} interrupted: no progress for ${Math.round(silentMs / 1000)} s (its worker stopped?); resuming on the next worker`;
+  }
+  return s.lastError === null ? null : publicErrorMessage(s.lastError);
+}
+
 /** A snapshot as DESIGN.md section 8 specifies it. */
-export function snapshotView(s: SnapshotRecord, refs: StoreRefRecord[]): SnapshotView {
+export function snapshotView(s: SnapshotRecord, refs: StoreRefRecord[], nowMs = Date.now()): SnapshotView {
   return {
     id: s.id,
     name: s.name,
@@ -73,7 +88,7 @@ export function snapshotView(s: SnapshotRecord, refs: StoreRefRecord[]): Snapsho
       retryIntervalSeconds: s.backupRetryInterval,
       bytesDone: Number(s.backupBytesDone),
       bytesTotal: Number(s.backupBytesTotal),
-      lastError: s.lastError === null ? null : publicErrorMessage(s.lastError),
+      lastError: backupLastError(s, nowMs),
       nextAttemptAt: s.nextAttemptAt,
     },
     storeRefs: refs.map((r) => ({
