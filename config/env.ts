@@ -51,6 +51,12 @@ export const EnvSchema = z.object({
   WORKER_SHUTDOWN_GRACE_SECONDS: z.coerce.number().int().min(0).max(86_400).default(300),
 });
 
+/**
+ * Seconds the process may take beyond WORKER_SHUTDOWN_GRACE_SECONDS before it exits by force (worker/process.ts):
+ * the SDK's own force margin (worker/workers.ts) plus stopping PostgreSQL and the Temporal dev server.
+ */
+export const FORCE_EXIT_MARGIN_SECONDS = 60;
+
 export type Env = z.infer<typeof EnvSchema> & { dataDir: string };
 
 /** Parses the environment; an invalid value stops start-up with a message naming the variable. */

@@ -1,20 +1,7 @@
 import { join } from 'node:path';
-import { inspect } from 'node:util';
-import { loadEnv, type Env } from '../config/env.js';
-import { createLogger, type Logger } from '../observability/logger.js';
+import { FORCE_EXIT_MARGIN_SECONDS, loadEnv, type Env } from '../config/env.js';
+import { asError, createLogger, type Logger } from '../observability/logger.js';
 import { installTemporalRuntime } from './runtime.js';
-
-/**
- * Seconds the process may take beyond WORKER_SHUTDOWN_GRACE_SECONDS before it exits by force: the SDK's own
- * force margin (worker/workers.ts) plus stopping PostgreSQL and the Temporal dev server.
- */
-export const FORCE_EXIT_MARGIN_SECONDS = 60;
-
-/** A rejected value as an Error, so that its log line has a message and a stack even when it was not one. */
-export function asError(value: unknown): Error {
-  if (value instanceof Error) return value;
-  return new Error(`failed with a non-Error value: ${inspect(value, { depth: 3, breakLength: Infinity })}`, { cause: value });
-}
 
 /** Logs why start-up failed (message, stack, cause chain) and exits 1. */
 export function startupFailed(logger: Logger, err: unknown): void {
