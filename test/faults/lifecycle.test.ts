@@ -102,7 +102,7 @@ describe('Ctrl-C (SIGINT to the process group) while a backup copies', () => {
   afterAll(async () => {
     await service?.killGroup();
     await eventually(async () => (processesUsing(dataDir).length === 0 ? true : undefined), 60_000, 'cleanup').catch(() => undefined);
-    if (!process.env.KEEP_TEST_DIRS) rmSync(dataDir, { recursive: true, force: true });
+    rmSync(dataDir, { recursive: true, force: true });
   });
 
   it('answers 503 while draining, lets the copy finish, stops PostgreSQL and Temporal last and leaves nothing running', async () => {
