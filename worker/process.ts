@@ -32,12 +32,13 @@ export function bootstrap(name: string): Lifecycle {
   installTemporalRuntime(logger);
   process.on('unhandledRejection', (err) => logger.error({ err: asError(err) }, 'unhandled rejection'));
   process.on('uncaughtException', (err) => {
-    logger.fatal({ err }, 'uncaught exception');
+    logger.fatal({ err: asError(err) }, 'uncaught exception');
     process.exit(1);
   });
   const handlers: Array<() => Promise<void>> = [];
   let stopping = false;
   const stop = (signal: string) => {
+    // A second signal changes nothing: under `npm start` a Ctrl-C arrives twice (from the terminal and from npm).
     if (stopping) return;
     stopping = true;
     const forceAfterSeconds = env.WORKER_SHUTDOWN_GRACE_SECONDS + FORCE_EXIT_MARGIN_SECONDS;
