@@ -28,8 +28,16 @@ export const MAX_BODY_BYTES = 1024 * 1024;
 
 const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
+/** Seconds a client is told to wait (Retry-After) while the process is stopping: a restart takes about this long. */
+export const STOPPING_RETRY_AFTER_SECONDS = 10;
+
+export interface AppOptions {
+  /** While true (the process is shutting down), every request is answered 503 SERVICE_UNAVAILABLE. */
+  isStopping?: () => boolean;
+}
+
 /** The HTTP application over a running stack (DESIGN.md section 8). */
-export function createApp(stack: AppStack): AppOpenAPI {
+export function createApp(stack: AppStack, opts: AppOptions = {}): AppOpenAPI {
   const services = createServices(stack);
   const app = createRouter();
 
@@ -42,6 +50,17 @@ export function createApp(stack: AppStack): AppOpenAPI {
     await next();
     c.var.log.info({ method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(performance.now() - started) }, 'request');
   });
+  if (opts.isStopping) {
+    const isStopping = opts.isStopping;
+    // Draining: new work would be cut short and the stores are about to go; tell clients (and load
+    // balancers, through /healthz) to come back rather than fail with 500s.
+    app.use(async (c, next) => {
+      if (!isStopping()) return next();
+      c.header('Retry-After', String(STOPPING_RETRY_AFTER_SECONDS));
+      c.header('Connection', 'close');
+      return c.json(errorBody('SERVICE_UNAVAILABLE', 'the service is shutting down; retry shortly'), 503);
+    });
+  }
   app.use(
     bodyLimit({
       maxSize: MAX_BODY_BYTES,

@@ -1,17 +1,22 @@
 /** `npm run api`: the HTTP API alone, against DATABASE_URL and TEMPORAL_ADDRESS (or the embedded defaults). */
-import { bootstrap } from '../worker/process.js';
-import { startStack } from '../worker/stack.js';
+import { bootstrap, startupFailed } from '../worker/process.js';
+import { startStack, type Stack } from '../worker/stack.js';
 import { createApp } from './app.js';
 import { listen } from './server.js';
 
-const { env, logger, onShutdown } = bootstrap('volsnap-api');
+const { env, logger, onShutdown, isStopping } = bootstrap('volsnap-api');
+let stack: Stack | undefined;
 try {
-  const stack = await startStack(env, logger, ['api']);
-  onShutdown(() => stack.close());
-  const http = await listen(createApp(stack), env.HOST, env.PORT, logger);
-  onShutdown(() => http.close());
+  stack = await startStack(env, logger, ['api']);
+  const started = stack;
+  let http: Awaited<ReturnType<typeof listen>> | undefined;
+  // The API answers 503 from the signal on; it closes before the stack (database, embedded servers).
+  onShutdown(async () => {
+    await http?.close();
+    await started.close();
+  });
+  http = await listen(createApp(stack, { isStopping }), env.HOST, env.PORT, logger);
 } catch (err) {
-  logger.fatal({ err }, 'start-up failed');
-  logger.flush();
-  setTimeout(() => process.exit(1), 50);
+  if (!isStopping()) await stack?.close();
+  startupFailed(logger, err);
 }

@@ -44,7 +44,18 @@ export const EnvSchema = z.object({
   XENSERVER_CA_FILE: optionalString,
   /** Caps each backup copy's read rate so background backups do not starve the VMs' I/O (unset: no cap). */
   BACKUP_RATE_LIMIT_BYTES_PER_SEC: z.coerce.number().int().positive().optional(),
+  /**
+   * On SIGTERM/SIGINT, how long running backup copies may go on before they are cancelled (the Worker's
+   * shutdownGraceTime); the process exits by force a margin after it (worker/process.ts).
+   */
+  WORKER_SHUTDOWN_GRACE_SECONDS: z.coerce.number().int().min(0).max(86_400).default(300),
 });
+
+/**
+ * Seconds the process may take beyond WORKER_SHUTDOWN_GRACE_SECONDS before it exits by force (worker/process.ts):
+ * the SDK's own force margin (worker/workers.ts) plus stopping PostgreSQL and the Temporal dev server.
+ */
+export const FORCE_EXIT_MARGIN_SECONDS = 60;
 
 export type Env = z.infer<typeof EnvSchema> & { dataDir: string };
 

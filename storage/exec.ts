@@ -154,7 +154,9 @@ function spawnHelper(): SpawnHelper | undefined {
   if (helperUnavailable) return undefined;
   if (helper) return helper;
   try {
-    const child = fork(HELPER_PATH, [], { execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    // Detached: its own process group, so a terminal's Ctrl-C does not kill the copies it runs; they may finish
+    // while the workers drain. It stops them itself when this process goes (the IPC channel closes).
+    const child = fork(HELPER_PATH, [], { execArgv: [], stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true });
     child.unref();
     helper = new SpawnHelper(child);
   } catch {

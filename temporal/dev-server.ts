@@ -1,16 +1,45 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, openSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Connection } from '@temporalio/client';
 import type { Logger } from 'pino';
+import { portInUse } from '../db/embedded.js';
+import { startKept } from '../worker/keeper.js';
+import { identityOf, isRunning, processCommandLine, stopProcess, type ProcessIdentity } from '../worker/pids.js';
 import { temporalCli } from './binaries.js';
 import { DEV_SERVER_SEARCH_ATTRIBUTE_ARGS } from './search-attributes.js';
 
 export interface DevServer {
   address: string;
   uiUrl: string | null;
-  child: ChildProcess;
+  /** The server's pid (it runs under a detached keeper, not as our child). */
+  pid: number;
+  /** Settles when the server has exited. */
+  exited: Promise<unknown>;
   stop(): Promise<void>;
+}
+
+/** The dev server's pid file in the data dir, so that the next start can stop one a dead run left. */
+const PID_FILE = 'temporal-dev-server.pid';
+const STOP: Array<[NodeJS.Signals, number]> = [
+  ['SIGTERM', 10_000],
+  ['SIGKILL', 5_000],
+];
+
+/** Stops a dev server that a previous run started from this data dir and left running. */
+async function clearLeftoverDevServer(dataDir: string, logger?: Logger): Promise<void> {
+  const file = join(dataDir, PID_FILE);
+  let previous: ProcessIdentity;
+  try {
+    previous = JSON.parse(readFileSync(file, 'utf8')) as ProcessIdentity;
+  } catch {
+    return;
+  }
+  // Same pid, same start time, and started on our SQLite file: only then is it ours to stop.
+  if (isRunning(previous) && (processCommandLine(previous.pid) ?? dataDir).includes(dataDir)) {
+    logger?.warn({ pid: previous.pid }, 'stopping the Temporal dev server a previous run left running');
+    await stopProcess(previous, STOP, 'the previous Temporal dev server');
+  }
+  rmSync(file, { force: true });
 }
 
 export interface DevServerOptions {
@@ -33,7 +62,8 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
   }
   const ip = opts.ip ?? '127.0.0.1';
   mkdirSync(join(opts.dataDir, 'logs'), { recursive: true });
-  const out = openSync(join(opts.dataDir, 'logs', 'temporal-dev-server.log'), 'a');
+  await clearLeftoverDevServer(opts.dataDir, opts.logger);
+  if (await portInUse(opts.port)) throw new Error(`port ${opts.port} (TEMPORAL_PORT) is in use by another process`);
   const args = [
     'server', 'start-dev',
     '--db-filename', join(opts.dataDir, 'temporal.sqlite'),
@@ -43,12 +73,22 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
     ...(opts.uiPort ? ['--ui-port', String(opts.uiPort)] : ['--headless']),
     ...DEV_SERVER_SEARCH_ATTRIBUTE_ARGS,
   ];
-  const child = spawn(exe.path, args, { stdio: ['ignore', out, out] });
+  const server = await startKept({
+    command: exe.path,
+    args,
+    logFile: join(opts.dataDir, 'logs', 'temporal-dev-server.log'),
+    stopSignals: STOP,
+  }).catch((err: Error) => {
+    throw new Error(`Temporal dev server did not start: ${err.message}; see logs/temporal-dev-server.log`, { cause: err });
+  });
+  const pidFile = join(opts.dataDir, PID_FILE);
+  writeFileSync(pidFile, `${JSON.stringify(identityOf(server.pid))}\n`);
   const address = `${ip}:${opts.port}`;
   let exited: string | null = null;
-  child.once('exit', (code, signal) => {
+  let stopping = false;
+  void server.exited.then(({ code, signal }) => {
     exited = `exited with ${code ?? signal}`;
-    opts.logger?.warn({ code, signal }, 'Temporal dev server exited');
+    if (!stopping) opts.logger?.warn({ code, signal }, 'Temporal dev server exited');
   });
 
   const deadline = Date.now() + 60_000;
@@ -61,7 +101,7 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
       break;
     } catch (err) {
       if (Date.now() > deadline) {
-        child.kill('SIGKILL');
+        await server.stop();
         throw new Error(`Temporal dev server did not answer on ${address} within 60 s`, { cause: err });
       }
       await new Promise((r) => setTimeout(r, 250));
@@ -72,16 +112,21 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
   return {
     address,
     uiUrl,
-    child,
-    stop: () =>
-      new Promise<void>((resolve) => {
-        if (child.exitCode !== null || child.signalCode !== null) return resolve();
-        const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-        child.once('exit', () => {
-          clearTimeout(timer);
-          resolve();
-        });
-        child.kill('SIGTERM');
-      }),
+    pid: server.pid,
+    exited: server.exited,
+    async stop() {
+      stopping = true;
+      await server.stop();
+      // Only our own record: a later server on this data dir (a test's restart) may have replaced it.
+      const recorded = (() => {
+        try {
+          return (JSON.parse(readFileSync(pidFile, 'utf8')) as ProcessIdentity).pid;
+        } catch {
+          return null;
+        }
+      })();
+      if (recorded === server.pid) rmSync(pidFile, { force: true });
+      opts.logger?.info({ pid: server.pid }, 'Temporal dev server stopped');
+    },
   };
 }

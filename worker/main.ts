@@ -1,18 +1,25 @@
 /** `npm start`: the whole service with embedded defaults — PostgreSQL, Temporal dev server, workers and API. */
 import { createApp } from '../api/app.js';
 import { listen } from '../api/server.js';
-import { bootstrap } from './process.js';
-import { startStack } from './stack.js';
+import { bootstrap, startupFailed } from './process.js';
+import { startStack, type Stack } from './stack.js';
 
-const { env, logger, onShutdown } = bootstrap('volsnap');
+const { env, logger, onShutdown, isStopping } = bootstrap('volsnap');
+let stack: Stack | undefined;
 try {
-  const stack = await startStack(env, logger, ['api', 'worker']);
-  onShutdown(() => stack.close());
-  const http = await listen(createApp(stack), env.HOST, env.PORT, logger);
-  onShutdown(() => http.close());
+  stack = await startStack(env, logger, ['api', 'worker']);
+  const started = stack;
+  let http: Awaited<ReturnType<typeof listen>> | undefined;
+  // Workers drain first while the API answers 503, then the API closes, then the stack: the database and the
+  // embedded servers go last, so a copy finishing during the drain can still record its result.
+  onShutdown(async () => {
+    await started.workers?.shutdown();
+    await http?.close();
+    await started.close();
+  });
+  http = await listen(createApp(stack, { isStopping }), env.HOST, env.PORT, logger);
   if (stack.devServer?.uiUrl) logger.info({ url: stack.devServer.uiUrl }, 'Temporal Web UI');
 } catch (err) {
-  logger.fatal({ err }, 'start-up failed');
-  logger.flush();
-  setTimeout(() => process.exit(1), 50);
+  if (!isStopping()) await stack?.close();
+  startupFailed(logger, err);
 }

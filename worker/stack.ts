@@ -22,6 +22,7 @@ import type { StorageDriver } from '../storage/driver.js';
 import { connectClient, connectWorker } from '../temporal/connection.js';
 import { startDevServer, type DevServer } from '../temporal/dev-server.js';
 import { ensureSearchAttributes } from '../temporal/search-attributes.js';
+import { claimDataDir } from './pids.js';
 import { activityLogContext } from './runtime.js';
 import { startWorkers, type RunningWorkers } from './workers.js';
 
@@ -57,6 +58,12 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
     for (const c of closers.reverse()) await c().catch((err) => logger.error({ err }, 'shutdown step failed'));
   };
   try {
+    // Embedded servers run from the data dir: one owner at a time, and a dead owner's leftovers are ours to
+    // clear. Released last, after the servers have stopped.
+    if (!env.DATABASE_URL || !env.TEMPORAL_ADDRESS) {
+      const owner = claimDataDir(env.dataDir, logger);
+      closers.push(async () => owner.release());
+    }
     let databaseUrl = env.DATABASE_URL;
     if (!databaseUrl) {
       const db: EmbeddedDatabase = await startEmbeddedPostgres(join(env.dataDir, 'postgres'), env.EMBEDDED_PG_PORT, logger);
@@ -65,7 +72,10 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
     }
     await migrate(databaseUrl, logger);
     const pool = createPool(databaseUrl, env.DATABASE_POOL_MAX);
-    pool.on('error', (err) => logger.error({ err }, 'database pool error'));
+    // Once the pool is ending, its last connections closing as PostgreSQL stops (57P01) are expected.
+    pool.on('error', (err) => {
+      if (!pool.ending) logger.error({ err }, 'database pool error');
+    });
     closers.push(() => pool.end());
     await seedSettings(pool);
     for (const m of await seedCatalog(pool, env.dataDir, xenServerCatalog(env))) {
@@ -119,6 +129,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
         backupTaskQueue: env.TEMPORAL_BACKUP_TASK_QUEUE,
         activities: createSnapshotActivities({ pool, drivers, logger, metrics: metrics.backupHooks }),
         backupPoolSize: settings['backup.pool.size'],
+        shutdownGraceSeconds: env.WORKER_SHUTDOWN_GRACE_SECONDS,
         logger,
         extraActivities: createStorageGcActivities({ pool, drivers, logger, client }),
         activityInterceptors: [activityLogContext(async (id) => (await pool.query('SELECT volume_id FROM snapshots WHERE id = $1', [id])).rows[0]?.volume_id)],

@@ -1,6 +1,6 @@
 /** `npm run worker`: the workers alone, against DATABASE_URL and TEMPORAL_ADDRESS (or the embedded defaults). */
 import { startMetricsServer } from '../observability/metrics.js';
-import { bootstrap } from './process.js';
+import { bootstrap, startupFailed } from './process.js';
 import { startStack } from './stack.js';
 
 const { env, logger, onShutdown } = bootstrap('volsnap-worker');
@@ -14,7 +14,5 @@ try {
     onShutdown(() => server.close());
   }
 } catch (err) {
-  logger.fatal({ err }, 'start-up failed');
-  logger.flush();
-  setTimeout(() => process.exit(1), 50);
+  startupFailed(logger, err);
 }

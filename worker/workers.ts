@@ -4,6 +4,9 @@ import type { ActivityInterceptorsFactory } from '@temporalio/worker';
 import type { Logger } from 'pino';
 import type { SnapshotActivities } from '../activities/snapshot-activities.js';
 
+/** Seconds after the grace before the SDK abandons activities that ignore their cancellation. */
+export const SHUTDOWN_FORCE_MARGIN_SECONDS = 15;
+
 export const WORKFLOWS_PATH = resolve(import.meta.dirname, '..', 'workflows', 'index.ts');
 
 let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
@@ -22,6 +25,8 @@ export interface WorkerOptions {
   activities: SnapshotActivities;
   /** `backup.pool.size`: concurrent backups this worker runs. */
   backupPoolSize: number;
+  /** On shutdown, how long running activities may go on before they are cancelled (WORKER_SHUTDOWN_GRACE_SECONDS). */
+  shutdownGraceSeconds: number;
   logger: Logger;
   /** More activities for the main worker (storage GC, say); names must not clash with the snapshot activities. */
   extraActivities?: Record<string, (...args: any[]) => Promise<unknown>>;
@@ -42,7 +47,14 @@ export interface RunningWorkers {
  */
 export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers> {
   const { backupSnapshotToSecondary, ...mainActivities } = opts.activities;
+  // Cancelled activities get a little while to report before the SDK gives up on them (and the process would
+  // exit by force a margin later, worker/process.ts).
+  const shutdown = {
+    shutdownGraceTime: opts.shutdownGraceSeconds * 1000,
+    shutdownForceTime: (opts.shutdownGraceSeconds + SHUTDOWN_FORCE_MARGIN_SECONDS) * 1000,
+  };
   const main = await Worker.create({
+    ...shutdown,
     connection: opts.connection,
     namespace: opts.namespace,
     taskQueue: opts.taskQueue,
@@ -51,6 +63,7 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
     ...(opts.activityInterceptors ? { interceptors: { activity: opts.activityInterceptors } } : {}),
   });
   const backup = await Worker.create({
+    ...shutdown,
     connection: opts.connection,
     namespace: opts.namespace,
     taskQueue: opts.backupTaskQueue,
@@ -66,12 +79,18 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
   );
   opts.logger.info({ taskQueue: opts.taskQueue, backupTaskQueue: opts.backupTaskQueue, backupPoolSize: opts.backupPoolSize }, 'workers running');
   const done = Promise.allSettled(runs).then(() => undefined);
+  let stopped: Promise<void> | undefined;
   return {
     workers: [main, backup],
     done,
-    async shutdown() {
-      for (const w of [main, backup]) if (w.getState() === 'RUNNING') w.shutdown();
-      await done;
+    shutdown() {
+      stopped ??= (async () => {
+        opts.logger.info({ graceSeconds: opts.shutdownGraceSeconds }, 'workers draining: no new tasks; running ones may finish');
+        for (const w of [main, backup]) if (w.getState() === 'RUNNING') w.shutdown();
+        await done;
+        opts.logger.info('workers stopped');
+      })();
+      return stopped;
     },
   };
 }

@@ -125,8 +125,8 @@ describe('crash and restart (real processes)', () => {
       const worker = await startWorker();
       try {
         const { snapshot } = await snapshotMidCopy(stack.pool, stack.snapshots);
-        stack.devServer!.child.kill('SIGKILL');
-        await new Promise((r) => stack.devServer!.child.once('exit', r));
+        process.kill(stack.devServer!.pid, 'SIGKILL');
+        await stack.devServer!.exited;
         const restarted = await startDevServer({
           dataDir: stack.dataDir,
           port: stack.env.TEMPORAL_PORT,

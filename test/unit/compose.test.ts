@@ -12,7 +12,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseDocument } from 'yaml';
-import { EnvSchema } from '../../config/env.js';
+import { EnvSchema, FORCE_EXIT_MARGIN_SECONDS } from '../../config/env.js';
 
 const ROOT = resolve(import.meta.dirname, '..', '..');
 const COMPOSE_FILE = join(ROOT, 'docker-compose.yml');
@@ -29,6 +29,7 @@ interface Service {
   volumes?: Array<string | Dict>;
   depends_on?: string[] | Record<string, { condition?: string }>;
   healthcheck?: { test?: string | string[]; disable?: boolean };
+  stop_grace_period?: string;
 }
 
 const APP_SERVICES = ['api', 'worker'] as const;
@@ -168,6 +169,15 @@ describe('docker-compose.yml', () => {
       expect(env.TEMPORAL_ADDRESS).toBeTruthy();
       expect(env.VOLSNAP_DATA_DIR).toMatch(/^\//);
     });
+  });
+
+  it("gives the worker a stop_grace_period above its drain grace plus the service's force-exit margin", () => {
+    const seconds = (d: string) =>
+      [...d.matchAll(/(\d+(?:\.\d+)?)(h|m|s|ms|us)/g)].reduce((t, [, n, u]) => t + Number(n) * { h: 3600, m: 60, s: 1, ms: 1e-3, us: 1e-6 }[u as 'h']!, 0);
+    const worker = services.worker!;
+    const grace = EnvSchema.parse(Object.fromEntries(Object.entries(environmentOf(worker)).map(([k, v]) => [k, interpolate(v)]))).WORKER_SHUTDOWN_GRACE_SECONDS;
+    expect(worker.stop_grace_period).toBeTruthy();
+    expect(seconds(worker.stop_grace_period!)).toBeGreaterThan(grace + FORCE_EXIT_MARGIN_SECONDS);
   });
 
   it('api and worker agree on data dir, database, Temporal address and namespace', () => {

@@ -79,6 +79,17 @@ describe('loadEnv errors', () => {
   });
 });
 
+describe('WORKER_SHUTDOWN_GRACE_SECONDS', () => {
+  it('defaults to 300 s and parses a number', () => {
+    expect(loadEnv({}).WORKER_SHUTDOWN_GRACE_SECONDS).toBe(300);
+    expect(loadEnv({ WORKER_SHUTDOWN_GRACE_SECONDS: '45' }).WORKER_SHUTDOWN_GRACE_SECONDS).toBe(45);
+  });
+  it('refuses a negative or non-numeric value, naming the variable', () => {
+    expect(() => loadEnv({ WORKER_SHUTDOWN_GRACE_SECONDS: '-1' })).toThrow(/WORKER_SHUTDOWN_GRACE_SECONDS/);
+    expect(() => loadEnv({ WORKER_SHUTDOWN_GRACE_SECONDS: 'soon' })).toThrow(/WORKER_SHUTDOWN_GRACE_SECONDS/);
+  });
+});
+
 describe('empty variables mean unset', () => {
   it('PORT= falls back to 8080 rather than a random port', () => {
     expect(loadEnv({ PORT: '' }).PORT).toBe(8080);
