@@ -1,15 +1,16 @@
 import type { Dirent } from 'node:fs';
-import { readdir, rm, stat } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { Context } from '@temporalio/activity';
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import type { Logger } from 'pino';
-import { withImageLock } from '../db/image-locks.js';
+import { imageLockRunner } from '../db/image-locks.js';
 import type { Pool } from '../db/pool.js';
 import { isTransitionalVolumeState } from '../db/volumes.js';
 import { reconcileStuckVolumes, type VolumeReconcileResult } from '../services/volume-reconcile.js';
-import { transitionSnapshot } from '../db/snapshots.js';
+import { retireStoreRefs, transitionSnapshot } from '../db/snapshots.js';
 import { IN_PROGRESS_STATES, IllegalSnapshotTransitionError, type SnapshotState } from '../domain/snapshot-states.js';
+import { removeSnapshotStorage } from '../storage/cleanup.js';
 import type { StorageDriver } from '../storage/driver.js';
 import { isFileOf, isUuid } from '../storage/paths.js';
 
@@ -242,30 +243,16 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
             slog.info({ volumeState: row.volume_state }, 'volume of an Error snapshot is busy; cleaning it on the next run');
             continue;
           }
-          const target = { accountId: row.account_id, volumeId: row.volume_id, snapshotId: row.id };
-          const removedFiles: string[] = [];
-          for (const store of stores) {
-            try {
-              removedFiles.push(...(await driver.deleteBackupFiles(store.path, target)));
-            } catch (err) {
-              // A store path that cannot be a directory holds no files.
-              if (codeOf(err) === 'ENOTDIR' || codeOf(err) === 'ENOENT') continue;
-              throw err;
-            }
-          }
-          let primarySnapshotDeleted = false;
-          // A KVM volume file that is gone took its internal snapshots with it; XenServer snapshots are VDIs of
-          // their own, which hasSnapshot finds (or not) whatever became of the base VDI.
-          const volumeExists =
-            driver.hypervisor !== 'KVM' || (await stat(row.volume_path).then((s) => s.isFile(), () => false));
-          if (volumeExists && (await driver.hasSnapshot(row.volume_path, row.id))) {
-            // Under the volume's image lock: API requests and snapshot activities in other processes change
-            // the same qcow2.
-            await withImageLock(pool, row.volume_id, () => driver.deleteSnapshot(row.volume_path, row.id), { logger: slog });
-            primarySnapshotDeleted = true;
-          }
-          const refs = await pool.query('DELETE FROM snapshot_store_ref WHERE snapshot_id = $1', [row.id]);
-          const storeRefsDeleted = refs.rowCount ?? 0;
+          // The one cleanup a user's delete uses too (storage/cleanup.ts); qemu-img under the volume's image lock,
+          // since API requests and snapshot activities in other processes change the same qcow2.
+          const { removedFiles, primarySnapshotDeleted } = await removeSnapshotStorage({
+            driver,
+            target: { accountId: row.account_id, volumeId: row.volume_id, snapshotId: row.id },
+            storePaths: stores.map((st) => st.path),
+            volumePath: row.volume_path,
+            lock: imageLockRunner(pool, row.volume_id, { logger: slog }),
+          });
+          const storeRefsDeleted = await retireStoreRefs(pool, row.id, 'delete');
           const moved = await transitionSnapshot(pool, row.id, 'Destroyed', {
             set: { removed: new Date() },
             event: {

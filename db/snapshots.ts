@@ -1,6 +1,6 @@
 import { IllegalSnapshotTransitionError, SNAPSHOT_TRANSITIONS, canTransition, type SnapshotState } from '../domain/snapshot-states.js';
 import { EVENTS_CHANNEL, type NewEvent } from './events.js';
-import type { Pool, Queryable } from './pool.js';
+import type { Queryable } from './pool.js';
 
 export interface SnapshotRecord {
   id: string;
@@ -92,6 +92,78 @@ export async function getStoreRefs(db: Queryable, snapshotId: string): Promise<S
   return rows.map(toStoreRef);
 }
 
+/** The store refs of many snapshots, by snapshot id (Image before Primary, as getStoreRefs). */
+export async function getStoreRefsOf(db: Queryable, snapshotIds: string[]): Promise<Map<string, StoreRefRecord[]>> {
+  const out = new Map<string, StoreRefRecord[]>(snapshotIds.map((id) => [id, []]));
+  if (snapshotIds.length === 0) return out;
+  const { rows } = await db.query('SELECT * FROM snapshot_store_ref WHERE snapshot_id = ANY($1::uuid[]) ORDER BY store_role DESC', [snapshotIds]);
+  for (const r of rows) out.get(r.snapshot_id)?.push(toStoreRef(r));
+  return out;
+}
+
+/** Snapshots visible to `ownerId` (null: every account), oldest first; Destroyed ones only when asked by state. */
+export async function listSnapshots(
+  db: Queryable,
+  ownerId: string | null,
+  filter: { volumeId?: string; state?: SnapshotState } = {},
+): Promise<SnapshotRecord[]> {
+  const { rows } = await db.query(
+    `SELECT * FROM snapshots
+      WHERE ($1::uuid IS NULL OR account_id = $1) AND ($2::uuid IS NULL OR volume_id = $2)
+        AND (CASE WHEN $3::text IS NULL THEN status <> 'Destroyed' ELSE status = $3 END)
+      ORDER BY created, id`,
+    [ownerId, filter.volumeId ?? null, filter.state ?? null],
+  );
+  return rows.map(toSnapshotRecord);
+}
+
+/** The snapshot with this Idempotency-Key in the account, if any. */
+export async function findSnapshotByIdempotencyKey(db: Queryable, accountId: string, key: string): Promise<SnapshotRecord | undefined> {
+  const { rows } = await db.query('SELECT * FROM snapshots WHERE account_id = $1 AND idempotency_key = $2', [accountId, key]);
+  return rows[0] ? toSnapshotRecord(rows[0]) : undefined;
+}
+
+export interface NewSnapshot {
+  id: string;
+  accountId: string;
+  volumeId: string;
+  vmId: string | null;
+  volumeType: SnapshotRecord['volumeType'];
+  name: string;
+  asyncBackup: boolean;
+  workflowId: string;
+  idempotencyKey: string | null;
+  backupMaxAttempts: number;
+  backupRetryInterval: number;
+  backupQueueTimeout: number;
+  backupBytesTotal: number;
+}
+
+/** Inserts a snapshot request (Allocated). */
+export async function insertSnapshot(db: Queryable, s: NewSnapshot): Promise<SnapshotRecord> {
+  const { rows } = await db.query(
+    `INSERT INTO snapshots (id, account_id, volume_id, vm_id, volume_type, name, status, async_backup, workflow_id,
+                            idempotency_key, backup_max_attempts, backup_retry_interval, backup_bytes_total, backup_queue_timeout)
+     VALUES ($1, $2, $3, $4, $5, $6, 'Allocated', $7, $8, $9, $10, $11, $12, $13) RETURNING *`,
+    [s.id, s.accountId, s.volumeId, s.vmId, s.volumeType, s.name, s.asyncBackup, s.workflowId, s.idempotencyKey,
+      s.backupMaxAttempts, s.backupRetryInterval, s.backupBytesTotal, s.backupQueueTimeout],
+  );
+  return toSnapshotRecord(rows[0]);
+}
+
+/**
+ * What becomes of a cleaned snapshot's store refs: a snapshot the user deleted keeps them, Destroyed, as the record
+ * of what was removed; an Error snapshot cleaned by storage GC loses them (the seed: "its related entries in
+ * snapshot_store_ref table will be deleted"). Returns how many refs changed.
+ */
+export async function retireStoreRefs(db: Queryable, snapshotId: string, how: 'mark-destroyed' | 'delete'): Promise<number> {
+  const { rowCount } =
+    how === 'delete'
+      ? await db.query('DELETE FROM snapshot_store_ref WHERE snapshot_id = $1', [snapshotId])
+      : await db.query(`UPDATE snapshot_store_ref SET state = 'Destroyed', last_updated = now() WHERE snapshot_id = $1`, [snapshotId]);
+  return rowCount ?? 0;
+}
+
 export interface TransitionOptions {
   /** Extra columns to set with the transition. */
   set?: Partial<Record<'last_error' | 'size' | 'physical_size' | 'next_attempt_at' | 'removed', unknown>>;
@@ -104,7 +176,9 @@ function statesLeadingTo(to: SnapshotState): SnapshotState[] {
 }
 
 /**
- * Moves a snapshot to `to` through the state machine, with its event, atomically under a row lock.
+ * Moves a snapshot to `to` through the state machine, with its event, atomically under a row lock. The one
+ * way a snapshot's state changes: activities call it on the pool, API operations inside the transaction that
+ * holds their row locks (the event's NOTIFY is then delivered at COMMIT).
  * Already being in `to` is a no-op (activities retry), any other illegal move throws.
  *
  * One statement, so one round trip instead of six (BEGIN, lock, update, event, notify, COMMIT): it sits on the
@@ -112,7 +186,7 @@ function statesLeadingTo(to: SnapshotState): SnapshotState[] {
  * (LISTEN/NOTIFY) in a single implicit transaction.
  */
 export async function transitionSnapshot(
-  pool: Pool,
+  db: Queryable,
   id: string,
   to: SnapshotState,
   opts: TransitionOptions,
@@ -122,7 +196,7 @@ export async function transitionSnapshot(
   const FIXED = 8;
   const assignments = cols.map((c, i) => `, ${c} = $${i + FIXED + 1}`).join('');
   const e = opts.event;
-  const { rows } = await pool.query(
+  const { rows } = await db.query(
     `WITH cur AS (SELECT * FROM snapshots WHERE id = $1 FOR UPDATE),
      upd AS (
        UPDATE snapshots s SET status = $2, updated = now()${assignments}

@@ -7,7 +7,6 @@ import { createCatalogService } from './catalogs.js';
 import { createConfigurationService } from './configurations.js';
 import { createEventBus } from './event-bus.js';
 import { createEventService } from './events.js';
-import { createSnapshotActions } from './snapshot-actions.js';
 import type { SnapshotService } from './snapshots.js';
 import type { StorageGcService } from './storage-gc.js';
 import { createVmService } from './vms.js';
@@ -31,7 +30,8 @@ export function createServices(stack: ServiceStack) {
     catalogs: createCatalogService(deps),
     vms: createVmService(deps),
     volumes: createVolumeService(deps),
-    snapshots: createSnapshotActions({ ...deps, snapshots: stack.snapshots }),
+    // The one snapshot module (services/snapshots.ts), built with the stack because the workers' tests use it too.
+    snapshots: stack.snapshots,
     events: createEventService(deps),
     eventBus: createEventBus(stack.pool, stack.logger.child({ component: 'event-bus' })),
   };

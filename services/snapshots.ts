@@ -2,12 +2,38 @@ import { randomUUID } from 'node:crypto';
 import { WithStartWorkflowOperation, WorkflowFailedError, WorkflowUpdateFailedError, type Client } from '@temporalio/client';
 import type { Logger } from 'pino';
 import { backupRetryFrom } from '../config/settings.js';
+import { defaultImageStore } from '../db/catalog.js';
+import { findImageStore, findStoragePool } from '../db/catalog-queries.js';
 import { recordEvent } from '../db/events.js';
-import { withTransaction, type Pool, type PoolClient } from '../db/pool.js';
+import { imageLockRunner, withImageLock } from '../db/image-locks.js';
+import { withTransaction, type PoolClient } from '../db/pool.js';
 import { readSettings } from '../db/settings.js';
-import { failAllocatedSnapshot, getSnapshot, toSnapshotRecord, type SnapshotRecord } from '../db/snapshots.js';
-import { NotFoundError, ConflictError, ServiceUnavailableError, SnapshotCreationFailedError, VolumeBusyError } from '../domain/errors.js';
-import { isTransitionalVolumeState } from '../db/volumes.js';
+import {
+  failAllocatedSnapshot,
+  findSnapshotByIdempotencyKey,
+  getSnapshot,
+  getStoreRefs,
+  getStoreRefsOf,
+  insertSnapshot,
+  listSnapshots,
+  retireStoreRefs,
+  transitionSnapshot,
+  type SnapshotRecord,
+  type StoreRefRecord,
+} from '../db/snapshots.js';
+import type { VmRecord } from '../db/vms.js';
+import { endVolumeOperation, insertVolume, isTransitionalVolumeState, updateVolume, type PendingVolumeOperation, type VolumeRecord } from '../db/volumes.js';
+import {
+  ConflictError,
+  NotFoundError,
+  ServiceUnavailableError,
+  SnapshotCreationFailedError,
+  VolumeBusyError,
+} from '../domain/errors.js';
+import type { SnapshotAction } from '../domain/policy.js';
+import type { SnapshotState } from '../domain/snapshot-states.js';
+import { removeSnapshotStorage } from '../storage/cleanup.js';
+import { volumePath as kvmVolumePath } from '../storage/paths.js';
 import {
   SEARCH_ATTRIBUTES,
   snapshotCreatedUpdate,
@@ -15,14 +41,28 @@ import {
   type SnapshotWorkflowInput,
 } from '../workflows/definitions.js';
 import type { snapshotWorkflow } from '../workflows/snapshot-workflow.js';
-import { assertAllowed, inFlightSnapshots } from './policy-guard.js';
+import { ownerScope, type Caller } from './caller.js';
+import { defaultStoragePool, driverFor, type ServiceDeps } from './deps.js';
+import { lockSnapshotWithVolume, lockVolumeWithVm } from './locks.js';
+import { assertAllowed, assertNotBusy, busyVolumes, inFlightSnapshots } from './policy-guard.js';
+import { withStorageTransaction, type OnRollback } from './storage-transaction.js';
+import { snapshotView, volumeView, type SnapshotView, type VolumeView } from './views.js';
+import { withVolumeHeartbeat } from './volume-operations.js';
+import { settleVolumeOperation } from './volume-reconcile.js';
 
-export interface SnapshotServiceDeps {
-  pool: Pool;
+/*
+ * The snapshot lifecycle as the API and its callers see it, in one module: a request (row under the volume's
+ * lock, then the workflow by Update-with-Start), listing and reading, and the operations on an existing snapshot
+ * (delete, revert, new volume from its backup) under the parallel-operation policy. The workflow
+ * (workflows/snapshot-workflow.ts) and its activities move the snapshot through the rest of its states.
+ */
+
+export interface SnapshotServiceDeps extends Omit<ServiceDeps, 'drivers'> {
+  /** Storage drivers by hypervisor; operations on storage refuse a hypervisor without one. */
+  drivers?: ServiceDeps['drivers'];
   client: Client;
   taskQueue: string;
   backupTaskQueue: string;
-  logger: Logger;
   /**
    * How long a request may wait for "created" (Update-with-Start: Temporal and a main worker must answer)
    * before it answers 503; default 60 s. Creation on primary takes milliseconds, so this only bounds an outage.
@@ -30,6 +70,7 @@ export interface SnapshotServiceDeps {
   createDeadlineMs?: number;
 }
 
+/** A snapshot request of the workflow-facing kind: `accountId` owns the volume (tests, benchmarks, scripts). */
 export interface SnapshotRequest {
   accountId: string;
   volumeId: string;
@@ -38,23 +79,44 @@ export interface SnapshotRequest {
   idempotencyKey?: string;
 }
 
-/** Locks the volume (and its VM first, the one lock order everywhere) for a policy-checked change. */
-export async function lockVolume(tx: PoolClient, volumeId: string, accountId: string | null) {
-  const peek = await tx.query('SELECT vm_id FROM volumes WHERE id = $1 AND removed IS NULL AND ($2::uuid IS NULL OR account_id = $2)', [volumeId, accountId]);
-  if (!peek.rows[0]) throw new NotFoundError('volume', volumeId);
-  if (peek.rows[0].vm_id) await tx.query('SELECT id FROM virtual_machines WHERE id = $1 FOR UPDATE', [peek.rows[0].vm_id]);
-  const { rows } = await tx.query('SELECT * FROM volumes WHERE id = $1 FOR UPDATE', [volumeId]);
-  const volume = rows[0];
-  // The volume may have been attached or detached while we waited for the lock: lock its current VM too.
-  if (volume.vm_id && volume.vm_id !== peek.rows[0].vm_id) {
-    await tx.query('SELECT id FROM virtual_machines WHERE id = $1 FOR UPDATE', [volume.vm_id]);
-  }
-  return volume as { id: string; account_id: string; vm_id: string | null; type: 'ROOT' | 'DATADISK'; state: string; name: string; hypervisor: string; path: string; pool_id: string; size_bytes: number };
+export interface TakeSnapshotInput {
+  name?: string;
+  asyncBackup: boolean;
+  idempotencyKey?: string;
 }
 
-/** Takes volume snapshots: records the request, then starts the snapshot's workflow with Update-with-Start. */
+/** A snapshot request's outcome: `replay` when an Idempotency-Key named an earlier request. */
+export interface TakenSnapshot {
+  snapshot: SnapshotView;
+  replay: boolean;
+}
+
+/** The synchronous backup of a snapshot failed after its last attempt (the snapshot is in Error). */
+export class SnapshotBackupFailedError extends ConflictError {
+  constructor(s: SnapshotRecord) {
+    super('SNAPSHOT_BACKUP_FAILED', `snapshot ${s.id} was created but its backup failed: ${s.lastError ?? 'unknown error'}`, {
+      snapshotId: s.id,
+      volumeId: s.volumeId,
+      state: s.status,
+    });
+  }
+}
+
+interface LockedSnapshot {
+  snapshot: SnapshotRecord;
+  volume: VolumeRecord;
+  vm: VmRecord | null;
+}
+
+/** Owner scope of a request: the account that must own the volume, or null for any (an admin). */
+interface ScopedRequest extends TakeSnapshotInput {
+  ownerId: string | null;
+  volumeId: string;
+}
+
 export function createSnapshotService(deps: SnapshotServiceDeps) {
   const { pool, client, logger } = deps;
+  const drivers = deps.drivers ?? {};
   const createDeadlineMs = deps.createDeadlineMs ?? 60_000;
 
   /**
@@ -85,15 +147,18 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
     });
   }
 
-  /** Inserts the snapshot row (Allocated) under the volume lock, or returns the one an Idempotency-Key names. */
-  async function allocate(req: SnapshotRequest): Promise<{ snapshot: SnapshotRecord; input: SnapshotWorkflowInput; replay: boolean }> {
+  /**
+   * Inserts the snapshot row (Allocated) under the volume's lock (VM first: services/locks.ts), after the policy
+   * check, or returns the one an Idempotency-Key names. The volume is read once, under the lock.
+   */
+  async function allocate(req: ScopedRequest): Promise<{ snapshot: SnapshotRecord; input: SnapshotWorkflowInput; replay: boolean }> {
     return withTransaction(pool, async (tx) => {
-      const volume = await lockVolume(tx, req.volumeId, req.accountId);
+      const { volume } = await lockVolumeWithVm(tx, req.volumeId, req.ownerId);
       if (req.idempotencyKey) {
-        const { rows } = await tx.query('SELECT * FROM snapshots WHERE account_id = $1 AND idempotency_key = $2', [req.accountId, req.idempotencyKey]);
-        if (rows[0]) {
-          const existing = toSnapshotRecord(rows[0]);
-          if (existing.volumeId !== req.volumeId) {
+        // The snapshot belongs to the volume's account, also when an admin takes it.
+        const existing = await findSnapshotByIdempotencyKey(tx, volume.accountId, req.idempotencyKey);
+        if (existing) {
+          if (existing.volumeId !== volume.id) {
             throw new ConflictError('IDEMPOTENCY_KEY_REUSED', 'this Idempotency-Key was used for a snapshot of another volume', { snapshotId: existing.id });
           }
           return { snapshot: existing, input: inputFor(existing, deps.backupTaskQueue), replay: true };
@@ -106,23 +171,30 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
       if (volume.state !== 'Ready') {
         throw new ConflictError('INVALID_STATE', `volume ${volume.id} is ${volume.state}, not Ready`, { volumeId: volume.id });
       }
+      driverFor({ drivers }, volume.hypervisor);
       assertAllowed({ kind: 'volume', action: 'snapshot', volumeId: volume.id }, await inFlightSnapshots(tx, { volumeIds: [volume.id] }));
       const all = await readSettings(tx);
       const settings = { ...backupRetryFrom(all), queueTimeoutSeconds: all['backup.queue.timeout'] };
       const id = randomUUID();
       const name = req.name ?? `${volume.name}-${new Date().toISOString().replace(/[-:]/g, '').slice(0, 15)}`;
-      const { rows } = await tx.query(
-        `INSERT INTO snapshots (id, account_id, volume_id, vm_id, volume_type, name, status, async_backup, workflow_id,
-                                idempotency_key, backup_max_attempts, backup_retry_interval, backup_bytes_total, backup_queue_timeout)
-         VALUES ($1, $2, $3, $4, $5, $6, 'Allocated', $7, $8, $9, $10, $11, $12, $13) RETURNING *`,
-        [id, req.accountId, volume.id, volume.vm_id, volume.type, name, req.asyncBackup, snapshotWorkflowId(id),
-          req.idempotencyKey ?? null, settings.maxAttempts, settings.retryIntervalSeconds, volume.size_bytes,
-          settings.queueTimeoutSeconds],
-      );
-      const snapshot = toSnapshotRecord(rows[0]);
+      const snapshot = await insertSnapshot(tx, {
+        id,
+        accountId: volume.accountId,
+        volumeId: volume.id,
+        vmId: volume.vmId,
+        volumeType: volume.type,
+        name,
+        asyncBackup: req.asyncBackup,
+        workflowId: snapshotWorkflowId(id),
+        idempotencyKey: req.idempotencyKey ?? null,
+        backupMaxAttempts: settings.maxAttempts,
+        backupRetryInterval: settings.retryIntervalSeconds,
+        backupQueueTimeout: settings.queueTimeoutSeconds,
+        backupBytesTotal: volume.sizeBytes,
+      });
       await recordEvent(tx, {
         type: 'SNAPSHOT.CREATE',
-        accountId: req.accountId,
+        accountId: volume.accountId,
         resourceType: 'Snapshot',
         resourceId: id,
         description: `snapshot ${name} of volume ${volume.name} requested (${req.asyncBackup ? 'asynchronous' : 'synchronous'} backup)`,
@@ -132,68 +204,287 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
     });
   }
 
-  return {
-    /**
-     * Takes a snapshot. Resolves when the milestone is reached: created on primary with `asyncBackup`,
-     * backed up (or failed) without it. Throws SnapshotCreationFailedError when primary creation fails.
-     */
-    async requestSnapshot(req: SnapshotRequest): Promise<{ snapshot: SnapshotRecord; replay: boolean }> {
-      const { snapshot, input, replay } = await allocate(req);
-      const log = logger.child({ snapshotId: snapshot.id, volumeId: snapshot.volumeId, workflowId: snapshot.workflowId });
-      const startWorkflowOperation = new WithStartWorkflowOperation<typeof snapshotWorkflow>('snapshotWorkflow', {
-        workflowId: snapshot.workflowId,
-        taskQueue: deps.taskQueue,
-        args: [input],
-        // A retried request (same Idempotency-Key) joins the running workflow instead of starting another.
-        workflowIdConflictPolicy: 'USE_EXISTING',
-        typedSearchAttributes: [
-          { key: SEARCH_ATTRIBUTES.VolumeId, value: snapshot.volumeId },
-          { key: SEARCH_ATTRIBUTES.AccountId, value: snapshot.accountId },
-          { key: SEARCH_ATTRIBUTES.SnapshotState, value: snapshot.status },
-          ...(snapshot.vmId ? [{ key: SEARCH_ATTRIBUTES.VmId, value: snapshot.vmId }] : []),
-        ],
-        staticSummary: `Snapshot ${snapshot.name} of ${snapshot.volumeType} volume ${snapshot.volumeId} (${snapshot.asyncBackup ? 'async' : 'sync'} backup)`,
-        staticDetails: [
-          `snapshot: ${snapshot.id}`,
-          `volume: ${snapshot.volumeId} (${snapshot.volumeType})`,
-          `vm: ${snapshot.vmId ?? '—'}`,
-          `account: ${snapshot.accountId}`,
-          `backup: up to ${input.backup.maxAttempts} attempts, ${input.backup.retryIntervalSeconds}s apart`,
-        ].join('\n'),
-      });
-      const finished = ['BackedUp', 'Error', 'Destroying', 'Destroyed'].includes(snapshot.status);
-      if (!finished) {
-        try {
-          await client.withDeadline(Date.now() + createDeadlineMs, () =>
-            client.workflow.executeUpdateWithStart(snapshotCreatedUpdate, { startWorkflowOperation }),
-          );
-          log.info({ asyncBackup: snapshot.asyncBackup, replay }, 'snapshot created on primary');
-        } catch (err) {
-          if (err instanceof WorkflowUpdateFailedError) {
-            const reason = err.cause instanceof Error ? err.cause.message : err.message;
-            log.error({ err }, 'snapshot creation on primary failed');
-            throw new SnapshotCreationFailedError(reason, snapshot.id);
-          }
-          const refusal = await notCreated(snapshot, err, log);
-          if (refusal) throw refusal;
+  /**
+   * Takes a snapshot. Resolves when the milestone is reached: created on primary with `asyncBackup`, backed up
+   * (or failed) without it. Throws SnapshotCreationFailedError when primary creation fails.
+   */
+  async function request(req: ScopedRequest): Promise<{ snapshot: SnapshotRecord; replay: boolean }> {
+    const { snapshot, input, replay } = await allocate(req);
+    const log = logger.child({ snapshotId: snapshot.id, volumeId: snapshot.volumeId, workflowId: snapshot.workflowId });
+    const startWorkflowOperation = new WithStartWorkflowOperation<typeof snapshotWorkflow>('snapshotWorkflow', {
+      workflowId: snapshot.workflowId,
+      taskQueue: deps.taskQueue,
+      args: [input],
+      // A retried request (same Idempotency-Key) joins the running workflow instead of starting another.
+      workflowIdConflictPolicy: 'USE_EXISTING',
+      typedSearchAttributes: [
+        { key: SEARCH_ATTRIBUTES.VolumeId, value: snapshot.volumeId },
+        { key: SEARCH_ATTRIBUTES.AccountId, value: snapshot.accountId },
+        { key: SEARCH_ATTRIBUTES.SnapshotState, value: snapshot.status },
+        ...(snapshot.vmId ? [{ key: SEARCH_ATTRIBUTES.VmId, value: snapshot.vmId }] : []),
+      ],
+      staticSummary: `Snapshot ${snapshot.name} of ${snapshot.volumeType} volume ${snapshot.volumeId} (${snapshot.asyncBackup ? 'async' : 'sync'} backup)`,
+      staticDetails: [
+        `snapshot: ${snapshot.id}`,
+        `volume: ${snapshot.volumeId} (${snapshot.volumeType})`,
+        `vm: ${snapshot.vmId ?? '—'}`,
+        `account: ${snapshot.accountId}`,
+        `backup: up to ${input.backup.maxAttempts} attempts, ${input.backup.retryIntervalSeconds}s apart`,
+      ].join('\n'),
+    });
+    const finished = ['BackedUp', 'Error', 'Destroying', 'Destroyed'].includes(snapshot.status);
+    if (!finished) {
+      try {
+        await client.withDeadline(Date.now() + createDeadlineMs, () =>
+          client.workflow.executeUpdateWithStart(snapshotCreatedUpdate, { startWorkflowOperation }),
+        );
+        log.info({ asyncBackup: snapshot.asyncBackup, replay }, 'snapshot created on primary');
+      } catch (err) {
+        if (err instanceof WorkflowUpdateFailedError) {
+          const reason = err.cause instanceof Error ? err.cause.message : err.message;
+          log.error({ err }, 'snapshot creation on primary failed');
+          throw new SnapshotCreationFailedError(reason, snapshot.id);
         }
-        if (!snapshot.asyncBackup) {
-          try {
-            await client.workflow.getHandle(snapshot.workflowId).result();
-          } catch (err) {
-            if (!(err instanceof WorkflowFailedError)) {
-              // Temporal went away while we waited: the backup goes on; the caller can follow it by id.
-              log.error({ err }, 'waiting for the synchronous backup failed');
-              throw new ServiceUnavailableError('TEMPORAL_UNAVAILABLE', 'Temporal did not answer while waiting for the backup; it goes on, follow the snapshot by its id', {
-                snapshotId: snapshot.id,
-              });
-            }
-            log.warn({ err }, 'synchronous backup failed');
+        const refusal = await notCreated(snapshot, err, log);
+        if (refusal) throw refusal;
+      }
+      if (!snapshot.asyncBackup) {
+        try {
+          await client.workflow.getHandle(snapshot.workflowId).result();
+        } catch (err) {
+          if (!(err instanceof WorkflowFailedError)) {
+            // Temporal went away while we waited: the backup goes on; the caller can follow it by id.
+            log.error({ err }, 'waiting for the synchronous backup failed');
+            throw new ServiceUnavailableError('TEMPORAL_UNAVAILABLE', 'Temporal did not answer while waiting for the backup; it goes on, follow the snapshot by its id', {
+              snapshotId: snapshot.id,
+            });
           }
+          log.warn({ err }, 'synchronous backup failed');
         }
       }
-      const latest = await getSnapshot(pool, snapshot.id);
-      return { snapshot: latest!, replay };
+    }
+    const latest = await getSnapshot(pool, snapshot.id);
+    return { snapshot: latest!, replay };
+  }
+
+  async function view(s: SnapshotRecord): Promise<SnapshotView> {
+    return snapshotView(s, await getStoreRefs(pool, s.id));
+  }
+
+  /** Locks the snapshot (VM, volume first), checks the policy table for `action` on it, then runs `fn`. */
+  function withLockedSnapshot<T>(
+    caller: Caller,
+    id: string,
+    action: SnapshotAction,
+    fn: (tx: PoolClient, locked: LockedSnapshot, onRollback: OnRollback) => Promise<T>,
+  ): Promise<T> {
+    return withStorageTransaction(pool, logger, async (tx, onRollback) => {
+      const locked = await lockSnapshotWithVolume(tx, id, ownerScope(caller));
+      const op = { kind: 'snapshot', action, snapshotId: id } as const;
+      assertAllowed(op, await inFlightSnapshots(tx, { snapshotIds: [id] }));
+      // Its volume Migrating/Resizing, or a new volume being created from its backup: 409 VOLUME_BUSY at once.
+      assertNotBusy(op, await busyVolumes(tx, { volumeIds: [locked.volume.id], snapshotIds: [id] }), locked.volume.id);
+      return fn(tx, locked, onRollback);
+    });
+  }
+
+  function requireState(s: SnapshotRecord, states: SnapshotState[], action: string): void {
+    if (!states.includes(s.status)) {
+      throw new ConflictError('INVALID_STATE', `snapshot ${s.id} is ${s.status}; ${action} needs it ${states.join(' or ')}`, { snapshotId: s.id, state: s.status });
+    }
+  }
+
+  async function imageRef(tx: PoolClient, s: SnapshotRecord): Promise<{ ref: StoreRefRecord; storePath: string }> {
+    const ref = (await getStoreRefs(tx, s.id)).find((r) => r.role === 'Image' && r.state === 'Ready');
+    const store = ref && (await findImageStore(tx, ref.storeId));
+    if (!ref || !store) throw new ConflictError('BACKUP_MISSING', `snapshot ${s.id} has no usable backup in an image store`, { snapshotId: s.id });
+    return { ref, storePath: store.path };
+  }
+
+  return {
+    /** Takes a snapshot of a volume `req.accountId` owns; see `request`. */
+    requestSnapshot(req: SnapshotRequest): Promise<{ snapshot: SnapshotRecord; replay: boolean }> {
+      const { accountId, ...rest } = req;
+      return request({ ...rest, ownerId: accountId });
+    },
+
+    /**
+     * Takes a snapshot of a volume through the snapshot service (Update-with-Start). Resolves at the milestone;
+     * a failed creation, or a failed synchronous backup, is an error carrying the snapshot's id.
+     */
+    async take(caller: Caller, volumeId: string, input: TakeSnapshotInput): Promise<TakenSnapshot> {
+      const { snapshot, replay } = await request({ ...input, ownerId: ownerScope(caller), volumeId });
+      const refs = await getStoreRefs(pool, snapshot.id);
+      if (snapshot.status === 'Error') {
+        // A replayed request whose snapshot never reached primary storage answers as the first one did.
+        if (!refs.some((r) => r.role === 'Primary')) throw new SnapshotCreationFailedError(snapshot.lastError ?? 'creating the snapshot on primary storage failed', snapshot.id);
+        if (!snapshot.asyncBackup) throw new SnapshotBackupFailedError(snapshot);
+      }
+      return { snapshot: snapshotView(snapshot, refs), replay };
+    },
+
+    async list(caller: Caller, filter: { volumeId?: string; state?: SnapshotState } = {}): Promise<SnapshotView[]> {
+      const snapshots = await listSnapshots(pool, ownerScope(caller), filter);
+      const refs = await getStoreRefsOf(pool, snapshots.map((s) => s.id));
+      return snapshots.map((s) => snapshotView(s, refs.get(s.id) ?? []));
+    },
+
+    async get(caller: Caller, id: string): Promise<SnapshotView> {
+      const s = await getSnapshot(pool, id);
+      const owner = ownerScope(caller);
+      if (!s || (owner !== null && s.accountId !== owner)) throw new NotFoundError('snapshot', id);
+      return view(s);
+    },
+
+    /**
+     * Deletes a BackedUp snapshot (BackedUp → Destroying → Destroyed: backup files, then the primary snapshot) or
+     * an Error one (its leftovers). If a file operation fails the snapshot goes to Error for storage GC.
+     */
+    async delete(caller: Caller, id: string): Promise<SnapshotView> {
+      const outcome = await withLockedSnapshot(caller, id, 'delete', async (tx, { snapshot, volume }) => {
+        requireState(snapshot, ['BackedUp', 'Error'], 'delete');
+        const driver = driverFor({ drivers }, volume.hypervisor);
+        if (snapshot.status === 'BackedUp') {
+          await transitionSnapshot(tx, snapshot.id, 'Destroying', { event: { type: 'SNAPSHOT.DELETE', description: `deleting snapshot ${snapshot.name}` } });
+        }
+        try {
+          const refs = await getStoreRefs(tx, snapshot.id);
+          const imageStoreIds = new Set(refs.filter((r) => r.role === 'Image').map((r) => r.storeId));
+          const stores = imageStoreIds.size
+            ? await Promise.all([...imageStoreIds].map((sid) => findImageStore(tx, sid)))
+            : [await defaultImageStore(tx)];
+          // The primary snapshot is skipped when already gone (compensated, or its volume deleted or replaced);
+          // its deletion runs under the image lock held on this transaction.
+          const primaryLive = refs.some((r) => r.role === 'Primary' && r.state !== 'Destroyed');
+          await removeSnapshotStorage({
+            driver,
+            target: { accountId: snapshot.accountId, volumeId: snapshot.volumeId, snapshotId: snapshot.id },
+            storePaths: stores.flatMap((s) => (s ? [s.path] : [])),
+            volumePath: primaryLive && !volume.removedAt ? volume.path : null,
+            lock: imageLockRunner(tx, volume.id, { logger }),
+          });
+        } catch (err) {
+          const reason = `deleting snapshot files failed: ${err instanceof Error ? err.message : String(err)}`;
+          logger.error({ err, snapshotId: snapshot.id }, 'snapshot delete failed; moving it to Error for storage GC');
+          await transitionSnapshot(tx, snapshot.id, 'Error', { set: { last_error: reason }, event: { type: 'SNAPSHOT.DELETE', level: 'ERROR', description: reason } });
+          return { failed: err };
+        }
+        await retireStoreRefs(tx, snapshot.id, 'mark-destroyed');
+        const { snapshot: done } = await transitionSnapshot(tx, snapshot.id, 'Destroyed', {
+          set: { removed: new Date() },
+          event: { type: 'SNAPSHOT.DELETE', description: `snapshot ${snapshot.name} deleted` },
+        });
+        return { done };
+      });
+      if ('failed' in outcome) throw outcome.failed;
+      return view(outcome.done);
+    },
+
+    /**
+     * Reverts the snapshot's volume to it (the primary snapshot must still exist). The volume's VM must be
+     * stopped, and no other snapshot of the volume may be in flight: reverting rewrites the volume.
+     */
+    revert(caller: Caller, id: string): Promise<VolumeView> {
+      return withLockedSnapshot(caller, id, 'revert', async (tx, { snapshot, volume, vm }) => {
+        // Reverting rewrites V: refused while any snapshot of V is in flight (the table's volume `revert` row).
+        assertAllowed({ kind: 'volume', action: 'revert', volumeId: volume.id }, await inFlightSnapshots(tx, { volumeIds: [volume.id] }));
+        requireState(snapshot, ['BackedUp'], 'revert');
+        if (volume.removedAt || volume.state !== 'Ready') throw new ConflictError('INVALID_STATE', `volume ${volume.id} is ${volume.state}`, { volumeId: volume.id });
+        if (vm && vm.state === 'Running') throw new ConflictError('INVALID_STATE', `VM ${vm.id} is Running; stop it before reverting its volume`, { vmId: vm.id, state: vm.state });
+        const driver = driverFor({ drivers }, volume.hypervisor);
+        const primary = (await getStoreRefs(tx, snapshot.id)).find((r) => r.role === 'Primary' && r.state === 'Ready');
+        if (!primary || !(await driver.hasSnapshot(volume.path, snapshot.id))) {
+          throw new ConflictError('PRIMARY_SNAPSHOT_MISSING', `snapshot ${snapshot.id} no longer exists on primary storage; create a volume from its backup instead`, { snapshotId: snapshot.id });
+        }
+        // A qcow2 snapshot records the disk size; reverting restores it.
+        const reverted = await updateVolume(tx, volume.id, snapshot.size ? { size_bytes: snapshot.size } : {});
+        await recordEvent(tx, {
+          type: 'SNAPSHOT.REVERT',
+          accountId: snapshot.accountId,
+          resourceType: 'Snapshot',
+          resourceId: snapshot.id,
+          description: `volume ${volume.name} reverted to snapshot ${snapshot.name}`,
+          details: { snapshotId: snapshot.id, volumeId: volume.id },
+        });
+        // Not undoable, so last: right before COMMIT; under the image lock, held on this transaction.
+        await withImageLock(tx, volume.id, () => driver.revertSnapshot(volume.path, snapshot.id), { logger });
+        return volumeView(reverted);
+      });
+    },
+
+    /**
+     * Creates a new detached DATADISK volume from the snapshot's backup in the image store. Three steps, so
+     * that no row lock or pooled connection is held during the copy: commit the new volume as Creating (the
+     * snapshot cannot be deleted meanwhile: VOLUME_BUSY), copy, commit it Ready. A failure removes the partial
+     * image and the volume (Destroyed); a crash in between is settled by the reconciler.
+     */
+    async createVolume(caller: Caller, id: string, input: { name?: string; poolId?: string }): Promise<VolumeView> {
+      const token = randomUUID();
+      const begun = await withLockedSnapshot(caller, id, 'create-volume', async (tx, { snapshot, volume: source }) => {
+        requireState(snapshot, ['BackedUp'], 'creating a volume');
+        driverFor({ drivers }, source.hypervisor);
+        const { ref, storePath } = await imageRef(tx, snapshot);
+        const target = input.poolId ? await findStoragePool(tx, input.poolId) : await defaultStoragePool(tx, source.hypervisor);
+        if (!target) throw new NotFoundError('storage pool', input.poolId!);
+        if (target.hypervisor !== source.hypervisor) {
+          throw new ConflictError('HYPERVISOR_MISMATCH', `storage pool ${target.name} is a ${target.hypervisor} pool, not ${source.hypervisor}`, { poolId: target.id });
+        }
+        const newId = randomUUID();
+        const pending: Extract<PendingVolumeOperation, { op: 'create-from-snapshot' }> = { op: 'create-from-snapshot', token, snapshotId: snapshot.id, poolId: target.id, poolPath: target.path };
+        const volume = await insertVolume(
+          tx,
+          {
+            id: newId,
+            accountId: snapshot.accountId,
+            vmId: null,
+            name: input.name ?? `${snapshot.name}-volume`,
+            type: 'DATADISK',
+            hypervisor: source.hypervisor,
+            sizeBytes: snapshot.size ?? source.sizeBytes,
+            poolId: target.id,
+            // Where the KVM driver puts it (derived from ids); other drivers only say so when done.
+            path: source.hypervisor === 'KVM' ? kvmVolumePath(target.path, newId) : '',
+            format: source.hypervisor === 'KVM' ? 'qcow2' : 'vhd',
+            deviceId: null,
+          },
+          pending,
+        );
+        return { volume, pending, snapshot, ref, storePath, target };
+      });
+      const { volume, pending, snapshot, ref, storePath, target } = begun;
+      const log = logger.child({ volumeId: volume.id, snapshotId: snapshot.id, operation: 'create-from-snapshot', token });
+      const driver = driverFor({ drivers }, volume.hypervisor);
+      let created;
+      try {
+        // Only reads the backup and writes a file nobody else knows yet: no image lock needed.
+        created = await withVolumeHeartbeat(deps, volume.id, token, () => driver.createVolumeFromBackup(storePath, ref.installPath, target.path, volume.id));
+      } catch (err) {
+        log.error({ err }, 'creating a volume from a snapshot failed; removing it');
+        await settleVolumeOperation({ ...deps, drivers }, volume, pending, err instanceof Error ? err.message : String(err), 'failed').catch((settleErr: unknown) =>
+          log.error({ err: settleErr, cause: err }, 'removing the half-created volume failed; the reconciler will'),
+        );
+        throw err;
+      }
+      const ready = await withTransaction(pool, async (tx) => {
+        const v = await endVolumeOperation(tx, volume.id, token, { state: 'Ready', path: created.path });
+        if (!v) return undefined;
+        await recordEvent(tx, {
+          type: 'VOLUME.CREATE',
+          accountId: snapshot.accountId,
+          resourceType: 'Volume',
+          resourceId: v.id,
+          description: `volume ${v.name} created from snapshot ${snapshot.name}`,
+          details: { volumeId: v.id, snapshotId: snapshot.id, poolId: target.id, path: created.path },
+        });
+        return v;
+      });
+      if (!ready) {
+        // The reconciler judged this process dead and removed the volume meanwhile: the copy goes too.
+        await driver.deleteVolume(created.path).catch((err: unknown) => log.error({ err }, 'removing the abandoned volume image failed'));
+        throw new ConflictError('VOLUME_OPERATION_ABANDONED', `creating volume ${volume.id} took too long and was abandoned; try again`, { volumeId: volume.id, snapshotId: snapshot.id });
+      }
+      log.info({ path: created.path }, 'volume created from snapshot');
+      return volumeView(ready);
     },
   };
 }

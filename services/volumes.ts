@@ -13,7 +13,6 @@ import {
   insertVolume,
   listVolumes,
   markVolumeDestroyed,
-  updateVolume,
   type PendingVolumeOperation,
   type VolumeRecord,
   type VolumeState,

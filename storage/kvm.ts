@@ -17,7 +17,6 @@ import {
   safeProgress,
   settleAll,
   sha256File,
-  SnapshotNotFoundError,
   VolumeExistsError,
   withContext,
   type DriverLogger,

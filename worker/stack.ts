@@ -146,6 +146,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
 
     const snapshots = createSnapshotService({
       pool,
+      drivers,
       client,
       taskQueue: env.TEMPORAL_TASK_QUEUE,
       backupTaskQueue: env.TEMPORAL_BACKUP_TASK_QUEUE,
