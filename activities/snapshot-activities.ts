@@ -121,9 +121,16 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
   }
 
   /** Records a failed copy (reason, next attempt, event) and gives the error to throw. */
-  async function copyFailed(snapshot: SnapshotRecord, attempt: number, maxAttempts: number, err: unknown, classify: boolean, log: Logger): Promise<unknown> {
+  async function copyFailed(
+    snapshot: SnapshotRecord,
+    attempt: number,
+    maxAttempts: number,
+    err: unknown,
+    classify: boolean,
+    log: Logger,
+    gone: boolean,
+  ): Promise<unknown> {
     const message = messageOf(err);
-    const gone = err instanceof Error && err.name === NOT_FOUND;
     const last = attempt >= maxAttempts || gone;
     const nextAttemptAt = last ? null : new Date(Date.now() + snapshot.backupRetryInterval * 1000);
     log.error({ err, maxAttempts, nextAttemptAt }, `backup attempt ${attempt} of ${maxAttempts} failed`);
@@ -138,7 +145,9 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
       details: { snapshotId: snapshot.id, volumeId: snapshot.volumeId, attempt, nextAttemptAt: nextAttemptAt?.toISOString() ?? null },
     });
     if (gone) return ApplicationFailure.nonRetryable(message, NOT_FOUND);
-    return classify ? ApplicationFailure.nonRetryable(message, COPY_FAILED) : err;
+    if (classify) return ApplicationFailure.nonRetryable(message, COPY_FAILED);
+    // Executions before the attempt loop: the retry policy refuses SnapshotNotFoundError, which this is not.
+    return err instanceof Error && err.name === NOT_FOUND ? ApplicationFailure.retryable(message, COPY_FAILED) : err;
   }
 
   /**
@@ -267,7 +276,13 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
         if (classify && stopped === 'WORKER_SHUTDOWN') throw await interrupted(snapshot, attempt, maxAttempts, 'its worker is stopping', err, log);
         // Cancelled by the workflow, or the server no longer waits for this execution: nothing to record.
         if (stopped) throw err;
-        throw await copyFailed(snapshot, attempt, maxAttempts, err, classify, log);
+        // "No such snapshot" read without the image lock (-U) may be a snapshot table caught mid-rewrite by
+        // another writer of the image: only a look under the lock may call it gone (and let compensation go on).
+        const gone =
+          err instanceof Error &&
+          err.name === NOT_FOUND &&
+          !(await withImageLock(pool, snapshot.volumeId, () => driver.hasSnapshot(volume.path, snapshotId), { logger: log }).catch(() => true));
+        throw await copyFailed(snapshot, attempt, maxAttempts, err, classify, log, gone);
       } finally {
         clearInterval(ticker);
       }

@@ -171,7 +171,8 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
       if (volume.state !== 'Ready') {
         throw new ConflictError('INVALID_STATE', `volume ${volume.id} is ${volume.state}, not Ready`, { volumeId: volume.id });
       }
-      driverFor({ drivers }, volume.hypervisor);
+      // A service built only to start workflows (no drivers: they live in the workers) leaves this to them.
+      if (deps.drivers) driverFor({ drivers }, volume.hypervisor);
       assertAllowed({ kind: 'volume', action: 'snapshot', volumeId: volume.id }, await inFlightSnapshots(tx, { volumeIds: [volume.id] }));
       const all = await readSettings(tx);
       const settings = { ...backupRetryFrom(all), queueTimeoutSeconds: all['backup.queue.timeout'] };

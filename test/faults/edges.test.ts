@@ -28,7 +28,8 @@ describe('durability at the edges (real stack)', () => {
 
   beforeAll(async () => {
     // 16 MiB/s: a 64 MiB copy takes seconds, long enough to stop a worker in the middle of it.
-    stack = await startTestStack({ env: { BACKUP_RATE_LIMIT_BYTES_PER_SEC: String(16 * MiB) } });
+    // A 1 s drain: a stopping worker hands its running copy back instead of letting it finish.
+    stack = await startTestStack({ env: { BACKUP_RATE_LIMIT_BYTES_PER_SEC: String(16 * MiB), WORKER_SHUTDOWN_GRACE_SECONDS: '1' } });
     driver = stack.drivers.KVM!;
     accountId = await insertAccount(stack.pool);
     imageStorePath = (await stack.pool.query('SELECT path FROM image_stores')).rows[0].path;
@@ -153,7 +154,11 @@ describe('durability at the edges (real stack)', () => {
       const failures = results.flatMap((r) => (r.status === 'rejected' ? [String(r.reason?.message ?? r.reason)] : []));
       expect(failures).toEqual([]);
       const ids = results.map((r) => (r as PromiseFulfilledResult<{ snapshot: SnapshotRecord }>).value.snapshot.id);
-      for (const id of ids) expect(await driver.hasSnapshot(vol.path, id), id).toBe(true);
+      for (const id of ids) {
+        // A copy that read the snapshot table while another creation rewrote it once took it for gone and
+        // compensated: the primary snapshot of a "created" snapshot vanished.
+        expect(await driver.hasSnapshot(vol.path, id), `${id}: ${(await getSnapshot(stack.pool, id))?.lastError}`).toBe(true);
+      }
       for (const id of ids) expect((await waitForState(id, ['BackedUp', 'Error'])).status).toBe('BackedUp');
     } finally {
       await second.stop();
