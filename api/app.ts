@@ -36,7 +36,7 @@ export interface AppOptions {
   isStopping?: () => boolean;
 }
 
-/** The HTTP application over a running stack (DESIGN.md section 8). */
+/** The HTTP application over a running stack (docs/design.md §8). */
 export function createApp(stack: AppStack, opts: AppOptions = {}): AppOpenAPI {
   const services = createServices(stack);
   const app = createRouter();

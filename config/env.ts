@@ -7,7 +7,7 @@ const optionalString = z
   .optional()
   .transform((v) => (v === '' ? undefined : v));
 
-/** Process environment, parsed once at start-up (DESIGN.md section 9). */
+/** Process environment, parsed once at start-up (docs/design.md §9). */
 export const EnvSchema = z.object({
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

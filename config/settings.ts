@@ -1,7 +1,7 @@
 import { z } from 'zod';
 
 /**
- * Runtime configuration stored in the `configuration` table (DESIGN.md section 7), changeable through the API.
+ * Runtime configuration stored in the `configuration` table (docs/design.md §7), changeable through the API.
  * Values are read when a snapshot is created and travel in the workflow input, so a change applies to the
  * next snapshot without a restart.
  */

@@ -19,7 +19,7 @@ export class ConflictError extends Error {
   }
 }
 
-/** The parallel-operation policy refused an operation (DESIGN.md section 6). */
+/** The parallel-operation policy refused an operation (docs/design.md §6). */
 export class OperationNotAllowedError extends ConflictError {
   constructor(message: string, readonly snapshotId: string, readonly volumeId: string) {
     super('OPERATION_NOT_ALLOWED_DURING_BACKUP', message, { snapshotId, volumeId });

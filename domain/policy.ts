@@ -1,5 +1,5 @@
 /**
- * The parallel-operation policy while a snapshot is being created or backed up (DESIGN.md section 6, the
+ * The parallel-operation policy while a snapshot is being created or backed up (docs/design.md §6, the
  * seed's list). One declarative table read by the workflow query, the API and the tests.
  * Pure and deterministic: workflow code imports it.
  */

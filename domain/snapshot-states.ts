@@ -1,4 +1,4 @@
-/** Snapshot lifecycle states, as CloudStack's Snapshot.State (DESIGN.md section 4). */
+/** Snapshot lifecycle states, as CloudStack's Snapshot.State (docs/design.md §4). */
 export const SNAPSHOT_STATES = [
   'Allocated',
   'Creating',
@@ -24,7 +24,7 @@ export const SNAPSHOT_TRANSITIONS: Readonly<Record<SnapshotState, readonly Snaps
   Destroyed: [],
 };
 
-/** States in which a backup is still in flight: the parallel-operation policy applies (DESIGN.md section 6). */
+/** States in which a backup is still in flight: the parallel-operation policy applies (docs/design.md §6). */
 export const IN_PROGRESS_STATES: readonly SnapshotState[] = ['Allocated', 'Creating', 'CreatedOnPrimary', 'BackingUp'];
 
 export function canTransition(from: SnapshotState, to: SnapshotState): boolean {

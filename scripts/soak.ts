@@ -4,7 +4,7 @@
  * qcow2 images through qemu-img), while a chaos loop takes the image store away now and then so some backups
  * fail and are compensated. Then an auditor replays the `events` table and proves that
  *   - no forbidden operation ran while a backup of the affected volume was in flight (rules written here from
- *     DESIGN.md section 6, not taken from domain/policy.ts, so that a wrong policy table is caught too),
+ *     docs/design.md §6, not taken from domain/policy.ts, so that a wrong policy table is caught too),
  *   - no refusal was spurious (each 409 OPERATION_NOT_ALLOWED_DURING_BACKUP names a snapshot in flight then),
  *   - every snapshot settled (BackedUp, Error or Destroyed), and storage matches the rows after storage GC:
  *     BackedUp ⇒ Image ref Ready and the backup file has that checksum; Error/Destroyed ⇒ no primary snapshot,
@@ -132,7 +132,7 @@ type VolumeType = 'ROOT' | 'DATADISK';
 
 /**
  * Which VM operations may run on VM M while a snapshot of its volume V (type T) is in flight, by event type
- * (DESIGN.md section 6, written out again here on purpose). `true`: always; `false`: never; a function decides.
+ * (docs/design.md §6, written out again here on purpose). `true`: always; `false`: never; a function decides.
  */
 const VM_EVENT_RULES: Record<string, boolean | ((t: VolumeType, e: AuditEvent, v: string) => boolean)> = {
   'VM.START': true,

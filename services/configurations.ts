@@ -8,7 +8,7 @@ import { NotFoundError, ValidationError } from '../domain/errors.js';
 import type { Caller } from './caller.js';
 import type { StorageGcService } from './storage-gc.js';
 
-/** Runtime configuration (DESIGN.md section 7): read by anyone, changed by admins. */
+/** Runtime configuration (docs/design.md §7): read by anyone, changed by admins. */
 export function createConfigurationService(deps: {
   pool: Pool;
   logger: Logger;

@@ -5,7 +5,7 @@ import type { VmRecord } from '../db/vms.js';
 import type { VolumeRecord } from '../db/volumes.js';
 
 /*
- * The API shapes of the resources (DESIGN.md section 8), built from records. The zod schemas in api/schemas
+ * The API shapes of the resources (docs/design.md §8), built from records. The zod schemas in api/schemas
  * describe exactly these.
  */
 
@@ -69,7 +69,7 @@ function backupLastError(s: SnapshotRecord, nowMs: number): string | null {
   return s.lastError === null ? null : publicErrorMessage(s.lastError);
 }
 
-/** A snapshot as DESIGN.md section 8 specifies it. */
+/** A snapshot as docs/design.md §8 specifies it. */
 export function snapshotView(s: SnapshotRecord, refs: StoreRefRecord[], nowMs = Date.now()): SnapshotView {
   return {
     id: s.id,

@@ -31,7 +31,7 @@ export interface CreateVmInput {
   dataDisks?: Array<{ name?: string; sizeBytes: number }>;
 }
 
-/** A VM action with its parameters (DESIGN.md section 8). */
+/** A VM action with its parameters (docs/design.md §8). */
 export type VmActionRequest =
   | { action: 'start' | 'stop' | 'reboot' | 'destroy' | 'reinstall' | 'detach-iso' }
   | { action: 'attach-iso'; isoId: string }

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MiB, startApiHarness, waitFor, type ApiHarness } from './harness.js';
 
 /**
- * The parallel-operation policy of DESIGN.md section 6 through the HTTP API. Backups are held in BackingUp
+ * The parallel-operation policy of docs/design.md §6 through the HTTP API. Backups are held in BackingUp
  * deterministically: the image store points under a regular file, so the first attempt fails at once and the
  * retry waits an hour (backup.retry.interval = 3600).
  */

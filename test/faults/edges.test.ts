@@ -45,7 +45,7 @@ describe('durability at the edges (real stack)', () => {
       return s && states.includes(s.status) ? s : undefined;
     }, timeoutMs, `snapshot ${id} in ${states.join('|')}`);
 
-  /** What must hold for a BackedUp snapshot whatever happened to it: DESIGN.md section 12 (docs/design.md). */
+  /** What must hold for a BackedUp snapshot whatever happened to it: docs/design.md §12. */
   async function expectIntactBackup(s: SnapshotRecord, volumePath: string) {
     const fresh = (await getSnapshot(stack.pool, s.id))!;
     expect(fresh.status).toBe('BackedUp');

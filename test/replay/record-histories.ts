@@ -1,7 +1,7 @@
 /**
  * Records real snapshot-workflow histories for the replay tests: runs each scenario on a real stack (Temporal
  * dev server, embedded PostgreSQL, qcow2 images) and writes the history as JSON to test/replay/histories/.
- * Run with `npm run record-histories` after a deliberate, patched() change to the workflow (see README).
+ * Run with `npm run record-histories` after a deliberate, patched() change to the workflow (see docs/how-it-works.md, "Changing a workflow safely").
  */
 import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';

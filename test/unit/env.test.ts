@@ -2,7 +2,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadEnv } from '../../config/env.js';
 
-describe('loadEnv defaults (DESIGN.md section 9)', () => {
+describe('loadEnv defaults (docs/design.md §9)', () => {
   const env = loadEnv({});
 
   it('PORT 8080, TEMPORAL_UI_PORT 8233', () => {

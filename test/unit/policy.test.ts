@@ -18,7 +18,7 @@ import {
 
 /*
  * Expected behaviour written independently from the seed ("Parallel operations that can happen during backing
- * up of snapshot") and DESIGN.md section 6. Deliberately NOT derived from VM_ACTION_POLICY.
+ * up of snapshot") and docs/design.md §6. Deliberately NOT derived from VM_ACTION_POLICY.
  *
  * Seed, VM operations allowed in parallel:
  *   Start VM, Stop VM, Destroy VM (only when data disks are backing up), Reboot VM,
@@ -27,7 +27,7 @@ import {
  * "All the other VM/Volume operations not listed above are not supported."
  */
 
-/** The VM actions of the HTTP contract (DESIGN.md section 8). */
+/** The VM actions of the HTTP contract (docs/design.md §8). */
 const CONTRACT_VM_ACTIONS = [
   'start',
   'stop',

@@ -9,7 +9,7 @@ import {
   type SettingName,
 } from '../../config/settings.js';
 
-/** DESIGN.md section 7, plus backup.queue.timeout (the bound on waiting for a backup worker). */
+/** docs/design.md §7, backup.queue.timeout (the bound on waiting for a backup worker) included. */
 const DESIGN_DEFAULTS = {
   'backup.max.attempts': 3,
   'backup.retry.interval': 300,
@@ -19,7 +19,7 @@ const DESIGN_DEFAULTS = {
 };
 
 describe('defaults', () => {
-  it('are exactly the DESIGN.md section 7 table', () => {
+  it('are exactly the docs/design.md §7 table', () => {
     expect(DEFAULT_SETTINGS).toEqual(DESIGN_DEFAULTS);
   });
 

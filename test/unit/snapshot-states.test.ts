@@ -19,7 +19,7 @@ const STATES: SnapshotState[] = [
   'Destroyed',
 ];
 
-/** DESIGN.md section 4, written out independently of SNAPSHOT_TRANSITIONS. */
+/** docs/design.md §4, written out independently of SNAPSHOT_TRANSITIONS. */
 const DESIGN_TRANSITIONS: Array<[SnapshotState, SnapshotState]> = [
   ['Allocated', 'Creating'],
   ['Creating', 'CreatedOnPrimary'],
@@ -33,8 +33,8 @@ const DESIGN_TRANSITIONS: Array<[SnapshotState, SnapshotState]> = [
 ];
 
 /**
- * Failure edges beyond section 4's list that the design needs: the workflow's markSnapshotError may run before
- * the row left Allocated (primary creation failed at once) or before it reached BackingUp; section 5's GC
+ * The failure edges of docs/design.md §4 beyond the specification's own list: the workflow's markSnapshotError
+ * may run before the row left Allocated (primary creation failed at once) or before it reached BackingUp; the GC
  * reconciler moves a snapshot whose workflow is gone to Error from any in-flight state; a failed deletion is
  * left in Error for storage GC. Each still ends in Error, which only GC leaves (to Destroyed).
  */
@@ -49,7 +49,7 @@ const key = (from: SnapshotState, to: SnapshotState): string => `${from}->${to}`
 const allowedKeys = new Set(EXPECTED_ALLOWED.map(([f, t]) => key(f, t)));
 
 describe('states', () => {
-  it('are exactly the CloudStack Snapshot.State names of DESIGN.md section 4', () => {
+  it('are exactly the CloudStack Snapshot.State names of docs/design.md §4', () => {
     expect([...SNAPSHOT_STATES].sort()).toEqual([...STATES].sort());
   });
 
@@ -59,7 +59,7 @@ describe('states', () => {
   });
 });
 
-describe('legal transitions (DESIGN.md section 4)', () => {
+describe('legal transitions (docs/design.md §4)', () => {
   it.each(DESIGN_TRANSITIONS)('%s -> %s is allowed', (from, to) => {
     expect(canTransition(from, to)).toBe(true);
   });

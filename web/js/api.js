@@ -1,4 +1,4 @@
-/** The volsnap HTTP API (DESIGN.md section 8) with the user's API key as `Authorization: Bearer`. */
+/** The volsnap HTTP API (docs/design.md §8) with the user's API key as `Authorization: Bearer`. */
 
 export class ApiError extends Error {
   constructor(status, code, message, details) {
