@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { ApplicationFailure, Context } from '@temporalio/activity';
+import type { Hypervisor } from '../domain/hypervisor.js';
 import type { Logger } from 'pino';
 import { defaultImageStore } from '../db/catalog.js';
 import { findImageStore } from '../db/catalog-queries.js';
@@ -16,13 +17,13 @@ import {
   type SnapshotRecord,
 } from '../db/snapshots.js';
 import { IllegalSnapshotTransitionError, canTransition } from '../domain/snapshot-states.js';
-import type { BackupResult, StorageDriver } from '../storage/driver.js';
+import type { BackupResult, StorageDriver, StorageDrivers } from '../storage/driver.js';
 import { CommandError } from '../storage/exec.js';
-import { ACTIVITY_FAILURE_TYPES, FAILURE_TYPES, type BackupAttemptInput } from '../workflows/definitions.js';
+import { ACTIVITY_FAILURE_TYPES, FAILURE_TYPES, nextBackupAttemptAt, type BackupAttemptInput } from '../workflows/definitions.js';
 
 export interface SnapshotActivityDeps {
   pool: Pool;
-  drivers: Partial<Record<'KVM' | 'XenServer', StorageDriver>>;
+  drivers: StorageDrivers;
   logger: Logger;
   /** How often progress reaches the database and the heartbeat (ms). */
   progressIntervalMs?: number;
@@ -39,7 +40,7 @@ export interface BackupMetricsHooks {
 
 interface VolumeLocation {
   path: string;
-  hypervisor: 'KVM' | 'XenServer';
+  hypervisor: Hypervisor;
   poolId: string;
   sizeBytes: number;
 }
@@ -131,8 +132,8 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
     gone: boolean,
   ): Promise<unknown> {
     const message = messageOf(err);
-    const last = attempt >= maxAttempts || gone;
-    const nextAttemptAt = last ? null : new Date(Date.now() + snapshot.backupRetryInterval * 1000);
+    const nextAttemptAt = gone ? null : nextBackupAttemptAt(Date.now(), attempt, { maxAttempts, retryIntervalSeconds: snapshot.backupRetryInterval });
+    const last = nextAttemptAt === null;
     log.error({ err, maxAttempts, nextAttemptAt }, `backup attempt ${attempt} of ${maxAttempts} failed`);
     await updateBackupProgress(pool, snapshot.id, { lastError: message, nextAttemptAt });
     await recordEvent(pool, {

@@ -1,3 +1,4 @@
+import type { Hypervisor } from '../domain/hypervisor.js';
 import type { Dirent } from 'node:fs';
 import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
@@ -11,12 +12,13 @@ import { reconcileStuckVolumes, type VolumeReconcileResult } from '../services/v
 import { retireStoreRefs, transitionSnapshot } from '../db/snapshots.js';
 import { IN_PROGRESS_STATES, IllegalSnapshotTransitionError, type SnapshotState } from '../domain/snapshot-states.js';
 import { removeSnapshotStorage } from '../storage/cleanup.js';
-import type { StorageDriver } from '../storage/driver.js';
+import type { StorageDrivers } from '../storage/driver.js';
 import { isFileOf, isUuid } from '../storage/paths.js';
+import { snapshotWorkflowId } from '../workflows/definitions.js';
 
 export interface StorageGcActivityDeps {
   pool: Pool;
-  drivers: Partial<Record<'KVM' | 'XenServer', StorageDriver>>;
+  drivers: StorageDrivers;
   logger: Logger;
   /** Needed by the reconciler (it describes each in-flight snapshot's workflow); without it that step is skipped. */
   client?: Client;
@@ -224,7 +226,7 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
         name: string;
         volume_path: string;
         volume_state: string;
-        hypervisor: 'KVM' | 'XenServer';
+        hypervisor: Hypervisor;
       }>(
         `SELECT s.id, s.account_id, s.volume_id, s.name, v.path AS volume_path, v.state AS volume_state, v.hypervisor
          FROM snapshots s JOIN volumes v ON v.id = s.volume_id
@@ -234,7 +236,7 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
       const stores = await imageStores();
       for (const row of rows) {
         beat({ step: 'clean', snapshotId: row.id });
-        const slog = log.child({ snapshotId: row.id, volumeId: row.volume_id, workflowId: `snapshot-${row.id}` });
+        const slog = log.child({ snapshotId: row.id, volumeId: row.volume_id, workflowId: snapshotWorkflowId(row.id) });
         try {
           const driver = deps.drivers[row.hypervisor];
           if (!driver) throw new Error(`no storage driver for ${row.hypervisor}`);

@@ -3,16 +3,24 @@ import { HTTPException } from 'hono/http-exception';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import { ZodError } from 'zod';
 import { ImageBusyError } from '../storage/common.js';
-import { ConflictError, NotFoundError, ServiceUnavailableError, SnapshotCreationFailedError, ValidationError, publicErrorMessage } from '../domain/errors.js';
+import {
+  ConflictError,
+  NotFoundError,
+  ServiceUnavailableError,
+  SnapshotCreationFailedError,
+  ValidationError,
+  publicErrorMessage,
+  type ErrorCode,
+} from '../domain/errors.js';
 import { IllegalSnapshotTransitionError } from '../domain/snapshot-states.js';
 import type { AppBindings } from './types.js';
 
 /** The one error shape of the API: `{"error": {"code", "message", "details"}}`. */
 export interface ErrorBody {
-  error: { code: string; message: string; details: Record<string, unknown> };
+  error: { code: ErrorCode; message: string; details: Record<string, unknown> };
 }
 
-export function errorBody(code: string, message: string, details: Record<string, unknown> = {}): ErrorBody {
+export function errorBody(code: ErrorCode, message: string, details: Record<string, unknown> = {}): ErrorBody {
   return { error: { code, message, details } };
 }
 
@@ -20,7 +28,7 @@ export function errorBody(code: string, message: string, details: Record<string,
 export class HttpError extends Error {
   constructor(
     readonly status: ContentfulStatusCode,
-    readonly code: string,
+    readonly code: ErrorCode,
     message: string,
     readonly details: Record<string, unknown> = {},
   ) {
@@ -61,7 +69,7 @@ export function validationHook(result: { success: boolean; error?: ZodError; tar
   return undefined;
 }
 
-const HTTP_EXCEPTION_CODES: Record<number, string> = {
+const HTTP_EXCEPTION_CODES: Record<number, ErrorCode> = {
   400: 'MALFORMED_REQUEST',
   401: 'UNAUTHORIZED',
   404: 'NOT_FOUND',
@@ -80,7 +88,7 @@ export function toErrorResponse(err: unknown): { status: ContentfulStatusCode; b
   if (err instanceof HttpError) return ok(err.status, errorBody(err.code, err.message, err.details));
   if (err instanceof HTTPException) {
     const message = err.status === 400 && /JSON/i.test(err.message) ? 'malformed JSON in request body' : err.message || 'request refused';
-    const code = err.status === 400 && /JSON/i.test(err.message) ? 'MALFORMED_JSON' : (HTTP_EXCEPTION_CODES[err.status] ?? `HTTP_${err.status}`);
+    const code = err.status === 400 && /JSON/i.test(err.message) ? 'MALFORMED_JSON' : (HTTP_EXCEPTION_CODES[err.status] ?? (err.status < 500 ? 'MALFORMED_REQUEST' : 'INTERNAL'));
     return ok(err.status as ContentfulStatusCode, errorBody(code, message));
   }
   if (err instanceof NotFoundError) return ok(404, errorBody('NOT_FOUND', err.message, { resource: err.resource, id: err.id }));

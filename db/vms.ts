@@ -1,6 +1,7 @@
 import type { Queryable } from './pool.js';
 
-export type Hypervisor = 'KVM' | 'XenServer';
+export type { Hypervisor } from '../domain/hypervisor.js';
+import type { Hypervisor } from '../domain/hypervisor.js';
 export type VmState = 'Running' | 'Stopped' | 'Destroyed';
 
 /** A `virtual_machines` row. */

@@ -13,13 +13,13 @@ import { recordEvent } from '../db/events.js';
 import { withImageLock } from '../db/image-locks.js';
 import { withTransaction, type Pool } from '../db/pool.js';
 import { endVolumeOperation, findStuckVolumes, type PendingVolumeOperation, type VolumeRecord } from '../db/volumes.js';
-import type { StorageDriver } from '../storage/driver.js';
+import type { StorageDrivers } from '../storage/driver.js';
 import { isFileOf, volumePath as kvmVolumePath } from '../storage/paths.js';
 import { VOLUME_STALE_AFTER_SECONDS } from './volume-operations.js';
 
 export interface VolumeReconcileDeps {
   pool: Pool;
-  drivers: Partial<Record<'KVM' | 'XenServer', StorageDriver>>;
+  drivers: StorageDrivers;
   logger: Logger;
 }
 

@@ -1,3 +1,5 @@
+import type { Hypervisor } from '../domain/hypervisor.js';
+
 /** What the snapshot engine needs from a hypervisor's storage (KVM: qcow2 + qemu-img; XenServer: XenAPI). */
 
 /** Thrown by drivers when an image stays locked by another process beyond their retry bound; retryable. */
@@ -35,7 +37,7 @@ export interface CreatedVolume {
 export type ImageLockRunner = <T>(fn: () => Promise<T>) => Promise<T>;
 
 export interface StorageDriver {
-  readonly hypervisor: 'KVM' | 'XenServer';
+  readonly hypervisor: Hypervisor;
 
   /** Creates an empty volume image of `sizeBytes` in pool `poolPath`. */
   createVolume(poolPath: string, volumeId: string, sizeBytes: number): Promise<CreatedVolume>;
@@ -79,3 +81,6 @@ export interface StorageDriver {
   /** Removes backup files of a snapshot, including temporary (partial) ones; missing files are not an error. */
   deleteBackupFiles(imageStoreRoot: string, target: BackupTarget): Promise<string[]>;
 }
+
+/** The storage drivers a process has, by hypervisor (a hypervisor without one is refused). */
+export type StorageDrivers = Partial<Record<Hypervisor, StorageDriver>>;

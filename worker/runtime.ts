@@ -3,6 +3,7 @@ import type { ActivityInterceptorsFactory } from '@temporalio/worker';
 import { DefaultLogger, Runtime, type LogEntry, type LogLevel } from '@temporalio/worker';
 import type { Logger } from 'pino';
 import { withLogContext } from '../observability/logger.js';
+import { snapshotIdOfWorkflow } from '../workflows/definitions.js';
 
 let installed = false;
 /** snapshotId → volumeId, learnt by the activity log context, for the SDK's own lines about a snapshot. */
@@ -18,7 +19,6 @@ let sdkMetricsUrl: string | null = null;
 
 const LEVELS = { TRACE: 'trace', DEBUG: 'debug', INFO: 'info', WARN: 'warn', ERROR: 'error' } as const;
 
-const SNAPSHOT_WORKFLOW = /^snapshot-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/i;
 
 /** The lowest SDK level worth producing for a pino level (pino filters again). */
 function sdkLevel(pinoLevel: string): LogLevel {
@@ -53,8 +53,8 @@ export function installTemporalRuntime(logger: Logger, metricsBind?: string | fa
   const runtimeLogger = new DefaultLogger(sdkLevel(logger.level), (entry: LogEntry) => {
     const { message, meta } = entry;
     const fields: Record<string, unknown> = { ...meta };
-    const m = typeof fields.workflowId === 'string' ? SNAPSHOT_WORKFLOW.exec(fields.workflowId) : null;
-    if (m && fields.snapshotId === undefined) fields.snapshotId = m[1]!.toLowerCase();
+    const snapshotId = typeof fields.workflowId === 'string' ? snapshotIdOfWorkflow(fields.workflowId) : null;
+    if (snapshotId && fields.snapshotId === undefined) fields.snapshotId = snapshotId;
     if (typeof fields.snapshotId === 'string' && fields.volumeId === undefined) {
       const volumeId = knownVolumes.get(fields.snapshotId);
       if (volumeId) fields.volumeId = volumeId;

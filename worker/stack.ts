@@ -18,7 +18,7 @@ import { reconcileStuckVolumes } from '../services/volume-reconcile.js';
 import { processMetrics, type VolsnapMetrics } from '../observability/metrics.js';
 import { KvmStorageDriver } from '../storage/kvm.js';
 import { XenServerStorageDriver } from '../storage/xen.js';
-import type { StorageDriver } from '../storage/driver.js';
+import type { StorageDrivers } from '../storage/driver.js';
 import { connectClient, connectWorker } from '../temporal/connection.js';
 import { startDevServer, type DevServer } from '../temporal/dev-server.js';
 import { ensureSearchAttributes } from '../temporal/search-attributes.js';
@@ -34,7 +34,7 @@ export interface Stack {
   pool: Pool;
   client: Client;
   connection: Connection;
-  drivers: Partial<Record<'KVM' | 'XenServer', StorageDriver>>;
+  drivers: StorageDrivers;
   snapshots: SnapshotService;
   devServer: DevServer | null;
   workers: RunningWorkers | null;

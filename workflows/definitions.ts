@@ -15,6 +15,23 @@ export const SEARCH_ATTRIBUTES = {
 /** The workflow id of a snapshot's workflow. */
 export const snapshotWorkflowId = (snapshotId: string): string => `snapshot-${snapshotId}`;
 
+const SNAPSHOT_WORKFLOW_ID = /^snapshot-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/i;
+
+/** The snapshot id of a snapshot workflow's id (lower-cased); null for any other workflow. */
+export function snapshotIdOfWorkflow(workflowId: string): string | null {
+  const m = SNAPSHOT_WORKFLOW_ID.exec(workflowId);
+  return m ? m[1]!.toLowerCase() : null;
+}
+
+/**
+ * When the next backup attempt starts after a copy failed at `failedAtMs`: the workflow sleeps
+ * `backup.retry.interval` (fixed, no backoff), so this is what the snapshot shows as `nextAttemptAt`.
+ * Null after the last attempt.
+ */
+export function nextBackupAttemptAt(failedAtMs: number, attempt: number, backup: BackupRetrySettings): Date | null {
+  return attempt >= backup.maxAttempts ? null : new Date(failedAtMs + backup.retryIntervalSeconds * 1000);
+}
+
 export interface SnapshotWorkflowInput {
   snapshotId: string;
   volumeId: string;

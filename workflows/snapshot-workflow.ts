@@ -35,7 +35,7 @@ import type { BackupResult } from '../storage/driver.js';
 /** Short bookkeeping activities on the main task queue. */
 const bookkeeping = proxyActivities<SnapshotActivities>({
   startToCloseTimeout: '1 minute',
-  retry: { maximumAttempts: 5, initialInterval: '1 second', nonRetryableErrorTypes: ['SnapshotNotFoundError'] },
+  retry: { maximumAttempts: 5, initialInterval: '1 second', nonRetryableErrorTypes: [ACTIVITY_FAILURE_TYPES.notFound] },
 });
 
 /** Creating the primary snapshot: a definite storage failure is final ("exactly as before the feature"). */
@@ -149,7 +149,7 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
         initialInterval: `${backup.retryIntervalSeconds} seconds`,
         maximumInterval: `${backup.retryIntervalSeconds} seconds`,
         backoffCoefficient: 1,
-        nonRetryableErrorTypes: ['SnapshotNotFoundError'],
+        nonRetryableErrorTypes: [ACTIVITY_FAILURE_TYPES.notFound],
       },
       summary: `back up to secondary (up to ${backup.maxAttempts} attempts, ${backup.retryIntervalSeconds}s apart)`,
     });

@@ -1,10 +1,15 @@
+import { ERROR_CODES, ERROR_CODE_NAMES } from '../../domain/errors.js';
+import { HYPERVISORS } from '../../domain/hypervisor.js';
 import { z } from '@hono/zod-openapi';
 
 /** The error shape of every non-2xx answer. */
 export const ErrorSchema = z
   .object({
     error: z.object({
-      code: z.string().openapi({ example: 'OPERATION_NOT_ALLOWED_DURING_BACKUP' }),
+      code: z.enum(ERROR_CODE_NAMES).openapi({
+        example: 'OPERATION_NOT_ALLOWED_DURING_BACKUP',
+        description: ERROR_CODE_NAMES.map((c) => `${c} (${ERROR_CODES[c].status}): ${ERROR_CODES[c].description}`).join('; '),
+      }),
       message: z.string(),
       details: z.record(z.string(), z.unknown()),
     }),
@@ -40,7 +45,7 @@ export const SizeBytesSchema = z
   // The document generator drops zod's multipleOf; state it so clients and fuzzers see the rule the server applies.
   .openapi({ example: 1073741824, multipleOf: 512 });
 
-export const HypervisorSchema = z.enum(['KVM', 'XenServer']).openapi({ description: 'XenServer is accepted by the schema; the server refuses it while no XenServer driver is configured' });
+export const HypervisorSchema = z.enum(HYPERVISORS).openapi({ description: 'XenServer is accepted by the schema; the server refuses it while no XenServer driver is configured' });
 
 export const TimestampSchema = z.string().openapi({ format: 'date-time' });
 
