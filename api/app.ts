@@ -3,7 +3,7 @@ import { bodyLimit } from 'hono/body-limit';
 import { requestId } from 'hono/request-id';
 import { metricsHandler, metricsMiddleware } from '../observability/metrics.js';
 import { createServices } from '../services/index.js';
-import type { Stack } from '../worker/stack.js';
+import type { Stack } from '../app/stack.js';
 import { DOCS_HTML } from './docs.js';
 import { errorBody, notFoundOrMethodNotAllowed, onError } from './errors.js';
 import { requireApiKey } from './middleware/auth.js';

@@ -1,6 +1,6 @@
 /** `npm run api`: the HTTP API alone, against DATABASE_URL and TEMPORAL_ADDRESS (or the embedded defaults). */
-import { bootstrap, startupFailed } from '../worker/process.js';
-import { startStack, type Stack } from '../worker/stack.js';
+import { bootstrap, startupFailed } from '../app/process.js';
+import { startStack, type Stack } from '../app/stack.js';
 import { createApp } from './app.js';
 import { listen } from './server.js';
 

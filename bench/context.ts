@@ -1,5 +1,5 @@
 /** What every bench phase gets: the running stack, HTTP clients, the mode, and a progress logger. */
-import type { TestStack } from '../test/support/stack.js';
+import type { TestStack } from '../harness/stack.js';
 import type { HttpClient } from './lib/http.js';
 
 export interface BenchContext {

@@ -30,7 +30,7 @@ export const EnvSchema = z.object({
   TEMPORAL_API_KEY: optionalString,
   TEMPORAL_TASK_QUEUE: z.string().default('volsnap'),
   TEMPORAL_BACKUP_TASK_QUEUE: z.string().default('volsnap-backup'),
-  /** host:port for the Temporal SDK's Prometheus exporter (worker/runtime.ts reads it before the env is parsed). */
+  /** host:port for the Temporal SDK's Prometheus exporter (app/runtime.ts reads it before the env is parsed). */
   TEMPORAL_METRICS_BIND: optionalString,
   /** `npm run worker` only: serve this process's Prometheus metrics on this port. */
   METRICS_PORT: port.optional(),
@@ -46,14 +46,14 @@ export const EnvSchema = z.object({
   BACKUP_RATE_LIMIT_BYTES_PER_SEC: z.coerce.number().int().positive().optional(),
   /**
    * On SIGTERM/SIGINT, how long running backup copies may go on before they are cancelled (the Worker's
-   * shutdownGraceTime); the process exits by force a margin after it (worker/process.ts).
+   * shutdownGraceTime); the process exits by force a margin after it (app/process.ts).
    */
   WORKER_SHUTDOWN_GRACE_SECONDS: z.coerce.number().int().min(0).max(86_400).default(300),
 });
 
 /**
- * Seconds the process may take beyond WORKER_SHUTDOWN_GRACE_SECONDS before it exits by force (worker/process.ts):
- * the SDK's own force margin (worker/workers.ts) plus stopping PostgreSQL and the Temporal dev server.
+ * Seconds the process may take beyond WORKER_SHUTDOWN_GRACE_SECONDS before it exits by force (app/process.ts):
+ * the SDK's own force margin (app/workers.ts) plus stopping PostgreSQL and the Temporal dev server.
  */
 export const FORCE_EXIT_MARGIN_SECONDS = 60;
 

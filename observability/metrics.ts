@@ -1,6 +1,6 @@
 /**
  * Prometheus metrics (`GET /metrics`): the service's own metrics (prom-client) followed by the Temporal SDK's
- * runtime metrics (`temporal_*`, exported by the SDK's Core on a loopback port, see worker/runtime.ts).
+ * runtime metrics (`temporal_*`, exported by the SDK's Core on a loopback port, see app/runtime.ts).
  *
  * Every process has its own registry. With `npm start` the API and the workers share one process, so one
  * scrape sees everything. Run apart (`npm run api`, `npm run worker`), the API process's `/metrics` carries
@@ -15,7 +15,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { BackupMetricsHooks } from '../activities/snapshot-activities.js';
 import type { Queryable } from '../db/pool.js';
 import { SNAPSHOT_STATES } from '../domain/snapshot-states.js';
-import { temporalSdkMetricsUrl } from '../worker/runtime.js';
+import { temporalSdkMetricsUrl } from '../app/runtime.js';
 
 export interface VolsnapMetrics {
   registry: Registry;

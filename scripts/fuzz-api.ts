@@ -31,8 +31,8 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, wr
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { freePort } from '../test/support/ports.js';
-import { spawnService, waitForHttp200, type ServiceProcess } from '../test/support/service-process.js';
+import { freePort } from '../harness/ports.js';
+import { spawnService, waitForHttp200, type ServiceProcess } from '../harness/service-process.js';
 
 const ROOT = resolve(import.meta.dirname, '..');
 export const SCHEMATHESIS = join(ROOT, '.tools', 'venv', 'bin', 'schemathesis');

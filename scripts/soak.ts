@@ -18,17 +18,17 @@
  * also depends on the state at that moment (actors run concurrently), so two runs with one seed are alike, not
  * identical. Every request and its answer is in the report, with the seed.
  */
+import { sha256File as sha256Hex } from '../storage/common.js';
 import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { chmodSync, createReadStream, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { createApp } from '../api/app.js';
 import { updateSetting } from '../db/settings.js';
 import { silentLogger } from '../observability/logger.js';
-import { installTemporalRuntime } from '../worker/runtime.js';
-import { startTestStack, type TestStack } from '../test/support/stack.js';
+import { installTemporalRuntime } from '../app/runtime.js';
+import { startTestStack, type TestStack } from '../harness/stack.js';
 
 const exec = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -407,10 +407,9 @@ async function act(api: Api, rnd: () => number, catalog: Catalog, maxVms: number
 // ---------------------------------------------------------------------------------------------------------------
 // Storage consistency
 
+/** `sha256:<hex>` of a file, as store refs record it. */
 async function sha256File(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return `sha256:${hash.digest('hex')}`;
+  return `sha256:${await sha256Hex(path)}`;
 }
 
 function walk(dir: string): string[] {

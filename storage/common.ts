@@ -134,3 +134,28 @@ export async function removeBackupFiles(final: string): Promise<string[]> {
   if (removed.length > 0) await fsyncPath(dir);
   return removed;
 }
+
+/** The hex digest of a stored `sha256:<hex>` checksum (lower-cased); throws on any other form. */
+export function sha256Hex(checksum: string): string {
+  const m = /^sha256:([0-9a-f]{64})$/i.exec(checksum);
+  if (!m) throw new Error(`checksum must be sha256:<64 hex>, got ${JSON.stringify(checksum)}`);
+  return m[1]!.toLowerCase();
+}
+
+/**
+ * Runs `fn` after every earlier call with the same key has settled: one queue per key. The drivers keep one per
+ * image, so qemu-img / XenAPI mutations from this process never overlap (db/image-locks.ts covers processes).
+ */
+export class KeyedQueue {
+  private readonly tails = new Map<string, Promise<unknown>>();
+
+  async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const next = (this.tails.get(key) ?? Promise.resolve()).catch(() => undefined).then(fn);
+    this.tails.set(key, next);
+    try {
+      return await next;
+    } finally {
+      if (this.tails.get(key) === next) this.tails.delete(key);
+    }
+  }
+}

@@ -17,6 +17,8 @@ import {
   safeProgress,
   settleAll,
   sha256File,
+  sha256Hex,
+  KeyedQueue,
   VolumeExistsError,
   withContext,
   type DriverLogger,
@@ -64,7 +66,7 @@ export class KvmStorageDriver implements StorageDriver {
   private readonly rateLimit: number | undefined;
   private readonly lockRetryMs: number;
   /** Per-image queue: qemu-img mutations take the image's write lock, so in-process ones must not overlap. */
-  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly locks = new KeyedQueue();
 
   constructor(opts: KvmDriverOptions = {}) {
     this.qemuImg = opts.qemuImg ?? 'qemu-img';
@@ -264,8 +266,7 @@ export class KvmStorageDriver implements StorageDriver {
 
   async verifyBackup(imageStoreRoot: string, installPath: string, checksum: string): Promise<boolean> {
     const file = resolveInstallPath(imageStoreRoot, installPath);
-    const m = /^sha256:([0-9a-f]{64})$/i.exec(checksum);
-    if (!m) throw new Error(`checksum must be sha256:<64 hex>, got ${JSON.stringify(checksum)}`);
+    const expected = sha256Hex(checksum);
     let actual: string;
     try {
       actual = await sha256File(file);
@@ -273,7 +274,7 @@ export class KvmStorageDriver implements StorageDriver {
       if (errCode(err) === 'ENOENT') return false;
       throw err;
     }
-    if (actual !== m[1]!.toLowerCase()) return false;
+    if (actual !== expected) return false;
     try {
       await this.qemu(['check', '-q', '-f', 'qcow2', file]);
       return true;
@@ -359,15 +360,8 @@ export class KvmStorageDriver implements StorageDriver {
     }
   }
 
-  private async locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(key) ?? Promise.resolve();
-    const next = prev.catch(() => undefined).then(fn);
-    this.locks.set(key, next);
-    try {
-      return await next;
-    } finally {
-      if (this.locks.get(key) === next) this.locks.delete(key);
-    }
+  private locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    return this.locks.run(key, fn);
   }
 }
 

@@ -19,6 +19,8 @@ import {
   removeBackupFiles,
   safeProgress,
   sha256File,
+  sha256Hex,
+  KeyedQueue,
   VolumeExistsError,
   withContext,
   type DriverLogger,
@@ -84,7 +86,7 @@ export class XenServerStorageDriver implements StorageDriver {
   /** One client (one session) per host and user, shared by every SR that host serves. */
   private readonly clients = new Map<string, XenApiClient>();
   /** Per-VDI queue: check-then-act sequences (snapshot idempotency, migrate) must not interleave in-process. */
-  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly locks = new KeyedQueue();
 
   constructor(opts: XenServerDriverOptions) {
     const single = 'hosts' in opts ? undefined : { ...opts };
@@ -292,10 +294,9 @@ export class XenServerStorageDriver implements StorageDriver {
 
   async verifyBackup(imageStoreRoot: string, installPath: string, checksum: string): Promise<boolean> {
     const file = resolveInstallPath(imageStoreRoot, installPath);
-    const m = /^sha256:([0-9a-f]{64})$/i.exec(checksum);
-    if (!m) throw new Error(`checksum must be sha256:<64 hex>, got ${JSON.stringify(checksum)}`);
+    const expected = sha256Hex(checksum);
     try {
-      if ((await sha256File(file)) !== m[1]!.toLowerCase()) return false;
+      if ((await sha256File(file)) !== expected) return false;
       await readVhdFooter(file);
       return true;
     } catch (err) {
@@ -480,15 +481,8 @@ export class XenServerStorageDriver implements StorageDriver {
     }
   }
 
-  private async locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(key) ?? Promise.resolve();
-    const next = prev.catch(() => undefined).then(fn);
-    this.locks.set(key, next);
-    try {
-      return await next;
-    } finally {
-      if (this.locks.get(key) === next) this.locks.delete(key);
-    }
+  private locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    return this.locks.run(key, fn);
   }
 }
 

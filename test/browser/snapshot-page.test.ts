@@ -7,8 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../../api/app.js';
 import { listen } from '../../api/server.js';
 import { silentLogger } from '../../observability/logger.js';
-import { installTemporalRuntime } from '../../worker/runtime.js';
-import { startTestStack, type TestStack } from '../support/stack.js';
+import { installTemporalRuntime } from '../../app/runtime.js';
+import { startTestStack, type TestStack } from '../../harness/stack.js';
 
 const RESULTS = resolve(import.meta.dirname, '..', '..', 'test-results');
 const MiB = 1024 * 1024;

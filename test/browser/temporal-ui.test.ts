@@ -5,9 +5,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { updateSetting } from '../../db/settings.js';
 import { getSnapshot } from '../../db/snapshots.js';
 import { silentLogger } from '../../observability/logger.js';
-import { installTemporalRuntime } from '../../worker/runtime.js';
+import { installTemporalRuntime } from '../../app/runtime.js';
 import { eventually, insertAccount, insertVolume } from '../support/fixtures.js';
-import { startTestStack, type TestStack } from '../support/stack.js';
+import { startTestStack, type TestStack } from '../../harness/stack.js';
 
 const RESULTS = resolve(import.meta.dirname, '..', '..', 'test-results');
 const MiB = 1024 * 1024;

@@ -11,7 +11,7 @@ import { silentLogger } from '../../observability/logger.js';
 import { createSnapshotService } from '../../services/snapshots.js';
 import type { StorageDriver } from '../../storage/driver.js';
 import { eventually, insertAccount, insertVolume, sha256File, writePattern } from '../support/fixtures.js';
-import { startTestStack, type TestStack } from '../support/stack.js';
+import { startTestStack, type TestStack } from '../../harness/stack.js';
 
 const MiB = 1024 * 1024;
 

@@ -18,8 +18,8 @@ import { createSnapshotService } from '../../services/snapshots.js';
 import { KvmStorageDriver } from '../../storage/kvm.js';
 import { connectClient } from '../../temporal/connection.js';
 import { eventually, insertAccount, insertVolume, sha256File, writePattern } from '../support/fixtures.js';
-import { freePort } from '../support/ports.js';
-import { spawnService, waitForHttp200, type ServiceProcess } from '../support/service-process.js';
+import { freePort } from '../../harness/ports.js';
+import { spawnService, waitForHttp200, type ServiceProcess } from '../../harness/service-process.js';
 
 const MiB = 1024 * 1024;
 

@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { seedCatalog } from '../../db/catalog.js';
-import { startTestStack, type TestStack } from '../support/stack.js';
+import { startTestStack, type TestStack } from '../../harness/stack.js';
 
 /** Catalog seeding on a database that an earlier process (another data directory) already seeded. */
 describe('catalog seeding', () => {

@@ -13,9 +13,9 @@ import { KvmStorageDriver } from '../../storage/kvm.js';
 import { connectClient } from '../../temporal/connection.js';
 import { startDevServer } from '../../temporal/dev-server.js';
 import { eventually, holdsPattern, insertAccount, insertVolume, sha256File, writePattern } from '../support/fixtures.js';
-import { freePort } from '../support/ports.js';
-import { spawnService, waitForHttp200 } from '../support/service-process.js';
-import { startTestStack, type TestStack } from '../support/stack.js';
+import { freePort } from '../../harness/ports.js';
+import { spawnService, waitForHttp200 } from '../../harness/service-process.js';
+import { startTestStack, type TestStack } from '../../harness/stack.js';
 
 const MiB = 1024 * 1024;
 // Slow copies (4 MiB/s over 48 MiB) so a crash reliably lands in the middle of one.

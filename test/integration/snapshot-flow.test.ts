@@ -6,7 +6,7 @@ import { getSnapshot, getStoreRefs } from '../../db/snapshots.js';
 import { SnapshotCreationFailedError } from '../../domain/errors.js';
 import type { StorageDriver } from '../../storage/driver.js';
 import { eventually, holdsPattern, insertAccount, insertVolume, sha256File, writePattern } from '../support/fixtures.js';
-import { startTestStack, type TestStack } from '../support/stack.js';
+import { startTestStack, type TestStack } from '../../harness/stack.js';
 
 const MiB = 1024 * 1024;
 

@@ -10,7 +10,7 @@ import { getSnapshot, transitionSnapshot } from '../../db/snapshots.js';
 import { IllegalSnapshotTransitionError } from '../../domain/snapshot-states.js';
 import { insertAccount, insertVolume } from '../support/fixtures.js';
 import { silentLogger } from '../../observability/logger.js';
-import { startTestStack, type TestStack } from '../support/stack.js';
+import { startTestStack, type TestStack } from '../../harness/stack.js';
 
 /** transitionSnapshot on real PostgreSQL: the state machine, its events and their announcements, under races. */
 describe('snapshot state transitions', () => {

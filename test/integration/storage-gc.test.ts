@@ -7,9 +7,9 @@ import { getSnapshot, getStoreRefs } from '../../db/snapshots.js';
 import { silentLogger } from '../../observability/logger.js';
 import { ensureStorageGcSchedule, runStorageGcNow, STORAGE_GC_SCHEDULE_ID } from '../../services/storage-gc.js';
 import type { StorageDriver } from '../../storage/driver.js';
-import { installTemporalRuntime } from '../../worker/runtime.js';
+import { installTemporalRuntime } from '../../app/runtime.js';
 import { eventually, insertAccount, insertVolume, sha256File, writePattern } from '../support/fixtures.js';
-import { startTestStack, type TestStack } from '../support/stack.js';
+import { startTestStack, type TestStack } from '../../harness/stack.js';
 
 const MiB = 1024 * 1024;
 

@@ -11,7 +11,7 @@ import { updateSetting } from '../../db/settings.js';
 import { getSnapshot } from '../../db/snapshots.js';
 import { mayRunQuery, statusQuery } from '../../workflows/definitions.js';
 import { eventually, insertAccount, insertVolume, writePattern } from '../support/fixtures.js';
-import { startTestStack, type TestStack } from '../support/stack.js';
+import { startTestStack, type TestStack } from '../../harness/stack.js';
 
 const OUT = join(import.meta.dirname, 'histories');
 const MiB = 1024 * 1024;

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { bundleWorkflowCode, DefaultLogger, Worker } from '@temporalio/worker';
 import { DeterminismViolationError } from '@temporalio/workflow';
 import { describe, expect, it } from 'vitest';
-import { workflowBundle } from '../../worker/workers.js';
+import { workflowBundle } from '../../app/workers.js';
 
 const DIR = join(import.meta.dirname, 'histories');
 

@@ -1,8 +1,8 @@
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { execFile } from 'node:child_process';
-import { createReadStream } from 'node:fs';
 import { promisify } from 'node:util';
 import type { Pool } from '../../db/pool.js';
+import { sha256File as sha256Hex } from '../../storage/common.js';
 import type { StorageDriver } from '../../storage/driver.js';
 
 const exec = promisify(execFile);
@@ -60,9 +60,7 @@ export async function holdsPattern(image: string, pattern: number, offset: numbe
 
 /** `sha256:<hex>` of a file. */
 export async function sha256File(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return `sha256:${hash.digest('hex')}`;
+  return `sha256:${await sha256Hex(path)}`;
 }
 
 /** Polls `probe` until it returns a value that is not undefined, or fails after `timeoutMs`. */

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vites
 import type { SnapshotActivities } from '../../activities/snapshot-activities.js';
 import { temporalTestServer } from '../../temporal/binaries.js';
 import { ensureSearchAttributes } from '../../temporal/search-attributes.js';
-import { workflowBundle } from '../../worker/workers.js';
+import { workflowBundle } from '../../app/workers.js';
 import {
   mayRunQuery,
   snapshotCreatedUpdate,

@@ -1,4 +1,4 @@
-import type { Stack } from '../../../worker/stack.js';
+import type { Stack } from '../../../app/stack.js';
 import { createRouter } from '../../openapi.js';
 import * as routes from './health.routes.js';
 

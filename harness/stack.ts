@@ -1,9 +1,9 @@
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadEnv, type Env } from '../../config/env.js';
-import { silentLogger, type Logger } from '../../observability/logger.js';
-import { startStack, type Role, type Stack } from '../../worker/stack.js';
+import { loadEnv, type Env } from '../config/env.js';
+import { silentLogger, type Logger } from '../observability/logger.js';
+import { startStack, type Role, type Stack } from '../app/stack.js';
 import { freePort } from './ports.js';
 
 export interface TestStack extends Stack {

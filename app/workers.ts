@@ -30,7 +30,7 @@ export interface WorkerOptions {
   logger: Logger;
   /** More activities for the main worker (storage GC, say); names must not clash with the snapshot activities. */
   extraActivities?: Record<string, (...args: any[]) => Promise<unknown>>;
-  /** Activity interceptors for both workers (e.g. the log context of worker/runtime.ts). */
+  /** Activity interceptors for both workers (e.g. the log context of app/runtime.ts). */
   activityInterceptors?: ActivityInterceptorsFactory[];
 }
 
@@ -48,7 +48,7 @@ export interface RunningWorkers {
 export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers> {
   const { backupSnapshotToSecondary, ...mainActivities } = opts.activities;
   // Cancelled activities get a little while to report before the SDK gives up on them (and the process would
-  // exit by force a margin later, worker/process.ts).
+  // exit by force a margin later, app/process.ts).
   const shutdown = {
     shutdownGraceTime: opts.shutdownGraceSeconds * 1000,
     shutdownForceTime: (opts.shutdownGraceSeconds + SHUTDOWN_FORCE_MARGIN_SECONDS) * 1000,

@@ -93,7 +93,7 @@ export function installTemporalRuntime(logger: Logger, metricsBind?: string | fa
       sdkLog.warn({ err, bind }, 'the Temporal SDK metrics exporter could not start; SDK metrics are off');
     }
   }
-  // shutdownSignals: [] — worker/process.ts owns SIGTERM/SIGINT and shuts down in order (workers, then stores).
+  // shutdownSignals: [] — app/process.ts owns SIGTERM/SIGINT and shuts down in order (workers, then stores).
   Runtime.install({ logger: runtimeLogger, shutdownSignals: [], telemetryOptions: { logging } });
 }
 

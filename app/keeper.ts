@@ -29,7 +29,7 @@ export interface KeptProcess {
 }
 
 /**
- * Runs a server through a detached keeper process (worker/keeper.mjs): in a process group of its own, so
+ * Runs a server through a detached keeper process (app/keeper.mjs): in a process group of its own, so
  * signals meant for the service (Ctrl-C, a SIGKILL of its group) do not reach it, and stopped by the keeper
  * when `stop()` is called or when this process dies.
  */
