@@ -61,3 +61,4 @@ export function createEventService(deps: { pool: Pool }) {
 }
 
 export type EventService = ReturnType<typeof createEventService>;
+export type { EventRow } from '../db/events.js';

@@ -1,6 +1,6 @@
 import type { Context } from 'hono';
 import { streamSSE, type SSEStreamingApi } from 'hono/streaming';
-import type { EventRow } from '../../../db/events.js';
+import type { EventRow } from '../../../services/events.js';
 import { canSee, type SnapshotProgress } from '../../../services/events.js';
 import type { AppBindings } from '../../types.js';
 
