@@ -81,7 +81,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
     for (const m of await seedCatalog(pool, env.dataDir, xenServerCatalog(env))) {
       logger.warn(m, `${m.name} is at ${m.inDatabase} (seeded by the first process on this database), not under this process's VOLSNAP_DATA_DIR; that path is used`);
     }
-    if (roles.includes('api')) await ensureAdminAccount(pool, env.ADMIN_API_KEY, logger);
+    if (roles.includes('api')) await ensureAdminAccount(pool, env.ADMIN_API_KEY, logger, join(env.dataDir, 'admin-api-key'));
 
     let devServer: DevServer | null = null;
     let address = env.TEMPORAL_ADDRESS;

@@ -1,4 +1,6 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { chmod, mkdir, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import { findAccountByKeyHash, listAccounts, toAccountRecord, type AccountRecord, type Role } from '../db/accounts.js';
 import { recordEvent } from '../db/events.js';
@@ -20,10 +22,16 @@ const ADMIN_BOOTSTRAP_LOCK = 0x766f6c73; // "vols"
 
 /**
  * Makes sure an admin account exists at start-up. With `adminApiKey` (ADMIN_API_KEY) the first admin account is
- * created or re-keyed to it; without, an admin is created on first start with a generated key, logged once at
- * warn level. A key that came from the environment is never logged.
+ * created or re-keyed to it; without, an admin is created on first start with a generated key, written once to
+ * `keyFile` (mode 0600) and shown on an interactive terminal. No key ever reaches the log: log lines are shipped
+ * and kept (logs/management-server.log), so only the file's path is logged.
  */
-export async function ensureAdminAccount(pool: Pool, adminApiKey: string | undefined, logger: Logger): Promise<AccountRecord> {
+export async function ensureAdminAccount(
+  pool: Pool,
+  adminApiKey: string | undefined,
+  logger: Logger,
+  keyFile: string,
+): Promise<AccountRecord> {
   return withTransaction(pool, async (tx) => {
     await tx.query('SELECT pg_advisory_xact_lock($1)', [ADMIN_BOOTSTRAP_LOCK]);
     const { rows } = await tx.query(`SELECT * FROM accounts WHERE role = 'admin' AND removed IS NULL ORDER BY created, name LIMIT 1`);
@@ -39,13 +47,17 @@ export async function ensureAdminAccount(pool: Pool, adminApiKey: string | undef
       return created;
     }
     if (existing) {
-      logger.info({ accountId: existing.id }, 'admin account exists; its key was shown at first start (set ADMIN_API_KEY to replace it)');
+      logger.info({ accountId: existing.id, keyFile }, 'admin account exists; its generated key was written to the key file at first start (set ADMIN_API_KEY to replace it)');
       return existing;
     }
     const key = generateApiKey();
     const created = await insertAccount(tx, 'admin', 'admin', hashApiKey(key));
-    // Shown once: only its hash is stored. Set ADMIN_API_KEY to choose the key instead.
-    logger.warn({ accountId: created.id }, `admin API key: ${key}`);
+    // Only its hash is stored; the file is the one copy (written before COMMIT: no admin without its key).
+    await mkdir(dirname(keyFile), { recursive: true });
+    await writeFile(keyFile, `${key}\n`, { mode: 0o600 });
+    await chmod(keyFile, 0o600);
+    logger.warn({ accountId: created.id, keyFile }, 'admin account created; its API key is in the key file (readable by this user only); set ADMIN_API_KEY to choose the key instead');
+    if (process.stdout.isTTY) process.stdout.write(`\nadmin API key (also in ${keyFile}): ${key}\n\n`);
     return created;
   });
 }
