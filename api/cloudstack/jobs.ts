@@ -122,13 +122,21 @@ export function createJobRunner(opts: JobRunnerOptions) {
   const sweep = setInterval(() => void reconcile().catch(quiet('reconciling interrupted jobs failed')), opts.sweepMs ?? 15_000);
   sweep.unref();
   // At start-up: jobs a previous run of this or another replica left pending.
-  void reconcile().then(
-    (r) => (r.redriven.length || r.failed.length) && log.warn(r, 'CloudStack jobs left pending by a stopped API server were reconciled'),
-    quiet('reconciling interrupted jobs at start-up failed'),
+  const startup = reconcile().then(
+    (r) => {
+      if (r.redriven.length || r.failed.length) log.warn(r, 'CloudStack jobs left pending by a stopped API server were reconciled');
+      return r;
+    },
+    (err: unknown) => {
+      quiet('reconciling interrupted jobs at start-up failed')(err);
+      return { redriven: [] as string[], failed: [] as string[] };
+    },
   );
 
   return {
     owner,
+    /** The start-up reconciliation: which pending jobs of stopped replicas were re-driven and which failed. */
+    startup,
 
     /**
      * Records the job (pending), runs it in the background and answers once its id is known: at once, or for a

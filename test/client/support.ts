@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { listen } from '../../api/server.js';
@@ -94,8 +94,10 @@ export async function csPy(
 /** CloudMonkey 5 (PyPI cloudmonkey, Python 2.7 only): its install dir, if setup found a Python 2.7 to put it in. */
 export function cloudMonkey(): { python: string; dir: string } | undefined {
   const dir = process.env.VOLSNAP_CLOUDMONKEY_DIR ?? join(ROOT, '.tools/cloudmonkey-py2');
-  const python = process.env.VOLSNAP_PYTHON2 ?? (existsSync('/root/.pyenv/versions/2.7.18/bin/python') ? '/root/.pyenv/versions/2.7.18/bin/python' : 'python2.7');
   if (!existsSync(join(dir, 'cloudmonkey'))) return undefined;
+  // scripts/setup.sh records the Python 2.7 it installed CloudMonkey with.
+  const recorded = existsSync(join(dir, '.python')) ? readFileSync(join(dir, '.python'), 'utf8').trim() : undefined;
+  const python = process.env.VOLSNAP_PYTHON2 ?? recorded ?? 'python2.7';
   return { python, dir };
 }
 
