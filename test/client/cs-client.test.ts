@@ -356,6 +356,7 @@ describe('CloudStack clients against /client/api', () => {
     expect(JSON.parse(zones.stdout).zone[0].name).toBe('volsnap-zone-1');
     const created = await runCloudMonkey(cm!, home, ['-d', 'json', 'create', 'snapshot', `volumeid=${dataId}`, 'asyncbackup=true']);
     const out = JSON.parse(created.stdout.slice(created.stdout.indexOf('{')));
-    expect(out.snapshot).toMatchObject({ volumeid: dataId, state: 'BackingUp' });
+    // CloudMonkey polls queryAsyncJobResult itself and prints the finished job.
+    expect(out).toMatchObject({ jobstatus: 1, jobinstancetype: 'Snapshot', jobresult: { snapshot: { volumeid: dataId, state: 'BackingUp', asyncbackup: true } } });
   });
 });
