@@ -317,6 +317,43 @@ describe('CloudStack clients against /client/api', () => {
     }
   });
 
+  it('VM and volume commands through the cs Python API: reboot, ISO, offering, migrate (VM and volume), restore', async () => {
+    const iso = (await csPy(ep, alice.keys, 'listIsos', {})).result.iso[0].id;
+    expect((await csPy(ep, alice.keys, 'rebootVirtualMachine', { id: vmId }, { fetchResult: true })).result.virtualmachine.state).toBe('Running');
+    expect((await csPy(ep, alice.keys, 'attachIso', { id: iso, virtualmachineid: vmId }, { fetchResult: true })).result.virtualmachine.isoid).toBe(iso);
+    expect((await csPy(ep, alice.keys, 'detachIso', { virtualmachineid: vmId }, { fetchResult: true })).result.virtualmachine.isoid).toBeUndefined();
+    const offerings = (await csPy(ep, alice.keys, 'listServiceOfferings', {})).result.serviceoffering;
+    const changed = await csPy(ep, alice.keys, 'changeServiceForVirtualMachine', { id: vmId, serviceofferingid: offerings[1].id });
+    expect(changed.result.virtualmachine).toMatchObject({ serviceofferingid: offerings[1].id, cpunumber: offerings[1].cpunumber });
+    // migrateVirtualMachine is an admin command, as in CloudStack.
+    expect((await csPy(ep, alice.keys, 'migrateVirtualMachine', { virtualmachineid: vmId })).status).toBe(432);
+    const before = (await csPy(ep, svc.admin, 'listVirtualMachines', { id: vmId })).result.virtualmachine[0].hostid;
+    const migrated = await csPy(ep, svc.admin, 'migrateVirtualMachine', { virtualmachineid: vmId }, { fetchResult: true });
+    expect(migrated.result.virtualmachine.hostid).not.toBe(before);
+    // An admin lists only its own VMs unless listall=true, as CloudStack does.
+    expect((await csPy(ep, svc.admin, 'listVirtualMachines', {})).result).toEqual({});
+    expect((await csPy(ep, svc.admin, 'listVirtualMachines', { listall: true })).result.virtualmachine.map((v: any) => v.id)).toContain(vmId);
+
+    const pools = (await csPy(ep, svc.admin, 'listStoragePools', {})).result.storagepool;
+    const current = (await csPy(ep, alice.keys, 'listVolumes', { id: dataId })).result.volume[0].storageid;
+    const target = pools.find((p: any) => p.id !== current && p.hypervisor === 'KVM');
+    const moved = await csPy(ep, alice.keys, 'migrateVolume', { volumeid: dataId, storageid: target.id }, { fetchResult: true });
+    expect(moved.result.volume).toMatchObject({ id: dataId, storageid: target.id, storage: target.name });
+
+    const restored = await csPy(ep, alice.keys, 'restoreVirtualMachine', { virtualmachineid: vmId }, { fetchResult: true });
+    const newRoot = restored.result.virtualmachine.volumes.find((v: any) => v.type === 'ROOT').id;
+    expect(newRoot).not.toBe(rootId);
+    rootId = newRoot;
+  });
+
+  it('only a signed request authenticates: a REST bearer key is not enough; answers are JSON with CloudStack\'s content type', async () => {
+    // Hand-built: no CloudStack client sends a bearer key instead of a signature.
+    const res = await fetch(`${ep}?command=listZones&response=json`, { headers: { authorization: 'Bearer test-admin-key' } });
+    expect(res.status).toBe(401);
+    expect(res.headers.get('content-type')).toBe('application/json; charset=UTF-8');
+    expect(await res.json()).toMatchObject({ listzonesresponse: { errorcode: 401 } });
+  });
+
   const cm = cloudMonkey();
   it.skipIf(!cm)('CloudMonkey 5 (PyPI cloudmonkey): sync builds its commands from listApis; create snapshot asyncbackup=true', async () => {
     const home = mkdtempSync(join(tmpdir(), 'volsnap-cmk-'));
