@@ -626,7 +626,7 @@ export const COMMANDS: CommandSpec[] = [
   {
     name: 'listEvents',
     description: 'A command to list events.',
-    params: [P.id('the ID of the event', false), P.str('type', 'the event type (see event types)'), P.str('level', 'the event level (INFO, WARN, ERROR)'), { name: 'startdate', type: 'date', description: 'the start date range of the list you want to retrieve (use format "yyyy-MM-dd" or "yyyy-MM-dd HH:mm:ss")' }, { name: 'enddate', type: 'date', description: 'the end date range of the list you want to retrieve (use format "yyyy-MM-dd" or "yyyy-MM-dd HH:mm:ss")' }, LISTALL, ...PAGING],
+    params: [P.str('id', 'the ID of the event'), P.str('type', 'the event type (see event types)'), P.str('level', 'the event level (INFO, WARN, ERROR)'), { name: 'startdate', type: 'date', description: 'the start date range of the list you want to retrieve (use format "yyyy-MM-dd" or "yyyy-MM-dd HH:mm:ss")' }, { name: 'enddate', type: 'date', description: 'the end date range of the list you want to retrieve (use format "yyyy-MM-dd" or "yyyy-MM-dd HH:mm:ss")' }, LISTALL, ...PAGING],
     sync: async (ctx, p) => {
       const id = s(p, 'id');
       if (id !== undefined && !/^\d{1,18}$/.test(id)) return {};
