@@ -355,6 +355,11 @@ describe('CloudStack clients against /client/api', () => {
   });
 
   const cm = cloudMonkey();
+  if (!cm) {
+    console.warn(
+      'CloudMonkey case skipped: PyPI cloudmonkey 5.3.3.1 is Python 2 code (its setup.py fails to parse under Python 3), so `npm run setup` installs it into .tools/cloudmonkey-py2 only where a Python 2.7 with pip exists; none was found here (or set VOLSNAP_CLOUDMONKEY_DIR).',
+    );
+  }
   it.skipIf(!cm)('CloudMonkey 5 (PyPI cloudmonkey): sync builds its commands from listApis; create snapshot asyncbackup=true', async () => {
     const home = mkdtempSync(join(tmpdir(), 'volsnap-cmk-'));
     const dir = join(home, '.cloudmonkey');
