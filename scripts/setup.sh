@@ -58,12 +58,16 @@ fi
 # CloudMonkey 5 is Python 2 code (its setup.py does not even parse under Python 3): installed only where a
 # Python 2.7 exists; test/client skips its CloudMonkey case otherwise and says why.
 cmk=.tools/cloudmonkey-py2
-py2=$(command -v python2.7 || true)
+py2=""
+for cand in python2.7 python2 "$(pyenv root 2>/dev/null || echo /nonexistent)"/versions/2.7*/bin/python; do
+  if "$cand" -c 'import sys; assert sys.version_info[:2] == (2, 7)' >/dev/null 2>&1; then py2=$(command -v "$cand"); break; fi
+done
 if [ "${VOLSNAP_SKIP_CLOUDMONKEY:-0}" != 1 ] && [ -n "$py2" ] && "$py2" -m pip --version >/dev/null 2>&1; then
   if [ ! -f "$cmk/cloudmonkey-${CLOUDMONKEY_VERSION}-py2.7.egg-info/PKG-INFO" ] && [ ! -d "$cmk/cloudmonkey-${CLOUDMONKEY_VERSION}.dist-info" ]; then
     log "installing cloudmonkey==${CLOUDMONKEY_VERSION} into $cmk (Python 2.7)"
     "$py2" -m pip install -q --disable-pip-version-check --target "$cmk" "cloudmonkey==${CLOUDMONKEY_VERSION}" || log "cloudmonkey did not install; test/client skips it"
   fi
+  if [ -d "$cmk/cloudmonkey" ]; then echo "$py2" > "$cmk/.python"; fi
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
