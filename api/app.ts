@@ -4,6 +4,7 @@ import { requestId } from 'hono/request-id';
 import { metricsHandler, metricsMiddleware } from '../observability/metrics.js';
 import { createServices } from '../services/index.js';
 import type { Stack } from '../app/stack.js';
+import { createCloudStackApi, issueCloudStackKeys, type CloudStackApiDeps } from './cloudstack/index.js';
 import { DOCS_HTML } from './docs.js';
 import { errorBody, notFoundOrMethodNotAllowed, onError } from './errors.js';
 import { requireApiKey } from './middleware/auth.js';
@@ -34,18 +35,23 @@ export const STOPPING_RETRY_AFTER_SECONDS = 10;
 export interface AppOptions {
   /** While true (the process is shutting down), every request is answered 503 SERVICE_UNAVAILABLE. */
   isStopping?: () => boolean;
+  /** CloudStack job runner timings (tests shorten them). */
+  cloudstackJobs?: CloudStackApiDeps['jobs'];
 }
 
 /** The HTTP application over a running stack (docs/design.md §8). */
 export function createApp(stack: AppStack, opts: AppOptions = {}): AppOpenAPI {
   const services = createServices(stack);
   const app = createRouter();
+  const cloudstack = createCloudStackApi({ services, pool: stack.pool, logger: stack.logger, ...(opts.cloudstackJobs ? { jobs: opts.cloudstackJobs } : {}) });
+  const cloudstackKeys = { issue: (accountId: string) => issueCloudStackKeys(stack.pool, accountId) };
 
   if (stack.metrics) app.use(metricsMiddleware(stack.metrics));
   app.use(requestId());
   app.use(async (c, next) => {
     c.set('log', stack.logger.child({ requestId: c.var.requestId }));
     c.set('services', services);
+    c.set('cloudstackKeys', cloudstackKeys);
     const started = performance.now();
     await next();
     c.var.log.info({ method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(performance.now() - started) }, 'request');
@@ -77,6 +83,8 @@ export function createApp(stack: AppStack, opts: AppOptions = {}): AppOpenAPI {
   if (stack.metrics) app.get('/metrics', metricsHandler(stack.pool, stack.metrics));
   app.route('/', storageRouter(stack.storageGc));
   for (const router of [accounts, configurations, catalogs, vms, volumes, snapshots, events]) app.route('/', router);
+  // The CloudStack dialect: its own signature check (not the bearer key) and its own envelopes.
+  app.route('/', cloudstack.router);
   app.notFound(notFoundOrMethodNotAllowed(app.routes));
   return app;
 }

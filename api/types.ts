@@ -2,6 +2,7 @@ import type { OpenAPIHono, RouteConfig, RouteHandler } from '@hono/zod-openapi';
 import type { Logger } from 'pino';
 import type { Caller } from '../services/caller.js';
 import type { Services } from '../services/index.js';
+import type { CloudStackKeys } from '../services/cloudstack/keys.js';
 
 /** Per-request context every handler can read. */
 export interface AppBindings {
@@ -10,6 +11,8 @@ export interface AppBindings {
     /** The request's logger (carries the request id). */
     log: Logger;
     services: Services;
+    /** Issues an account's CloudStack key pair (api/cloudstack). */
+    cloudstackKeys: { issue(accountId: string): Promise<CloudStackKeys> };
     /** Set by the auth middleware on /api/v1 routes. */
     caller: Caller;
   };

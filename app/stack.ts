@@ -11,6 +11,7 @@ import { startEmbeddedPostgres, type EmbeddedDatabase } from '../db/embedded.js'
 import { migrate } from '../db/migrate.js';
 import { createPool, type Pool } from '../db/pool.js';
 import { readSettings, seedSettings } from '../db/settings.js';
+import { ensureAdminCloudStackKeys } from '../services/cloudstack/keys.js';
 import { ensureAdminAccount } from '../services/accounts.js';
 import { createSnapshotService, type SnapshotService } from '../services/snapshots.js';
 import { createStorageGcService, type StorageGcService } from '../services/storage-gc.js';
@@ -81,7 +82,10 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
     for (const m of await seedCatalog(pool, env.dataDir, xenServerCatalog(env))) {
       logger.warn(m, `${m.name} is at ${m.inDatabase} (seeded by the first process on this database), not under this process's VOLSNAP_DATA_DIR; that path is used`);
     }
-    if (roles.includes('api')) await ensureAdminAccount(pool, env.ADMIN_API_KEY, logger, join(env.dataDir, 'admin-api-key'));
+    if (roles.includes('api')) {
+      await ensureAdminAccount(pool, env.ADMIN_API_KEY, logger, join(env.dataDir, 'admin-api-key'));
+      await ensureAdminCloudStackKeys(pool, env, logger);
+    }
 
     let devServer: DevServer | null = null;
     let address = env.TEMPORAL_ADDRESS;

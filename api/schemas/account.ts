@@ -9,6 +9,12 @@ export const AccountSchema = z
 
 export const CreatedAccountSchema = AccountSchema.extend({
   apiKey: z.string().openapi({ description: 'Shown once; only its hash is stored' }),
+  cloudstack: z
+    .object({
+      apiKey: z.string().openapi({ description: 'CloudStack API key (apiKey parameter of /client/api requests)' }),
+      secretKey: z.string().openapi({ description: 'CloudStack secret key that signs the requests; shown here once (registerUserKeys renews the pair)' }),
+    })
+    .openapi('CloudStackKeys', { description: "The account's CloudStack key pair, for CloudStack's clients on /client/api" }),
 }).openapi('CreatedAccount');
 
 export const CreateAccountSchema = z

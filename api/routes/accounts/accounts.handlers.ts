@@ -4,7 +4,10 @@ import type { CreateRoute, ListRoute } from './accounts.routes.js';
 
 export const create: AppRouteHandler<CreateRoute> = async (c) => {
   assertAdmin(c);
-  return c.json(await c.var.services.accounts.create(c.req.valid('json')), 201);
+  const account = await c.var.services.accounts.create(c.req.valid('json'));
+  // The account's CloudStack key pair (the /client/api dialect); the secret is shown here once.
+  const cloudstack = await c.var.cloudstackKeys.issue(account.id);
+  return c.json({ ...account, cloudstack }, 201);
 };
 
 export const list: AppRouteHandler<ListRoute> = async (c) => {
