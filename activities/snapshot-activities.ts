@@ -1,6 +1,5 @@
 import path from 'node:path';
 import { ApplicationFailure, Context } from '@temporalio/activity';
-import type { Hypervisor } from '../domain/hypervisor.js';
 import type { Logger } from 'pino';
 import { defaultImageStore } from '../db/catalog.js';
 import { findImageStore } from '../db/catalog-queries.js';
@@ -16,6 +15,7 @@ import {
   upsertStoreRef,
   type SnapshotRecord,
 } from '../db/snapshots.js';
+import { findVolumeLocation, type VolumeLocation } from '../db/volumes.js';
 import { IllegalSnapshotTransitionError, canTransition } from '../domain/snapshot-states.js';
 import type { BackupResult, StorageDriver, StorageDrivers } from '../storage/driver.js';
 import { CommandError } from '../storage/exec.js';
@@ -36,13 +36,6 @@ export interface BackupMetricsHooks {
   backupStarted?(): void;
   backupSucceeded?(r: { bytes: number; durationSeconds: number }): void;
   backupFailed?(r: { durationSeconds: number }): void;
-}
-
-interface VolumeLocation {
-  path: string;
-  hypervisor: Hypervisor;
-  poolId: string;
-  sizeBytes: number;
 }
 
 const PRIMARY_FAILED = FAILURE_TYPES.primary;
@@ -85,11 +78,7 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
   async function load(snapshotId: string): Promise<{ snapshot: SnapshotRecord; volume: VolumeLocation; driver: StorageDriver }> {
     const snapshot = await getSnapshot(pool, snapshotId);
     if (!snapshot) throw ApplicationFailure.nonRetryable(`snapshot ${snapshotId} does not exist`, NOT_FOUND);
-    const { rows } = await pool.query<Omit<VolumeLocation, 'sizeBytes'> & { sizeBytes: string }>(
-      'SELECT path, hypervisor, pool_id AS "poolId", size_bytes AS "sizeBytes" FROM volumes WHERE id = $1',
-      [snapshot.volumeId],
-    );
-    const volume = rows[0] && { ...rows[0], sizeBytes: Number(rows[0].sizeBytes) };
+    const volume = await findVolumeLocation(pool, snapshot.volumeId);
     if (!volume) throw ApplicationFailure.nonRetryable(`volume ${snapshot.volumeId} does not exist`, NOT_FOUND);
     const driver = deps.drivers[volume.hypervisor];
     if (!driver) throw ApplicationFailure.nonRetryable(`no storage driver for ${volume.hypervisor}`, PRIMARY_FAILED);

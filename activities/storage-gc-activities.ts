@@ -1,16 +1,16 @@
-import type { Hypervisor } from '../domain/hypervisor.js';
 import type { Dirent } from 'node:fs';
 import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { Context } from '@temporalio/activity';
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import type { Logger } from 'pino';
+import { listImageStores } from '../db/catalog-queries.js';
 import { imageLockRunner } from '../db/image-locks.js';
 import type { Pool } from '../db/pool.js';
 import { isTransitionalVolumeState } from '../db/volumes.js';
 import { reconcileStuckVolumes, type VolumeReconcileResult } from '../services/volume-reconcile.js';
-import { retireStoreRefs, transitionSnapshot } from '../db/snapshots.js';
-import { IN_PROGRESS_STATES, IllegalSnapshotTransitionError, type SnapshotState } from '../domain/snapshot-states.js';
+import { errorSnapshotsToClean, inFlightSnapshotsToReconcile, retireStoreRefs, snapshotStatuses, transitionSnapshot } from '../db/snapshots.js';
+import { IllegalSnapshotTransitionError, type SnapshotState } from '../domain/snapshot-states.js';
 import { removeSnapshotStorage } from '../storage/cleanup.js';
 import type { StorageDrivers } from '../storage/driver.js';
 import { isFileOf, isUuid } from '../storage/paths.js';
@@ -103,11 +103,6 @@ function beat(details?: unknown): void {
   }
 }
 
-interface StoreRow {
-  id: string;
-  path: string;
-}
-
 /**
  * Storage garbage collection (the seed's "storage GC thread"), as activities over injected dependencies.
  * Every step is idempotent and safe to run while backups are running.
@@ -117,8 +112,7 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
   const graceSeconds = deps.allocatedGraceSeconds ?? 60;
   const log = deps.logger.child({ component: 'storage-gc' });
 
-  const imageStores = async (): Promise<StoreRow[]> =>
-    (await pool.query<StoreRow>('SELECT id, path FROM image_stores ORDER BY created, name')).rows;
+  const imageStores = () => listImageStores(pool);
 
   return {
     /**
@@ -142,21 +136,10 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
         log.warn('no Temporal client given to the storage GC activities: reconciler skipped');
         return { ...result, skipped: true };
       }
-      const { rows } = await pool.query<{
-        id: string;
-        volume_id: string;
-        name: string;
-        status: SnapshotState;
-        workflow_id: string;
-        young: boolean;
-      }>(
-        `SELECT id, volume_id, name, status, workflow_id, created > now() - make_interval(secs => $2) AS young
-         FROM snapshots WHERE status = ANY($1) AND removed IS NULL ORDER BY created`,
-        [[...IN_PROGRESS_STATES], graceSeconds],
-      );
+      const rows = await inFlightSnapshotsToReconcile(pool, graceSeconds);
       for (const row of rows) {
         beat({ step: 'reconcile', snapshotId: row.id });
-        const slog = log.child({ snapshotId: row.id, volumeId: row.volume_id, workflowId: row.workflow_id });
+        const slog = log.child({ snapshotId: row.id, volumeId: row.volumeId, workflowId: row.workflowId });
         if (row.status === 'Allocated' && row.young) {
           result.deferred.push(row.id);
           continue;
@@ -164,7 +147,7 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
         result.checked++;
         let workflowStatus: string;
         try {
-          const desc = await deps.client.workflow.getHandle(row.workflow_id).describe();
+          const desc = await deps.client.workflow.getHandle(row.workflowId).describe();
           workflowStatus = desc.status.name;
         } catch (err) {
           if (err instanceof WorkflowNotFoundError) {
@@ -178,8 +161,8 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
         if (workflowStatus === 'RUNNING') continue;
         const reason =
           workflowStatus === 'NOT_FOUND'
-            ? `workflow ${row.workflow_id} does not exist`
-            : `workflow ${row.workflow_id} is ${workflowStatus}`;
+            ? `workflow ${row.workflowId} does not exist`
+            : `workflow ${row.workflowId} is ${workflowStatus}`;
         try {
           // Re-checked under the row lock: a snapshot that finished meanwhile (BackedUp) is an illegal move and
           // is left alone; one already in Error is a no-op.
@@ -189,15 +172,15 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
               type: row.status === 'Allocated' || row.status === 'Creating' ? 'SNAPSHOT.CREATE' : 'SNAPSHOT.BACKUP',
               level: 'ERROR',
               description: `snapshot ${row.name} moved to Error by the storage GC reconciler: ${reason} while the snapshot was ${row.status}`,
-              details: { reconciler: true, workflowId: row.workflow_id, workflowStatus, reason },
+              details: { reconciler: true, workflowId: row.workflowId, workflowStatus, reason },
             },
           });
           if (!moved.changed) continue;
           slog.error({ previousState: row.status, workflowStatus }, `snapshot moved to Error: ${reason}`);
           result.reconciled.push({
             snapshotId: row.id,
-            volumeId: row.volume_id,
-            workflowId: row.workflow_id,
+            volumeId: row.volumeId,
+            workflowId: row.workflowId,
             previousState: row.status,
             workflowStatus,
             reason,
@@ -219,40 +202,28 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
      */
     async cleanErrorSnapshots(): Promise<CleanResult> {
       const result: CleanResult = { destroyed: [], failures: [] };
-      const { rows } = await pool.query<{
-        id: string;
-        account_id: string;
-        volume_id: string;
-        name: string;
-        volume_path: string;
-        volume_state: string;
-        hypervisor: Hypervisor;
-      }>(
-        `SELECT s.id, s.account_id, s.volume_id, s.name, v.path AS volume_path, v.state AS volume_state, v.hypervisor
-         FROM snapshots s JOIN volumes v ON v.id = s.volume_id
-         WHERE s.status = 'Error' AND s.removed IS NULL ORDER BY s.updated`,
-      );
+      const rows = await errorSnapshotsToClean(pool);
       if (rows.length === 0) return result;
       const stores = await imageStores();
       for (const row of rows) {
         beat({ step: 'clean', snapshotId: row.id });
-        const slog = log.child({ snapshotId: row.id, volumeId: row.volume_id, workflowId: snapshotWorkflowId(row.id) });
+        const slog = log.child({ snapshotId: row.id, volumeId: row.volumeId, workflowId: snapshotWorkflowId(row.id) });
         try {
           const driver = deps.drivers[row.hypervisor];
           if (!driver) throw new Error(`no storage driver for ${row.hypervisor}`);
           // Its volume is being migrated or resized: its image may be moving; clean it on a later run.
-          if (isTransitionalVolumeState(row.volume_state)) {
-            slog.info({ volumeState: row.volume_state }, 'volume of an Error snapshot is busy; cleaning it on the next run');
+          if (isTransitionalVolumeState(row.volumeState)) {
+            slog.info({ volumeState: row.volumeState }, 'volume of an Error snapshot is busy; cleaning it on the next run');
             continue;
           }
           // The one cleanup a user's delete uses too (storage/cleanup.ts); qemu-img under the volume's image lock,
           // since API requests and snapshot activities in other processes change the same qcow2.
           const { removedFiles, primarySnapshotDeleted } = await removeSnapshotStorage({
             driver,
-            target: { accountId: row.account_id, volumeId: row.volume_id, snapshotId: row.id },
+            target: { accountId: row.accountId, volumeId: row.volumeId, snapshotId: row.id },
             storePaths: stores.map((st) => st.path),
-            volumePath: row.volume_path,
-            lock: imageLockRunner(pool, row.volume_id, { logger: slog }),
+            volumePath: row.volumePath,
+            lock: imageLockRunner(pool, row.volumeId, { logger: slog }),
           });
           const storeRefsDeleted = await retireStoreRefs(pool, row.id, 'delete');
           const moved = await transitionSnapshot(pool, row.id, 'Destroyed', {
@@ -267,7 +238,7 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
           });
           if (!moved.changed) continue;
           slog.info({ removedFiles, primarySnapshotDeleted, storeRefsDeleted }, 'storage GC destroyed an Error snapshot');
-          result.destroyed.push({ snapshotId: row.id, volumeId: row.volume_id, removedFiles, primarySnapshotDeleted, storeRefsDeleted });
+          result.destroyed.push({ snapshotId: row.id, volumeId: row.volumeId, removedFiles, primarySnapshotDeleted, storeRefsDeleted });
         } catch (err) {
           if (err instanceof IllegalSnapshotTransitionError) continue;
           slog.error({ err }, 'storage GC could not clean an Error snapshot; it stays in Error until the next run');
@@ -320,10 +291,7 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
       beat({ step: 'orphans', files: found.length });
 
       const ids = [...new Set(found.map((f) => f.snapshotId))];
-      const { rows } = await pool.query<{ id: string; status: SnapshotState; removed: Date | null }>(
-        'SELECT id, status, removed FROM snapshots WHERE id = ANY($1::uuid[])',
-        [ids],
-      );
+      const rows = await snapshotStatuses(pool, ids);
       const byId = new Map(rows.map((r) => [r.id.toLowerCase(), r]));
       for (const f of found) {
         const row = byId.get(f.snapshotId);

@@ -9,9 +9,10 @@ import type { Env } from '../config/env.js';
 import { seedCatalog, type XenServerCatalog } from '../db/catalog.js';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../db/embedded.js';
 import { migrate } from '../db/migrate.js';
-import { createPool, type Pool } from '../db/pool.js';
+import { createPool, ping, type Pool } from '../db/pool.js';
 import { readSettings, seedSettings } from '../db/settings.js';
 import { ensureAdminCloudStackKeys } from '../services/cloudstack/keys.js';
+import { volumeIdOfSnapshot } from '../db/snapshots.js';
 import { ensureAdminAccount } from '../services/accounts.js';
 import { createSnapshotService, type SnapshotService } from '../services/snapshots.js';
 import { createStorageGcService, type StorageGcService } from '../services/storage-gc.js';
@@ -136,7 +137,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
         shutdownGraceSeconds: env.WORKER_SHUTDOWN_GRACE_SECONDS,
         logger,
         extraActivities: createStorageGcActivities({ pool, drivers, logger, client }),
-        activityInterceptors: [activityLogContext(async (id) => (await pool.query('SELECT volume_id FROM snapshots WHERE id = $1', [id])).rows[0]?.volume_id)],
+        activityInterceptors: [activityLogContext((id) => volumeIdOfSnapshot(pool, id))],
       });
       closers.push(async () => {
         await workers!.shutdown();
@@ -159,7 +160,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
 
     const health = async () => {
       const checks: Record<string, boolean> = {};
-      checks.database = await pool.query('SELECT 1').then(() => true, () => false);
+      checks.database = await ping(pool);
       checks.temporal = await connection.workflowService.getSystemInfo({}).then(() => true, () => false);
       for (const [name, queue] of [['workers', env.TEMPORAL_TASK_QUEUE], ['backupWorkers', env.TEMPORAL_BACKUP_TASK_QUEUE]] as const) {
         checks[name] = await connection.workflowService

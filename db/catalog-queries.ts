@@ -98,3 +98,9 @@ export async function findImageStore(db: Queryable, id: string): Promise<{ id: s
   const { rows } = await db.query<{ id: string; path: string }>('SELECT id, path FROM image_stores WHERE id = $1', [id]);
   return rows[0];
 }
+
+/** Every image store, oldest first. */
+export async function listImageStores(db: Queryable): Promise<Array<{ id: string; path: string }>> {
+  const { rows } = await db.query<{ id: string; path: string }>('SELECT id, path FROM image_stores ORDER BY created, name');
+  return rows;
+}

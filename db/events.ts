@@ -1,3 +1,4 @@
+import type pg from 'pg';
 import type { Queryable } from './pool.js';
 
 /** The channel on which every new event id is announced (LISTEN/NOTIFY), for the SSE stream. */
@@ -52,4 +53,24 @@ export function toEventRow(r: Record<string, unknown>): EventRow {
     details: (r.details as Record<string, unknown>) ?? {},
     createdAt: new Date(r.created as string).toISOString(),
   };
+}
+
+/** One event by id, if it exists. */
+export async function findEvent(db: Queryable, id: number): Promise<EventRow | undefined> {
+  const { rows } = await db.query('SELECT * FROM events WHERE id = $1', [id]);
+  return rows[0] ? toEventRow(rows[0]) : undefined;
+}
+
+/** Events after id `since` (exclusive) visible to `ownerId` (null: every account), oldest first, at most `limit`. */
+export async function listEventsAfter(db: Queryable, since: number, ownerId: string | null, limit: number): Promise<EventRow[]> {
+  const { rows } = await db.query(
+    `SELECT * FROM events WHERE id > $1 AND ($2::uuid IS NULL OR account_id = $2) ORDER BY id LIMIT $3`,
+    [since, ownerId, limit],
+  );
+  return rows.map(toEventRow);
+}
+
+/** Subscribes a dedicated connection (LISTEN holds for its session, so never a pooled one) to EVENTS_CHANNEL. */
+export async function listenForEvents(client: Pick<pg.Client, 'query'>): Promise<void> {
+  await client.query(`LISTEN ${EVENTS_CHANNEL}`);
 }

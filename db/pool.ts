@@ -29,3 +29,8 @@ export async function withTransaction<T>(pool: Pool, fn: (client: PoolClient) =>
 
 /** Anything that can run a query: the pool itself or a client inside a transaction. */
 export type Queryable = Pick<pg.Pool, 'query'> | Pick<pg.PoolClient, 'query'>;
+
+/** Whether the database answers a trivial query (the health check). */
+export function ping(db: Queryable): Promise<boolean> {
+  return db.query('SELECT 1').then(() => true, () => false);
+}

@@ -51,6 +51,12 @@ export async function listSettings(db: Queryable): Promise<SettingRow[]> {
     }));
 }
 
+/** Locks one setting's row for the rest of the transaction; returns its stored value (undefined: no such row). */
+export async function lockSetting(db: Queryable, name: SettingName): Promise<string | undefined> {
+  const { rows } = await db.query<{ value: string }>('SELECT value FROM configuration WHERE name = $1 FOR UPDATE', [name]);
+  return rows[0]?.value;
+}
+
 /** Validates and stores one setting; throws a ZodError on an invalid value and changes nothing. */
 export async function updateSetting(db: Queryable, name: SettingName, value: unknown): Promise<number> {
   const parsed = parseSetting(name, value);

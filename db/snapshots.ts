@@ -1,4 +1,6 @@
-import { IllegalSnapshotTransitionError, SNAPSHOT_TRANSITIONS, canTransition, type SnapshotState } from '../domain/snapshot-states.js';
+import { IN_PROGRESS_STATES, IllegalSnapshotTransitionError, SNAPSHOT_TRANSITIONS, canTransition, type SnapshotState } from '../domain/snapshot-states.js';
+import type { Hypervisor } from '../domain/hypervisor.js';
+import type { InFlightSnapshot } from '../domain/policy.js';
 import { EVENTS_CHANNEL, type NewEvent } from './events.js';
 import type { Queryable } from './pool.js';
 
@@ -291,4 +293,121 @@ export async function failAllocatedSnapshot(db: Queryable, id: string, reason: s
     [id, reason, EVENTS_CHANNEL],
   );
   return rows.length > 0;
+}
+
+/** Backup bookkeeping of one in-flight snapshot; `lastError` as stored (internal wording). */
+export interface BackupProgressRecord {
+  snapshotId: string;
+  volumeId: string;
+  state: SnapshotState;
+  attempts: number;
+  maxAttempts: number;
+  bytesDone: number;
+  bytesTotal: number;
+  nextAttemptAt: string | null;
+  lastError: string | null;
+}
+
+/** Backup progress of the in-flight snapshots visible to `ownerId` (null: every account), oldest first. */
+export async function listBackupProgress(db: Queryable, ownerId: string | null): Promise<BackupProgressRecord[]> {
+  const { rows } = await db.query(
+    `SELECT id, volume_id, status, backup_attempts, backup_max_attempts, backup_bytes_done, backup_bytes_total,
+            next_attempt_at, last_error FROM snapshots
+      WHERE status = ANY($1::text[]) AND ($2::uuid IS NULL OR account_id = $2) ORDER BY created`,
+    [IN_PROGRESS_STATES, ownerId],
+  );
+  return rows.map((r) => ({
+    snapshotId: r.id,
+    volumeId: r.volume_id,
+    state: r.status,
+    attempts: r.backup_attempts,
+    maxAttempts: r.backup_max_attempts,
+    bytesDone: Number(r.backup_bytes_done),
+    bytesTotal: Number(r.backup_bytes_total),
+    nextAttemptAt: iso(r.next_attempt_at),
+    lastError: r.last_error,
+  }));
+}
+
+/**
+ * Snapshots still in flight on the given VM's volumes or the given volumes. Call it inside the transaction
+ * that holds the VM/volume row locks, so no backup can start between the check and the action.
+ */
+export async function inFlightSnapshots(
+  db: Queryable,
+  scope: { vmId?: string | null; volumeIds?: string[]; snapshotIds?: string[] },
+): Promise<InFlightSnapshot[]> {
+  const { rows } = await db.query(
+    `SELECT s.id, s.volume_id, v.type, v.vm_id
+       FROM snapshots s JOIN volumes v ON v.id = s.volume_id
+      WHERE s.status = ANY($1::text[])
+        AND (v.vm_id = $2 OR s.volume_id = ANY($3::uuid[]) OR s.id = ANY($4::uuid[]))`,
+    [IN_PROGRESS_STATES, scope.vmId ?? null, scope.volumeIds ?? [], scope.snapshotIds ?? []],
+  );
+  return rows.map((r) => ({ snapshotId: r.id, volumeId: r.volume_id, volumeType: r.type, vmId: r.vm_id }));
+}
+
+/** An in-flight snapshot as the storage GC reconciler reads it. */
+export interface SnapshotToReconcile {
+  id: string;
+  volumeId: string;
+  name: string;
+  status: SnapshotState;
+  workflowId: string;
+  /** Created less than the grace period ago. */
+  young: boolean;
+}
+
+/** Live snapshots in an in-flight state, oldest first; `young` when created less than `graceSeconds` ago. */
+export async function inFlightSnapshotsToReconcile(db: Queryable, graceSeconds: number): Promise<SnapshotToReconcile[]> {
+  const { rows } = await db.query(
+    `SELECT id, volume_id, name, status, workflow_id, created > now() - make_interval(secs => $2) AS young
+     FROM snapshots WHERE status = ANY($1) AND removed IS NULL ORDER BY created`,
+    [[...IN_PROGRESS_STATES], graceSeconds],
+  );
+  return rows.map((r) => ({ id: r.id, volumeId: r.volume_id, name: r.name, status: r.status, workflowId: r.workflow_id, young: r.young }));
+}
+
+/** A snapshot in Error with where its volume's image is, as storage GC cleans it. */
+export interface ErrorSnapshotToClean {
+  id: string;
+  accountId: string;
+  volumeId: string;
+  name: string;
+  volumePath: string;
+  volumeState: string;
+  hypervisor: Hypervisor;
+}
+
+/** Live snapshots in Error with their volume's image, least recently updated first. */
+export async function errorSnapshotsToClean(db: Queryable): Promise<ErrorSnapshotToClean[]> {
+  const { rows } = await db.query(
+    `SELECT s.id, s.account_id, s.volume_id, s.name, v.path AS volume_path, v.state AS volume_state, v.hypervisor
+     FROM snapshots s JOIN volumes v ON v.id = s.volume_id
+     WHERE s.status = 'Error' AND s.removed IS NULL ORDER BY s.updated`,
+  );
+  return rows.map((r) => ({
+    id: r.id,
+    accountId: r.account_id,
+    volumeId: r.volume_id,
+    name: r.name,
+    volumePath: r.volume_path,
+    volumeState: r.volume_state,
+    hypervisor: r.hypervisor,
+  }));
+}
+
+/** The state of each of snapshots `ids` that has a row (in no particular order). */
+export async function snapshotStatuses(db: Queryable, ids: string[]): Promise<Array<{ id: string; status: SnapshotState; removed: Date | null }>> {
+  const { rows } = await db.query<{ id: string; status: SnapshotState; removed: Date | null }>(
+    'SELECT id, status, removed FROM snapshots WHERE id = ANY($1::uuid[])',
+    [ids],
+  );
+  return rows;
+}
+
+/** The volume a snapshot belongs to, if the snapshot exists. */
+export async function volumeIdOfSnapshot(db: Queryable, id: string): Promise<string | undefined> {
+  const { rows } = await db.query<{ volume_id: string }>('SELECT volume_id FROM snapshots WHERE id = $1', [id]);
+  return rows[0]?.volume_id;
 }

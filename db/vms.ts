@@ -54,6 +54,25 @@ export async function listVms(db: Queryable, ownerId: string | null, filter: { s
   return rows.map(toVmRecord);
 }
 
+export interface NewVm {
+  id: string;
+  accountId: string;
+  name: string;
+  hypervisor: Hypervisor;
+  serviceOfferingId: string;
+  hostId: string;
+}
+
+/** Inserts a Running VM. */
+export async function insertVm(db: Queryable, vm: NewVm): Promise<VmRecord> {
+  const { rows } = await db.query(
+    `INSERT INTO virtual_machines (id, account_id, name, hypervisor, state, service_offering_id, host_id)
+     VALUES ($1, $2, $3, $4, 'Running', $5, $6) RETURNING *`,
+    [vm.id, vm.accountId, vm.name, vm.hypervisor, vm.serviceOfferingId, vm.hostId],
+  );
+  return toVmRecord(rows[0]);
+}
+
 /** Sets columns of a VM (and its `updated` time); returns the new row. */
 export async function updateVm(
   db: Queryable,

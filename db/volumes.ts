@@ -1,3 +1,4 @@
+import type { BusyVolume } from '../domain/policy.js';
 import type { Queryable } from './pool.js';
 import type { Hypervisor } from './vms.js';
 
@@ -65,6 +66,23 @@ export function toVolumeRecord(r: Record<string, any>): VolumeRecord {
 export async function findVolume(db: Queryable, id: string, ownerId: string | null): Promise<VolumeRecord | undefined> {
   const { rows } = await db.query('SELECT * FROM volumes WHERE id = $1 AND ($2::uuid IS NULL OR account_id = $2)', [id, ownerId]);
   return rows[0] ? toVolumeRecord(rows[0]) : undefined;
+}
+
+/** Where a volume's image is: what a snapshot activity needs of its volume. */
+export interface VolumeLocation {
+  path: string;
+  hypervisor: Hypervisor;
+  poolId: string;
+  sizeBytes: number;
+}
+
+/** The location of a volume (removed ones included), or undefined. */
+export async function findVolumeLocation(db: Queryable, id: string): Promise<VolumeLocation | undefined> {
+  const { rows } = await db.query<Omit<VolumeLocation, 'sizeBytes'> & { sizeBytes: string }>(
+    'SELECT path, hypervisor, pool_id AS "poolId", size_bytes AS "sizeBytes" FROM volumes WHERE id = $1',
+    [id],
+  );
+  return rows[0] && { ...rows[0], sizeBytes: Number(rows[0].sizeBytes) };
 }
 
 /** Volumes visible to `ownerId`; Destroyed ones only when asked for by state. */
@@ -154,6 +172,24 @@ export async function endVolumeOperation(
   return rows[0] ? toVolumeRecord(rows[0]) : undefined;
 }
 
+/** Whether operation `token` is still the one running on the volume (not settled by a reconciler meanwhile). */
+export async function volumeOperationIsCurrent(db: Queryable, id: string, token: string): Promise<boolean> {
+  const { rowCount } = await db.query(`SELECT 1 FROM volumes WHERE id = $1 AND pending->>'token' = $2`, [id, token]);
+  return (rowCount ?? 0) > 0;
+}
+
+/**
+ * Ends an operation that has no token (a row from before tokens, or edited by hand) on a volume still in
+ * `state`: back to Ready. False when the row has moved on meanwhile.
+ */
+export async function endUntokenedVolumeOperation(db: Queryable, id: string, state: VolumeState): Promise<boolean> {
+  const { rows } = await db.query(
+    `UPDATE volumes SET state = 'Ready', updated = now() WHERE id = $1 AND state = $2 AND pending IS NULL RETURNING id`,
+    [id, state],
+  );
+  return rows.length > 0;
+}
+
 /** A volume in a transitional state with what it is doing, as the reconciler reads it. */
 export interface StuckVolume {
   volume: VolumeRecord;
@@ -198,4 +234,32 @@ export async function destroyPrimaryRefsOfVolume(db: Queryable, volumeId: string
       WHERE s.id = r.snapshot_id AND s.volume_id = $1 AND r.store_role = 'Primary' AND r.state <> 'Destroyed'`,
     [volumeId],
   );
+}
+
+/** The primary store refs of a volume's internal snapshots follow its image to another pool. */
+export async function movePrimaryRefs(db: Queryable, volumeId: string, poolId: string, volumePath: string): Promise<void> {
+  await db.query(
+    `UPDATE snapshot_store_ref r SET store_id = $2, install_path = $3 || '@' || r.snapshot_id, last_updated = now()
+       FROM snapshots s WHERE s.id = r.snapshot_id AND s.volume_id = $1 AND r.store_role = 'Primary' AND r.state <> 'Destroyed'`,
+    [volumeId, poolId, volumePath],
+  );
+}
+
+/**
+ * Volumes whose storage work is in progress (Migrating, Resizing, Creating) on the given VM, among the given
+ * volumes, or being created from the given snapshots. Call it under the same row locks as inFlightSnapshots:
+ * a volume enters such a state only under its VM's and its own row lock.
+ */
+export async function busyVolumes(
+  db: Queryable,
+  scope: { vmId?: string | null; volumeIds?: string[]; snapshotIds?: string[] },
+): Promise<BusyVolume[]> {
+  const { rows } = await db.query(
+    `SELECT id, state, type, vm_id, pending->>'snapshotId' AS source_snapshot_id
+       FROM volumes
+      WHERE state = ANY($1::text[])
+        AND (vm_id = $2 OR id = ANY($3::uuid[]) OR pending->>'snapshotId' = ANY($4::text[]))`,
+    [[...TRANSITIONAL_VOLUME_STATES], scope.vmId ?? null, scope.volumeIds ?? [], scope.snapshotIds ?? []],
+  );
+  return rows.map((r) => ({ volumeId: r.id, state: r.state, volumeType: r.type, vmId: r.vm_id, sourceSnapshotId: r.source_snapshot_id }));
 }

@@ -1,8 +1,18 @@
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
-import { findAccountByKeyHash, listAccounts, toAccountRecord, type AccountRecord, type Role } from '../db/accounts.js';
+import {
+  accountNameTaken,
+  findAccountByKeyHash,
+  findFirstAdmin,
+  insertAccount,
+  listAccounts,
+  lockAdminBootstrap,
+  setAccountKeyHash,
+  type AccountRecord,
+  type Role,
+} from '../db/accounts.js';
 import { recordEvent } from '../db/events.js';
 import { withTransaction, type Pool } from '../db/pool.js';
 import { ConflictError } from '../domain/errors.js';
@@ -17,9 +27,6 @@ export function hashApiKey(key: string): string {
   return createHash('sha256').update(key, 'utf8').digest('hex');
 }
 
-// Serialises concurrent start-ups (several API replicas) deciding whether to create the admin.
-const ADMIN_BOOTSTRAP_LOCK = 0x766f6c73; // "vols"
-
 /**
  * Makes sure an admin account exists at start-up. With `adminApiKey` (ADMIN_API_KEY) the first admin account is
  * created or re-keyed to it; without, an admin is created on first start with a generated key, written once to
@@ -33,13 +40,12 @@ export async function ensureAdminAccount(
   keyFile: string,
 ): Promise<AccountRecord> {
   return withTransaction(pool, async (tx) => {
-    await tx.query('SELECT pg_advisory_xact_lock($1)', [ADMIN_BOOTSTRAP_LOCK]);
-    const { rows } = await tx.query(`SELECT * FROM accounts WHERE role = 'admin' AND removed IS NULL ORDER BY created, name LIMIT 1`);
-    const existing = rows[0] ? toAccountRecord(rows[0]) : undefined;
+    await lockAdminBootstrap(tx);
+    const existing = await findFirstAdmin(tx);
     if (adminApiKey) {
       const hash = hashApiKey(adminApiKey);
       if (existing) {
-        await tx.query('UPDATE accounts SET api_key_hash = $2 WHERE id = $1 AND api_key_hash <> $2', [existing.id, hash]);
+        await setAccountKeyHash(tx, existing.id, hash);
         return existing;
       }
       const created = await insertAccount(tx, 'admin', 'admin', hash);
@@ -62,11 +68,6 @@ export async function ensureAdminAccount(
   });
 }
 
-async function insertAccount(db: Pick<Pool, 'query'>, name: string, role: Role, hash: string): Promise<AccountRecord> {
-  const { rows } = await db.query('INSERT INTO accounts (id, name, role, api_key_hash) VALUES ($1, $2, $3, $4) RETURNING *', [randomUUID(), name, role, hash]);
-  return toAccountRecord(rows[0]);
-}
-
 /** Accounts and their API keys. */
 export function createAccountService(deps: { pool: Pool }) {
   const { pool } = deps;
@@ -80,8 +81,7 @@ export function createAccountService(deps: { pool: Pool }) {
     async create(input: { name: string; role: Role }): Promise<AccountRecord & { apiKey: string }> {
       const apiKey = generateApiKey();
       return withTransaction(pool, async (tx) => {
-        const { rows } = await tx.query('SELECT 1 FROM accounts WHERE name = $1', [input.name]);
-        if (rows[0]) throw new ConflictError('ACCOUNT_EXISTS', `an account named ${input.name} already exists`, { name: input.name });
+        if (await accountNameTaken(tx, input.name)) throw new ConflictError('ACCOUNT_EXISTS', `an account named ${input.name} already exists`, { name: input.name });
         const account = await insertAccount(tx, input.name, input.role, hashApiKey(apiKey));
         await recordEvent(tx, {
           type: 'ACCOUNT.CREATE',

@@ -3,7 +3,7 @@ import { isSettingName } from '../config/settings.js';
 import { recordEvent } from '../db/events.js';
 import type { Logger } from 'pino';
 import { withTransaction, type Pool } from '../db/pool.js';
-import { listSettings, updateSetting, type SettingRow } from '../db/settings.js';
+import { listSettings, lockSetting, updateSetting, type SettingRow } from '../db/settings.js';
 import { NotFoundError, ValidationError } from '../domain/errors.js';
 import type { Caller } from './caller.js';
 import type { StorageGcService } from './storage-gc.js';
@@ -23,7 +23,7 @@ export function createConfigurationService(deps: {
     async update(caller: Caller, name: string, value: unknown): Promise<SettingRow> {
       if (!isSettingName(name)) throw new NotFoundError('configuration', name);
       await withTransaction(pool, async (tx) => {
-        const before = (await tx.query('SELECT value FROM configuration WHERE name = $1 FOR UPDATE', [name])).rows[0]?.value;
+        const before = await lockSetting(tx, name);
         const stored = await updateSetting(tx, name, value).catch((err: unknown) => {
           if (!(err instanceof ZodError)) throw err;
           const reason = err.issues[0]?.message ?? 'invalid value';

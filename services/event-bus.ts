@@ -1,6 +1,6 @@
 import pg from 'pg';
 import type { Logger } from 'pino';
-import { EVENTS_CHANNEL, toEventRow, type EventRow } from '../db/events.js';
+import { findEvent, listenForEvents, type EventRow } from '../db/events.js';
 import type { Pool } from '../db/pool.js';
 
 /** Receives every new event; `onReset` after the listener reconnected (events may have been missed meanwhile). */
@@ -34,9 +34,8 @@ export function createEventBus(pool: Pool, logger: Logger): EventBus {
   let closed = false;
 
   async function deliver(id: number): Promise<void> {
-    const { rows } = await pool.query('SELECT * FROM events WHERE id = $1', [id]);
-    if (!rows[0]) return;
-    const event = toEventRow(rows[0]);
+    const event = await findEvent(pool, id);
+    if (!event) return;
     for (const s of subscribers) {
       try {
         s.onEvent(event);
@@ -60,7 +59,7 @@ export function createEventBus(pool: Pool, logger: Logger): EventBus {
       c.on('end', () => drop(c));
       try {
         await c.connect();
-        await c.query(`LISTEN ${EVENTS_CHANNEL}`);
+        await listenForEvents(c);
       } catch (err) {
         logger.warn({ err }, 'event listener could not connect; retrying');
         await c.end().catch(() => undefined);

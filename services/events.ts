@@ -1,6 +1,7 @@
-import { toEventRow, type EventRow } from '../db/events.js';
+import { listEventsAfter, type EventRow } from '../db/events.js';
 import type { Pool } from '../db/pool.js';
-import { IN_PROGRESS_STATES, type SnapshotState } from '../domain/snapshot-states.js';
+import { listBackupProgress } from '../db/snapshots.js';
+import type { SnapshotState } from '../domain/snapshot-states.js';
 import { publicErrorMessage } from '../domain/errors.js';
 import { ownerScope, type Caller } from './caller.js';
 
@@ -29,33 +30,14 @@ export function createEventService(deps: { pool: Pool }) {
   const { pool } = deps;
   return {
     /** Events after id `since` (exclusive), oldest first, at most `limit`. */
-    async list(caller: Caller, opts: { since?: number; limit?: number } = {}): Promise<EventRow[]> {
-      const { rows } = await pool.query(
-        `SELECT * FROM events WHERE id > $1 AND ($2::uuid IS NULL OR account_id = $2) ORDER BY id LIMIT $3`,
-        [opts.since ?? 0, ownerScope(caller), opts.limit ?? 100],
-      );
-      return rows.map(toEventRow);
+    list(caller: Caller, opts: { since?: number; limit?: number } = {}): Promise<EventRow[]> {
+      return listEventsAfter(pool, opts.since ?? 0, ownerScope(caller), opts.limit ?? 100);
     },
 
     /** Backup progress of the caller's snapshots in flight. */
     async progress(caller: Caller): Promise<SnapshotProgress[]> {
-      const { rows } = await pool.query(
-        `SELECT id, volume_id, status, backup_attempts, backup_max_attempts, backup_bytes_done, backup_bytes_total,
-                next_attempt_at, last_error FROM snapshots
-          WHERE status = ANY($1::text[]) AND ($2::uuid IS NULL OR account_id = $2) ORDER BY created`,
-        [IN_PROGRESS_STATES, ownerScope(caller)],
-      );
-      return rows.map((r) => ({
-        snapshotId: r.id,
-        volumeId: r.volume_id,
-        state: r.status,
-        attempts: r.backup_attempts,
-        maxAttempts: r.backup_max_attempts,
-        bytesDone: Number(r.backup_bytes_done),
-        bytesTotal: Number(r.backup_bytes_total),
-        nextAttemptAt: r.next_attempt_at ? new Date(r.next_attempt_at).toISOString() : null,
-        lastError: r.last_error === null ? null : publicErrorMessage(r.last_error),
-      }));
+      const rows = await listBackupProgress(pool, ownerScope(caller));
+      return rows.map((r) => ({ ...r, lastError: r.lastError === null ? null : publicErrorMessage(r.lastError) }));
     },
   };
 }

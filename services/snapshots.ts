@@ -6,6 +6,7 @@ import { defaultImageStore } from '../db/catalog.js';
 import { findImageStore, findStoragePool } from '../db/catalog-queries.js';
 import { recordEvent } from '../db/events.js';
 import { imageLockRunner, withImageLock } from '../db/image-locks.js';
+import { lockSnapshotWithVolume, lockVolumeWithVm } from '../db/locks.js';
 import { withTransaction, type PoolClient } from '../db/pool.js';
 import { readSettings } from '../db/settings.js';
 import {
@@ -14,6 +15,7 @@ import {
   getSnapshot,
   getStoreRefs,
   getStoreRefsOf,
+  inFlightSnapshots,
   insertSnapshot,
   listSnapshots,
   retireStoreRefs,
@@ -22,7 +24,7 @@ import {
   type StoreRefRecord,
 } from '../db/snapshots.js';
 import type { VmRecord } from '../db/vms.js';
-import { endVolumeOperation, insertVolume, isTransitionalVolumeState, updateVolume, type PendingVolumeOperation, type VolumeRecord } from '../db/volumes.js';
+import { busyVolumes, endVolumeOperation, insertVolume, isTransitionalVolumeState, updateVolume, type PendingVolumeOperation, type VolumeRecord } from '../db/volumes.js';
 import {
   ConflictError,
   NotFoundError,
@@ -43,8 +45,7 @@ import {
 import type { snapshotWorkflow } from '../workflows/snapshot-workflow.js';
 import { ownerScope, type Caller } from './caller.js';
 import { defaultStoragePool, driverFor, type ServiceDeps } from './deps.js';
-import { lockSnapshotWithVolume, lockVolumeWithVm } from './locks.js';
-import { assertAllowed, assertNotBusy, busyVolumes, inFlightSnapshots } from './policy-guard.js';
+import { assertAllowed, assertNotBusy } from './policy-guard.js';
 import { withStorageTransaction, type OnRollback } from './storage-transaction.js';
 import { snapshotView, volumeView, type SnapshotView, type VolumeView } from './views.js';
 import { withVolumeHeartbeat } from './volume-operations.js';

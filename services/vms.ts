@@ -1,8 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { findHost, findIso, findServiceOffering, leastLoadedHost, listServiceOfferings } from '../db/catalog-queries.js';
 import { recordEvent } from '../db/events.js';
+import { lockVm, lockVmVolumes, lockVolumeWithVm } from '../db/locks.js';
 import type { PoolClient } from '../db/pool.js';
-import { findVm, listVms, updateVm, type Hypervisor, type VmRecord, type VmState } from '../db/vms.js';
+import { inFlightSnapshots } from '../db/snapshots.js';
+import { findVm, insertVm, listVms, updateVm, type Hypervisor, type VmRecord, type VmState } from '../db/vms.js';
 import {
   destroyPrimaryRefsOfVolume,
   insertVolume,
@@ -17,8 +19,7 @@ import { decideBusy, vmActionDecisions, VM_ACTIONS, type BusyVolume, type Decisi
 import type { StorageDriver } from '../storage/driver.js';
 import { ownerScope, type Caller } from './caller.js';
 import { defaultStoragePool, driverFor, type ServiceDeps } from './deps.js';
-import { lockVm, lockVmVolumes, lockVolumeWithVm } from './locks.js';
-import { assertAllowed, assertNotBusy, inFlightSnapshots } from './policy-guard.js';
+import { assertAllowed, assertNotBusy } from './policy-guard.js';
 import { withStorageTransaction, type OnRollback } from './storage-transaction.js';
 import { vmView, type VmView } from './views.js';
 
@@ -242,11 +243,7 @@ export function createVmService(deps: ServiceDeps) {
       if (!host) throw new ConflictError('NO_HOST', `no ${input.hypervisor} host is available`, { hypervisor: input.hypervisor });
       const vm = await withStorageTransaction(pool, logger, async (tx, onRollback) => {
         const id = randomUUID();
-        const { rows } = await tx.query(
-          `INSERT INTO virtual_machines (id, account_id, name, hypervisor, state, service_offering_id, host_id)
-           VALUES ($1, $2, $3, $4, 'Running', $5, $6) RETURNING *`,
-          [id, caller.accountId, input.name, input.hypervisor, offering.id, host.id],
-        );
+        await insertVm(tx, { id, accountId: caller.accountId, name: input.name, hypervisor: input.hypervisor, serviceOfferingId: offering.id, hostId: host.id });
         const common = { accountId: caller.accountId, vmId: id, hypervisor: input.hypervisor };
         await createDisk(tx, onRollback, driver, { ...common, name: `${input.name}-ROOT`, type: 'ROOT', sizeBytes: input.rootDiskSizeBytes, deviceId: 0 });
         for (const [i, disk] of (input.dataDisks ?? []).entries()) {
@@ -260,7 +257,7 @@ export function createVmService(deps: ServiceDeps) {
           description: `VM ${input.name} created on host ${host.name} with offering ${offering.name}`,
           details: { vmId: id, hostId: host.id, serviceOfferingId: offering.id },
         });
-        return rows[0].id as string;
+        return id;
       });
       return view((await findVm(pool, vm, null))!);
     },

@@ -12,7 +12,14 @@ import type { Logger } from 'pino';
 import { recordEvent } from '../db/events.js';
 import { withImageLock } from '../db/image-locks.js';
 import { withTransaction, type Pool } from '../db/pool.js';
-import { endVolumeOperation, findStuckVolumes, type PendingVolumeOperation, type VolumeRecord } from '../db/volumes.js';
+import {
+  endUntokenedVolumeOperation,
+  endVolumeOperation,
+  findStuckVolumes,
+  movePrimaryRefs,
+  type PendingVolumeOperation,
+  type VolumeRecord,
+} from '../db/volumes.js';
 import type { StorageDrivers } from '../storage/driver.js';
 import { isFileOf, volumePath as kvmVolumePath } from '../storage/paths.js';
 import { VOLUME_STALE_AFTER_SECONDS } from './volume-operations.js';
@@ -93,7 +100,7 @@ export async function settleVolumeOperation(
       // No token (a row from before this code, or edited by hand): match on the token column being absent.
       const ended = pending
         ? await endVolumeOperation(tx, volume.id, pending.token, set)
-        : (await tx.query(`UPDATE volumes SET state = 'Ready', updated = now() WHERE id = $1 AND state = $2 AND pending IS NULL RETURNING id`, [volume.id, volume.state])).rows[0];
+        : await endUntokenedVolumeOperation(tx, volume.id, volume.state);
       if (!ended) return false;
       await extra?.(tx);
       await recordEvent(tx, {
@@ -180,15 +187,6 @@ export async function settleVolumeOperation(
       return result;
     },
     { logger: log },
-  );
-}
-
-/** The primary store refs of a volume's internal snapshots follow its image to another pool. */
-export async function movePrimaryRefs(db: Pick<Pool, 'query'>, volumeId: string, poolId: string, volumePath: string): Promise<void> {
-  await db.query(
-    `UPDATE snapshot_store_ref r SET store_id = $2, install_path = $3 || '@' || r.snapshot_id, last_updated = now()
-       FROM snapshots s WHERE s.id = r.snapshot_id AND s.volume_id = $1 AND r.store_role = 'Primary' AND r.state <> 'Destroyed'`,
-    [volumeId, poolId, volumePath],
   );
 }
 

@@ -2,10 +2,13 @@ import { randomUUID } from 'node:crypto';
 import { findStoragePool } from '../db/catalog-queries.js';
 import { recordEvent } from '../db/events.js';
 import { withImageLock } from '../db/image-locks.js';
+import { lockVolumeWithVm } from '../db/locks.js';
 import { withTransaction, type PoolClient } from '../db/pool.js';
+import { inFlightSnapshots } from '../db/snapshots.js';
 import type { Hypervisor } from '../db/vms.js';
 import {
   beginVolumeOperation,
+  busyVolumes,
   destroyPrimaryRefsOfVolume,
   endVolumeOperation,
   findVolume,
@@ -13,6 +16,8 @@ import {
   insertVolume,
   listVolumes,
   markVolumeDestroyed,
+  movePrimaryRefs,
+  volumeOperationIsCurrent,
   type PendingVolumeOperation,
   type VolumeRecord,
   type VolumeState,
@@ -22,11 +27,10 @@ import { ConflictError, NotFoundError, ValidationError } from '../domain/errors.
 import type { VolumeAction } from '../domain/policy.js';
 import { ownerScope, type Caller } from './caller.js';
 import { defaultStoragePool, driverFor, type ServiceDeps } from './deps.js';
-import { lockVolumeWithVm } from './locks.js';
-import { assertAllowed, assertNotBusy, busyVolumes, inFlightSnapshots } from './policy-guard.js';
+import { assertAllowed, assertNotBusy } from './policy-guard.js';
 import { volumePath as kvmVolumePath } from '../storage/paths.js';
 import { withVolumeHeartbeat } from './volume-operations.js';
-import { movePrimaryRefs, settleVolumeOperation } from './volume-reconcile.js';
+import { settleVolumeOperation } from './volume-reconcile.js';
 import { withStorageTransaction, type OnRollback } from './storage-transaction.js';
 import { volumeView, type VolumeView } from './views.js';
 
@@ -212,8 +216,7 @@ export function createVolumeService(deps: ServiceDeps) {
                 volume.id,
                 async () => {
                   // Publish only while the operation is still ours (not settled by a reconciler meanwhile).
-                  const { rowCount } = await pool.query(`SELECT 1 FROM volumes WHERE id = $1 AND pending->>'token' = $2`, [volume.id, token]);
-                  if (!rowCount) throw new ConflictError('VOLUME_OPERATION_ABANDONED', `the migration of volume ${volume.id} was settled by the reconciler meanwhile`, { volumeId: volume.id });
+                  if (!(await volumeOperationIsCurrent(pool, volume.id, token))) throw new ConflictError('VOLUME_OPERATION_ABANDONED', `the migration of volume ${volume.id} was settled by the reconciler meanwhile`, { volumeId: volume.id });
                   return fn();
                 },
                 { logger: log },

@@ -1,11 +1,11 @@
-import type { PoolClient } from '../db/pool.js';
-import { toSnapshotRecord, type SnapshotRecord } from '../db/snapshots.js';
-import { toVmRecord, type VmRecord } from '../db/vms.js';
-import { toVolumeRecord, type VolumeRecord } from '../db/volumes.js';
 import { NotFoundError } from '../domain/errors.js';
+import type { PoolClient } from './pool.js';
+import { toSnapshotRecord, type SnapshotRecord } from './snapshots.js';
+import { toVmRecord, type VmRecord } from './vms.js';
+import { toVolumeRecord, type VolumeRecord } from './volumes.js';
 
 /*
- * Row locks for policy-checked changes. One lock order everywhere (as services/snapshots.ts lockVolume):
+ * Row locks for policy-checked changes, taken inside the caller's transaction. One lock order everywhere:
  * VM, then its volumes (by id), then snapshots. Checking the policy and acting happen under these locks, so two
  * requests cannot both slip through.
  */
