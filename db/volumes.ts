@@ -113,19 +113,8 @@ export async function volumesOfVms(db: Queryable, vmIds: string[]): Promise<Volu
   return rows.map(toVolumeRecord);
 }
 
-export interface NewVolume {
-  id: string;
-  accountId: string;
-  vmId: string | null;
-  name: string;
-  type: VolumeType;
-  hypervisor: Hypervisor;
-  sizeBytes: number;
-  poolId: string;
-  path: string;
-  format: 'qcow2' | 'vhd';
-  deviceId: number | null;
-}
+/** A volume to insert: the record's own fields; state and times are the database's. */
+export type NewVolume = Omit<VolumeRecord, 'state' | 'createdAt' | 'updatedAt' | 'removedAt'>;
 
 /** Inserts a Ready volume, or one still being created (`pending` then says how). */
 export async function insertVolume(db: Queryable, v: NewVolume, pending?: PendingVolumeOperation): Promise<VolumeRecord> {

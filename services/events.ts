@@ -1,24 +1,14 @@
 import { listEventsAfter, type EventRow } from '../db/events.js';
 import type { Pool } from '../db/pool.js';
-import { listBackupProgress } from '../db/snapshots.js';
-import type { SnapshotState } from '../domain/snapshot-states.js';
+import { listBackupProgress, type BackupProgressRecord } from '../db/snapshots.js';
 import { publicErrorMessage } from '../domain/errors.js';
 import { ownerScope, type Caller } from './caller.js';
 
-/** Backup progress of one in-flight snapshot, as the event stream pushes it. */
-export interface SnapshotProgress {
-  snapshotId: string;
-  volumeId: string;
-  state: SnapshotState;
-  attempts: number;
-  maxAttempts: number;
-  bytesDone: number;
-  bytesTotal: number;
-  /** When the next attempt starts, while the workflow waits out the retry interval. */
-  nextAttemptAt: string | null;
-  /** Why the last attempt failed, in public wording. */
-  lastError: string | null;
-}
+/**
+ * Backup progress of one in-flight snapshot, as the event stream pushes it: the stored record, with `lastError`
+ * (why the last attempt failed) in public wording.
+ */
+export type SnapshotProgress = BackupProgressRecord;
 
 /** Whether `caller` may see `event`: its own account's; an admin sees all (global ones too). */
 export function canSee(caller: Caller, event: Pick<EventRow, 'accountId'>): boolean {
