@@ -48,7 +48,7 @@ function processCases(): FaultCase[] {
     for (const step of STEPS) {
       const subset = SUBSET.some(([f, s]) => f === fault && s === step);
       const expectedToFailUntil =
-        fault === 'Temporal restart' || fault === 'PostgreSQL restart' ? NO_SUPERVISION : undefined;
+        fault === 'Temporal restart' || fault === 'PostgreSQL restart' ? NO_SUPERVISION : fault === 'SIGKILL + restart' ? RESTART_RACE : undefined;
       out.push(processFaultCase(fault, step, { subset, ...(expectedToFailUntil ? { expectedToFailUntil } : {}) }));
     }
   }
@@ -86,7 +86,9 @@ describe(`fault matrix (${FULL ? 'full' : 'subset; FAULTS_FULL=1 for all'} — $
     writeMatrix(results);
     console.log(`\nFault matrix (${RESULTS_FILE}):\n${text}\n`);
     await auditor?.close();
-    await svc?.close();
+    const keep = results.some((r) => r.outcome !== 'pass');
+    await svc?.close(keep);
+    if (keep) console.log(`data dir kept for reading: ${svc?.dataDir}`);
   });
 
   for (const c of selected) {

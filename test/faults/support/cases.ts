@@ -87,11 +87,12 @@ async function injectProcessFault(ctx: CaseContext, fault: ProcessFault): Promis
 async function restartAtOnce(ctx: CaseContext): Promise<void> {
   const { svc } = ctx;
   const t0 = Date.now();
+  const logFrom = svc.logSize();
   try {
     await svc.start(60_000);
     ctx.notes.push(`restarted in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   } catch (err) {
-    ctx.violations.push({ invariant: 'restart-starts-at-once', detail: `npm start on the same data dir failed: ${(err as Error).message.slice(0, 300)}` });
+    ctx.violations.push({ invariant: 'restart-starts-at-once', detail: `npm start on the same data dir failed: ${(err as Error).message.slice(0, 200)}; log: ${svc.lastError(logFrom).slice(0, 200)}` });
     await svc.killGroup();
     await sleep(5000);
     await svc.ensureUp();

@@ -5,7 +5,7 @@
  * row locks that hold a snapshot at a step) and the reads that find the moment to inject them.
  */
 import { execFile } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -284,8 +284,31 @@ export class ServiceDriver {
     };
   }
 
-  async close(): Promise<void> {
+  /** The service's last error-level log line since byte `from` of its stdout log (for a failed start-up). */
+  lastError(from = 0): string {
+    try {
+      const lines = readFileSync(this.logFile, 'utf8').slice(from).split('\n').filter((l) => /"level":(50|60)/.test(l));
+      const last = lines.at(-1);
+      if (!last) return '';
+      const j = JSON.parse(last) as { msg?: string; err?: { message?: string } };
+      return `${j.msg ?? ''}${j.err?.message ? `: ${j.err.message}` : ' (no cause logged)'}`;
+    } catch {
+      return '';
+    }
+  }
+
+  logSize(): number {
+    try {
+      return statSync(this.logFile).size;
+    } catch {
+      return 0;
+    }
+  }
+
+  /** Stops the service; removes the data dir unless `keep` (kept for reading after a failure). */
+  async close(keep = false): Promise<void> {
     await this.terminate().catch(() => undefined);
     await this.pool?.end().catch(() => undefined);
+    if (!keep) rmSync(this.dataDir, { recursive: true, force: true });
   }
 }
