@@ -50,7 +50,7 @@ export const TERMINAL_BOUND_MS = 180_000;
 /** Seconds an Allocated/Creating row may live: the GC reconciler's 60 s grace plus a run. */
 export const IN_FLIGHT_BOUND_S = 90;
 /** How long a service gets to recover by itself from a dead dependency before we call it a failure (ms). */
-const SELF_RECOVERY_MS = 60_000;
+const SELF_RECOVERY_MS = 45_000;
 
 const MAX_ATTEMPTS_DEFAULT = 3;
 
