@@ -128,7 +128,10 @@ async function recoverFromProcessFault(ctx: CaseContext, fault: ProcessFault, vo
     await sleep(1000);
   }
   if (!healthy || !terminal) {
-    const health = await svc.call<unknown>('GET', '/healthz').then((r) => JSON.stringify(r.json).slice(0, 200), (e: unknown) => String(e));
+    const health = await fetch(`${svc.url}/healthz`, { signal: AbortSignal.timeout(5000) }).then(
+      async (r) => `${r.status} ${(await r.text()).slice(0, 160)}`,
+      (e: unknown) => `no answer in 5 s (${String(e).slice(0, 60)})`,
+    );
     ctx.violations.push({
       invariant: 'recovers-without-restart',
       detail: `${SELF_RECOVERY_MS / 1000} s after the ${fault === 'Temporal restart' ? 'Temporal dev server' : 'PostgreSQL server'} died: ` +
