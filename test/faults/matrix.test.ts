@@ -65,7 +65,9 @@ const CASES: FaultCase[] = [
   workflowResetCase('Error'),
 ];
 
-const selected = CASES.filter((c) => FULL || c.subset);
+/** FAULTS_ONLY=<regex> narrows the run to matching "fault × step" names (for working on one case). */
+const ONLY = process.env.FAULTS_ONLY ? new RegExp(process.env.FAULTS_ONLY, 'i') : null;
+const selected = CASES.filter((c) => (ONLY ? ONLY.test(`${c.fault} × ${c.step}`) : FULL || c.subset));
 const results: CaseResult[] = [];
 
 describe(`fault matrix (${FULL ? 'full' : 'subset; FAULTS_FULL=1 for all'} — ${selected.length} cases)`, () => {

@@ -206,8 +206,23 @@ export function processFaultCase(fault: ProcessFault, step: Step, extra: Partial
               60_000,
               'the last copy failure',
             );
+            // The copy failure is recorded before it reaches Temporal: a fault now would only lose the report. Hold the
+            // row (markSnapshotError waits for it) until the compensation has deleted the primary snapshot.
             hold = await svc.holdRow(id);
-            reached = hold.status === 'BackingUp' ? 'last attempt failed, compensation under way (row held)' : `${hold.status} (missed)`;
+            const deleted = await svc
+              .until(
+                async () => {
+                  const { rows } = await svc.pool.query(`SELECT 1 FROM snapshot_store_ref WHERE snapshot_id = $1 AND store_role = 'Primary' AND state = 'Destroyed'`, [id]);
+                  return rows.length ? true : undefined;
+                },
+                20_000,
+                'the compensation deleting the primary snapshot',
+              )
+              .catch(() => false);
+            reached =
+              hold.status === 'BackingUp' && deleted
+                ? 'primary deleted by the compensation, row still BackingUp (held)'
+                : `${hold.status}, ${deleted ? 'primary deleted' : 'compensation not seen within 20 s'} (missed)`;
             break;
           }
         }

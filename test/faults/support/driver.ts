@@ -274,7 +274,9 @@ export class ServiceDriver {
 
   /** The image store made unusable: its directory moved away and a plain file put in its place. */
   async breakImageStore(): Promise<() => Promise<void>> {
-    const { renameSync, writeFileSync, rmSync } = await import('node:fs');
+    const { mkdirSync, renameSync, writeFileSync, rmSync } = await import('node:fs');
+    // A fresh data dir has no image store directory until the first backup.
+    mkdirSync(this.secondaryDir, { recursive: true });
     const away = `${this.secondaryDir}.away`;
     renameSync(this.secondaryDir, away);
     writeFileSync(this.secondaryDir, 'not a directory\n');
