@@ -31,9 +31,6 @@ import { RESULTS_FILE, formatMatrix, outcomeOf, writeMatrix, type CaseResult } f
 
 const FULL = process.env.FAULTS_FULL === '1';
 
-/** An immediate `npm start` after the previous one died can fail while its embedded PostgreSQL is still going away. */
-const RESTART_RACE =
-  'an immediate restart waits for the previous embedded PostgreSQL to go away (another engineer is on it: "embedded servers under detached keepers, leftovers of a dead run cleared")';
 /** Neither embedded server is supervised: when one dies under a running service, nothing starts it again. */
 const NO_SUPERVISION = 'the service restarts (or reconnects to) its embedded Temporal dev server / PostgreSQL when one dies under it';
 
@@ -48,7 +45,7 @@ function processCases(): FaultCase[] {
     for (const step of STEPS) {
       const subset = SUBSET.some(([f, s]) => f === fault && s === step);
       const expectedToFailUntil =
-        fault === 'Temporal restart' || fault === 'PostgreSQL restart' ? NO_SUPERVISION : fault === 'SIGKILL + restart' ? RESTART_RACE : undefined;
+        fault === 'Temporal restart' || fault === 'PostgreSQL restart' ? NO_SUPERVISION : undefined;
       out.push(processFaultCase(fault, step, { subset, ...(expectedToFailUntil ? { expectedToFailUntil } : {}) }));
     }
   }

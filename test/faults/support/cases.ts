@@ -299,8 +299,6 @@ export const imageStoreUnusableCase: FaultCase = {
 export const imageLockCase: FaultCase = {
   fault: 'image write lock held',
   step: 'created on primary',
-  expectedToFailUntil:
-    'qemu-img lock clash during primary creation is retried (another engineer is on it): today the POST fails and the snapshot goes to Error',
   async run(ctx) {
     const { svc } = ctx;
     const vol = await svc.createDataVolume(`lock-${randomUUID().slice(0, 4)}`);

@@ -1,5 +1,5 @@
 /**
- * Drives the real service (`worker/main.ts`, i.e. `npm start`, through test/support/service-process.ts) for the
+ * Drives the real service (`worker/main.ts`, i.e. `npm start`, through harness/service-process.ts) for the
  * fault matrix: one fresh data dir, free ports, a fixed admin key and a backup rate limit so copies take a few
  * seconds. Everything the cases do goes through the HTTP API, except the faults themselves (signals, files,
  * row locks that hold a snapshot at a step) and the reads that find the moment to inject them.
@@ -10,8 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
-import { freePort } from '../../support/ports.js';
-import { spawnService, waitForHttp200, type ServiceProcess } from '../../support/service-process.js';
+import { freePort } from '../../../harness/ports.js';
+import { spawnService, waitForHttp200, type ServiceProcess } from '../../../harness/service-process.js';
 
 const exec = promisify(execFile);
 export const MiB = 1024 * 1024;
