@@ -16,7 +16,7 @@ function toRecord(r: Record<string, any>): CloudStackKeyRecord {
 export async function findCloudStackKey(db: Queryable, apiKey: string): Promise<(CloudStackKeyRecord & { role: 'admin' | 'user'; accountName: string }) | undefined> {
   const { rows } = await db.query(
     `SELECT k.*, a.role, a.name AS account_name FROM cloudstack_keys k JOIN accounts a ON a.id = k.account_id
-      WHERE k.api_key = $1 AND a.removed IS NULL`,
+      WHERE k.api_key = $1 AND a.removed IS NULL AND a.disabled IS NULL`,
     [apiKey],
   );
   return rows[0] ? { ...toRecord(rows[0]), role: rows[0].role, accountName: rows[0].account_name } : undefined;

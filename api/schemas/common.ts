@@ -65,7 +65,10 @@ const ERROR_DESCRIPTIONS = {
   403: 'Needs an admin account',
   404: 'Not found (also another account\'s resource)',
   409: 'State or policy conflict, e.g. OPERATION_NOT_ALLOWED_DURING_BACKUP',
+  408: 'The request body did not arrive within the body timeout (REQUEST_TIMEOUT)',
   413: 'Request body over 1 MiB',
+  422: 'The Idempotency-Key was used with a different request (IDEMPOTENCY_KEY_MISMATCH)',
+  429: 'Rate limit or stream cap reached (RATE_LIMITED, TOO_MANY_STREAMS); retry after Retry-After seconds',
 } as const;
 
 type ErrorStatus = keyof typeof ERROR_DESCRIPTIONS;

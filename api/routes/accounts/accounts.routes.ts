@@ -1,8 +1,22 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import { AccountSchema, CreateAccountSchema, CreatedAccountSchema } from '../../schemas/account.js';
-import { errorResponses, jsonBody, jsonContent } from '../../schemas/common.js';
+import {
+  AccountKeyParamsSchema,
+  AccountRefParamsSchema,
+  AccountSchema,
+  ApiKeySchema,
+  CreateAccountSchema,
+  CreateApiKeySchema,
+  CreatedAccountSchema,
+  CreatedApiKeySchema,
+  CurrentAccountSchema,
+  UpdateAccountSchema,
+} from '../../schemas/account.js';
+import { errorResponses, IdParamsSchema, jsonBody, jsonContent } from '../../schemas/common.js';
 
 const tags = ['Accounts'];
+
+/** An optional JSON body: no body means every field takes its default. */
+const optionalJsonBody = <T extends z.ZodType>(schema: T) => ({ content: { 'application/json': { schema } }, required: false });
 
 export const create = createRoute({
   path: '/api/v1/accounts',
@@ -12,7 +26,7 @@ export const create = createRoute({
   request: { body: jsonBody(CreateAccountSchema) },
   responses: {
     201: jsonContent(CreatedAccountSchema, 'The account with its new API key'),
-    ...errorResponses(400, 401, 403, 409, 413),
+    ...errorResponses(400, 401, 403, 409, 413, 429),
   },
 });
 
@@ -21,8 +35,57 @@ export const list = createRoute({
   method: 'get',
   tags,
   summary: 'List accounts (admin)',
-  responses: { 200: jsonContent(z.array(AccountSchema), 'Every account'), ...errorResponses(401, 403) },
+  responses: { 200: jsonContent(z.array(AccountSchema), 'Every account'), ...errorResponses(401, 403, 429) },
+});
+
+export const me = createRoute({
+  path: '/api/v1/accounts/me',
+  method: 'get',
+  tags,
+  summary: 'The caller\'s own account, and the id of the key in use',
+  responses: { 200: jsonContent(CurrentAccountSchema, 'The account'), ...errorResponses(401, 429) },
+});
+
+export const update = createRoute({
+  path: '/api/v1/accounts/{id}',
+  method: 'patch',
+  tags,
+  summary: 'Disable or enable an account (admin): a disabled account\'s keys get 401 at once',
+  request: { params: IdParamsSchema, body: jsonBody(UpdateAccountSchema) },
+  responses: { 200: jsonContent(AccountSchema, 'The account'), ...errorResponses(400, 401, 403, 404, 409, 413, 429) },
+});
+
+export const listKeys = createRoute({
+  path: '/api/v1/accounts/{accountId}/keys',
+  method: 'get',
+  tags,
+  summary: 'List an account\'s API keys (never the keys themselves); `me` for your own, an id for an admin',
+  request: { params: AccountRefParamsSchema },
+  responses: { 200: jsonContent(z.array(ApiKeySchema), 'The keys, oldest first, revoked ones included'), ...errorResponses(400, 401, 403, 404, 429) },
+});
+
+export const createKey = createRoute({
+  path: '/api/v1/accounts/{accountId}/keys',
+  method: 'post',
+  tags,
+  summary: 'Add an API key (rotation: add, switch clients over, revoke the old one); the key is in the answer, once',
+  request: { params: AccountRefParamsSchema, body: optionalJsonBody(CreateApiKeySchema) },
+  responses: { 201: jsonContent(CreatedApiKeySchema, 'The new key'), ...errorResponses(400, 401, 403, 404, 413, 429) },
+});
+
+export const revokeKey = createRoute({
+  path: '/api/v1/accounts/{accountId}/keys/{keyId}',
+  method: 'delete',
+  tags,
+  summary: 'Revoke an API key: refused (401) from the next request on; the last live key cannot be revoked (409 LAST_API_KEY)',
+  request: { params: AccountKeyParamsSchema },
+  responses: { 200: jsonContent(ApiKeySchema, 'The key, revoked'), ...errorResponses(400, 401, 403, 404, 409, 429) },
 });
 
 export type CreateRoute = typeof create;
 export type ListRoute = typeof list;
+export type MeRoute = typeof me;
+export type UpdateRoute = typeof update;
+export type ListKeysRoute = typeof listKeys;
+export type CreateKeyRoute = typeof createKey;
+export type RevokeKeyRoute = typeof revokeKey;
