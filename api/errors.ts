@@ -5,6 +5,7 @@ import { ZodError } from 'zod';
 import { ImageBusyError } from '../storage/common.js';
 import {
   ConflictError,
+  IdempotencyKeyMismatchError,
   NotFoundError,
   ServiceUnavailableError,
   SnapshotCreationFailedError,
@@ -98,6 +99,7 @@ export function toErrorResponse(err: unknown): { status: ContentfulStatusCode; b
     const message = /primary storage/.test(reason) ? reason : `creating the snapshot on primary storage failed: ${reason}`;
     return ok(409, errorBody(err.code, message, { snapshotId: err.snapshotId }));
   }
+  if (err instanceof IdempotencyKeyMismatchError) return ok(422, errorBody(err.code, err.message, { snapshotId: err.snapshotId }));
   if (err instanceof ServiceUnavailableError) return ok(503, errorBody(err.code, err.message, err.details));
   // Another process held the image beyond the bound: nothing changed, the client may retry.
   if (err instanceof ImageBusyError) return ok(409, errorBody('IMAGE_BUSY', publicErrorMessage(err.message)));

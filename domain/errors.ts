@@ -18,7 +18,6 @@ export const ERROR_CODES = {
   IMAGE_BUSY: { status: 409, description: 'another process held the volume image too long; nothing changed, retry' },
   INVALID_STATE: { status: 409, description: 'the resource is not in a state that allows the operation' },
   IDEMPOTENCY_KEY_REUSED: { status: 409, description: 'the Idempotency-Key was used for a snapshot of another volume' },
-  IDEMPOTENCY_KEY_IN_USE: { status: 409, description: 'a request with this Idempotency-Key is still being processed; retry after Retry-After seconds' },
   SNAPSHOT_CREATION_FAILED: { status: 409, description: 'creating the snapshot on primary storage failed' },
   SNAPSHOT_BACKUP_FAILED: { status: 409, description: 'the synchronous backup failed after its last attempt' },
   PRIMARY_SNAPSHOT_MISSING: { status: 409, description: 'the snapshot no longer exists on primary storage' },
@@ -80,6 +79,15 @@ export class OperationNotAllowedError extends ConflictError {
 export class VolumeBusyError extends ConflictError {
   constructor(message: string, readonly volumeId: string, readonly state: string) {
     super('VOLUME_BUSY', message, { volumeId, state });
+  }
+}
+
+/** An Idempotency-Key sent again with another request body: 422, as the IETF draft and Stripe answer. */
+export class IdempotencyKeyMismatchError extends Error {
+  override readonly name = 'IdempotencyKeyMismatchError';
+  readonly code = 'IDEMPOTENCY_KEY_MISMATCH';
+  constructor(readonly snapshotId: string) {
+    super('this Idempotency-Key was used with a different request (volume, name or asyncBackup); use a new key for a new request');
   }
 }
 

@@ -54,7 +54,7 @@ export const IdempotencyHeadersSchema = z.object({
     .max(255, 'must be at most 255 characters')
     .regex(/^[\x21-\x7e]+$/, 'must be printable ASCII without spaces')
     .optional()
-    .openapi({ description: 'Retrying with the same key returns the same snapshot' }),
+    .openapi({ description: 'Retrying with the same key and body returns the same snapshot; another body with it is 422. Keys expire after idempotency.key.ttl seconds (default 24 h)' }),
 });
 
 export const SnapshotListQuerySchema = z.object({

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signRequest } from '../../api/cloudstack/signature.js';
-import { ADMIN_KEY, startApiHarness, type ApiHarness } from './harness.js';
+import { ADMIN_KEY, MiB, startApiHarness, waitFor, type ApiHarness } from './harness.js';
 
 /** Issue 17: API keys and accounts, idempotency, resource bounds. */
 describe('API security', () => {
@@ -91,6 +91,82 @@ describe('API security', () => {
     it('ADMIN_API_KEY keeps working and its key is listed', async () => {
       const keys = await h.call('GET', '/api/v1/accounts/me/keys', { key: ADMIN_KEY });
       expect(keys.body.map((k: { name: string }) => k.name)).toContain('ADMIN_API_KEY');
+    });
+  });
+
+  describe('Idempotency-Key', () => {
+    let user: { id: string; key: string };
+    let disks: string[];
+    const snapshot = (volumeId: string, body: Record<string, unknown>, key?: string) =>
+      h.call('POST', `/api/v1/volumes/${volumeId}/snapshots`, { key: user.key, body, ...(key ? { headers: { 'Idempotency-Key': key } } : {}) });
+
+    beforeAll(async () => {
+      user = await h.createUser('idem-user');
+      const vm = await h.call('POST', '/api/v1/vms', { key: user.key, body: { name: 'idem-vm', hypervisor: 'KVM', rootDiskSizeBytes: MiB, dataDisks: [{ sizeBytes: MiB }, { sizeBytes: MiB }] } });
+      expect(vm.status).toBe(201);
+      disks = vm.body.volumes.filter((v: { type: string }) => v.type === 'DATADISK').map((v: { id: string }) => v.id);
+    });
+
+    it('the same key and body replays the answer; another body with the key is 422 IDEMPOTENCY_KEY_MISMATCH, no new snapshot', async () => {
+      const first = await snapshot(disks[0]!, { name: 'idem-a', asyncBackup: true }, 'k-body');
+      expect(first.status).toBe(201);
+      const again = await snapshot(disks[0]!, { name: 'idem-a', asyncBackup: true }, 'k-body');
+      expect(again.status).toBe(200);
+      expect(again.body.id).toBe(first.body.id);
+      for (const body of [{ name: 'idem-b', asyncBackup: true }, { name: 'idem-a', asyncBackup: false }, { asyncBackup: true }]) {
+        const other = await snapshot(disks[0]!, body, 'k-body');
+        expect(other.status, JSON.stringify(body)).toBe(422);
+        expect(other.body.error.code).toBe('IDEMPOTENCY_KEY_MISMATCH');
+        expect(other.body.error.details.snapshotId).toBe(first.body.id);
+      }
+      const { rows } = await h.stack.pool.query('SELECT count(*)::int AS n FROM snapshots WHERE account_id = $1 AND idempotency_key = $2', [user.id, 'k-body']);
+      expect(rows[0].n).toBe(1);
+      await waitFor(async () => (await h.call('GET', `/api/v1/snapshots/${first.body.id}`, { key: user.key })).body.state === 'BackedUp', 30_000, 'BackedUp');
+    });
+
+    it('a key expires after idempotency.key.ttl, and with its snapshot deleted: then it takes a new snapshot', async () => {
+      const first = await snapshot(disks[0]!, { name: 'idem-exp', asyncBackup: true }, 'k-expire');
+      expect(first.status).toBe(201);
+      const { rows } = await h.stack.pool.query(`SELECT extract(epoch FROM idempotency_expires - created)::int AS ttl FROM snapshots WHERE id = $1`, [first.body.id]);
+      expect(rows[0].ttl).toBeGreaterThanOrEqual(86_399);
+      // A day later, as far as the key is concerned.
+      await h.stack.pool.query(`UPDATE snapshots SET idempotency_expires = now() - interval '1 second' WHERE id = $1`, [first.body.id]);
+      const later = await snapshot(disks[0]!, { name: 'idem-exp', asyncBackup: true }, 'k-expire');
+      expect(later.status).toBe(201);
+      expect(later.body.id).not.toBe(first.body.id);
+
+      // The snapshot the key names is deleted: no Destroyed snapshot replayed.
+      await waitFor(async () => (await h.call('GET', `/api/v1/snapshots/${later.body.id}`, { key: user.key })).body.state === 'BackedUp', 30_000, 'BackedUp');
+      expect((await h.call('DELETE', `/api/v1/snapshots/${later.body.id}`, { key: user.key })).body.state).toBe('Destroyed');
+      const afterDelete = await snapshot(disks[0]!, { name: 'idem-exp', asyncBackup: true }, 'k-expire');
+      expect(afterDelete.status).toBe(201);
+      expect(afterDelete.body.state).not.toBe('Destroyed');
+      expect(afterDelete.body.id).not.toBe(later.body.id);
+      await waitFor(async () => (await h.call('GET', `/api/v1/snapshots/${afterDelete.body.id}`, { key: user.key })).body.state === 'BackedUp', 30_000, 'BackedUp');
+
+      // The period is a runtime setting.
+      expect((await h.call('PUT', '/api/v1/configurations/idempotency.key.ttl', { body: { value: 120 } })).status).toBe(200);
+      const short = await snapshot(disks[1]!, { name: 'idem-ttl', asyncBackup: true }, 'k-ttl');
+      const ttl = await h.stack.pool.query(`SELECT extract(epoch FROM idempotency_expires - created)::int AS ttl FROM snapshots WHERE id = $1`, [short.body.id]);
+      expect(ttl.rows[0].ttl).toBeGreaterThanOrEqual(119);
+      expect(ttl.rows[0].ttl).toBeLessThan(200);
+      expect((await h.call('PUT', '/api/v1/configurations/idempotency.key.ttl', { body: { value: 86_400 } })).status).toBe(200);
+      await waitFor(async () => (await h.call('GET', `/api/v1/snapshots/${short.body.id}`, { key: user.key })).body.state === 'BackedUp', 30_000, 'BackedUp');
+    });
+
+    it('concurrent duplicates never make a second snapshot: same volume waits for the first, another volume is 409', async () => {
+      const same = await Promise.all([1, 2, 3, 4].map(() => snapshot(disks[1]!, { name: 'idem-race', asyncBackup: true }, 'k-race')));
+      expect(same.map((r) => r.status).sort()).toEqual([200, 200, 200, 201]);
+      expect(new Set(same.map((r) => r.body.id)).size).toBe(1);
+      await waitFor(async () => (await h.call('GET', `/api/v1/snapshots/${same[0]!.body.id}`, { key: user.key })).body.state === 'BackedUp', 30_000, 'BackedUp');
+
+      const split = await Promise.all(disks.map((d) => snapshot(d, { name: 'idem-split', asyncBackup: true }, 'k-split')));
+      expect(split.map((r) => r.status).sort()).toEqual([201, 409]);
+      expect(split.find((r) => r.status === 409)!.body.error.code).toBe('IDEMPOTENCY_KEY_REUSED');
+      const { rows } = await h.stack.pool.query('SELECT count(*)::int AS n FROM snapshots WHERE account_id = $1 AND idempotency_key = $2', [user.id, 'k-split']);
+      expect(rows[0].n).toBe(1);
+      const winner = split.find((r) => r.status === 201)!.body.id;
+      await waitFor(async () => (await h.call('GET', `/api/v1/snapshots/${winner}`, { key: user.key })).body.state === 'BackedUp', 30_000, 'BackedUp');
     });
   });
 });

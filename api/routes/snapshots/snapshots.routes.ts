@@ -21,14 +21,17 @@ export const create = createRoute({
   summary: 'Take a snapshot of a volume',
   description:
     'Answers when the milestone is reached: created on primary (CreatedOnPrimary/BackingUp) with `asyncBackup: true`, ' +
-    'backed up (BackedUp) without. A retry with the same `Idempotency-Key` answers 200 with the same snapshot. ' +
+    'backed up (BackedUp) without. A retry with the same `Idempotency-Key` and the same request answers 200 with the same snapshot ' +
+    '(a concurrent duplicate waits for the first); the same key with another body (name, asyncBackup) is 422 IDEMPOTENCY_KEY_MISMATCH, ' +
+    'with another volume 409 IDEMPOTENCY_KEY_REUSED. A key holds for `idempotency.key.ttl` seconds (default 24 h), or until its snapshot is deleted; ' +
+    'after that it takes a new snapshot. ' +
     'A failed creation on primary is 409 SNAPSHOT_CREATION_FAILED; a failed synchronous backup is 409 SNAPSHOT_BACKUP_FAILED; ' +
     'both name the snapshot (in Error) in `details.snapshotId`.',
   request: { params: IdParamsSchema, headers: IdempotencyHeadersSchema, body: optionalJsonBody(CreateSnapshotSchema) },
   responses: {
     201: jsonContent(SnapshotSchema, 'The new snapshot at its milestone'),
     200: jsonContent(SnapshotSchema, 'The snapshot an earlier request with this Idempotency-Key created'),
-    ...errorResponses(400, 401, 404, 409, 413),
+    ...errorResponses(400, 401, 404, 409, 413, 422, 429),
   },
 });
 
