@@ -32,6 +32,8 @@ export class HttpError extends Error {
     readonly code: ErrorCode,
     message: string,
     readonly details: Record<string, unknown> = {},
+    /** Sent as Retry-After (429s). */
+    readonly retryAfterSeconds?: number,
   ) {
     super(message);
   }
@@ -74,6 +76,7 @@ const HTTP_EXCEPTION_CODES: Record<number, ErrorCode> = {
   400: 'MALFORMED_REQUEST',
   401: 'UNAUTHORIZED',
   404: 'NOT_FOUND',
+  408: 'REQUEST_TIMEOUT',
   413: 'PAYLOAD_TOO_LARGE',
   415: 'UNSUPPORTED_MEDIA_TYPE',
 };
@@ -121,6 +124,7 @@ export const onError: ErrorHandler<AppBindings> = (err, c) => {
   else log?.debug({ code: body.error.code, status }, 'request refused');
   if (status === 401) c.header('WWW-Authenticate', 'Bearer realm="volsnap"');
   if (err instanceof ServiceUnavailableError) c.header('Retry-After', String(err.retryAfterSeconds));
+  if (err instanceof HttpError && err.retryAfterSeconds !== undefined) c.header('Retry-After', String(err.retryAfterSeconds));
   return c.json(body, status);
 };
 

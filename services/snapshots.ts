@@ -358,7 +358,8 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
       return { snapshot: snapshotView(snapshot, refs), replay };
     },
 
-    async list(caller: Caller, filter: { volumeId?: string; state?: SnapshotState } = {}): Promise<SnapshotView[]> {
+    /** Oldest first; `limit` and `after` (the previous page's last id) page through them. */
+    async list(caller: Caller, filter: { volumeId?: string; state?: SnapshotState; after?: string; limit?: number } = {}): Promise<SnapshotView[]> {
       const snapshots = await listSnapshots(pool, ownerScope(caller), filter);
       const refs = await getStoreRefsOf(pool, snapshots.map((s) => s.id));
       return snapshots.map((s) => snapshotView(s, refs.get(s.id) ?? []));

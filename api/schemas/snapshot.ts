@@ -1,6 +1,6 @@
 import { z } from '@hono/zod-openapi';
 import { SNAPSHOT_STATES } from '../../domain/snapshot-states.js';
-import { NameSchema, TimestampSchema, uuid } from './common.js';
+import { NameSchema, PageLimitSchema, TimestampSchema, uuid } from './common.js';
 
 export const SnapshotStateSchema = z.enum(SNAPSHOT_STATES);
 
@@ -60,6 +60,8 @@ export const IdempotencyHeadersSchema = z.object({
 export const SnapshotListQuerySchema = z.object({
   volumeId: uuid('Only snapshots of this volume').optional(),
   state: SnapshotStateSchema.optional().openapi({ description: 'Default: every state but Destroyed' }),
+  limit: PageLimitSchema,
+  after: uuid('Cursor: the id of the previous page\'s last snapshot (its X-Next-Cursor)').optional(),
 });
 
 export const CreateVolumeFromSnapshotSchema = z

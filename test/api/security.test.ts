@@ -1,5 +1,9 @@
+import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createApp } from '../../api/app.js';
 import { signRequest } from '../../api/cloudstack/signature.js';
+import { listen } from '../../api/server.js';
+import { silentLogger } from '../../observability/logger.js';
 import { ADMIN_KEY, MiB, startApiHarness, waitFor, type ApiHarness } from './harness.js';
 
 /** Issue 17: API keys and accounts, idempotency, resource bounds. */
@@ -167,6 +171,126 @@ describe('API security', () => {
       expect(rows[0].n).toBe(1);
       const winner = split.find((r) => r.status === 201)!.body.id;
       await waitFor(async () => (await h.call('GET', `/api/v1/snapshots/${winner}`, { key: user.key })).body.state === 'BackedUp', 30_000, 'BackedUp');
+    });
+  });
+
+  describe('resource bounds', () => {
+    it('a client sending its body too slowly gets 408 REQUEST_TIMEOUT and is disconnected; a long answer is not cut', async () => {
+      const server = await listen(createApp(h.stack), '127.0.0.1', 0, silentLogger, { bodyTimeoutMs: 1000 });
+      try {
+        const started = Date.now();
+        const { text, closed } = await new Promise<{ text: string; closed: boolean }>((resolve, reject) => {
+          const socket = connect(server.port, '127.0.0.1');
+          let text = '';
+          socket.setEncoding('utf8');
+          socket.on('data', (d) => (text += d));
+          socket.on('error', reject);
+          socket.on('close', () => resolve({ text, closed: true }));
+          socket.write(`POST /api/v1/accounts HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${ADMIN_KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"na`);
+          // A byte now and then: each arrives, the whole body never does.
+          const drip = setInterval(() => socket.writable && socket.write(' '), 200);
+          socket.on('close', () => clearInterval(drip));
+          setTimeout(() => reject(new Error(`not disconnected; got ${JSON.stringify(text)}`)), 8000);
+        });
+        expect(closed).toBe(true);
+        expect(Date.now() - started).toBeLessThan(5000);
+        expect(text).toMatch(/^HTTP\/1\.1 408 /);
+        const body = JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4));
+        expect(body.error.code).toBe('REQUEST_TIMEOUT');
+
+        // A synchronous snapshot answers after its backup's last attempt (here ~2 s, twice the body timeout).
+        const user = await h.createUser('slow-sync');
+        const vm = await h.call('POST', '/api/v1/vms', { key: user.key, body: { name: 'slow-vm', hypervisor: 'KVM', rootDiskSizeBytes: MiB } });
+        await h.setConfig('backup.max.attempts', 2);
+        await h.setConfig('backup.retry.interval', 2);
+        await h.breakImageStore();
+        try {
+          const t0 = Date.now();
+          const res = await fetch(`http://127.0.0.1:${server.port}/api/v1/volumes/${vm.body.volumes[0].id}/snapshots`, {
+            method: 'POST',
+            headers: { authorization: `Bearer ${user.key}`, 'content-type': 'application/json' },
+            body: JSON.stringify({ asyncBackup: false }),
+          });
+          expect(Date.now() - t0).toBeGreaterThan(1500);
+          expect(res.status).toBe(409);
+          expect(((await res.json()) as { error: { code: string } }).error.code).toBe('SNAPSHOT_BACKUP_FAILED');
+        } finally {
+          await h.restoreImageStore();
+          await h.setConfig('backup.max.attempts', 3);
+          await h.setConfig('backup.retry.interval', 300);
+        }
+      } finally {
+        await server.close();
+      }
+    });
+
+    it('a key over its rate gets 429 RATE_LIMITED with Retry-After; other keys go on', async () => {
+      const app = createApp(h.stack, { limits: { ratePerMinute: 60, rateBurst: 3 } });
+      const user = await h.createUser('rate-user');
+      const other = (await h.call('POST', '/api/v1/accounts/me/keys', { key: user.key, body: { name: 'other' } })).body.apiKey as string;
+      const get = (key: string) => app.request('/api/v1/vms', { headers: { authorization: `Bearer ${key}` } });
+      for (let i = 0; i < 3; i++) expect((await get(user.key)).status).toBe(200);
+      const refused = await get(user.key);
+      expect(refused.status).toBe(429);
+      expect(Number(refused.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+      expect(((await refused.json()) as { error: { code: string } }).error.code).toBe('RATE_LIMITED');
+      expect((await get(other)).status).toBe(200);
+    });
+
+    it('an account may hold EVENT_STREAMS_PER_ACCOUNT streams; one more is 429 TOO_MANY_STREAMS until one closes', async () => {
+      const app = createApp(h.stack, { limits: { streamsPerAccount: 2 } });
+      const user = await h.createUser('stream-user');
+      const open = () => app.request('/api/v1/events/stream', { headers: { authorization: `Bearer ${user.key}` } });
+      const a = await open();
+      const b = await open();
+      expect([a.status, b.status]).toEqual([200, 200]);
+      const c = await open();
+      expect(c.status).toBe(429);
+      expect(c.headers.get('retry-after')).toBe('30');
+      expect(((await c.json()) as { error: { code: string } }).error.code).toBe('TOO_MANY_STREAMS');
+      // Another account is not affected.
+      const admin = await app.request('/api/v1/events/stream', { headers: { authorization: `Bearer ${ADMIN_KEY}` } });
+      expect(admin.status).toBe(200);
+      await admin.body!.cancel();
+      await a.body!.cancel();
+      const d = await waitFor(async () => {
+        const r = await open();
+        if (r.status === 200) return r;
+        await r.body?.cancel();
+        return undefined;
+      }, 5000, 'a free stream slot');
+      await Promise.all([b.body!.cancel(), d.body!.cancel()]);
+    });
+
+    it('GET /snapshots and /events are paged: limit up to 1000, X-Next-Cursor and Link name the next page', async () => {
+      const all = await h.call('GET', '/api/v1/snapshots?limit=1000');
+      expect(all.status).toBe(200);
+      expect(all.headers.get('x-next-cursor')).toBeNull();
+      expect(all.body.length).toBeGreaterThan(4);
+      const seen: string[] = [];
+      let path = '/api/v1/snapshots?limit=2';
+      for (let i = 0; i < 100; i++) {
+        const res = await h.call('GET', path);
+        expect(res.status).toBe(200);
+        expect(res.body.length).toBeLessThanOrEqual(2);
+        seen.push(...res.body.map((s: { id: string }) => s.id));
+        const next = res.headers.get('x-next-cursor');
+        if (!next) break;
+        expect(next).toBe(res.body[1].id);
+        expect(res.headers.get('link')).toBe(`</api/v1/snapshots?limit=2&after=${next}>; rel="next"`);
+        path = `/api/v1/snapshots?limit=2&after=${next}`;
+      }
+      expect(seen).toEqual(all.body.map((s: { id: string }) => s.id));
+      expect((await h.call('GET', '/api/v1/snapshots?limit=1001')).status).toBe(400);
+      const defaultPage = await h.call('GET', '/api/v1/events');
+      expect(defaultPage.body.length).toBeLessThanOrEqual(100);
+
+      const events = await h.call('GET', '/api/v1/events?limit=3');
+      expect(events.body).toHaveLength(3);
+      expect(events.headers.get('x-next-cursor')).toBe(String(events.body[2].id));
+      const rest = await h.call('GET', `/api/v1/events?limit=3&since=${events.headers.get('x-next-cursor')}`);
+      expect(rest.body[0].id).toBeGreaterThan(events.body[2].id);
+      expect((await h.call('GET', '/api/v1/events?limit=5000')).status).toBe(400);
     });
   });
 });

@@ -26,7 +26,7 @@ export const create = createRoute({
   request: { body: jsonBody(CreateAccountSchema) },
   responses: {
     201: jsonContent(CreatedAccountSchema, 'The account with its new API key'),
-    ...errorResponses(400, 401, 403, 409, 413, 429),
+    ...errorResponses(400, 401, 403, 409, 413),
   },
 });
 
@@ -35,7 +35,7 @@ export const list = createRoute({
   method: 'get',
   tags,
   summary: 'List accounts (admin)',
-  responses: { 200: jsonContent(z.array(AccountSchema), 'Every account'), ...errorResponses(401, 403, 429) },
+  responses: { 200: jsonContent(z.array(AccountSchema), 'Every account'), ...errorResponses(401, 403) },
 });
 
 export const me = createRoute({
@@ -43,7 +43,7 @@ export const me = createRoute({
   method: 'get',
   tags,
   summary: 'The caller\'s own account, and the id of the key in use',
-  responses: { 200: jsonContent(CurrentAccountSchema, 'The account'), ...errorResponses(401, 429) },
+  responses: { 200: jsonContent(CurrentAccountSchema, 'The account'), ...errorResponses(401) },
 });
 
 export const update = createRoute({
@@ -52,7 +52,7 @@ export const update = createRoute({
   tags,
   summary: 'Disable or enable an account (admin): a disabled account\'s keys get 401 at once',
   request: { params: IdParamsSchema, body: jsonBody(UpdateAccountSchema) },
-  responses: { 200: jsonContent(AccountSchema, 'The account'), ...errorResponses(400, 401, 403, 404, 409, 413, 429) },
+  responses: { 200: jsonContent(AccountSchema, 'The account'), ...errorResponses(400, 401, 403, 404, 409, 413) },
 });
 
 export const listKeys = createRoute({
@@ -61,7 +61,7 @@ export const listKeys = createRoute({
   tags,
   summary: 'List an account\'s API keys (never the keys themselves); `me` for your own, an id for an admin',
   request: { params: AccountRefParamsSchema },
-  responses: { 200: jsonContent(z.array(ApiKeySchema), 'The keys, oldest first, revoked ones included'), ...errorResponses(400, 401, 403, 404, 429) },
+  responses: { 200: jsonContent(z.array(ApiKeySchema), 'The keys, oldest first, revoked ones included'), ...errorResponses(400, 401, 403, 404) },
 });
 
 export const createKey = createRoute({
@@ -70,7 +70,7 @@ export const createKey = createRoute({
   tags,
   summary: 'Add an API key (rotation: add, switch clients over, revoke the old one); the key is in the answer, once',
   request: { params: AccountRefParamsSchema, body: optionalJsonBody(CreateApiKeySchema) },
-  responses: { 201: jsonContent(CreatedApiKeySchema, 'The new key'), ...errorResponses(400, 401, 403, 404, 413, 429) },
+  responses: { 201: jsonContent(CreatedApiKeySchema, 'The new key'), ...errorResponses(400, 401, 403, 404, 413) },
 });
 
 export const revokeKey = createRoute({
@@ -79,7 +79,7 @@ export const revokeKey = createRoute({
   tags,
   summary: 'Revoke an API key: refused (401) from the next request on; the last live key cannot be revoked (409 LAST_API_KEY)',
   request: { params: AccountKeyParamsSchema },
-  responses: { 200: jsonContent(ApiKeySchema, 'The key, revoked'), ...errorResponses(400, 401, 403, 404, 409, 429) },
+  responses: { 200: jsonContent(ApiKeySchema, 'The key, revoked'), ...errorResponses(400, 401, 403, 404, 409) },
 });
 
 export type CreateRoute = typeof create;

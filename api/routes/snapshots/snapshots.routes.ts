@@ -1,5 +1,5 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import { errorResponses, IdParamsSchema, jsonContent } from '../../schemas/common.js';
+import { errorResponses, IdParamsSchema, jsonContent, PageHeadersSchema } from '../../schemas/common.js';
 import {
   CreateSnapshotSchema,
   CreateVolumeFromSnapshotSchema,
@@ -31,7 +31,7 @@ export const create = createRoute({
   responses: {
     201: jsonContent(SnapshotSchema, 'The new snapshot at its milestone'),
     200: jsonContent(SnapshotSchema, 'The snapshot an earlier request with this Idempotency-Key created'),
-    ...errorResponses(400, 401, 404, 409, 413, 422, 429),
+    ...errorResponses(400, 401, 404, 409, 413, 422),
   },
 });
 
@@ -39,9 +39,10 @@ export const list = createRoute({
   path: '/api/v1/snapshots',
   method: 'get',
   tags,
-  summary: 'List snapshots',
+  summary: 'List snapshots, oldest first, a page at a time',
+  description: 'At most `limit` (default 100, at most 1000); when more follow, `X-Next-Cursor` holds the `after` of the next page and `Link` its URL.',
   request: { query: SnapshotListQuerySchema },
-  responses: { 200: jsonContent(z.array(SnapshotSchema), 'The snapshots'), ...errorResponses(400, 401) },
+  responses: { 200: { ...jsonContent(z.array(SnapshotSchema), 'The snapshots'), headers: PageHeadersSchema }, ...errorResponses(400, 401) },
 });
 
 export const get = createRoute({
