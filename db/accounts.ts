@@ -103,6 +103,20 @@ export async function revokeApiKey(db: Queryable, accountId: string, keyId: stri
   return rows[0] ? toApiKeyRecord(rows[0]) : undefined;
 }
 
+/**
+ * Makes `keyHash` a live key of `accountId` named `name`: inserted, or un-revoked when it was this account's
+ * before. False when the hash is another account's key.
+ */
+export async function restoreOrInsertApiKey(db: Queryable, accountId: string, name: string, keyHash: string): Promise<boolean> {
+  const { rows } = await db.query(
+    `INSERT INTO api_keys (id, account_id, name, key_hash) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (key_hash) DO UPDATE SET revoked = NULL, name = EXCLUDED.name WHERE api_keys.account_id = EXCLUDED.account_id
+     RETURNING id`,
+    [randomUUID(), accountId, name, keyHash],
+  );
+  return rows.length > 0;
+}
+
 /** Revokes an account's unrevoked keys named `name` except the one hashing to `keepHash`; returns how many. */
 export async function revokeNamedApiKeys(db: Queryable, accountId: string, name: string, keepHash: string): Promise<number> {
   const { rowCount } = await db.query(

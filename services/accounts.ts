@@ -14,6 +14,7 @@ import {
   listApiKeys,
   lockAccount,
   lockAdminBootstrap,
+  restoreOrInsertApiKey,
   revokeApiKey,
   revokeNamedApiKeys,
   setAccountDisabled,
@@ -56,9 +57,13 @@ export async function ensureAdminAccount(
     if (adminApiKey) {
       const hash = hashApiKey(adminApiKey);
       if (existing) {
-        // Re-keyed: the key from ADMIN_API_KEY is added, the one the variable held before is revoked.
-        if (!(await hasLiveApiKey(tx, existing.id, hash))) await insertApiKey(tx, existing.id, ENV_ADMIN_KEY_NAME, hash);
+        // Re-keyed: the key from ADMIN_API_KEY is added (or un-revoked), the one the variable held before is
+        // revoked. It is the break-glass key: the account is enabled again if another admin disabled it.
+        if (!(await hasLiveApiKey(tx, existing.id, hash)) && !(await restoreOrInsertApiKey(tx, existing.id, ENV_ADMIN_KEY_NAME, hash))) {
+          throw new Error('ADMIN_API_KEY is an API key of another account; choose another value');
+        }
         await revokeNamedApiKeys(tx, existing.id, ENV_ADMIN_KEY_NAME, hash);
+        if (existing.disabled) await setAccountDisabled(tx, existing.id, false);
         return existing;
       }
       const created = await insertAccount(tx, 'admin', 'admin', hash, ENV_ADMIN_KEY_NAME);

@@ -4,6 +4,7 @@ import { createApp } from '../../api/app.js';
 import { signRequest } from '../../api/cloudstack/signature.js';
 import { listen } from '../../api/server.js';
 import { silentLogger } from '../../observability/logger.js';
+import { ensureAdminAccount } from '../../services/accounts.js';
 import { ADMIN_KEY, MiB, startApiHarness, waitFor, type ApiHarness } from './harness.js';
 
 /** Issue 17: API keys and accounts, idempotency, resource bounds. */
@@ -291,6 +292,30 @@ describe('API security', () => {
       const rest = await h.call('GET', `/api/v1/events?limit=3&since=${events.headers.get('x-next-cursor')}`);
       expect(rest.body[0].id).toBeGreaterThan(events.body[2].id);
       expect((await h.call('GET', '/api/v1/events?limit=5000')).status).toBe(400);
+    });
+  });
+
+  // Last: it changes the admin's key and puts it back.
+  describe('ADMIN_API_KEY', () => {
+    it('setting another value adds that key and revokes the previous one; going back restores it; it re-enables the admin', async () => {
+      const file = '/nonexistent/admin-api-key';
+      await ensureAdminAccount(h.stack.pool, 'rotated-admin-key', silentLogger, file);
+      expect((await h.call('GET', '/api/v1/vms', { key: 'rotated-admin-key' })).status).toBe(200);
+      expect((await h.call('GET', '/api/v1/vms', { key: ADMIN_KEY })).status).toBe(401);
+      // Keys made through the API are left alone.
+      const extra = await h.call('POST', '/api/v1/accounts/me/keys', { key: 'rotated-admin-key', body: { name: 'api-made' } });
+      await ensureAdminAccount(h.stack.pool, ADMIN_KEY, silentLogger, file);
+      expect((await h.call('GET', '/api/v1/vms', { key: ADMIN_KEY })).status).toBe(200);
+      expect((await h.call('GET', '/api/v1/vms', { key: 'rotated-admin-key' })).status).toBe(401);
+      expect((await h.call('GET', '/api/v1/vms', { key: extra.body.apiKey })).status).toBe(200);
+
+      // Another admin disabled the first one: ADMIN_API_KEY is the way back in.
+      const second = await h.call('POST', '/api/v1/accounts', { body: { name: 'second-admin', role: 'admin' } });
+      const me = (await h.call('GET', '/api/v1/accounts/me')).body;
+      expect((await h.call('PATCH', `/api/v1/accounts/${me.id}`, { key: second.body.apiKey, body: { disabled: true } })).status).toBe(200);
+      expect((await h.call('GET', '/api/v1/vms')).status).toBe(401);
+      await ensureAdminAccount(h.stack.pool, ADMIN_KEY, silentLogger, file);
+      expect((await h.call('GET', '/api/v1/vms')).status).toBe(200);
     });
   });
 });
