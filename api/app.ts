@@ -4,7 +4,7 @@ import { requestId } from 'hono/request-id';
 import { metricsHandler, metricsMiddleware } from '../observability/metrics.js';
 import { createServices } from '../services/index.js';
 import type { Stack } from '../app/stack.js';
-import { createCloudStackApi, issueCloudStackKeys, type CloudStackApiDeps } from './cloudstack/index.js';
+import { cloudStackKeyInfo, createCloudStackApi, issueCloudStackKeys, revokeCloudStackKeys, type CloudStackApiDeps } from './cloudstack/index.js';
 import { DOCS_HTML } from './docs.js';
 import { errorBody, notFoundOrMethodNotAllowed, onError } from './errors.js';
 import { apiLimitsFrom, type ApiLimits } from '../config/env.js';
@@ -48,7 +48,11 @@ export function createApp(stack: AppStack, opts: AppOptions = {}): AppOpenAPI {
   const services = createServices(stack);
   const app = createRouter();
   const cloudstack = createCloudStackApi({ services, pool: stack.pool, logger: stack.logger, ...(opts.cloudstackJobs ? { jobs: opts.cloudstackJobs } : {}) });
-  const cloudstackKeys = { issue: (accountId: string) => issueCloudStackKeys(stack.pool, accountId) };
+  const cloudstackKeys = {
+    issue: (accountId: string) => issueCloudStackKeys(stack.pool, accountId),
+    info: (accountId: string) => cloudStackKeyInfo(stack.pool, accountId),
+    revoke: (accountId: string) => revokeCloudStackKeys(stack.pool, accountId),
+  };
   const limits: ApiLimits = { ...(stack.env ? apiLimitsFrom(stack.env) : DEFAULT_API_LIMITS), ...opts.limits };
   const streams = createStreamSlots(limits.streamsPerAccount);
 

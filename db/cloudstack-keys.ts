@@ -38,6 +38,12 @@ export async function putCloudStackKey(db: Queryable, accountId: string, apiKey:
   return toRecord(rows[0]);
 }
 
+/** Removes an account's key pair (revoked: its signatures are refused); the pair it was, if any. */
+export async function deleteCloudStackKey(db: Queryable, accountId: string): Promise<CloudStackKeyRecord | undefined> {
+  const { rows } = await db.query('DELETE FROM cloudstack_keys WHERE account_id = $1 RETURNING *', [accountId]);
+  return rows[0] ? toRecord(rows[0]) : undefined;
+}
+
 /** The first live admin account's id (the one ADMIN_API_KEY keys), if any. */
 export async function firstAdminAccountId(db: Queryable): Promise<string | undefined> {
   const { rows } = await db.query(`SELECT id FROM accounts WHERE role = 'admin' AND removed IS NULL ORDER BY created, name LIMIT 1`);

@@ -51,6 +51,17 @@ export const UpdateAccountSchema = z
   })
   .openapi('UpdateAccount');
 
+export const CloudStackKeyInfoSchema = z
+  .object({
+    apiKey: z.string().openapi({ description: 'The CloudStack API key (the apiKey parameter of /client/api requests)' }),
+    createdAt: TimestampSchema,
+  })
+  .openapi('CloudStackKeyInfo', { description: 'An account\'s CloudStack key pair without its secret' });
+
+export const IssuedCloudStackKeysSchema = CloudStackKeyInfoSchema.extend({
+  secretKey: z.string().openapi({ description: 'The secret that signs the requests: shown this once' }),
+}).openapi('IssuedCloudStackKeys');
+
 /** `me` (the caller's own account) or an account id (admin). */
 export const AccountRefParamsSchema = z.object({
   accountId: z

@@ -93,6 +93,38 @@ describe('API security', () => {
       expect(await cloudstack()).toBe(200);
     });
 
+    it('the CloudStack key pair is shown without its secret, renewed and revoked like the bearer keys', async () => {
+      const created = await h.call('POST', '/api/v1/accounts', { body: { name: 'km-frank', role: 'user' } });
+      const key = created.body.apiKey as string;
+      const signed = async (pair: { apiKey: string; secretKey: string }) => {
+        const params: Record<string, string> = { command: 'listVolumes', response: 'json', apiKey: pair.apiKey };
+        const query = new URLSearchParams({ ...params, signature: signRequest(pair.secretKey, params) });
+        return (await h.app.request(`/client/api?${query}`)).status;
+      };
+      const first = created.body.cloudstack as { apiKey: string; secretKey: string };
+      const shown = await h.call('GET', '/api/v1/accounts/me/cloudstack-keys', { key });
+      expect(shown.status).toBe(200);
+      expect(shown.body.apiKey).toBe(first.apiKey);
+      expect(JSON.stringify(shown.body)).not.toContain(first.secretKey);
+
+      const renewed = await h.call('POST', '/api/v1/accounts/me/cloudstack-keys', { key });
+      expect(renewed.status).toBe(201);
+      expect(renewed.body.secretKey).toBeTypeOf('string');
+      expect(await signed(first)).toBe(401);
+      expect(await signed(renewed.body)).toBe(200);
+
+      const other = await h.createUser('km-grace');
+      expect((await h.call('DELETE', `/api/v1/accounts/${created.body.id}/cloudstack-keys`, { key: other.key })).status).toBe(403);
+      const revoked = await h.call('DELETE', '/api/v1/accounts/me/cloudstack-keys', { key });
+      expect(revoked.status).toBe(200);
+      expect(await signed(renewed.body)).toBe(401);
+      expect((await h.call('GET', '/api/v1/accounts/me/cloudstack-keys', { key })).status).toBe(404);
+      // An admin can issue a new pair for the account.
+      const again = await h.call('POST', `/api/v1/accounts/${created.body.id}/cloudstack-keys`);
+      expect(again.status).toBe(201);
+      expect(await signed(again.body)).toBe(200);
+    });
+
     it('ADMIN_API_KEY keeps working and its key is listed', async () => {
       const keys = await h.call('GET', '/api/v1/accounts/me/keys', { key: ADMIN_KEY });
       expect(keys.body.map((k: { name: string }) => k.name)).toContain('ADMIN_API_KEY');

@@ -10,4 +10,7 @@ export default createRouter()
   .openapi(routes.update, handlers.update)
   .openapi(routes.listKeys, handlers.listKeys)
   .openapi(routes.createKey, handlers.createKey)
-  .openapi(routes.revokeKey, handlers.revokeKey);
+  .openapi(routes.revokeKey, handlers.revokeKey)
+  .openapi(routes.getCloudStackKeys, handlers.getCloudStackKeys)
+  .openapi(routes.issueCloudStackKeys, handlers.issueCloudStackKeys)
+  .openapi(routes.revokeCloudStackKeys, handlers.revokeCloudStackKeys);

@@ -7,8 +7,10 @@ import {
   CreateAccountSchema,
   CreateApiKeySchema,
   CreatedAccountSchema,
+  CloudStackKeyInfoSchema,
   CreatedApiKeySchema,
   CurrentAccountSchema,
+  IssuedCloudStackKeysSchema,
   UpdateAccountSchema,
 } from '../../schemas/account.js';
 import { errorResponses, IdParamsSchema, jsonBody, jsonContent } from '../../schemas/common.js';
@@ -82,7 +84,37 @@ export const revokeKey = createRoute({
   responses: { 200: jsonContent(ApiKeySchema, 'The key, revoked'), ...errorResponses(400, 401, 403, 404, 409) },
 });
 
+export const getCloudStackKeys = createRoute({
+  path: '/api/v1/accounts/{accountId}/cloudstack-keys',
+  method: 'get',
+  tags,
+  summary: 'The account\'s CloudStack key pair (/client/api), without its secret',
+  request: { params: AccountRefParamsSchema },
+  responses: { 200: jsonContent(CloudStackKeyInfoSchema, 'The pair\'s API key'), ...errorResponses(400, 401, 403, 404) },
+});
+
+export const issueCloudStackKeys = createRoute({
+  path: '/api/v1/accounts/{accountId}/cloudstack-keys',
+  method: 'post',
+  tags,
+  summary: 'Issue a new CloudStack key pair (the previous one stops working); the secret is in the answer, once',
+  request: { params: AccountRefParamsSchema },
+  responses: { 201: jsonContent(IssuedCloudStackKeysSchema, 'The new pair'), ...errorResponses(400, 401, 403, 404) },
+});
+
+export const revokeCloudStackKeys = createRoute({
+  path: '/api/v1/accounts/{accountId}/cloudstack-keys',
+  method: 'delete',
+  tags,
+  summary: 'Revoke the account\'s CloudStack key pair: its signatures get 401 from the next request on',
+  request: { params: AccountRefParamsSchema },
+  responses: { 200: jsonContent(CloudStackKeyInfoSchema, 'The revoked pair\'s API key'), ...errorResponses(400, 401, 403, 404) },
+});
+
 export type CreateRoute = typeof create;
+export type GetCloudStackKeysRoute = typeof getCloudStackKeys;
+export type IssueCloudStackKeysRoute = typeof issueCloudStackKeys;
+export type RevokeCloudStackKeysRoute = typeof revokeCloudStackKeys;
 export type ListRoute = typeof list;
 export type MeRoute = typeof me;
 export type UpdateRoute = typeof update;
