@@ -9,7 +9,7 @@ import { DOCS_HTML } from './docs.js';
 import { errorBody, notFoundOrMethodNotAllowed, onError } from './errors.js';
 import { apiLimitsFrom, type ApiLimits } from '../config/env.js';
 import { requireApiKey } from './middleware/auth.js';
-import { createStreamSlots, DEFAULT_API_LIMITS, rateLimit } from './middleware/limits.js';
+import { createRateLimiter, createStreamSlots, DEFAULT_API_LIMITS, rateLimit } from './middleware/limits.js';
 import { configureOpenAPI, createRouter } from './openapi.js';
 import accounts from './routes/accounts/accounts.index.js';
 import catalogs from './routes/catalogs/catalogs.index.js';
@@ -47,13 +47,20 @@ export interface AppOptions {
 export function createApp(stack: AppStack, opts: AppOptions = {}): AppOpenAPI {
   const services = createServices(stack);
   const app = createRouter();
-  const cloudstack = createCloudStackApi({ services, pool: stack.pool, logger: stack.logger, ...(opts.cloudstackJobs ? { jobs: opts.cloudstackJobs } : {}) });
+  const limits: ApiLimits = { ...(stack.env ? apiLimitsFrom(stack.env) : DEFAULT_API_LIMITS), ...opts.limits };
+  const limiter = createRateLimiter(limits.ratePerMinute, limits.rateBurst);
+  const cloudstack = createCloudStackApi({
+    services,
+    pool: stack.pool,
+    logger: stack.logger,
+    rateLimiter: limiter,
+    ...(opts.cloudstackJobs ? { jobs: opts.cloudstackJobs } : {}),
+  });
   const cloudstackKeys = {
     issue: (accountId: string) => issueCloudStackKeys(stack.pool, accountId),
     info: (accountId: string) => cloudStackKeyInfo(stack.pool, accountId),
     revoke: (accountId: string) => revokeCloudStackKeys(stack.pool, accountId),
   };
-  const limits: ApiLimits = { ...(stack.env ? apiLimitsFrom(stack.env) : DEFAULT_API_LIMITS), ...opts.limits };
   const streams = createStreamSlots(limits.streamsPerAccount);
 
   if (stack.metrics) app.use(metricsMiddleware(stack.metrics));
@@ -85,7 +92,7 @@ export function createApp(stack: AppStack, opts: AppOptions = {}): AppOpenAPI {
     }),
   );
   app.use('/api/v1/*', requireApiKey);
-  app.use('/api/v1/*', rateLimit(limits));
+  app.use('/api/v1/*', rateLimit(limits, limiter));
   app.onError(onError);
 
   configureOpenAPI(app, VERSION);

@@ -43,9 +43,10 @@ export function createRateLimiter(perMinute: number, burst: number, now: () => n
   };
 }
 
+export type RateLimiter = ReturnType<typeof createRateLimiter>;
+
 /** After authentication: 429 RATE_LIMITED with Retry-After when the caller's key is over its rate. */
-export function rateLimit(limits: Pick<ApiLimits, 'ratePerMinute' | 'rateBurst'>): MiddlewareHandler<AppBindings> {
-  const limiter = createRateLimiter(limits.ratePerMinute, limits.rateBurst);
+export function rateLimit(limits: Pick<ApiLimits, 'ratePerMinute' | 'rateBurst'>, limiter: RateLimiter = createRateLimiter(limits.ratePerMinute, limits.rateBurst)): MiddlewareHandler<AppBindings> {
   return async (c, next) => {
     const { caller } = c.var;
     const wait = limiter.take(caller.keyId ?? caller.accountId);

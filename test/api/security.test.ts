@@ -268,6 +268,18 @@ describe('API security', () => {
       expect(Number(refused.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
       expect(((await refused.json()) as { error: { code: string } }).error.code).toBe('RATE_LIMITED');
       expect((await get(other)).status).toBe(200);
+
+      // The CloudStack dialect counts per key pair too, and answers as CloudStack's api.throttling does.
+      const cs = (await h.call('POST', '/api/v1/accounts', { body: { name: 'rate-cs', role: 'user' } })).body.cloudstack as { apiKey: string; secretKey: string };
+      const signed = () => {
+        const params: Record<string, string> = { command: 'listVolumes', response: 'json', apiKey: cs.apiKey };
+        return app.request(`/client/api?${new URLSearchParams({ ...params, signature: signRequest(cs.secretKey, params) })}`);
+      };
+      for (let i = 0; i < 3; i++) expect((await signed()).status).toBe(200);
+      const throttled = await signed();
+      expect(throttled.status).toBe(429);
+      expect(Number(throttled.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+      expect(((await throttled.json()) as { listvolumesresponse: { errorcode: number } }).listvolumesresponse.errorcode).toBe(429);
     });
 
     it('an account may hold EVENT_STREAMS_PER_ACCOUNT streams; one more is 429 TOO_MANY_STREAMS until one closes', async () => {
