@@ -33,6 +33,7 @@ export const ERROR_CODES = {
   CONCURRENT_UPDATE: { status: 409, description: 'another request changed the resource at the same time; retry' },
   CONFLICT: { status: 409, description: 'the request conflicts with existing data' },
   LAST_API_KEY: { status: 409, description: 'the account\'s last live API key cannot be revoked; create another first' },
+  API_KEY_IN_USE: { status: 409, description: 'a key cannot revoke itself; revoke it with another key' },
   PAYLOAD_TOO_LARGE: { status: 413, description: 'the request body is too large' },
   UNSUPPORTED_MEDIA_TYPE: { status: 415, description: 'send Content-Type: application/json' },
   IDEMPOTENCY_KEY_MISMATCH: { status: 422, description: 'the Idempotency-Key was used with a different request body (name, asyncBackup); use a new key' },

@@ -131,8 +131,11 @@ export function createAccountService(deps: { pool: Pool }) {
       });
     },
 
-    /** Revokes a key at once; the account's last live key cannot be revoked (409), so it is never locked out. */
-    async revokeKey(accountId: string, keyId: string): Promise<ApiKeyRecord> {
+    /**
+     * Revokes a key at once. The account's last live key cannot be revoked (409), nor the key the request is made
+     * with (`usingKeyId`): nobody locks themselves out.
+     */
+    async revokeKey(accountId: string, keyId: string, usingKeyId?: string): Promise<ApiKeyRecord> {
       return withTransaction(pool, async (tx) => {
         // Locked: two revocations of one account's keys cannot both pass the last-key check.
         const account = await lockAccount(tx, accountId);
@@ -142,6 +145,8 @@ export function createAccountService(deps: { pool: Pool }) {
         if (target && live.length === 1) {
           throw new ConflictError('LAST_API_KEY', 'this is the account\'s last live API key; create another before revoking it', { keyId });
         }
+        // Rotation revokes the old key with the new one: a request cannot saw off the branch it sits on.
+        if (target && keyId === usingKeyId) throw new ConflictError('API_KEY_IN_USE', 'this request is made with the key it would revoke; revoke it with another key', { keyId });
         const revoked = await revokeApiKey(tx, account.id, keyId);
         if (!revoked) throw new NotFoundError('API key', keyId);
         if (target) {

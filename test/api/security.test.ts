@@ -57,11 +57,16 @@ describe('API security', () => {
       const last = await h.call('DELETE', `/api/v1/accounts/me/keys/${second.body.id}`, { key: second.body.apiKey });
       expect(last.status).toBe(409);
       expect(last.body.error.code).toBe('LAST_API_KEY');
+      const third = await h.call('POST', '/api/v1/accounts/me/keys', { key: second.body.apiKey, body: { name: 'third' } });
+      const self = await h.call('DELETE', `/api/v1/accounts/me/keys/${second.body.id}`, { key: second.body.apiKey });
+      expect(self.status).toBe(409);
+      expect(self.body.error.code).toBe('API_KEY_IN_USE');
+      expect((await h.call('DELETE', `/api/v1/accounts/me/keys/${third.body.id}`, { key: second.body.apiKey })).status).toBe(200);
 
       // Another account's keys: 403 for a user, visible to an admin; a key of another account is 404.
       const carol = await h.createUser('km-carol');
       expect((await h.call('GET', `/api/v1/accounts/${bob.id}/keys`, { key: carol.key })).status).toBe(403);
-      expect((await h.call('GET', `/api/v1/accounts/${bob.id}/keys`)).body).toHaveLength(2);
+      expect((await h.call('GET', `/api/v1/accounts/${bob.id}/keys`)).body).toHaveLength(3);
       expect((await h.call('DELETE', `/api/v1/accounts/me/keys/${second.body.id}`, { key: carol.key })).status).toBe(404);
     });
 

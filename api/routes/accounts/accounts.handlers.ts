@@ -56,7 +56,7 @@ export const createKey: AppRouteHandler<CreateKeyRoute> = async (c) => {
 
 export const revokeKey: AppRouteHandler<RevokeKeyRoute> = async (c) => {
   const { accountId, keyId } = c.req.valid('param');
-  return c.json(await c.var.services.accounts.revokeKey(accountOf(c, accountId), keyId), 200);
+  return c.json(await c.var.services.accounts.revokeKey(accountOf(c, accountId), keyId, c.var.caller.keyId), 200);
 };
 
 export const getCloudStackKeys: AppRouteHandler<GetCloudStackKeysRoute> = async (c) => {

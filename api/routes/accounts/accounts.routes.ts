@@ -79,7 +79,7 @@ export const revokeKey = createRoute({
   path: '/api/v1/accounts/{accountId}/keys/{keyId}',
   method: 'delete',
   tags,
-  summary: 'Revoke an API key: refused (401) from the next request on; the last live key cannot be revoked (409 LAST_API_KEY)',
+  summary: 'Revoke an API key: refused (401) from the next request on; not the last live key (409 LAST_API_KEY) nor the key of this request (409 API_KEY_IN_USE)',
   request: { params: AccountKeyParamsSchema },
   responses: { 200: jsonContent(ApiKeySchema, 'The key, revoked'), ...errorResponses(400, 401, 403, 404, 409) },
 });
