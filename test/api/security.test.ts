@@ -18,6 +18,19 @@ describe('API security', () => {
     await h?.stop();
   });
 
+  it('the OpenAPI document declares the new routes, 422 and 429 answers, and the paging headers', async () => {
+    const doc = (await h.call('GET', '/openapi.json', { key: null })).body;
+    for (const path of ['/api/v1/accounts/me', '/api/v1/accounts/{accountId}/keys', '/api/v1/accounts/{accountId}/keys/{keyId}', '/api/v1/accounts/{id}', '/api/v1/accounts/{accountId}/cloudstack-keys']) {
+      expect(Object.keys(doc.paths)).toContain(path);
+    }
+    expect(Object.keys(doc.paths['/api/v1/volumes/{id}/snapshots'].post.responses)).toEqual(expect.arrayContaining(['422', '429']));
+    expect(Object.keys(doc.paths['/api/v1/events/stream'].get.responses)).toContain('429');
+    expect(Object.keys(doc.paths['/api/v1/snapshots'].get.responses['200'].headers)).toEqual(['X-Next-Cursor', 'Link']);
+    expect(Object.keys(doc.paths['/healthz'].get.responses)).not.toContain('429');
+    const codes = doc.components.schemas.Error.properties.error.properties.code.enum;
+    expect(codes).toEqual(expect.arrayContaining(['IDEMPOTENCY_KEY_MISMATCH', 'RATE_LIMITED', 'TOO_MANY_STREAMS', 'REQUEST_TIMEOUT', 'LAST_API_KEY', 'API_KEY_IN_USE']));
+  });
+
   describe('key management', () => {
     it('GET /accounts/me names the caller and the key in use', async () => {
       const alice = await h.createUser('km-alice');
