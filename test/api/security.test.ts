@@ -345,6 +345,20 @@ describe('API security', () => {
       }
       expect(seen).toEqual(all.body.map((s: { id: string }) => s.id));
       expect((await h.call('GET', '/api/v1/snapshots?limit=1001')).status).toBe(400);
+
+      // VMs and volumes the same way; a VM's volumes (one creation time) stay in device order across pages.
+      for (const [path, min] of [['/api/v1/vms', 2], ['/api/v1/volumes', 4]] as const) {
+        const whole = (await h.call('GET', `${path}?limit=1000`)).body.map((v: { id: string }) => v.id);
+        expect(whole.length, path).toBeGreaterThanOrEqual(min);
+        const paged: string[] = [];
+        let next: string | null = null;
+        do {
+          const res: { body: Array<{ id: string }>; headers: Headers } = await h.call('GET', `${path}?limit=2${next ? `&after=${next}` : ''}`);
+          paged.push(...res.body.map((v) => v.id));
+          next = res.headers.get('x-next-cursor');
+        } while (next);
+        expect(paged, path).toEqual(whole);
+      }
       const defaultPage = await h.call('GET', '/api/v1/events');
       expect(defaultPage.body.length).toBeLessThanOrEqual(100);
 

@@ -73,12 +73,12 @@ export function createApi(key, { onUnauthorized } = {}) {
 
   return {
     key,
-    listVms: () => call('GET', '/api/v1/vms'),
+    listVms: () => listAll('/api/v1/vms', 'after'),
     getVm: (id) => call('GET', `/api/v1/vms/${seg(id)}`),
     createVm: (body) => call('POST', '/api/v1/vms', body),
     allowedActions: (id) => call('GET', `/api/v1/vms/${seg(id)}/allowed-actions`),
     vmAction: (id, body) => call('POST', `/api/v1/vms/${seg(id)}/actions`, body),
-    listVolumes: () => call('GET', '/api/v1/volumes'),
+    listVolumes: () => listAll('/api/v1/volumes', 'after'),
     listSnapshots: () => listAll('/api/v1/snapshots', 'after'),
     getSnapshot: (id) => call('GET', `/api/v1/snapshots/${seg(id)}`),
     /** Answers at the milestone: created on primary (asyncBackup) or backed up (the default). */
