@@ -4,10 +4,12 @@ import { requestId } from 'hono/request-id';
 import { metricsHandler, metricsMiddleware } from '../observability/metrics.js';
 import { createServices } from '../services/index.js';
 import type { Stack } from '../app/stack.js';
-import { createCloudStackApi, issueCloudStackKeys, type CloudStackApiDeps } from './cloudstack/index.js';
+import { cloudStackKeyInfo, createCloudStackApi, issueCloudStackKeys, revokeCloudStackKeys, type CloudStackApiDeps } from './cloudstack/index.js';
 import { DOCS_HTML } from './docs.js';
 import { errorBody, notFoundOrMethodNotAllowed, onError } from './errors.js';
+import { apiLimitsFrom, type ApiLimits } from '../config/env.js';
 import { requireApiKey } from './middleware/auth.js';
+import { createRateLimiter, createStreamSlots, DEFAULT_API_LIMITS, rateLimit } from './middleware/limits.js';
 import { configureOpenAPI, createRouter } from './openapi.js';
 import accounts from './routes/accounts/accounts.index.js';
 import catalogs from './routes/catalogs/catalogs.index.js';
@@ -22,7 +24,7 @@ import type { AppOpenAPI } from './types.js';
 import { mountUi } from './ui.js';
 
 /** The slice of the running stack the HTTP API uses; GC and metrics are mounted when the stack has them. */
-export type AppStack = Pick<Stack, 'pool' | 'snapshots' | 'drivers' | 'health' | 'logger'> & Partial<Pick<Stack, 'storageGc' | 'metrics'>>;
+export type AppStack = Pick<Stack, 'pool' | 'snapshots' | 'drivers' | 'health' | 'logger'> & Partial<Pick<Stack, 'storageGc' | 'metrics' | 'env'>>;
 
 /** Request bodies above this are refused with 413 before they are parsed. */
 export const MAX_BODY_BYTES = 1024 * 1024;
@@ -37,14 +39,29 @@ export interface AppOptions {
   isStopping?: () => boolean;
   /** CloudStack job runner timings (tests shorten them). */
   cloudstackJobs?: CloudStackApiDeps['jobs'];
+  /** Rate limit and stream cap; default: from the stack's environment, else DEFAULT_API_LIMITS. */
+  limits?: Partial<ApiLimits>;
 }
 
 /** The HTTP application over a running stack (docs/design.md §8). */
 export function createApp(stack: AppStack, opts: AppOptions = {}): AppOpenAPI {
   const services = createServices(stack);
   const app = createRouter();
-  const cloudstack = createCloudStackApi({ services, pool: stack.pool, logger: stack.logger, ...(opts.cloudstackJobs ? { jobs: opts.cloudstackJobs } : {}) });
-  const cloudstackKeys = { issue: (accountId: string) => issueCloudStackKeys(stack.pool, accountId) };
+  const limits: ApiLimits = { ...(stack.env ? apiLimitsFrom(stack.env) : DEFAULT_API_LIMITS), ...opts.limits };
+  const limiter = createRateLimiter(limits.ratePerMinute, limits.rateBurst);
+  const cloudstack = createCloudStackApi({
+    services,
+    pool: stack.pool,
+    logger: stack.logger,
+    rateLimiter: limiter,
+    ...(opts.cloudstackJobs ? { jobs: opts.cloudstackJobs } : {}),
+  });
+  const cloudstackKeys = {
+    issue: (accountId: string) => issueCloudStackKeys(stack.pool, accountId),
+    info: (accountId: string) => cloudStackKeyInfo(stack.pool, accountId),
+    revoke: (accountId: string) => revokeCloudStackKeys(stack.pool, accountId),
+  };
+  const streams = createStreamSlots(limits.streamsPerAccount);
 
   if (stack.metrics) app.use(metricsMiddleware(stack.metrics));
   app.use(requestId());
@@ -52,6 +69,7 @@ export function createApp(stack: AppStack, opts: AppOptions = {}): AppOpenAPI {
     c.set('log', stack.logger.child({ requestId: c.var.requestId }));
     c.set('services', services);
     c.set('cloudstackKeys', cloudstackKeys);
+    c.set('streams', streams);
     const started = performance.now();
     await next();
     c.var.log.info({ method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(performance.now() - started) }, 'request');
@@ -74,6 +92,7 @@ export function createApp(stack: AppStack, opts: AppOptions = {}): AppOpenAPI {
     }),
   );
   app.use('/api/v1/*', requireApiKey);
+  app.use('/api/v1/*', rateLimit(limits, limiter));
   app.onError(onError);
 
   configureOpenAPI(app, VERSION);

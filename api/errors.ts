@@ -5,6 +5,7 @@ import { ZodError } from 'zod';
 import { ImageBusyError } from '../storage/common.js';
 import {
   ConflictError,
+  IdempotencyKeyMismatchError,
   NotFoundError,
   ServiceUnavailableError,
   SnapshotCreationFailedError,
@@ -31,6 +32,8 @@ export class HttpError extends Error {
     readonly code: ErrorCode,
     message: string,
     readonly details: Record<string, unknown> = {},
+    /** Sent as Retry-After (429s). */
+    readonly retryAfterSeconds?: number,
   ) {
     super(message);
   }
@@ -73,6 +76,7 @@ const HTTP_EXCEPTION_CODES: Record<number, ErrorCode> = {
   400: 'MALFORMED_REQUEST',
   401: 'UNAUTHORIZED',
   404: 'NOT_FOUND',
+  408: 'REQUEST_TIMEOUT',
   413: 'PAYLOAD_TOO_LARGE',
   415: 'UNSUPPORTED_MEDIA_TYPE',
 };
@@ -98,6 +102,7 @@ export function toErrorResponse(err: unknown): { status: ContentfulStatusCode; b
     const message = /primary storage/.test(reason) ? reason : `creating the snapshot on primary storage failed: ${reason}`;
     return ok(409, errorBody(err.code, message, { snapshotId: err.snapshotId }));
   }
+  if (err instanceof IdempotencyKeyMismatchError) return ok(422, errorBody(err.code, err.message, { snapshotId: err.snapshotId }));
   if (err instanceof ServiceUnavailableError) return ok(503, errorBody(err.code, err.message, err.details));
   // Another process held the image beyond the bound: nothing changed, the client may retry.
   if (err instanceof ImageBusyError) return ok(409, errorBody('IMAGE_BUSY', publicErrorMessage(err.message)));
@@ -119,6 +124,7 @@ export const onError: ErrorHandler<AppBindings> = (err, c) => {
   else log?.debug({ code: body.error.code, status }, 'request refused');
   if (status === 401) c.header('WWW-Authenticate', 'Bearer realm="volsnap"');
   if (err instanceof ServiceUnavailableError) c.header('Retry-After', String(err.retryAfterSeconds));
+  if (err instanceof HttpError && err.retryAfterSeconds !== undefined) c.header('Retry-After', String(err.retryAfterSeconds));
   return c.json(body, status);
 };
 

@@ -3,6 +3,7 @@ import { bootstrap, startupFailed } from '../app/process.js';
 import { startStack, type Stack } from '../app/stack.js';
 import { createApp } from './app.js';
 import { listen } from './server.js';
+import { apiLimitsFrom } from '../config/env.js';
 
 const { env, logger, onShutdown, isStopping } = bootstrap('volsnap-api');
 let stack: Stack | undefined;
@@ -15,7 +16,7 @@ try {
     await http?.close();
     await started.close();
   });
-  http = await listen(createApp(stack, { isStopping }), env.HOST, env.PORT, logger);
+  http = await listen(createApp(stack, { isStopping }), env.HOST, env.PORT, logger, { bodyTimeoutMs: apiLimitsFrom(env).bodyTimeoutMs });
 } catch (err) {
   if (!isStopping()) await stack?.close();
   startupFailed(logger, err);

@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import type { Caller } from '../services/caller.js';
 import type { Services } from '../services/index.js';
 import type { CloudStackKeys } from '../services/cloudstack/keys.js';
+import type { StreamSlots } from './middleware/limits.js';
 
 /** Per-request context every handler can read. */
 export interface AppBindings {
@@ -11,8 +12,14 @@ export interface AppBindings {
     /** The request's logger (carries the request id). */
     log: Logger;
     services: Services;
-    /** Issues an account's CloudStack key pair (api/cloudstack). */
-    cloudstackKeys: { issue(accountId: string): Promise<CloudStackKeys> };
+    /** An account's CloudStack key pair (api/cloudstack): issue (or renew), show without the secret, revoke. */
+    cloudstackKeys: {
+      issue(accountId: string): Promise<CloudStackKeys & { createdAt: string }>;
+      info(accountId: string): Promise<{ apiKey: string; createdAt: string } | undefined>;
+      revoke(accountId: string): Promise<{ apiKey: string; createdAt: string } | undefined>;
+    };
+    /** Open event streams per account (the per-account cap). */
+    streams: StreamSlots;
     /** Set by the auth middleware on /api/v1 routes. */
     caller: Caller;
   };

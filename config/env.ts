@@ -52,7 +52,37 @@ export const EnvSchema = z.object({
    * shutdownGraceTime); the process exits by force a margin after it (app/process.ts).
    */
   WORKER_SHUTDOWN_GRACE_SECONDS: z.coerce.number().int().min(0).max(86_400).default(300),
+  /**
+   * Seconds a request's headers and body may take to arrive; a slower client gets 408 and is disconnected. The
+   * answer is not timed: a synchronous snapshot may take as long as its backup. 0: no bound.
+   */
+  HTTP_BODY_TIMEOUT_SECONDS: z.coerce.number().int().min(0).max(3600).default(30),
+  /** Requests per minute per API key (token bucket, per API process); 0: no limit. */
+  API_RATE_LIMIT_PER_MINUTE: z.coerce.number().int().min(0).max(1_000_000).default(1200),
+  /** Requests a key may send at once above the steady rate (the bucket's size). */
+  API_RATE_LIMIT_BURST: z.coerce.number().int().min(1).max(1_000_000).default(200),
+  /** Event streams (GET /api/v1/events/stream) open at once per account, per API process. */
+  EVENT_STREAMS_PER_ACCOUNT: z.coerce.number().int().min(1).max(10_000).default(5),
 });
+
+/** The HTTP API's resource bounds (docs/security.md). */
+export interface ApiLimits {
+  /** ms for a request's headers and body to arrive; 0: unbounded. */
+  bodyTimeoutMs: number;
+  /** Requests per minute per API key; 0: unlimited. */
+  ratePerMinute: number;
+  rateBurst: number;
+  streamsPerAccount: number;
+}
+
+export function apiLimitsFrom(env: Pick<Env, 'HTTP_BODY_TIMEOUT_SECONDS' | 'API_RATE_LIMIT_PER_MINUTE' | 'API_RATE_LIMIT_BURST' | 'EVENT_STREAMS_PER_ACCOUNT'>): ApiLimits {
+  return {
+    bodyTimeoutMs: env.HTTP_BODY_TIMEOUT_SECONDS * 1000,
+    ratePerMinute: env.API_RATE_LIMIT_PER_MINUTE,
+    rateBurst: env.API_RATE_LIMIT_BURST,
+    streamsPerAccount: env.EVENT_STREAMS_PER_ACCOUNT,
+  };
+}
 
 /**
  * Seconds the process may take beyond WORKER_SHUTDOWN_GRACE_SECONDS before it exits by force (app/process.ts):

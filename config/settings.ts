@@ -34,6 +34,11 @@ export const SETTINGS = {
     default: 10,
     description: 'Concurrent backups per worker (the separate backup pool); read when a worker starts',
   },
+  'idempotency.key.ttl': {
+    schema: wholeNumber(60, 2_592_000),
+    default: 86_400,
+    description: 'Seconds an Idempotency-Key of a snapshot request holds; after it, or once its snapshot is Destroyed, the key takes a new snapshot',
+  },
   'storage.cleanup.interval': {
     schema: wholeNumber(10, 604_800),
     default: 3600,

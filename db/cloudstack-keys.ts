@@ -16,7 +16,7 @@ function toRecord(r: Record<string, any>): CloudStackKeyRecord {
 export async function findCloudStackKey(db: Queryable, apiKey: string): Promise<(CloudStackKeyRecord & { role: 'admin' | 'user'; accountName: string }) | undefined> {
   const { rows } = await db.query(
     `SELECT k.*, a.role, a.name AS account_name FROM cloudstack_keys k JOIN accounts a ON a.id = k.account_id
-      WHERE k.api_key = $1 AND a.removed IS NULL`,
+      WHERE k.api_key = $1 AND a.removed IS NULL AND a.disabled IS NULL`,
     [apiKey],
   );
   return rows[0] ? { ...toRecord(rows[0]), role: rows[0].role, accountName: rows[0].account_name } : undefined;
@@ -36,6 +36,12 @@ export async function putCloudStackKey(db: Queryable, accountId: string, apiKey:
     [accountId, apiKey, secretKey],
   );
   return toRecord(rows[0]);
+}
+
+/** Removes an account's key pair (revoked: its signatures are refused); the pair it was, if any. */
+export async function deleteCloudStackKey(db: Queryable, accountId: string): Promise<CloudStackKeyRecord | undefined> {
+  const { rows } = await db.query('DELETE FROM cloudstack_keys WHERE account_id = $1 RETURNING *', [accountId]);
+  return rows[0] ? toRecord(rows[0]) : undefined;
 }
 
 /** The first live admin account's id (the one ADMIN_API_KEY keys), if any. */

@@ -107,14 +107,17 @@ export async function getStoreRefsOf(db: Queryable, snapshotIds: string[]): Prom
 export async function listSnapshots(
   db: Queryable,
   ownerId: string | null,
-  filter: { volumeId?: string; state?: SnapshotState } = {},
+  filter: { volumeId?: string; state?: SnapshotState; after?: string; limit?: number } = {},
 ): Promise<SnapshotRecord[]> {
+  // Keyset paging: `after` is the last id of the previous page, in (created, id) order.
   const { rows } = await db.query(
     `SELECT * FROM snapshots
       WHERE ($1::uuid IS NULL OR account_id = $1) AND ($2::uuid IS NULL OR volume_id = $2)
         AND (CASE WHEN $3::text IS NULL THEN status <> 'Destroyed' ELSE status = $3 END)
-      ORDER BY created, id`,
-    [ownerId, filter.volumeId ?? null, filter.state ?? null],
+        AND ($4::uuid IS NULL OR (created, id) > (SELECT created, id FROM snapshots WHERE id = $4))
+      ORDER BY created, id
+      LIMIT $5`,
+    [ownerId, filter.volumeId ?? null, filter.state ?? null, filter.after ?? null, filter.limit ?? null],
   );
   return rows.map(toSnapshotRecord);
 }

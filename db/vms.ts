@@ -43,13 +43,15 @@ export async function findVm(db: Queryable, id: string, ownerId: string | null):
   return rows[0] ? toVmRecord(rows[0]) : undefined;
 }
 
-/** VMs visible to `ownerId` (null: every account), oldest first. */
-export async function listVms(db: Queryable, ownerId: string | null, filter: { state?: VmState } = {}): Promise<VmRecord[]> {
+/** VMs visible to `ownerId` (null: every account), oldest first; keyset-paged by `after` (an id) and `limit`. */
+export async function listVms(db: Queryable, ownerId: string | null, filter: { state?: VmState; after?: string; limit?: number } = {}): Promise<VmRecord[]> {
   const { rows } = await db.query(
     `SELECT * FROM virtual_machines
       WHERE removed IS NULL AND ($1::uuid IS NULL OR account_id = $1) AND ($2::text IS NULL OR state = $2)
-      ORDER BY created, id`,
-    [ownerId, filter.state ?? null],
+        AND ($3::uuid IS NULL OR (created, id) > (SELECT created, id FROM virtual_machines WHERE id = $3))
+      ORDER BY created, id
+      LIMIT $4`,
+    [ownerId, filter.state ?? null, filter.after ?? null, filter.limit ?? null],
   );
   return rows.map(toVmRecord);
 }

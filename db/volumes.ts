@@ -85,11 +85,14 @@ export async function findVolumeLocation(db: Queryable, id: string): Promise<Vol
   return rows[0] && { ...rows[0], sizeBytes: Number(rows[0].sizeBytes) };
 }
 
-/** Volumes visible to `ownerId`; Destroyed ones only when asked for by state. */
+/**
+ * Volumes visible to `ownerId`; Destroyed ones only when asked for by state. Keyset-paged by `after` (an id)
+ * and `limit`, in (created, device, id) order: a VM's volumes share their creation time.
+ */
 export async function listVolumes(
   db: Queryable,
   ownerId: string | null,
-  filter: { vmId?: string; type?: VolumeType; state?: VolumeState } = {},
+  filter: { vmId?: string; type?: VolumeType; state?: VolumeState; after?: string; limit?: number } = {},
 ): Promise<VolumeRecord[]> {
   const { rows } = await db.query(
     `SELECT * FROM volumes
@@ -97,8 +100,11 @@ export async function listVolumes(
         AND ($2::uuid IS NULL OR vm_id = $2)
         AND ($3::text IS NULL OR type = $3)
         AND (CASE WHEN $4::text IS NULL THEN state <> 'Destroyed' ELSE state = $4 END)
-      ORDER BY created, device_id NULLS LAST, id`,
-    [ownerId, filter.vmId ?? null, filter.type ?? null, filter.state ?? null],
+        AND ($5::uuid IS NULL OR (created, coalesce(device_id, 2147483647), id) >
+             (SELECT created, coalesce(device_id, 2147483647), id FROM volumes WHERE id = $5))
+      ORDER BY created, coalesce(device_id, 2147483647), id
+      LIMIT $6`,
+    [ownerId, filter.vmId ?? null, filter.type ?? null, filter.state ?? null, filter.after ?? null, filter.limit ?? null],
   );
   return rows.map(toVolumeRecord);
 }

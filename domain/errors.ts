@@ -12,11 +12,12 @@ export const ERROR_CODES = {
   FORBIDDEN: { status: 403, description: 'the operation needs an admin account' },
   NOT_FOUND: { status: 404, description: 'no such resource (or it belongs to another account)' },
   METHOD_NOT_ALLOWED: { status: 405, description: 'the path does not take this method; Allow lists those it does' },
+  REQUEST_TIMEOUT: { status: 408, description: 'the request body did not arrive in time' },
   OPERATION_NOT_ALLOWED_DURING_BACKUP: { status: 409, description: 'the parallel-operation policy refuses it while a snapshot is in flight' },
   VOLUME_BUSY: { status: 409, description: 'the volume is being migrated, resized or created; retry when it is Ready' },
   IMAGE_BUSY: { status: 409, description: 'another process held the volume image too long; nothing changed, retry' },
   INVALID_STATE: { status: 409, description: 'the resource is not in a state that allows the operation' },
-  IDEMPOTENCY_KEY_REUSED: { status: 409, description: 'the Idempotency-Key was used for another request' },
+  IDEMPOTENCY_KEY_REUSED: { status: 409, description: 'the Idempotency-Key was used for a snapshot of another volume' },
   SNAPSHOT_CREATION_FAILED: { status: 409, description: 'creating the snapshot on primary storage failed' },
   SNAPSHOT_BACKUP_FAILED: { status: 409, description: 'the synchronous backup failed after its last attempt' },
   PRIMARY_SNAPSHOT_MISSING: { status: 409, description: 'the snapshot no longer exists on primary storage' },
@@ -31,8 +32,13 @@ export const ERROR_CODES = {
   VOLUME_OPERATION_ABANDONED: { status: 409, description: 'the volume operation took too long and was undone; retry' },
   CONCURRENT_UPDATE: { status: 409, description: 'another request changed the resource at the same time; retry' },
   CONFLICT: { status: 409, description: 'the request conflicts with existing data' },
+  LAST_API_KEY: { status: 409, description: 'the account\'s last live API key cannot be revoked; create another first' },
+  API_KEY_IN_USE: { status: 409, description: 'a key cannot revoke itself; revoke it with another key' },
   PAYLOAD_TOO_LARGE: { status: 413, description: 'the request body is too large' },
   UNSUPPORTED_MEDIA_TYPE: { status: 415, description: 'send Content-Type: application/json' },
+  IDEMPOTENCY_KEY_MISMATCH: { status: 422, description: 'the Idempotency-Key was used with a different request body (name, asyncBackup); use a new key' },
+  RATE_LIMITED: { status: 429, description: 'too many requests with this API key; retry after Retry-After seconds' },
+  TOO_MANY_STREAMS: { status: 429, description: 'the account has as many event streams open as allowed; close one or retry after Retry-After seconds' },
   INTERNAL: { status: 500, description: 'an unexpected error; the log has its cause' },
   NOT_IMPLEMENTED: { status: 501, description: 'this process does not offer the operation' },
   SERVICE_UNAVAILABLE: { status: 503, description: 'the service is stopping; retry after Retry-After seconds' },
@@ -74,6 +80,15 @@ export class OperationNotAllowedError extends ConflictError {
 export class VolumeBusyError extends ConflictError {
   constructor(message: string, readonly volumeId: string, readonly state: string) {
     super('VOLUME_BUSY', message, { volumeId, state });
+  }
+}
+
+/** An Idempotency-Key sent again with another request body: 422, as the IETF draft and Stripe answer. */
+export class IdempotencyKeyMismatchError extends Error {
+  override readonly name = 'IdempotencyKeyMismatchError';
+  readonly code = 'IDEMPOTENCY_KEY_MISMATCH';
+  constructor(readonly snapshotId: string) {
+    super('this Idempotency-Key was used with a different request (volume, name or asyncBackup); use a new key for a new request');
   }
 }
 

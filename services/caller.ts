@@ -4,6 +4,8 @@ import type { Role } from '../db/accounts.js';
 export interface Caller {
   accountId: string;
   role: Role;
+  /** The API key the request was made with (bearer requests). */
+  keyId?: string;
 }
 
 /** The account whose resources `caller` may see and touch; null means every account (an admin). */

@@ -1,17 +1,17 @@
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { WithStartWorkflowOperation, WorkflowFailedError, WorkflowUpdateFailedError, type Client } from '@temporalio/client';
 import type { Logger } from 'pino';
 import { backupRetryFrom } from '../config/settings.js';
 import { defaultImageStore } from '../db/catalog.js';
 import { findImageStore, findStoragePool } from '../db/catalog-queries.js';
 import { recordEvent } from '../db/events.js';
+import { findIdempotentRequest, releaseIdempotencyKey, rememberIdempotentRequest } from '../db/idempotency.js';
 import { imageLockRunner, withImageLock } from '../db/image-locks.js';
 import { lockSnapshotWithVolume, lockVolumeWithVm } from '../db/locks.js';
 import { withTransaction, type PoolClient } from '../db/pool.js';
 import { readSettings } from '../db/settings.js';
 import {
   failAllocatedSnapshot,
-  findSnapshotByIdempotencyKey,
   getSnapshot,
   getStoreRefs,
   getStoreRefsOf,
@@ -27,6 +27,7 @@ import type { VmRecord } from '../db/vms.js';
 import { busyVolumes, endVolumeOperation, insertVolume, isTransitionalVolumeState, updateVolume, type PendingVolumeOperation, type VolumeRecord } from '../db/volumes.js';
 import {
   ConflictError,
+  IdempotencyKeyMismatchError,
   NotFoundError,
   ServiceUnavailableError,
   SnapshotCreationFailedError,
@@ -115,6 +116,14 @@ interface ScopedRequest extends TakeSnapshotInput {
   volumeId: string;
 }
 
+/**
+ * What an Idempotency-Key stands for: the volume and the body's fields as sent (an omitted name is not the
+ * generated one). sha256 hex of their JSON.
+ */
+export function requestFingerprint(volumeId: string, req: Pick<TakeSnapshotInput, 'name' | 'asyncBackup'>): string {
+  return createHash('sha256').update(JSON.stringify([volumeId, req.name ?? null, req.asyncBackup]), 'utf8').digest('hex');
+}
+
 export function createSnapshotService(deps: SnapshotServiceDeps) {
   const { pool, client, logger } = deps;
   const drivers = deps.drivers ?? {};
@@ -153,14 +162,38 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
    * check, or returns the one an Idempotency-Key names. The volume is read once, under the lock.
    */
   async function allocate(req: ScopedRequest): Promise<{ snapshot: SnapshotRecord; input: SnapshotWorkflowInput; replay: boolean }> {
+    try {
+      return await allocateLocked(req);
+    } catch (err) {
+      // The same key sent at once for two volumes (two locks, one key): the loser's insert hits the key's
+      // unique index. Never a second snapshot.
+      if (req.idempotencyKey && (err as { code?: unknown; constraint?: unknown }).code === '23505' && /idempotency/.test(String((err as { constraint?: unknown }).constraint))) {
+        throw new ConflictError('IDEMPOTENCY_KEY_REUSED', 'this Idempotency-Key is being used by a concurrent request for another volume', {});
+      }
+      throw err;
+    }
+  }
+
+  async function allocateLocked(req: ScopedRequest): Promise<{ snapshot: SnapshotRecord; input: SnapshotWorkflowInput; replay: boolean }> {
     return withTransaction(pool, async (tx) => {
+      // Concurrent duplicates (same key, same volume) queue on this lock; the second finds the first's row.
       const { volume } = await lockVolumeWithVm(tx, req.volumeId, req.ownerId);
+      const all = await readSettings(tx);
+      const ttlSeconds = all['idempotency.key.ttl'];
+      const fingerprint = requestFingerprint(volume.id, req);
       if (req.idempotencyKey) {
         // The snapshot belongs to the volume's account, also when an admin takes it.
-        const existing = await findSnapshotByIdempotencyKey(tx, volume.accountId, req.idempotencyKey);
-        if (existing) {
+        const found = await findIdempotentRequest(tx, volume.accountId, req.idempotencyKey, ttlSeconds);
+        if (found && (found.expired || found.snapshot.status === 'Destroyed')) {
+          // Expired, or its snapshot deleted: the key is free again and this is a new request.
+          await releaseIdempotencyKey(tx, found.snapshot.id);
+        } else if (found) {
+          const existing = found.snapshot;
           if (existing.volumeId !== volume.id) {
             throw new ConflictError('IDEMPOTENCY_KEY_REUSED', 'this Idempotency-Key was used for a snapshot of another volume', { snapshotId: existing.id });
+          }
+          if (found.fingerprint !== null && found.fingerprint !== fingerprint) {
+            throw new IdempotencyKeyMismatchError(existing.id);
           }
           return { snapshot: existing, input: inputFor(existing, deps.backupTaskQueue), replay: true };
         }
@@ -175,7 +208,6 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
       // A service built only to start workflows (no drivers: they live in the workers) leaves this to them.
       if (deps.drivers) driverFor({ drivers }, volume.hypervisor);
       assertAllowed({ kind: 'volume', action: 'snapshot', volumeId: volume.id }, await inFlightSnapshots(tx, { volumeIds: [volume.id] }));
-      const all = await readSettings(tx);
       const settings = { ...backupRetryFrom(all), queueTimeoutSeconds: all['backup.queue.timeout'] };
       const id = randomUUID();
       const name = req.name ?? `${volume.name}-${new Date().toISOString().replace(/[-:]/g, '').slice(0, 15)}`;
@@ -194,6 +226,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         backupQueueTimeout: settings.queueTimeoutSeconds,
         backupBytesTotal: volume.sizeBytes,
       });
+      if (req.idempotencyKey) await rememberIdempotentRequest(tx, id, fingerprint, ttlSeconds);
       await recordEvent(tx, {
         type: 'SNAPSHOT.CREATE',
         accountId: volume.accountId,
@@ -325,7 +358,8 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
       return { snapshot: snapshotView(snapshot, refs), replay };
     },
 
-    async list(caller: Caller, filter: { volumeId?: string; state?: SnapshotState } = {}): Promise<SnapshotView[]> {
+    /** Oldest first; `limit` and `after` (the previous page's last id) page through them. */
+    async list(caller: Caller, filter: { volumeId?: string; state?: SnapshotState; after?: string; limit?: number } = {}): Promise<SnapshotView[]> {
       const snapshots = await listSnapshots(pool, ownerScope(caller), filter);
       const refs = await getStoreRefsOf(pool, snapshots.map((s) => s.id));
       return snapshots.map((s) => snapshotView(s, refs.get(s.id) ?? []));

@@ -262,7 +262,8 @@ export function createVmService(deps: ServiceDeps) {
       return view((await findVm(pool, vm, null))!);
     },
 
-    async list(caller: Caller, filter: { state?: VmState } = {}): Promise<VmView[]> {
+    /** Oldest first; `limit` and `after` (the previous page's last id) page through them. */
+    async list(caller: Caller, filter: { state?: VmState; after?: string; limit?: number } = {}): Promise<VmView[]> {
       const vms = await listVms(pool, ownerScope(caller), filter);
       const volumes = await volumesOfVms(pool, vms.map((v) => v.id));
       return vms.map((vm) => vmView(vm, volumes));

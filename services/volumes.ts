@@ -111,7 +111,8 @@ export function createVolumeService(deps: ServiceDeps) {
       return volumeView(volume);
     },
 
-    async list(caller: Caller, filter: { vmId?: string; type?: VolumeType; state?: VolumeState } = {}): Promise<VolumeView[]> {
+    /** Oldest first (a VM's by device); `limit` and `after` (the previous page's last id) page through them. */
+    async list(caller: Caller, filter: { vmId?: string; type?: VolumeType; state?: VolumeState; after?: string; limit?: number } = {}): Promise<VolumeView[]> {
       return (await listVolumes(pool, ownerScope(caller), filter)).map(volumeView);
     },
 

@@ -1,6 +1,7 @@
 /** `npm start`: the whole service with embedded defaults — PostgreSQL, Temporal dev server, workers and API. */
 import { createApp } from '../api/app.js';
 import { listen } from '../api/server.js';
+import { apiLimitsFrom } from '../config/env.js';
 import { bootstrap, startupFailed } from '../app/process.js';
 import { startStack, type Stack } from '../app/stack.js';
 
@@ -17,7 +18,7 @@ try {
     await http?.close();
     await started.close();
   });
-  http = await listen(createApp(stack, { isStopping }), env.HOST, env.PORT, logger);
+  http = await listen(createApp(stack, { isStopping }), env.HOST, env.PORT, logger, { bodyTimeoutMs: apiLimitsFrom(env).bodyTimeoutMs });
   if (stack.devServer?.uiUrl) logger.info({ url: stack.devServer.uiUrl }, 'Temporal Web UI');
 } catch (err) {
   if (!isStopping()) await stack?.close();

@@ -11,4 +11,4 @@
  *   views.ts      CloudStack's response objects
  */
 export { createCloudStackApi, CLOUDSTACK_API_PATH, type CloudStackApiDeps } from './router.js';
-export { ensureAdminCloudStackKeys, issueCloudStackKeys, type CloudStackKeys } from '../../services/cloudstack/keys.js';
+export { cloudStackKeyInfo, ensureAdminCloudStackKeys, issueCloudStackKeys, revokeCloudStackKeys, type CloudStackKeys } from '../../services/cloudstack/keys.js';

@@ -5,7 +5,7 @@ import type { Caller } from '../../services/caller.js';
 import type { Services } from '../../services/index.js';
 import type { AppBindings } from '../types.js';
 import { COMMANDS_BY_NAME, type CommandContext } from './commands.js';
-import { CloudStackError, toCloudStackError, unauthorized, unknownCommand } from '../../services/cloudstack/errors.js';
+import { ApiErrorCode, CloudStackError, CsErrorCode, toCloudStackError, unauthorized, unknownCommand } from '../../services/cloudstack/errors.js';
 import { createJobRunner, type JobRunner, type JobRunnerOptions, type Redriver } from '../../services/cloudstack/jobs.js';
 import { findByApiKey } from '../../services/cloudstack/keys.js';
 import { commandParams, lowerCaseParams, parseParams } from './params.js';
@@ -21,6 +21,8 @@ export interface CloudStackApiDeps {
   logger: Logger;
   /** Job runner timings (tests shorten them). */
   jobs?: Pick<JobRunnerOptions, 'heartbeatMs' | 'staleSeconds' | 'sweepMs' | 'owner'>;
+  /** The per-key request limiter of the REST API (api/middleware/limits.ts): 0 to go, else seconds to wait. */
+  rateLimiter?: { take(id: string): number };
 }
 
 /**
@@ -61,6 +63,12 @@ export function createCloudStackApi(deps: CloudStackApiDeps): { router: Hono<App
     try {
       const caller = await authenticate(params);
       accountId = caller.accountId;
+      // As CloudStack's api.throttling: API_LIMIT_EXCEED (429) once the account's pair is over its rate.
+      const wait = deps.rateLimiter?.take(`cloudstack:${caller.accountId}`) ?? 0;
+      if (wait > 0) {
+        c.header('Retry-After', String(wait));
+        throw new CloudStackError(ApiErrorCode.API_LIMIT_EXCEED, CsErrorCode.ServerApiException, `The given user has reached his/her account api limit, please retry after ${wait * 1000} ms.`);
+      }
       const spec = COMMANDS_BY_NAME.get(command.toLowerCase());
       if (!spec || (spec.admin && caller.role !== 'admin')) throw unknownCommand(command);
       const lower = lowerCaseParams(params);

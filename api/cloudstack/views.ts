@@ -301,8 +301,9 @@ export function eventResponse(e: EventRow, l: Lookups) {
   };
 }
 
-export function accountResponse(a: { id: string; name: string; role: 'admin' | 'user'; createdAt: string }) {
+export function accountResponse(a: { id: string; name: string; role: 'admin' | 'user'; createdAt: string; disabled?: boolean }) {
   const admin = a.role === 'admin';
+  const state = a.disabled ? 'disabled' : 'enabled';
   return {
     id: a.id,
     name: a.name,
@@ -311,10 +312,10 @@ export function accountResponse(a: { id: string; name: string; role: 'admin' | '
     rolename: admin ? 'Root Admin' : 'User',
     domainid: DOMAIN.id,
     domain: DOMAIN.name,
-    state: 'enabled',
+    state,
     created: csDate(a.createdAt),
     // One user per account: its id is the account's (registerUserKeys/getUserKeys take it).
-    user: [{ id: a.id, username: a.name, accountid: a.id, account: a.name, accounttype: admin ? 1 : 0, roletype: admin ? 'Admin' : 'User', domainid: DOMAIN.id, domain: DOMAIN.name, state: 'enabled', created: csDate(a.createdAt) }],
+    user: [{ id: a.id, username: a.name, accountid: a.id, account: a.name, accounttype: admin ? 1 : 0, roletype: admin ? 'Admin' : 'User', domainid: DOMAIN.id, domain: DOMAIN.name, state, created: csDate(a.createdAt) }],
   };
 }
 

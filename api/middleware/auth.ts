@@ -11,8 +11,9 @@ export const requireApiKey: MiddlewareHandler<AppBindings> = async (c, next) => 
   const key = header ? BEARER.exec(header)?.[1] : undefined;
   if (!key) throw new HttpError(401, 'UNAUTHORIZED', 'missing API key: send Authorization: Bearer <api key>');
   const account = key.length <= 200 ? await c.var.services.accounts.authenticate(key) : undefined;
+  // Unknown, revoked, or of a disabled account: one answer, so a probe learns nothing about which.
   if (!account) throw new HttpError(401, 'UNAUTHORIZED', 'invalid API key');
-  c.set('caller', { accountId: account.id, role: account.role });
+  c.set('caller', { accountId: account.id, role: account.role, keyId: account.keyId });
   c.set('log', c.var.log.child({ accountId: account.id }));
   await next();
 };

@@ -47,6 +47,25 @@ export const SizeBytesSchema = z
 
 export const HypervisorSchema = z.enum(HYPERVISORS).openapi({ description: 'XenServer is accepted by the schema; the server refuses it while no XenServer driver is configured' });
 
+/** The largest page a list endpoint answers; `limit` defaults to DEFAULT_PAGE_SIZE. */
+export const MAX_PAGE_SIZE = 1000;
+export const DEFAULT_PAGE_SIZE = 100;
+
+/** `?limit=` of a paged list. */
+export const PageLimitSchema = z.coerce
+  .number({ error: 'must be a number' })
+  .int('must be an integer')
+  .min(1, 'must be at least 1')
+  .max(MAX_PAGE_SIZE, `must be at most ${MAX_PAGE_SIZE}`)
+  .default(DEFAULT_PAGE_SIZE)
+  .openapi({ description: `Page size (at most ${MAX_PAGE_SIZE}); when more follow, the answer's X-Next-Cursor header and Link rel="next" name the next page` });
+
+/** The headers of a paged list's answer. */
+export const PageHeadersSchema = z.object({
+  'X-Next-Cursor': z.string().optional().openapi({ description: 'Present when more items follow: pass it as the cursor parameter (`after`, `since`) of the next request' }),
+  Link: z.string().optional().openapi({ description: 'RFC 8288 link to the next page: `<url>; rel="next"`' }),
+});
+
 export const TimestampSchema = z.string().openapi({ format: 'date-time' });
 
 /** A JSON response description for a route. */
@@ -65,12 +84,19 @@ const ERROR_DESCRIPTIONS = {
   403: 'Needs an admin account',
   404: 'Not found (also another account\'s resource)',
   409: 'State or policy conflict, e.g. OPERATION_NOT_ALLOWED_DURING_BACKUP',
+  408: 'The request body did not arrive within the body timeout (REQUEST_TIMEOUT)',
   413: 'Request body over 1 MiB',
+  422: 'The Idempotency-Key was used with a different request (IDEMPOTENCY_KEY_MISMATCH)',
+  429: 'Too many requests with this key (RATE_LIMITED), or too many event streams (TOO_MANY_STREAMS); retry after Retry-After seconds',
 } as const;
 
 type ErrorStatus = keyof typeof ERROR_DESCRIPTIONS;
 
-/** Error responses of a route, all in the error shape. */
-export function errorResponses<S extends ErrorStatus>(...statuses: S[]): { [K in S]: ReturnType<typeof jsonContent<typeof ErrorSchema>> } {
-  return Object.fromEntries(statuses.map((s) => [s, jsonContent(ErrorSchema, ERROR_DESCRIPTIONS[s])])) as never;
+/**
+ * Error responses of a route, all in the error shape. A route that authenticates (401) is rate limited per key,
+ * so 429 comes with it.
+ */
+export function errorResponses<S extends ErrorStatus>(...statuses: S[]): { [K in S | (401 extends S ? 429 : never)]: ReturnType<typeof jsonContent<typeof ErrorSchema>> } {
+  const all: ErrorStatus[] = statuses.includes(401 as S) && !statuses.includes(429 as S) ? [...statuses, 429] : statuses;
+  return Object.fromEntries(all.map((s) => [s, jsonContent(ErrorSchema, ERROR_DESCRIPTIONS[s])])) as never;
 }

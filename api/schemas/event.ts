@@ -1,5 +1,5 @@
 import { z } from '@hono/zod-openapi';
-import { TimestampSchema } from './common.js';
+import { PageLimitSchema, TimestampSchema } from './common.js';
 
 export const EventSchema = z
   .object({
@@ -25,7 +25,7 @@ const cursor = z
 
 export const EventListQuerySchema = z.object({
   since: cursor.optional().openapi({ description: 'Only events with a greater id' }),
-  limit: z.coerce.number({ error: 'must be a number' }).int('must be an integer').min(1, 'must be at least 1').max(1000, 'must be at most 1000').default(100),
+  limit: PageLimitSchema,
 });
 
 export const EventStreamQuerySchema = z.object({

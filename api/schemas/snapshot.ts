@@ -1,6 +1,6 @@
 import { z } from '@hono/zod-openapi';
 import { SNAPSHOT_STATES } from '../../domain/snapshot-states.js';
-import { NameSchema, TimestampSchema, uuid } from './common.js';
+import { NameSchema, PageLimitSchema, TimestampSchema, uuid } from './common.js';
 
 export const SnapshotStateSchema = z.enum(SNAPSHOT_STATES);
 
@@ -54,12 +54,14 @@ export const IdempotencyHeadersSchema = z.object({
     .max(255, 'must be at most 255 characters')
     .regex(/^[\x21-\x7e]+$/, 'must be printable ASCII without spaces')
     .optional()
-    .openapi({ description: 'Retrying with the same key returns the same snapshot' }),
+    .openapi({ description: 'Retrying with the same key and body returns the same snapshot; another body with it is 422. Keys expire after idempotency.key.ttl seconds (default 24 h)' }),
 });
 
 export const SnapshotListQuerySchema = z.object({
   volumeId: uuid('Only snapshots of this volume').optional(),
   state: SnapshotStateSchema.optional().openapi({ description: 'Default: every state but Destroyed' }),
+  limit: PageLimitSchema,
+  after: uuid('Cursor: the id of the previous page\'s last snapshot (its X-Next-Cursor)').optional(),
 });
 
 export const CreateVolumeFromSnapshotSchema = z

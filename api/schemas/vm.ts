@@ -1,6 +1,6 @@
 import { z } from '@hono/zod-openapi';
 import { VM_ACTIONS } from '../../domain/policy.js';
-import { HypervisorSchema, NameSchema, SizeBytesSchema, TimestampSchema, uuid } from './common.js';
+import { HypervisorSchema, NameSchema, PageLimitSchema, SizeBytesSchema, TimestampSchema, uuid } from './common.js';
 import { VolumeSchema } from './volume.js';
 
 export const VmStateSchema = z.enum(['Running', 'Stopped', 'Destroyed']);
@@ -75,4 +75,8 @@ export const AllowedActionsSchema = z
   })
   .openapi('AllowedActions');
 
-export const VmListQuerySchema = z.object({ state: VmStateSchema.optional() });
+export const VmListQuerySchema = z.object({
+  state: VmStateSchema.optional(),
+  limit: PageLimitSchema,
+  after: uuid('Cursor: the id of the previous page\'s last VM (its X-Next-Cursor)').optional(),
+});

@@ -1,5 +1,5 @@
 import { z } from '@hono/zod-openapi';
-import { HypervisorSchema, NameSchema, SizeBytesSchema, TimestampSchema, uuid } from './common.js';
+import { HypervisorSchema, NameSchema, PageLimitSchema, SizeBytesSchema, TimestampSchema, uuid } from './common.js';
 
 export const VolumeTypeSchema = z.enum(['ROOT', 'DATADISK']);
 export const VolumeStateSchema = z.enum(['Allocated', 'Creating', 'Ready', 'Migrating', 'Resizing', 'Error', 'Destroyed']);
@@ -45,4 +45,6 @@ export const VolumeListQuerySchema = z.object({
   vmId: uuid('Only volumes attached to this VM').optional(),
   type: VolumeTypeSchema.optional(),
   state: VolumeStateSchema.optional().openapi({ description: 'Default: every state but Destroyed' }),
+  limit: PageLimitSchema,
+  after: uuid('Cursor: the id of the previous page\'s last volume (its X-Next-Cursor)').optional(),
 });

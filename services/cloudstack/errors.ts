@@ -6,6 +6,7 @@ import { ImageBusyError } from '../../storage/common.js';
 /** CloudStack's ApiErrorCode values: the `errorcode` of an error response and its HTTP status. */
 export const ApiErrorCode = {
   UNAUTHORIZED: 401,
+  API_LIMIT_EXCEED: 429,
   PARAM_ERROR: 431,
   UNSUPPORTED_ACTION_ERROR: 432,
   INTERNAL_ERROR: 530,

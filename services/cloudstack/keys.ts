@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { findCloudStackKey, firstAdminAccountId, getCloudStackKey, putCloudStackKey } from '../../db/cloudstack-keys.js';
+import { deleteCloudStackKey, findCloudStackKey, firstAdminAccountId, getCloudStackKey, putCloudStackKey } from '../../db/cloudstack-keys.js';
 import type { Pool, Queryable } from '../../db/pool.js';
 
 /** A CloudStack key pair, as registerUserKeys shows it. */
@@ -15,9 +15,21 @@ export interface CloudStackKeys {
 const newKey = () => randomBytes(64).toString('base64url');
 
 /** Issues (or renews) an account's key pair; the secret is returned to be shown once, never logged. */
-export async function issueCloudStackKeys(db: Queryable, accountId: string): Promise<CloudStackKeys> {
+export async function issueCloudStackKeys(db: Queryable, accountId: string): Promise<CloudStackKeys & { createdAt: string }> {
   const k = await putCloudStackKey(db, accountId, newKey(), newKey());
-  return { apiKey: k.apiKey, secretKey: k.secretKey };
+  return { apiKey: k.apiKey, secretKey: k.secretKey, createdAt: k.createdAt };
+}
+
+/** An account's key pair as its listing shows it: the API key and when it was issued, never the secret. */
+export async function cloudStackKeyInfo(db: Queryable, accountId: string): Promise<{ apiKey: string; createdAt: string } | undefined> {
+  const k = await getCloudStackKey(db, accountId);
+  return k && { apiKey: k.apiKey, createdAt: k.createdAt };
+}
+
+/** Revokes an account's key pair: its signatures get 401 from now on (a new pair can be issued later). */
+export async function revokeCloudStackKeys(db: Queryable, accountId: string): Promise<{ apiKey: string; createdAt: string } | undefined> {
+  const k = await deleteCloudStackKey(db, accountId);
+  return k && { apiKey: k.apiKey, createdAt: k.createdAt };
 }
 
 export async function cloudStackKeysOf(db: Queryable, accountId: string): Promise<CloudStackKeys | undefined> {

@@ -34,9 +34,10 @@ describe('HTTP API contract', () => {
       expect(res.status).toBe(201);
       expect(res.body).toMatchObject({ name: 'carol', role: 'user' });
       expect(res.body.apiKey).toMatch(/^vs_[A-Za-z0-9_-]{43}$/);
-      const { rows } = await h.stack.pool.query('SELECT api_key_hash FROM accounts WHERE id = $1', [res.body.id]);
-      expect(rows[0].api_key_hash).toMatch(/^[0-9a-f]{64}$/);
-      expect(rows[0].api_key_hash).not.toContain(res.body.apiKey);
+      const { rows } = await h.stack.pool.query('SELECT key_hash FROM api_keys WHERE account_id = $1', [res.body.id]);
+      expect(rows).toHaveLength(1);
+      expect(rows[0].key_hash).toMatch(/^[0-9a-f]{64}$/);
+      expect(rows[0].key_hash).not.toContain(res.body.apiKey);
       expect((await h.call('GET', '/api/v1/vms', { key: res.body.apiKey })).status).toBe(200);
 
       expect((await h.call('POST', '/api/v1/accounts', { key: alice.key, body: { name: 'mallory', role: 'admin' } })).status).toBe(403);

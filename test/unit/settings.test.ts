@@ -9,12 +9,13 @@ import {
   type SettingName,
 } from '../../config/settings.js';
 
-/** docs/design.md §7, backup.queue.timeout (the bound on waiting for a backup worker) included. */
+/** docs/design.md §7, backup.queue.timeout (the bound on waiting for a backup worker) and idempotency.key.ttl included. */
 const DESIGN_DEFAULTS = {
   'backup.max.attempts': 3,
   'backup.retry.interval': 300,
   'backup.pool.size': 10,
   'backup.queue.timeout': 3600,
+  'idempotency.key.ttl': 86_400,
   'storage.cleanup.interval': 3600,
 };
 
@@ -23,7 +24,7 @@ describe('defaults', () => {
     expect(DEFAULT_SETTINGS).toEqual(DESIGN_DEFAULTS);
   });
 
-  it('the setting names are exactly the four of section 7 and backup.queue.timeout', () => {
+  it('the setting names are exactly those of section 7', () => {
     expect([...SETTING_NAMES].sort()).toEqual(Object.keys(DESIGN_DEFAULTS).sort());
   });
 
@@ -82,6 +83,7 @@ describe('backupRetryFrom', () => {
         'backup.retry.interval': 45,
         'backup.pool.size': 2,
         'backup.queue.timeout': 60,
+        'idempotency.key.ttl': 600,
         'storage.cleanup.interval': 99,
       }),
     ).toEqual({ maxAttempts: 7, retryIntervalSeconds: 45 });

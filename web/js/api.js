@@ -51,18 +51,35 @@ export function createApi(key, { onUnauthorized } = {}) {
       if (res.status === 401) onUnauthorized?.();
       throw new ApiError(res.status, e?.code ?? `HTTP_${res.status}`, e?.message ?? `HTTP ${res.status} ${res.statusText}`, e?.details);
     }
+    if (opts.onHeaders) opts.onHeaders(res.headers);
     return data;
+  }
+
+  /** Every item of a paged list: follows X-Next-Cursor (as `cursorParam`) page after page, up to `maxPages`. */
+  async function listAll(path, cursorParam, maxPages = 20) {
+    const items = [];
+    let cursor;
+    for (let i = 0; i < maxPages; i++) {
+      const sep = path.includes('?') ? '&' : '?';
+      const url = cursor === undefined ? `${path}${sep}limit=1000` : `${path}${sep}limit=1000&${cursorParam}=${encodeURIComponent(cursor)}`;
+      let next;
+      const page = await call('GET', url, undefined, { onHeaders: (h) => (next = h.get('X-Next-Cursor') ?? undefined) });
+      items.push(...page);
+      if (!next) break;
+      cursor = next;
+    }
+    return items;
   }
 
   return {
     key,
-    listVms: () => call('GET', '/api/v1/vms'),
+    listVms: () => listAll('/api/v1/vms', 'after'),
     getVm: (id) => call('GET', `/api/v1/vms/${seg(id)}`),
     createVm: (body) => call('POST', '/api/v1/vms', body),
     allowedActions: (id) => call('GET', `/api/v1/vms/${seg(id)}/allowed-actions`),
     vmAction: (id, body) => call('POST', `/api/v1/vms/${seg(id)}/actions`, body),
-    listVolumes: () => call('GET', '/api/v1/volumes'),
-    listSnapshots: () => call('GET', '/api/v1/snapshots'),
+    listVolumes: () => listAll('/api/v1/volumes', 'after'),
+    listSnapshots: () => listAll('/api/v1/snapshots', 'after'),
     getSnapshot: (id) => call('GET', `/api/v1/snapshots/${seg(id)}`),
     /** Answers at the milestone: created on primary (asyncBackup) or backed up (the default). */
     takeSnapshot: (volumeId, body, idempotencyKey, signal) =>

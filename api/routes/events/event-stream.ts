@@ -13,7 +13,7 @@ const DEDUPE_WINDOW = 5000;
  * The SSE stream of one caller: replays events after `since`, then pushes every new visible event (from the
  * process's shared LISTEN connection) and, about once a second, the progress of the caller's in-flight backups.
  */
-export function streamEvents(c: Context<AppBindings>, since: number | undefined): Response {
+export function streamEvents(c: Context<AppBindings>, since: number | undefined, onClose: () => void = () => {}): Response {
   const { services, caller, log } = c.var;
   return streamSSE(
     c,
@@ -39,6 +39,7 @@ export function streamEvents(c: Context<AppBindings>, since: number | undefined)
       });
       stream.onAbort(() => {
         subscription.unsubscribe();
+        onClose();
         poke();
       });
       try {
@@ -84,6 +85,7 @@ export function streamEvents(c: Context<AppBindings>, since: number | undefined)
         }
       } finally {
         subscription.unsubscribe();
+        onClose();
       }
     },
     async (err) => {

@@ -1,5 +1,5 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import { errorResponses, jsonContent } from '../../schemas/common.js';
+import { errorResponses, jsonContent, PageHeadersSchema } from '../../schemas/common.js';
 import { EventListQuerySchema, EventSchema, EventStreamHeadersSchema, EventStreamQuerySchema, ServerSentEventSchema } from '../../schemas/event.js';
 
 const tags = ['Events'];
@@ -10,7 +10,8 @@ export const list = createRoute({
   tags,
   summary: 'Audit and notification events, oldest first (own account\'s; an admin sees all)',
   request: { query: EventListQuerySchema },
-  responses: { 200: jsonContent(z.array(EventSchema), 'Events after `since`'), ...errorResponses(400, 401) },
+  description: 'At most `limit` (default 100, at most 1000); when more follow, `X-Next-Cursor` holds the `since` of the next page and `Link` its URL.',
+  responses: { 200: { ...jsonContent(z.array(EventSchema), 'Events after `since`'), headers: PageHeadersSchema }, ...errorResponses(400, 401) },
 });
 
 export const stream = createRoute({
@@ -22,7 +23,8 @@ export const stream = createRoute({
     'Each audit event is an unnamed SSE message (`id` = event id, `data` = the Event JSON). `event: progress` messages carry ' +
     '`{snapshotId, volumeId, state, attempts, maxAttempts, bytesDone, bytesTotal, nextAttemptAt, lastError}` of in-flight snapshots ' +
     'when they change (checked about once a second). ' +
-    '`event: ready` is sent once the stream is live. Resume with `Last-Event-ID` (or `?since=`): events after that id are replayed first.',
+    '`event: ready` is sent once the stream is live. Resume with `Last-Event-ID` (or `?since=`): events after that id are replayed first. ' +
+    'An account may hold EVENT_STREAMS_PER_ACCOUNT streams at once (default 5, per API process); one more is 429 TOO_MANY_STREAMS with Retry-After.',
   request: { query: EventStreamQuerySchema, headers: EventStreamHeadersSchema },
   responses: {
     200: { description: 'An event stream', content: { 'text/event-stream': { schema: ServerSentEventSchema } } },

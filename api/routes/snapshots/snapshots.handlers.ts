@@ -1,3 +1,4 @@
+import { page } from '../../paging.js';
 import type { AppRouteHandler } from '../../types.js';
 import type { CreateRoute, CreateVolumeRoute, GetRoute, ListRoute, RemoveRoute, RevertRoute } from './snapshots.routes.js';
 
@@ -12,8 +13,11 @@ export const create: AppRouteHandler<CreateRoute> = async (c) => {
   return replay ? c.json(snapshot, 200) : c.json(snapshot, 201);
 };
 
-export const list: AppRouteHandler<ListRoute> = async (c) =>
-  c.json(await c.var.services.snapshots.list(c.var.caller, c.req.valid('query')), 200);
+export const list: AppRouteHandler<ListRoute> = async (c) => {
+  const query = c.req.valid('query');
+  const items = await c.var.services.snapshots.list(c.var.caller, { ...query, limit: query.limit + 1 });
+  return c.json(page(c, items, query.limit, 'after', (s) => s.id), 200);
+};
 
 export const get: AppRouteHandler<GetRoute> = async (c) =>
   c.json(await c.var.services.snapshots.get(c.var.caller, c.req.valid('param').id), 200);

@@ -1,5 +1,5 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import { errorResponses, IdParamsSchema, jsonContent } from '../../schemas/common.js';
+import { errorResponses, IdParamsSchema, jsonContent, PageHeadersSchema } from '../../schemas/common.js';
 import {
   CreateSnapshotSchema,
   CreateVolumeFromSnapshotSchema,
@@ -21,14 +21,17 @@ export const create = createRoute({
   summary: 'Take a snapshot of a volume',
   description:
     'Answers when the milestone is reached: created on primary (CreatedOnPrimary/BackingUp) with `asyncBackup: true`, ' +
-    'backed up (BackedUp) without. A retry with the same `Idempotency-Key` answers 200 with the same snapshot. ' +
+    'backed up (BackedUp) without. A retry with the same `Idempotency-Key` and the same request answers 200 with the same snapshot ' +
+    '(a concurrent duplicate waits for the first); the same key with another body (name, asyncBackup) is 422 IDEMPOTENCY_KEY_MISMATCH, ' +
+    'with another volume 409 IDEMPOTENCY_KEY_REUSED. A key holds for `idempotency.key.ttl` seconds (default 24 h), or until its snapshot is deleted; ' +
+    'after that it takes a new snapshot. ' +
     'A failed creation on primary is 409 SNAPSHOT_CREATION_FAILED; a failed synchronous backup is 409 SNAPSHOT_BACKUP_FAILED; ' +
     'both name the snapshot (in Error) in `details.snapshotId`.',
   request: { params: IdParamsSchema, headers: IdempotencyHeadersSchema, body: optionalJsonBody(CreateSnapshotSchema) },
   responses: {
     201: jsonContent(SnapshotSchema, 'The new snapshot at its milestone'),
     200: jsonContent(SnapshotSchema, 'The snapshot an earlier request with this Idempotency-Key created'),
-    ...errorResponses(400, 401, 404, 409, 413),
+    ...errorResponses(400, 401, 404, 409, 413, 422),
   },
 });
 
@@ -36,9 +39,10 @@ export const list = createRoute({
   path: '/api/v1/snapshots',
   method: 'get',
   tags,
-  summary: 'List snapshots',
+  summary: 'List snapshots, oldest first, a page at a time',
+  description: 'At most `limit` (default 100, at most 1000); when more follow, `X-Next-Cursor` holds the `after` of the next page and `Link` its URL.',
   request: { query: SnapshotListQuerySchema },
-  responses: { 200: jsonContent(z.array(SnapshotSchema), 'The snapshots'), ...errorResponses(400, 401) },
+  responses: { 200: { ...jsonContent(z.array(SnapshotSchema), 'The snapshots'), headers: PageHeadersSchema }, ...errorResponses(400, 401) },
 });
 
 export const get = createRoute({

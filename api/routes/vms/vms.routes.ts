@@ -1,5 +1,5 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import { errorResponses, IdParamsSchema, jsonBody, jsonContent } from '../../schemas/common.js';
+import { errorResponses, IdParamsSchema, jsonBody, jsonContent, PageHeadersSchema } from '../../schemas/common.js';
 import { AllowedActionsSchema, CreateVmSchema, VmActionSchema, VmListQuerySchema, VmSchema } from '../../schemas/vm.js';
 
 const tags = ['Virtual machines'];
@@ -19,7 +19,8 @@ export const list = createRoute({
   tags,
   summary: 'List VMs (an admin sees every account\'s)',
   request: { query: VmListQuerySchema },
-  responses: { 200: jsonContent(z.array(VmSchema), 'The VMs'), ...errorResponses(400, 401) },
+  description: 'At most `limit` (default 100, at most 1000); when more follow, `X-Next-Cursor` holds the `after` of the next page and `Link` its URL.',
+  responses: { 200: { ...jsonContent(z.array(VmSchema), 'The VMs'), headers: PageHeadersSchema }, ...errorResponses(400, 401) },
 });
 
 export const get = createRoute({

@@ -1,5 +1,5 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import { errorResponses, IdParamsSchema, jsonBody, jsonContent } from '../../schemas/common.js';
+import { errorResponses, IdParamsSchema, jsonBody, jsonContent, PageHeadersSchema } from '../../schemas/common.js';
 import { CreateVolumeSchema, MigrateVolumeSchema, ResizeVolumeSchema, VolumeListQuerySchema, VolumeSchema } from '../../schemas/volume.js';
 
 const tags = ['Volumes'];
@@ -19,7 +19,8 @@ export const list = createRoute({
   tags,
   summary: 'List volumes',
   request: { query: VolumeListQuerySchema },
-  responses: { 200: jsonContent(z.array(VolumeSchema), 'The volumes'), ...errorResponses(400, 401) },
+  description: 'At most `limit` (default 100, at most 1000); when more follow, `X-Next-Cursor` holds the `after` of the next page and `Link` its URL.',
+  responses: { 200: { ...jsonContent(z.array(VolumeSchema), 'The volumes'), headers: PageHeadersSchema }, ...errorResponses(400, 401) },
 });
 
 export const get = createRoute({
