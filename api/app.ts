@@ -8,6 +8,7 @@ import { createCloudStackApi, issueCloudStackKeys, type CloudStackApiDeps } from
 import { DOCS_HTML } from './docs.js';
 import { errorBody, notFoundOrMethodNotAllowed, onError } from './errors.js';
 import { requireApiKey } from './middleware/auth.js';
+import { redactHostPaths } from './middleware/redact.js';
 import { configureOpenAPI, createRouter } from './openapi.js';
 import accounts from './routes/accounts/accounts.index.js';
 import catalogs from './routes/catalogs/catalogs.index.js';
@@ -74,6 +75,7 @@ export function createApp(stack: AppStack, opts: AppOptions = {}): AppOpenAPI {
     }),
   );
   app.use('/api/v1/*', requireApiKey);
+  app.use('/api/v1/*', redactHostPaths);
   app.onError(onError);
 
   configureOpenAPI(app, VERSION);

@@ -107,14 +107,18 @@ export async function getStoreRefsOf(db: Queryable, snapshotIds: string[]): Prom
 export async function listSnapshots(
   db: Queryable,
   ownerId: string | null,
-  filter: { volumeId?: string; state?: SnapshotState } = {},
+  filter: { volumeId?: string; vmId?: string; state?: SnapshotState; q?: string } = {},
 ): Promise<SnapshotRecord[]> {
+  // q: a case-insensitive substring of the name, or the id itself (LIKE's wildcards in q match literally).
+  const q = filter.q ? `%${filter.q.replace(/[\\%_]/g, (m) => `\\${m}`)}%` : null;
   const { rows } = await db.query(
     `SELECT * FROM snapshots
       WHERE ($1::uuid IS NULL OR account_id = $1) AND ($2::uuid IS NULL OR volume_id = $2)
         AND (CASE WHEN $3::text IS NULL THEN status <> 'Destroyed' ELSE status = $3 END)
+        AND ($4::uuid IS NULL OR vm_id = $4)
+        AND ($5::text IS NULL OR name ILIKE $5 OR id::text = $6)
       ORDER BY created, id`,
-    [ownerId, filter.volumeId ?? null, filter.state ?? null],
+    [ownerId, filter.volumeId ?? null, filter.state ?? null, filter.vmId ?? null, q, filter.q ?? null],
   );
   return rows.map(toSnapshotRecord);
 }

@@ -4,6 +4,7 @@ import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import {
   accountNameTaken,
+  findAccount,
   findAccountByKeyHash,
   findFirstAdmin,
   insertAccount,
@@ -15,7 +16,7 @@ import {
 } from '../db/accounts.js';
 import { recordEvent } from '../db/events.js';
 import { withTransaction, type Pool } from '../db/pool.js';
-import { ConflictError } from '../domain/errors.js';
+import { ConflictError, NotFoundError } from '../domain/errors.js';
 
 /** A new random API key: `vs_` + 32 random bytes, base64url. */
 export function generateApiKey(): string {
@@ -96,6 +97,13 @@ export function createAccountService(deps: { pool: Pool }) {
     },
 
     list: () => listAccounts(pool),
+
+    /** The caller's own account (who is signed in). */
+    async get(id: string): Promise<AccountRecord> {
+      const account = await findAccount(pool, id);
+      if (!account) throw new NotFoundError('account', id);
+      return account;
+    },
   };
 }
 

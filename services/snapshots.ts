@@ -325,7 +325,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
       return { snapshot: snapshotView(snapshot, refs), replay };
     },
 
-    async list(caller: Caller, filter: { volumeId?: string; state?: SnapshotState } = {}): Promise<SnapshotView[]> {
+    async list(caller: Caller, filter: { volumeId?: string; vmId?: string; state?: SnapshotState; q?: string } = {}): Promise<SnapshotView[]> {
       const snapshots = await listSnapshots(pool, ownerScope(caller), filter);
       const refs = await getStoreRefsOf(pool, snapshots.map((s) => s.id));
       return snapshots.map((s) => snapshotView(s, refs.get(s.id) ?? []));

@@ -66,11 +66,13 @@ const ERROR_DESCRIPTIONS = {
   404: 'Not found (also another account\'s resource)',
   409: 'State or policy conflict, e.g. OPERATION_NOT_ALLOWED_DURING_BACKUP',
   413: 'Request body over 1 MiB',
+  503: 'Service unavailable (stopping, or a dependency is down): retry after `Retry-After` seconds',
 } as const;
 
 type ErrorStatus = keyof typeof ERROR_DESCRIPTIONS;
 
 /** Error responses of a route, all in the error shape. */
-export function errorResponses<S extends ErrorStatus>(...statuses: S[]): { [K in S]: ReturnType<typeof jsonContent<typeof ErrorSchema>> } {
-  return Object.fromEntries(statuses.map((s) => [s, jsonContent(ErrorSchema, ERROR_DESCRIPTIONS[s])])) as never;
+export function errorResponses<S extends ErrorStatus>(...statuses: S[]): { [K in S | 503]: ReturnType<typeof jsonContent<typeof ErrorSchema>> } {
+  // Every route may answer 503 while the service stops or a dependency is down.
+  return Object.fromEntries([...statuses, 503 as const].map((s) => [s, jsonContent(ErrorSchema, ERROR_DESCRIPTIONS[s])])) as never;
 }

@@ -1,6 +1,6 @@
 import { assertAdmin } from '../../middleware/auth.js';
 import type { AppRouteHandler } from '../../types.js';
-import type { CreateRoute, ListRoute } from './accounts.routes.js';
+import type { CreateRoute, ListRoute, MeRoute } from './accounts.routes.js';
 
 export const create: AppRouteHandler<CreateRoute> = async (c) => {
   assertAdmin(c);
@@ -14,3 +14,5 @@ export const list: AppRouteHandler<ListRoute> = async (c) => {
   assertAdmin(c);
   return c.json(await c.var.services.accounts.list(), 200);
 };
+
+export const me: AppRouteHandler<MeRoute> = async (c) => c.json(await c.var.services.accounts.get(c.var.caller.accountId), 200);

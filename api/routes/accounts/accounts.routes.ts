@@ -24,5 +24,14 @@ export const list = createRoute({
   responses: { 200: jsonContent(z.array(AccountSchema), 'Every account'), ...errorResponses(401, 403) },
 });
 
+export const me = createRoute({
+  path: '/api/v1/account',
+  method: 'get',
+  tags,
+  summary: 'The account of the API key (who is signed in)',
+  responses: { 200: jsonContent(AccountSchema, 'The caller\'s account'), ...errorResponses(401) },
+});
+
 export type CreateRoute = typeof create;
+export type MeRoute = typeof me;
 export type ListRoute = typeof list;
