@@ -9,6 +9,7 @@ import { imageLockRunner, withImageLock } from '../db/image-locks.js';
 import { lockSnapshotWithVolume, lockVolumeWithVm } from '../db/locks.js';
 import { withTransaction, type PoolClient } from '../db/pool.js';
 import { readSettings } from '../db/settings.js';
+import { findAccount } from '../db/accounts.js';
 import {
   failAllocatedSnapshot,
   findSnapshotByIdempotencyKey,
@@ -69,6 +70,8 @@ export interface SnapshotServiceDeps extends Omit<ServiceDeps, 'drivers'> {
    * before it answers 503; default 60 s. Creation on primary takes milliseconds, so this only bounds an outage.
    */
   createDeadlineMs?: number;
+  /** The web console's address: each workflow's details link to the snapshot there. */
+  consoleUrl?: string;
 }
 
 /** A snapshot request of the workflow-facing kind: `accountId` owns the volume (tests, benchmarks, scripts). */
@@ -152,9 +155,11 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
    * Inserts the snapshot row (Allocated) under the volume's lock (VM first: services/locks.ts), after the policy
    * check, or returns the one an Idempotency-Key names. The volume is read once, under the lock.
    */
-  async function allocate(req: ScopedRequest): Promise<{ snapshot: SnapshotRecord; input: SnapshotWorkflowInput; replay: boolean }> {
+  async function allocate(req: ScopedRequest): Promise<{ snapshot: SnapshotRecord; input: SnapshotWorkflowInput; replay: boolean; labels: WorkflowLabels }> {
     return withTransaction(pool, async (tx) => {
-      const { volume } = await lockVolumeWithVm(tx, req.volumeId, req.ownerId);
+      const { volume, vm } = await lockVolumeWithVm(tx, req.volumeId, req.ownerId);
+      const account = await findAccount(tx, volume.accountId);
+      const labels: WorkflowLabels = { volumeName: volume.name, vmName: vm?.name ?? null, accountName: account?.name ?? volume.accountId, sizeBytes: volume.sizeBytes };
       if (req.idempotencyKey) {
         // The snapshot belongs to the volume's account, also when an admin takes it.
         const existing = await findSnapshotByIdempotencyKey(tx, volume.accountId, req.idempotencyKey);
@@ -162,7 +167,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
           if (existing.volumeId !== volume.id) {
             throw new ConflictError('IDEMPOTENCY_KEY_REUSED', 'this Idempotency-Key was used for a snapshot of another volume', { snapshotId: existing.id });
           }
-          return { snapshot: existing, input: inputFor(existing, deps.backupTaskQueue), replay: true };
+          return { snapshot: existing, input: inputFor(existing, deps.backupTaskQueue), replay: true, labels };
         }
       }
       if (isTransitionalVolumeState(volume.state)) {
@@ -202,7 +207,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         description: `snapshot ${name} of volume ${volume.name} requested (${req.asyncBackup ? 'asynchronous' : 'synchronous'} backup)`,
         details: { snapshotId: id, volumeId: volume.id, asyncBackup: req.asyncBackup, ...settings },
       });
-      return { snapshot, input: inputFor(snapshot, deps.backupTaskQueue), replay: false };
+      return { snapshot, input: inputFor(snapshot, deps.backupTaskQueue), replay: false, labels };
     });
   }
 
@@ -211,7 +216,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
    * (or failed) without it. Throws SnapshotCreationFailedError when primary creation fails.
    */
   async function request(req: ScopedRequest): Promise<{ snapshot: SnapshotRecord; replay: boolean }> {
-    const { snapshot, input, replay } = await allocate(req);
+    const { snapshot, input, replay, labels } = await allocate(req);
     const log = logger.child({ snapshotId: snapshot.id, volumeId: snapshot.volumeId, workflowId: snapshot.workflowId });
     const startWorkflowOperation = new WithStartWorkflowOperation<typeof snapshotWorkflow>('snapshotWorkflow', {
       workflowId: snapshot.workflowId,
@@ -225,14 +230,9 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         { key: SEARCH_ATTRIBUTES.SnapshotState, value: snapshot.status },
         ...(snapshot.vmId ? [{ key: SEARCH_ATTRIBUTES.VmId, value: snapshot.vmId }] : []),
       ],
-      staticSummary: `Snapshot ${snapshot.name} of ${snapshot.volumeType} volume ${snapshot.volumeId} (${snapshot.asyncBackup ? 'async' : 'sync'} backup)`,
-      staticDetails: [
-        `snapshot: ${snapshot.id}`,
-        `volume: ${snapshot.volumeId} (${snapshot.volumeType})`,
-        `vm: ${snapshot.vmId ?? '—'}`,
-        `account: ${snapshot.accountId}`,
-        `backup: up to ${input.backup.maxAttempts} attempts, ${input.backup.retryIntervalSeconds}s apart`,
-      ].join('\n'),
+      // What the Temporal Web UI's list and workflow page show: names an operator reads at a glance (the ids stay
+      // in the search attributes and below). Static: set once at start, so replay-safe.
+      ...workflowText(snapshot, input, labels, deps.consoleUrl),
     });
     const finished = ['BackedUp', 'Error', 'Destroying', 'Destroyed'].includes(snapshot.status);
     if (!finished) {
@@ -492,6 +492,52 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
 }
 
 export type SnapshotService = ReturnType<typeof createSnapshotService>;
+
+/** Names of what a snapshot workflow is about, read when it is requested. */
+interface WorkflowLabels {
+  volumeName: string;
+  vmName: string | null;
+  accountName: string;
+  sizeBytes: number;
+}
+
+function formatSize(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${i === 0 ? v : v.toFixed(v >= 100 ? 0 : 1)} ${units[i]}`;
+}
+
+/**
+ * The workflow's static summary (one line in the Web UI's list) and details (markdown on its page). The
+ * workflow's current details (workflows/snapshot-workflow.ts) add the live part: state, attempt n of N, next
+ * retry, last error.
+ */
+export function workflowText(
+  snapshot: Pick<SnapshotRecord, 'id' | 'name' | 'volumeId' | 'vmId' | 'accountId' | 'volumeType' | 'asyncBackup'>,
+  input: Pick<SnapshotWorkflowInput, 'backup'>,
+  labels: WorkflowLabels,
+  consoleUrl?: string,
+): { staticSummary: string; staticDetails: string } {
+  const where = labels.vmName ? ` on VM ${labels.vmName}` : ' (detached volume)';
+  return {
+    staticSummary:
+      `Snapshot ${snapshot.name} of ${labels.volumeName}${where} · ${labels.accountName} · ${formatSize(labels.sizeBytes)} · ` +
+      `${snapshot.asyncBackup ? 'async' : 'sync'} backup`,
+    staticDetails: [
+      `**Snapshot** ${snapshot.name} (\`${snapshot.id}\`)`,
+      `**Volume** ${labels.volumeName}, ${snapshot.volumeType}, ${formatSize(labels.sizeBytes)} virtual (\`${snapshot.volumeId}\`)`,
+      `**VM** ${labels.vmName ? `${labels.vmName} (\`${snapshot.vmId}\`)` : '— (detached)'}`,
+      `**Account** ${labels.accountName} (\`${snapshot.accountId}\`)`,
+      `**Backup** ${snapshot.asyncBackup ? 'asynchronous' : 'synchronous'}, up to ${input.backup.maxAttempts} attempts, ${input.backup.retryIntervalSeconds} s apart`,
+      ...(consoleUrl ? [`**Console** [open the snapshot](${consoleUrl}/#/snapshots/${snapshot.id})`] : []),
+    ].join('\n\n'),
+  };
+}
 
 function inputFor(s: SnapshotRecord, backupTaskQueue: string): SnapshotWorkflowInput {
   return {
