@@ -23,7 +23,7 @@ import type { AppOpenAPI } from './types.js';
 import { mountUi } from './ui.js';
 
 /** The slice of the running stack the HTTP API uses; GC and metrics are mounted when the stack has them. */
-export type AppStack = Pick<Stack, 'pool' | 'snapshots' | 'drivers' | 'health' | 'logger'> & Partial<Pick<Stack, 'storageGc' | 'metrics'>>;
+export type AppStack = Pick<Stack, 'pool' | 'snapshots' | 'drivers' | 'health' | 'logger'> & Partial<Pick<Stack, 'storageGc' | 'metrics' | 'links'>>;
 
 /** Request bodies above this are refused with 413 before they are parsed. */
 export const MAX_BODY_BYTES = 1024 * 1024;
@@ -80,7 +80,7 @@ export function createApp(stack: AppStack, opts: AppOptions = {}): AppOpenAPI {
 
   configureOpenAPI(app, VERSION);
   app.get('/docs', (c) => c.html(DOCS_HTML));
-  mountUi(app);
+  mountUi(app, undefined, stack.links);
   app.route('/', healthRouter(stack));
   if (stack.metrics) app.get('/metrics', metricsHandler(stack.pool, stack.metrics));
   app.route('/', storageRouter(stack.storageGc));

@@ -82,8 +82,15 @@ const ERROR_CODES_JSON = JSON.stringify(
   Object.fromEntries(ERROR_CODE_NAMES.map((code) => [code, { status: ERROR_CODES[code].status, sentence: ERROR_SENTENCES[code] }])),
 );
 
-export function mountUi(app: Pick<Hono<any, any, any>, 'get'>, root: string = WEB_ROOT): void {
+export function mountUi(
+  app: Pick<Hono<any, any, any>, 'get'>,
+  root: string = WEB_ROOT,
+  links: { temporalUiUrl: string | null; namespace: string } | undefined = undefined,
+): void {
   app.get('/', (c) => sendFile(c, path.join(root, 'index.html'), root));
+  // Where the Temporal Web UI is (the console links admins' snapshot details to their workflows).
+  const config = JSON.stringify({ temporalUiUrl: links?.temporalUiUrl ?? null, namespace: links?.namespace ?? 'default' });
+  app.get('/ui/config.json', (c) => c.body(config, 200, { ...SECURITY_HEADERS, 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-cache' }));
   app.get('/ui/error-codes.json', (c) =>
     c.body(ERROR_CODES_JSON, 200, { ...SECURITY_HEADERS, 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-cache' }),
   );

@@ -22,7 +22,17 @@ export class ApiError extends Error {
 
 const seg = (id) => encodeURIComponent(id);
 
-export function createApi(key, { onUnauthorized } = {}) {
+const qs = (query) => {
+  const p = new URLSearchParams(Object.entries(query ?? {}).filter(([, v]) => v !== undefined && v !== ''));
+  const text = p.toString();
+  return text ? `?${text}` : '';
+};
+
+/**
+ * `onAvailability(up)` hears whether the service answered: false on a network failure or a 503 (stopping, or a
+ * dependency down), true on any other answer.
+ */
+export function createApi(key, { onUnauthorized, onAvailability } = {}) {
   async function call(method, path, body, opts = {}) {
     const headers = { Authorization: `Bearer ${key}`, Accept: 'application/json', ...opts.headers };
     if (body !== undefined) headers['Content-Type'] = 'application/json';
@@ -37,6 +47,7 @@ export function createApi(key, { onUnauthorized } = {}) {
       });
     } catch (err) {
       if (err?.name === 'AbortError') throw err;
+      onAvailability?.(false);
       throw new ApiError(0, 'NETWORK', 'the service cannot be reached', {});
     }
     const text = await res.text();
@@ -46,6 +57,7 @@ export function createApi(key, { onUnauthorized } = {}) {
     } catch {
       data = undefined;
     }
+    onAvailability?.(res.status !== 503);
     if (!res.ok) {
       const e = data?.error;
       if (res.status === 401) onUnauthorized?.();
@@ -61,8 +73,13 @@ export function createApi(key, { onUnauthorized } = {}) {
     createVm: (body) => call('POST', '/api/v1/vms', body),
     allowedActions: (id) => call('GET', `/api/v1/vms/${seg(id)}/allowed-actions`),
     vmAction: (id, body) => call('POST', `/api/v1/vms/${seg(id)}/actions`, body),
-    listVolumes: () => call('GET', '/api/v1/volumes'),
-    listSnapshots: () => call('GET', '/api/v1/snapshots'),
+    account: () => call('GET', '/api/v1/account'),
+    listVolumes: (query) => call('GET', `/api/v1/volumes${qs(query)}`),
+    listSnapshots: (query) => call('GET', `/api/v1/snapshots${qs(query)}`),
+    deleteSnapshot: (id) => call('DELETE', `/api/v1/snapshots/${seg(id)}`),
+    revertSnapshot: (id) => call('POST', `/api/v1/snapshots/${seg(id)}/revert`),
+    createVolumeFromSnapshot: (id, body) => call('POST', `/api/v1/snapshots/${seg(id)}/volumes`, body),
+    listEvents: (query) => call('GET', `/api/v1/events${qs(query)}`),
     getSnapshot: (id) => call('GET', `/api/v1/snapshots/${seg(id)}`),
     /** Answers at the milestone: created on primary (asyncBackup) or backed up (the default). */
     takeSnapshot: (volumeId, body, idempotencyKey, signal) =>
