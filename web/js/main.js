@@ -251,7 +251,11 @@ async function signIn(key) {
       // (Re)connected: anything may have happened while we were away.
       void ctx.live?.refreshAll();
     },
-    onStatus: setLiveStatus,
+    onStatus: (status) => {
+      setLiveStatus(status);
+      // The stream dropped: ask the API, which tells whether the service itself is down (banner, retries).
+      if (status === 'reconnecting') void ctx.live?.refreshAll();
+    },
     onUnauthorized: () => signOut('The API key was not accepted. Sign in again.'),
   });
 }
@@ -287,7 +291,7 @@ byId('sign-in-form').addEventListener('submit', async (ev) => {
   try {
     await signIn(key);
     sessionStorage.setItem(KEY_STORAGE, key);
-    byId('vms-title').focus();
+    (document.querySelector('.view:not([hidden]) h2') ?? byId('vms-title')).focus();
   } catch (err) {
     if (err?.status !== 401) byId('sign-in-error').textContent = `Could not sign in. ${explain(err).sentence}`;
   } finally {
