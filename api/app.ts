@@ -10,6 +10,7 @@ import { errorBody, notFoundOrMethodNotAllowed, onError } from './errors.js';
 import { apiLimitsFrom, type ApiLimits } from '../config/env.js';
 import { requireApiKey } from './middleware/auth.js';
 import { createRateLimiter, createStreamSlots, DEFAULT_API_LIMITS, rateLimit } from './middleware/limits.js';
+import { redactHostPaths } from './middleware/redact.js';
 import { configureOpenAPI, createRouter } from './openapi.js';
 import accounts from './routes/accounts/accounts.index.js';
 import catalogs from './routes/catalogs/catalogs.index.js';
@@ -24,7 +25,7 @@ import type { AppOpenAPI } from './types.js';
 import { mountUi } from './ui.js';
 
 /** The slice of the running stack the HTTP API uses; GC and metrics are mounted when the stack has them. */
-export type AppStack = Pick<Stack, 'pool' | 'snapshots' | 'drivers' | 'health' | 'logger'> & Partial<Pick<Stack, 'storageGc' | 'metrics' | 'env'>>;
+export type AppStack = Pick<Stack, 'pool' | 'snapshots' | 'drivers' | 'health' | 'logger'> & Partial<Pick<Stack, 'storageGc' | 'metrics' | 'env' | 'links'>>;
 
 /** Request bodies above this are refused with 413 before they are parsed. */
 export const MAX_BODY_BYTES = 1024 * 1024;
@@ -93,11 +94,12 @@ export function createApp(stack: AppStack, opts: AppOptions = {}): AppOpenAPI {
   );
   app.use('/api/v1/*', requireApiKey);
   app.use('/api/v1/*', rateLimit(limits, limiter));
+  app.use('/api/v1/*', redactHostPaths);
   app.onError(onError);
 
   configureOpenAPI(app, VERSION);
   app.get('/docs', (c) => c.html(DOCS_HTML));
-  mountUi(app);
+  mountUi(app, undefined, stack.links);
   app.route('/', healthRouter(stack));
   if (stack.metrics) app.get('/metrics', metricsHandler(stack.pool, stack.metrics));
   app.route('/', storageRouter(stack.storageGc));

@@ -27,6 +27,8 @@ export const DOCS_HTML = `<!doctype html>
 <div id="ops"></div>
 <script>
 const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
+// Markdown code spans in descriptions (\`x\`) as <code>, the rest as text.
+const md = (s) => esc(s).replace(/\x60([^\x60]+)\x60/g, '<code>$1</code>');
 let components = {};
 const deref = (s, depth = 0) => {
   if (!s || typeof s !== 'object' || depth > 6) return s;
@@ -37,7 +39,7 @@ const deref = (s, depth = 0) => {
 const schemaBlock = (s) => '<pre>' + esc(JSON.stringify(deref(s), null, 2)) + '</pre>';
 fetch('/openapi.json').then((r) => r.json()).then((doc) => {
   components = (doc.components && doc.components.schemas) || {};
-  document.getElementById('lead').innerHTML = esc(doc.info.description) +
+  document.getElementById('lead').innerHTML = md(doc.info.description) +
     ' Authenticate with <code>Authorization: Bearer &lt;api key&gt;</code>. Raw document: <a href="/openapi.json">/openapi.json</a>.';
   const byTag = {};
   for (const [path, item] of Object.entries(doc.paths)) {
@@ -51,13 +53,13 @@ fetch('/openapi.json').then((r) => r.json()).then((doc) => {
     html += '<h2>' + esc(tag) + '</h2>';
     for (const { path, method, op } of ops) {
       html += '<details><summary><span class="m ' + method + '">' + method.toUpperCase() + '</span><span class="p">' + esc(path) +
-        '</span><span class="s">' + esc(op.summary) + '</span></summary><div class="body">';
-      if (op.description) html += '<p>' + esc(op.description) + '</p>';
+        '</span><span class="s">' + md(op.summary) + '</span></summary><div class="body">';
+      if (op.description) html += '<p>' + md(op.description) + '</p>';
       if (op.parameters && op.parameters.length) {
         html += '<h4>Parameters</h4><table><tr><th>name</th><th>in</th><th>required</th><th>schema</th></tr>';
         for (const p of op.parameters) {
           html += '<tr><td><code>' + esc(p.name) + '</code></td><td>' + esc(p.in) + '</td><td>' + (p.required ? 'yes' : 'no') +
-            '</td><td>' + esc(JSON.stringify(deref(p.schema))) + (p.description ? '<br>' + esc(p.description) : '') + '</td></tr>';
+            '</td><td>' + esc(JSON.stringify(deref(p.schema))) + (p.description ? '<br>' + md(p.description) : '') + '</td></tr>';
         }
         html += '</table>';
       }
@@ -66,7 +68,7 @@ fetch('/openapi.json').then((r) => r.json()).then((doc) => {
       html += '<h4>Responses</h4>';
       for (const [code, res] of Object.entries(op.responses || {})) {
         const content = res.content && Object.values(res.content)[0];
-        html += '<p><b>' + esc(code) + '</b> ' + esc(res.description) + '</p>';
+        html += '<p><b>' + esc(code) + '</b> ' + md(res.description) + '</p>';
         if (content && code < '300') html += schemaBlock(content.schema);
       }
       html += '</div></details>';

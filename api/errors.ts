@@ -86,6 +86,27 @@ const PG_BAD_INPUT = new Set(['22P02', '22003', '22001', '22007', '22008']);
 // Two transactions collided: the client may simply retry.
 const PG_RETRY = new Set(['40001', '40P01']);
 
+// A dependency is down or going away (PostgreSQL restarting, Temporal unreachable): not the caller's fault, and
+// worth a retry; never a bare 500 "internal error".
+const NET_DOWN = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', '57P01', '57P02', '57P03', '53300']);
+const DOWN_MESSAGE = /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Cannot use a pool after calling end|connection (?:is )?closed|UNAVAILABLE|DEADLINE_EXCEEDED|Failed to connect|ServiceError/i;
+
+/** Whether `err` (or a cause of it) says a dependency is unreachable. */
+export function isDependencyDown(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; e && typeof e === 'object' && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && (NET_DOWN.has(code) || code.startsWith('08'))) return true;
+    const name = (e as { name?: unknown }).name;
+    if (name === 'ServiceError' || name === 'ConnectionError' || name === 'TransportError') return true;
+    const message = (e as { message?: unknown }).message;
+    if (typeof message === 'string' && DOWN_MESSAGE.test(message) && !(e instanceof ZodError)) return true;
+  }
+  return false;
+}
+
+/** Seconds a client is told to wait when a dependency is down. */
+export const DEPENDENCY_RETRY_AFTER_SECONDS = 5;
+
 /** Maps a thrown error to status and body; unknown errors are a logged 500 without details. */
 export function toErrorResponse(err: unknown): { status: ContentfulStatusCode; body: ErrorBody; unexpected: boolean } {
   const ok = (status: ContentfulStatusCode, body: ErrorBody) => ({ status, body, unexpected: false });
@@ -113,6 +134,7 @@ export function toErrorResponse(err: unknown): { status: ContentfulStatusCode; b
   if (typeof sqlState === 'string' && PG_BAD_INPUT.has(sqlState)) return ok(400, errorBody('INVALID_INPUT', 'a value in the request is out of range or malformed'));
   if (typeof sqlState === 'string' && sqlState === '23505') return ok(409, errorBody('CONFLICT', 'the request conflicts with an existing resource'));
   if (typeof sqlState === 'string' && PG_RETRY.has(sqlState)) return ok(409, errorBody('CONCURRENT_UPDATE', 'a concurrent request changed the same resources; retry'));
+  if (isDependencyDown(err)) return { status: 503, body: errorBody('SERVICE_UNAVAILABLE', 'service unavailable, retrying: a dependency of the service is not answering'), unexpected: true };
   return { status: 500, body: errorBody('INTERNAL', 'internal error'), unexpected: true };
 }
 
@@ -124,7 +146,8 @@ export const onError: ErrorHandler<AppBindings> = (err, c) => {
   else log?.debug({ code: body.error.code, status }, 'request refused');
   if (status === 401) c.header('WWW-Authenticate', 'Bearer realm="volsnap"');
   if (err instanceof ServiceUnavailableError) c.header('Retry-After', String(err.retryAfterSeconds));
-  if (err instanceof HttpError && err.retryAfterSeconds !== undefined) c.header('Retry-After', String(err.retryAfterSeconds));
+  else if (err instanceof HttpError && err.retryAfterSeconds !== undefined) c.header('Retry-After', String(err.retryAfterSeconds));
+  else if (status === 503) c.header('Retry-After', String(DEPENDENCY_RETRY_AFTER_SECONDS));
   return c.json(body, status);
 };
 

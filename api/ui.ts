@@ -2,6 +2,7 @@ import { readFile, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Context, Hono } from 'hono';
+import { ERROR_CODES, ERROR_CODE_NAMES, ERROR_SENTENCES } from '../domain/errors.js';
 
 /**
  * The web page (web/): GET / answers web/index.html, GET /ui/<path> the file web/<path>. Plain files, no build
@@ -76,8 +77,23 @@ async function sendFile(c: Context, file: string, root: string): Promise<Respons
 }
 
 /** Serves the web page at / and its assets at /ui/* (no API key needed: the page asks for one). */
-export function mountUi(app: Pick<Hono<any, any, any>, 'get'>, root: string = WEB_ROOT): void {
+/** The catalogue of error codes with their plain sentences, for the page (domain/errors.ts is the one source). */
+const ERROR_CODES_JSON = JSON.stringify(
+  Object.fromEntries(ERROR_CODE_NAMES.map((code) => [code, { status: ERROR_CODES[code].status, sentence: ERROR_SENTENCES[code] }])),
+);
+
+export function mountUi(
+  app: Pick<Hono<any, any, any>, 'get'>,
+  root: string = WEB_ROOT,
+  links: { temporalUiUrl: string | null; namespace: string } | undefined = undefined,
+): void {
   app.get('/', (c) => sendFile(c, path.join(root, 'index.html'), root));
+  // Where the Temporal Web UI is (the console links admins' snapshot details to their workflows).
+  const config = JSON.stringify({ temporalUiUrl: links?.temporalUiUrl ?? null, namespace: links?.namespace ?? 'default' });
+  app.get('/ui/config.json', (c) => c.body(config, 200, { ...SECURITY_HEADERS, 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-cache' }));
+  app.get('/ui/error-codes.json', (c) =>
+    c.body(ERROR_CODES_JSON, 200, { ...SECURITY_HEADERS, 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-cache' }),
+  );
   app.get('/ui/*', (c) => {
     const file = resolveUiPath(root, c.req.path.slice('/ui/'.length));
     return file ? sendFile(c, file, root) : c.notFound();

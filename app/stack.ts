@@ -39,6 +39,8 @@ export interface Stack {
   drivers: StorageDrivers;
   snapshots: SnapshotService;
   devServer: DevServer | null;
+  /** Where the console and the Temporal Web UI are reached, for links between them. */
+  links: { consoleUrl: string; temporalUiUrl: string | null; namespace: string };
   workers: RunningWorkers | null;
   /** Storage GC: run now (POST /api/v1/storage/gc), update the schedule when storage.cleanup.interval changes. */
   storageGc: StorageGcService;
@@ -149,7 +151,13 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
         .catch((err) => logger.error({ err }, 'could not create or update the storage GC schedule'));
     }
 
+    const links = {
+      consoleUrl: (env.PUBLIC_URL ?? `http://localhost:${env.PORT}`).replace(/\/+$/, ''),
+      temporalUiUrl: (env.TEMPORAL_UI_URL ?? devServer?.uiUrl ?? null)?.replace(/\/+$/, '') ?? null,
+      namespace: env.TEMPORAL_NAMESPACE,
+    };
     const snapshots = createSnapshotService({
+      consoleUrl: links.consoleUrl,
       pool,
       drivers,
       client,
@@ -174,7 +182,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
       return { ok: Object.values(checks).every(Boolean), checks };
     };
 
-    return { env, logger, pool, client, connection, drivers, snapshots, devServer, workers, storageGc, metrics, health, close };
+    return { env, logger, pool, client, connection, drivers, snapshots, devServer, links, workers, storageGc, metrics, health, close };
   } catch (err) {
     await close();
     throw err;

@@ -26,6 +26,10 @@ export const EnvSchema = z.object({
   TEMPORAL_NAMESPACE: z.string().default('default'),
   TEMPORAL_PORT: port.default(7233),
   TEMPORAL_UI_PORT: port.default(8233),
+  /** The Temporal Web UI as operators reach it (the console links snapshots to it); default: the dev server's. */
+  TEMPORAL_UI_URL: optionalString,
+  /** The web console as users reach it (Temporal's workflow details link back to it); default http://localhost:PORT. */
+  PUBLIC_URL: optionalString,
   TEMPORAL_TLS_CERT_PATH: optionalString,
   TEMPORAL_TLS_KEY_PATH: optionalString,
   TEMPORAL_TLS_CA_PATH: optionalString,

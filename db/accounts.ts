@@ -52,6 +52,12 @@ export async function findAccountByKeyHash(db: Queryable, hash: string): Promise
   return rows[0] ? { ...toAccountRecord(rows[0]), keyId: rows[0].key_id } : undefined;
 }
 
+/** The live account with this id. */
+export async function findAccount(db: Queryable, id: string): Promise<AccountRecord | undefined> {
+  const { rows } = await db.query('SELECT * FROM accounts WHERE id = $1 AND removed IS NULL', [id]);
+  return rows[0] ? toAccountRecord(rows[0]) : undefined;
+}
+
 /** Every live account, oldest first. */
 export async function listAccounts(db: Queryable): Promise<AccountRecord[]> {
   const { rows } = await db.query('SELECT * FROM accounts WHERE removed IS NULL ORDER BY created, name');

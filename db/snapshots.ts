@@ -107,17 +107,21 @@ export async function getStoreRefsOf(db: Queryable, snapshotIds: string[]): Prom
 export async function listSnapshots(
   db: Queryable,
   ownerId: string | null,
-  filter: { volumeId?: string; state?: SnapshotState; after?: string; limit?: number } = {},
+  filter: { volumeId?: string; vmId?: string; state?: SnapshotState; q?: string; after?: string; limit?: number } = {},
 ): Promise<SnapshotRecord[]> {
   // Keyset paging: `after` is the last id of the previous page, in (created, id) order.
+  // q: a case-insensitive substring of the name, or the id itself (LIKE's wildcards in q match literally).
+  const q = filter.q ? `%${filter.q.replace(/[\\%_]/g, (m) => `\\${m}`)}%` : null;
   const { rows } = await db.query(
     `SELECT * FROM snapshots
       WHERE ($1::uuid IS NULL OR account_id = $1) AND ($2::uuid IS NULL OR volume_id = $2)
         AND (CASE WHEN $3::text IS NULL THEN status <> 'Destroyed' ELSE status = $3 END)
         AND ($4::uuid IS NULL OR (created, id) > (SELECT created, id FROM snapshots WHERE id = $4))
+        AND ($6::uuid IS NULL OR vm_id = $6)
+        AND ($7::text IS NULL OR name ILIKE $7 OR id::text = $8)
       ORDER BY created, id
       LIMIT $5`,
-    [ownerId, filter.volumeId ?? null, filter.state ?? null, filter.after ?? null, filter.limit ?? null],
+    [ownerId, filter.volumeId ?? null, filter.state ?? null, filter.after ?? null, filter.limit ?? null, filter.vmId ?? null, q, filter.q ?? null],
   );
   return rows.map(toSnapshotRecord);
 }

@@ -41,7 +41,7 @@ export const ERROR_CODES = {
   TOO_MANY_STREAMS: { status: 429, description: 'the account has as many event streams open as allowed; close one or retry after Retry-After seconds' },
   INTERNAL: { status: 500, description: 'an unexpected error; the log has its cause' },
   NOT_IMPLEMENTED: { status: 501, description: 'this process does not offer the operation' },
-  SERVICE_UNAVAILABLE: { status: 503, description: 'the service is stopping; retry after Retry-After seconds' },
+  SERVICE_UNAVAILABLE: { status: 503, description: 'the service is stopping, or a dependency (database, Temporal) is not answering; retry after Retry-After seconds' },
   TEMPORAL_UNAVAILABLE: { status: 503, description: 'Temporal or its workers did not answer in time; retry' },
 } as const satisfies Record<string, { status: number; description: string }>;
 
@@ -49,6 +49,51 @@ export type ErrorCode = keyof typeof ERROR_CODES;
 
 export const ERROR_CODE_NAMES = Object.keys(ERROR_CODES) as [ErrorCode, ...ErrorCode[]];
 
+/**
+ * Each code in the user's words: the one sentence the web page (and any client) shows first, above the API's
+ * full message. Kept next to ERROR_CODES so that a new code cannot ship without its sentence (the type requires
+ * every code). Served to the page as /ui/error-codes.json.
+ */
+export const ERROR_SENTENCES = {
+  INVALID_INPUT: 'Some of the values entered are not valid.',
+  MALFORMED_JSON: 'The request could not be read.',
+  MALFORMED_REQUEST: 'The request could not be read.',
+  UNAUTHORIZED: 'Your API key was not accepted. Sign in again.',
+  FORBIDDEN: 'Only an administrator can do this.',
+  NOT_FOUND: 'It no longer exists, or it belongs to another account.',
+  METHOD_NOT_ALLOWED: 'This operation is not offered here.',
+  REQUEST_TIMEOUT: 'The request took too long to arrive. Check the connection and try again.',
+  OPERATION_NOT_ALLOWED_DURING_BACKUP: 'Not possible while a snapshot is being backed up. Try again when the backup has finished.',
+  VOLUME_BUSY: 'The volume is busy (being moved, resized or created). Try again when it is ready.',
+  IMAGE_BUSY: 'The disk was busy and nothing was changed. Try again.',
+  INVALID_STATE: 'Not possible in its current state.',
+  IDEMPOTENCY_KEY_REUSED: 'This request was already used for something else.',
+  SNAPSHOT_CREATION_FAILED: 'The snapshot could not be created on primary storage.',
+  SNAPSHOT_BACKUP_FAILED: 'The snapshot was created, but backing it up failed.',
+  PRIMARY_SNAPSHOT_MISSING: 'The snapshot is no longer on primary storage, so the volume cannot be reverted to it. Create a new volume from its backup instead.',
+  BACKUP_MISSING: 'The snapshot has no usable backup.',
+  HYPERVISOR_MISMATCH: 'These belong to different hypervisors.',
+  VOLUME_ATTACHED: 'The volume is attached to a VM. Detach it first.',
+  VOLUME_NOT_ATTACHED: 'The volume is not attached to that VM.',
+  ISO_ALREADY_ATTACHED: 'The VM already has an ISO attached. Detach it first.',
+  NO_HOST: 'No host can run this VM right now.',
+  NO_STORAGE_POOL: 'No storage is configured for this hypervisor.',
+  ACCOUNT_EXISTS: 'An account with that name already exists.',
+  VOLUME_OPERATION_ABANDONED: 'The volume operation took too long and was undone. Try again.',
+  CONCURRENT_UPDATE: 'Someone changed it at the same time. Try again.',
+  CONFLICT: 'It conflicts with something that already exists.',
+  LAST_API_KEY: 'This is the account\'s last working API key, so it cannot be revoked. Create another key first.',
+  API_KEY_IN_USE: 'A key cannot revoke itself. Sign in with another key of the account to revoke this one.',
+  PAYLOAD_TOO_LARGE: 'The request is too large.',
+  UNSUPPORTED_MEDIA_TYPE: 'The request could not be read.',
+  IDEMPOTENCY_KEY_MISMATCH: 'This request was already sent with different values. Start it again as a new request.',
+  RATE_LIMITED: 'Too many requests in a short time. Wait a moment and try again.',
+  TOO_MANY_STREAMS: 'Too many live views are open for this account. Close another tab or window and try again.',
+  INTERNAL: 'Something went wrong on the server. The operators can find the cause in the log.',
+  NOT_IMPLEMENTED: 'This operation is not available here.',
+  SERVICE_UNAVAILABLE: 'The service is unavailable right now; retrying.',
+  TEMPORAL_UNAVAILABLE: 'The service is unavailable right now; retrying.',
+} as const satisfies Record<ErrorCode, string>;
 
 export class NotFoundError extends Error {
   override readonly name = 'NotFoundError';

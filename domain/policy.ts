@@ -120,7 +120,7 @@ export function decideAgainst(op: Operation, s: InFlightSnapshot): Decision {
     case 'unless-target-is-backing-up-volume':
       return op.kind === 'vm' && op.volumeId === s.volumeId ? refuse('that disk is the one backing up') : { allowed: true };
     case 'forbidden':
-      return refuse('the seed policy does not list it among the operations that may run in parallel');
+      return refuse('it has to wait until the backup has finished');
   }
 }
 

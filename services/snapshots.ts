@@ -10,6 +10,7 @@ import { imageLockRunner, withImageLock } from '../db/image-locks.js';
 import { lockSnapshotWithVolume, lockVolumeWithVm } from '../db/locks.js';
 import { withTransaction, type PoolClient } from '../db/pool.js';
 import { readSettings } from '../db/settings.js';
+import { findAccount } from '../db/accounts.js';
 import {
   failAllocatedSnapshot,
   getSnapshot,
@@ -70,6 +71,8 @@ export interface SnapshotServiceDeps extends Omit<ServiceDeps, 'drivers'> {
    * before it answers 503; default 60 s. Creation on primary takes milliseconds, so this only bounds an outage.
    */
   createDeadlineMs?: number;
+  /** The web console's address: each workflow's details link to the snapshot there. */
+  consoleUrl?: string;
 }
 
 /** A snapshot request of the workflow-facing kind: `accountId` owns the volume (tests, benchmarks, scripts). */
@@ -161,7 +164,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
    * Inserts the snapshot row (Allocated) under the volume's lock (VM first: services/locks.ts), after the policy
    * check, or returns the one an Idempotency-Key names. The volume is read once, under the lock.
    */
-  async function allocate(req: ScopedRequest): Promise<{ snapshot: SnapshotRecord; input: SnapshotWorkflowInput; replay: boolean }> {
+  async function allocate(req: ScopedRequest): Promise<{ snapshot: SnapshotRecord; input: SnapshotWorkflowInput; replay: boolean; labels: WorkflowLabels }> {
     try {
       return await allocateLocked(req);
     } catch (err) {
@@ -174,13 +177,15 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
     }
   }
 
-  async function allocateLocked(req: ScopedRequest): Promise<{ snapshot: SnapshotRecord; input: SnapshotWorkflowInput; replay: boolean }> {
+  async function allocateLocked(req: ScopedRequest): Promise<{ snapshot: SnapshotRecord; input: SnapshotWorkflowInput; replay: boolean; labels: WorkflowLabels }> {
     return withTransaction(pool, async (tx) => {
       // Concurrent duplicates (same key, same volume) queue on this lock; the second finds the first's row.
-      const { volume } = await lockVolumeWithVm(tx, req.volumeId, req.ownerId);
+      const { volume, vm } = await lockVolumeWithVm(tx, req.volumeId, req.ownerId);
       const all = await readSettings(tx);
       const ttlSeconds = all['idempotency.key.ttl'];
       const fingerprint = requestFingerprint(volume.id, req);
+      const account = await findAccount(tx, volume.accountId);
+      const labels: WorkflowLabels = { volumeName: volume.name, vmName: vm?.name ?? null, accountName: account?.name ?? volume.accountId, sizeBytes: volume.sizeBytes };
       if (req.idempotencyKey) {
         // The snapshot belongs to the volume's account, also when an admin takes it.
         const found = await findIdempotentRequest(tx, volume.accountId, req.idempotencyKey, ttlSeconds);
@@ -195,7 +200,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
           if (found.fingerprint !== null && found.fingerprint !== fingerprint) {
             throw new IdempotencyKeyMismatchError(existing.id);
           }
-          return { snapshot: existing, input: inputFor(existing, deps.backupTaskQueue), replay: true };
+          return { snapshot: existing, input: inputFor(existing, deps.backupTaskQueue), replay: true, labels };
         }
       }
       if (isTransitionalVolumeState(volume.state)) {
@@ -235,7 +240,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         description: `snapshot ${name} of volume ${volume.name} requested (${req.asyncBackup ? 'asynchronous' : 'synchronous'} backup)`,
         details: { snapshotId: id, volumeId: volume.id, asyncBackup: req.asyncBackup, ...settings },
       });
-      return { snapshot, input: inputFor(snapshot, deps.backupTaskQueue), replay: false };
+      return { snapshot, input: inputFor(snapshot, deps.backupTaskQueue), replay: false, labels };
     });
   }
 
@@ -244,7 +249,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
    * (or failed) without it. Throws SnapshotCreationFailedError when primary creation fails.
    */
   async function request(req: ScopedRequest): Promise<{ snapshot: SnapshotRecord; replay: boolean }> {
-    const { snapshot, input, replay } = await allocate(req);
+    const { snapshot, input, replay, labels } = await allocate(req);
     const log = logger.child({ snapshotId: snapshot.id, volumeId: snapshot.volumeId, workflowId: snapshot.workflowId });
     const startWorkflowOperation = new WithStartWorkflowOperation<typeof snapshotWorkflow>('snapshotWorkflow', {
       workflowId: snapshot.workflowId,
@@ -258,14 +263,9 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         { key: SEARCH_ATTRIBUTES.SnapshotState, value: snapshot.status },
         ...(snapshot.vmId ? [{ key: SEARCH_ATTRIBUTES.VmId, value: snapshot.vmId }] : []),
       ],
-      staticSummary: `Snapshot ${snapshot.name} of ${snapshot.volumeType} volume ${snapshot.volumeId} (${snapshot.asyncBackup ? 'async' : 'sync'} backup)`,
-      staticDetails: [
-        `snapshot: ${snapshot.id}`,
-        `volume: ${snapshot.volumeId} (${snapshot.volumeType})`,
-        `vm: ${snapshot.vmId ?? '—'}`,
-        `account: ${snapshot.accountId}`,
-        `backup: up to ${input.backup.maxAttempts} attempts, ${input.backup.retryIntervalSeconds}s apart`,
-      ].join('\n'),
+      // What the Temporal Web UI's list and workflow page show: names an operator reads at a glance (the ids stay
+      // in the search attributes and below). Static: set once at start, so replay-safe.
+      ...workflowText(snapshot, input, labels, deps.consoleUrl),
     });
     const finished = ['BackedUp', 'Error', 'Destroying', 'Destroyed'].includes(snapshot.status);
     if (!finished) {
@@ -359,7 +359,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
     },
 
     /** Oldest first; `limit` and `after` (the previous page's last id) page through them. */
-    async list(caller: Caller, filter: { volumeId?: string; state?: SnapshotState; after?: string; limit?: number } = {}): Promise<SnapshotView[]> {
+    async list(caller: Caller, filter: { volumeId?: string; vmId?: string; state?: SnapshotState; q?: string; after?: string; limit?: number } = {}): Promise<SnapshotView[]> {
       const snapshots = await listSnapshots(pool, ownerScope(caller), filter);
       const refs = await getStoreRefsOf(pool, snapshots.map((s) => s.id));
       return snapshots.map((s) => snapshotView(s, refs.get(s.id) ?? []));
@@ -526,6 +526,52 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
 }
 
 export type SnapshotService = ReturnType<typeof createSnapshotService>;
+
+/** Names of what a snapshot workflow is about, read when it is requested. */
+interface WorkflowLabels {
+  volumeName: string;
+  vmName: string | null;
+  accountName: string;
+  sizeBytes: number;
+}
+
+function formatSize(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${i === 0 ? v : v.toFixed(v >= 100 ? 0 : 1)} ${units[i]}`;
+}
+
+/**
+ * The workflow's static summary (one line in the Web UI's list) and details (markdown on its page). The
+ * workflow's current details (workflows/snapshot-workflow.ts) add the live part: state, attempt n of N, next
+ * retry, last error.
+ */
+export function workflowText(
+  snapshot: Pick<SnapshotRecord, 'id' | 'name' | 'volumeId' | 'vmId' | 'accountId' | 'volumeType' | 'asyncBackup'>,
+  input: Pick<SnapshotWorkflowInput, 'backup'>,
+  labels: WorkflowLabels,
+  consoleUrl?: string,
+): { staticSummary: string; staticDetails: string } {
+  const where = labels.vmName ? ` on VM ${labels.vmName}` : ' (detached volume)';
+  return {
+    staticSummary:
+      `Snapshot ${snapshot.name} of ${labels.volumeName}${where} · ${labels.accountName} · ${formatSize(labels.sizeBytes)} · ` +
+      `${snapshot.asyncBackup ? 'async' : 'sync'} backup`,
+    staticDetails: [
+      `**Snapshot** ${snapshot.name} (\`${snapshot.id}\`)`,
+      `**Volume** ${labels.volumeName}, ${snapshot.volumeType}, ${formatSize(labels.sizeBytes)} virtual (\`${snapshot.volumeId}\`)`,
+      `**VM** ${labels.vmName ? `${labels.vmName} (\`${snapshot.vmId}\`)` : '— (detached)'}`,
+      `**Account** ${labels.accountName} (\`${snapshot.accountId}\`)`,
+      `**Backup** ${snapshot.asyncBackup ? 'asynchronous' : 'synchronous'}, up to ${input.backup.maxAttempts} attempts, ${input.backup.retryIntervalSeconds} s apart`,
+      ...(consoleUrl ? [`**Console** [open the snapshot](${consoleUrl}/#/snapshots/${snapshot.id})`] : []),
+    ].join('\n\n'),
+  };
+}
 
 function inputFor(s: SnapshotRecord, backupTaskQueue: string): SnapshotWorkflowInput {
   return {

@@ -88,15 +88,20 @@ const ERROR_DESCRIPTIONS = {
   413: 'Request body over 1 MiB',
   422: 'The Idempotency-Key was used with a different request (IDEMPOTENCY_KEY_MISMATCH)',
   429: 'Too many requests with this key (RATE_LIMITED), or too many event streams (TOO_MANY_STREAMS); retry after Retry-After seconds',
+  503: 'Service unavailable (stopping, or a dependency is down): retry after `Retry-After` seconds',
 } as const;
 
 type ErrorStatus = keyof typeof ERROR_DESCRIPTIONS;
 
 /**
  * Error responses of a route, all in the error shape. A route that authenticates (401) is rate limited per key,
- * so 429 comes with it.
+ * so 429 comes with it; every route may answer 503 while the service stops or a dependency is down.
  */
-export function errorResponses<S extends ErrorStatus>(...statuses: S[]): { [K in S | (401 extends S ? 429 : never)]: ReturnType<typeof jsonContent<typeof ErrorSchema>> } {
-  const all: ErrorStatus[] = statuses.includes(401 as S) && !statuses.includes(429 as S) ? [...statuses, 429] : statuses;
-  return Object.fromEntries(all.map((s) => [s, jsonContent(ErrorSchema, ERROR_DESCRIPTIONS[s])])) as never;
+export function errorResponses<S extends ErrorStatus>(
+  ...statuses: S[]
+): { [K in S | 503 | (401 extends S ? 429 : never)]: ReturnType<typeof jsonContent<typeof ErrorSchema>> } {
+  const all = new Set<ErrorStatus>(statuses);
+  if (all.has(401)) all.add(429);
+  all.add(503);
+  return Object.fromEntries([...all].map((s) => [s, jsonContent(ErrorSchema, ERROR_DESCRIPTIONS[s])])) as never;
 }

@@ -29,7 +29,7 @@ export const SnapshotSchema = z
       z.object({
         role: z.enum(['Primary', 'Image']),
         storeId: z.string(),
-        installPath: z.string(),
+        installPath: z.string().optional().openapi({ description: 'Where the copy lives (admins only)' }),
         state: z.enum(['Allocated', 'Creating', 'Ready', 'Destroyed']),
         sizeBytes: z.number().int().nullable(),
         checksum: z.string().nullable(),
@@ -59,7 +59,16 @@ export const IdempotencyHeadersSchema = z.object({
 
 export const SnapshotListQuerySchema = z.object({
   volumeId: uuid('Only snapshots of this volume').optional(),
+  vmId: uuid('Only snapshots taken of a volume attached to this VM (also after it was destroyed)').optional(),
   state: SnapshotStateSchema.optional().openapi({ description: 'Default: every state but Destroyed' }),
+  q: z
+    .string()
+    .trim()
+    .min(1, 'must not be empty')
+    .max(128, 'must be at most 128 characters')
+    .regex(/^[^\x00-\x1f\x7f-\x9f]*$/, 'must not contain control characters')
+    .optional()
+    .openapi({ description: 'Text: snapshots whose name contains it (case-insensitive), or whose id it is' }),
   limit: PageLimitSchema,
   after: uuid('Cursor: the id of the previous page\'s last snapshot (its X-Next-Cursor)').optional(),
 });

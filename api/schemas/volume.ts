@@ -14,7 +14,7 @@ export const VolumeSchema = z
     hypervisor: HypervisorSchema,
     sizeBytes: z.number().int(),
     poolId: z.string(),
-    path: z.string().openapi({ description: 'The image on primary storage' }),
+    path: z.string().optional().openapi({ description: 'The image on primary storage (admins only: host paths are never shown to other accounts)' }),
     format: z.enum(['qcow2', 'vhd']),
     state: VolumeStateSchema,
     deviceId: z.number().int().nullable(),

@@ -104,7 +104,8 @@ describe('web page: Create Volume Snapshot dialog and live backup progress (Chro
     await visible(vmCard);
 
     // Give the ROOT disk data, as a guest would, so that its backup takes a few seconds.
-    const [vm] = (await api('GET', '/api/v1/vms', userKey)) as Array<{ volumes: Array<{ type: string; name: string; path: string }> }>;
+    // Host paths are for admins (users never see them): the admin's answer names the image.
+    const [vm] = (await api('GET', '/api/v1/vms', ADMIN_KEY)) as Array<{ volumes: Array<{ type: string; name: string; path: string }> }>;
     const root = vm!.volumes.find((v) => v.type === 'ROOT')!;
     await promisify(execFile)('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0xab 0 16M', root.path]);
     rootName = root.name;

@@ -99,8 +99,14 @@ describe('Temporal Web UI (embedded dev server, Chromium)', () => {
     await page.getByText('User Metadata', { exact: true }).first().click();
     await visible('Current Details');
     // Summary and details are markdown, rendered by the UI in sandboxed frames.
-    await visibleInAnyFrame(`Snapshot ui-check of ROOT volume ${vol.volumeId}`);
-    await visibleInAnyFrame(`backup: up to 3 attempts, 300s apart`);
+    // Names an operator reads at a glance (volume, VM, account, size), the ids below them.
+    const names = (await stack.pool.query<{ volume: string; vm: string; account: string }>(
+      'SELECT v.name AS volume, m.name AS vm, a.name AS account FROM volumes v JOIN virtual_machines m ON m.id = v.vm_id JOIN accounts a ON a.id = v.account_id WHERE v.id = $1',
+      [vol.volumeId],
+    )).rows[0]!;
+    await visibleInAnyFrame(`Snapshot ui-check of ${names.volume} on VM ${names.vm} · ${names.account} · 8.0 MiB · sync backup`);
+    await visibleInAnyFrame(`up to 3 attempts, 300 s apart`);
+    await visibleInAnyFrame(vol.volumeId);
     await visibleInAnyFrame(`backed up to snapshots/${accountId}/${vol.volumeId}/${snapshot.id}.qcow2`);
     await page.screenshot({ path: join(RESULTS, 'temporal-ui-snapshot-metadata.png'), fullPage: true });
   });

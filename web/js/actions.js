@@ -2,6 +2,7 @@ import { focusNearest } from './dom.js';
 import { ACTION_LABELS } from './render.js';
 import { state } from './store.js';
 import { toast } from './toasts.js';
+import { explain } from './errors.js';
 
 const DONE = {
   start: 'started',
@@ -35,8 +36,8 @@ export function createActions(ctx) {
       toast(`VM ${vm.name}: ${DONE[body.action] ?? 'done'}.`, { kind: 'success' });
       if (body.action === 'destroy') focusNearest(document.getElementById('vms-section'));
     } catch (err) {
-      const message = typeof err?.describe === 'function' ? err.describe() : String(err?.message ?? err);
-      toast(`VM ${vm.name}: ${ACTION_LABELS[body.action] ?? body.action} failed: ${message}`, { kind: 'error' });
+      const { sentence, detail } = explain(err);
+      toast(`VM ${vm.name}: ${ACTION_LABELS[body.action] ?? body.action} failed. ${sentence}`, { kind: 'error', detail });
     } finally {
       running.delete(key);
       button?.removeAttribute('aria-busy');

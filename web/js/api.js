@@ -22,7 +22,17 @@ export class ApiError extends Error {
 
 const seg = (id) => encodeURIComponent(id);
 
-export function createApi(key, { onUnauthorized } = {}) {
+const qs = (query) => {
+  const p = new URLSearchParams(Object.entries(query ?? {}).filter(([, v]) => v !== undefined && v !== ''));
+  const text = p.toString();
+  return text ? `?${text}` : '';
+};
+
+/**
+ * `onAvailability(up)` hears whether the service answered: false on a network failure or a 503 (stopping, or a
+ * dependency down), true on any other answer.
+ */
+export function createApi(key, { onUnauthorized, onAvailability } = {}) {
   async function call(method, path, body, opts = {}) {
     const headers = { Authorization: `Bearer ${key}`, Accept: 'application/json', ...opts.headers };
     if (body !== undefined) headers['Content-Type'] = 'application/json';
@@ -37,6 +47,7 @@ export function createApi(key, { onUnauthorized } = {}) {
       });
     } catch (err) {
       if (err?.name === 'AbortError') throw err;
+      onAvailability?.(false);
       throw new ApiError(0, 'NETWORK', 'the service cannot be reached', {});
     }
     const text = await res.text();
@@ -46,6 +57,7 @@ export function createApi(key, { onUnauthorized } = {}) {
     } catch {
       data = undefined;
     }
+    onAvailability?.(res.status !== 503);
     if (!res.ok) {
       const e = data?.error;
       if (res.status === 401) onUnauthorized?.();
@@ -55,13 +67,16 @@ export function createApi(key, { onUnauthorized } = {}) {
     return data;
   }
 
-  /** Every item of a paged list: follows X-Next-Cursor (as `cursorParam`) page after page, up to `maxPages`. */
-  async function listAll(path, cursorParam, maxPages = 20) {
+  /**
+   * Every item of a paged list matching `query` (the API's filters): follows X-Next-Cursor (as `cursorParam`)
+   * page after page, up to `maxPages` pages of 1000.
+   */
+  async function listAll(path, cursorParam, query, maxPages = 20) {
+    const { limit: _limit, [cursorParam]: first, ...filters } = query ?? {};
     const items = [];
-    let cursor;
+    let cursor = first;
     for (let i = 0; i < maxPages; i++) {
-      const sep = path.includes('?') ? '&' : '?';
-      const url = cursor === undefined ? `${path}${sep}limit=1000` : `${path}${sep}limit=1000&${cursorParam}=${encodeURIComponent(cursor)}`;
+      const url = `${path}${qs({ ...filters, limit: 1000, [cursorParam]: cursor })}`;
       let next;
       const page = await call('GET', url, undefined, { onHeaders: (h) => (next = h.get('X-Next-Cursor') ?? undefined) });
       items.push(...page);
@@ -78,8 +93,14 @@ export function createApi(key, { onUnauthorized } = {}) {
     createVm: (body) => call('POST', '/api/v1/vms', body),
     allowedActions: (id) => call('GET', `/api/v1/vms/${seg(id)}/allowed-actions`),
     vmAction: (id, body) => call('POST', `/api/v1/vms/${seg(id)}/actions`, body),
-    listVolumes: () => listAll('/api/v1/volumes', 'after'),
-    listSnapshots: () => listAll('/api/v1/snapshots', 'after'),
+    /** Who is signed in: the account of the key, and the key's id. */
+    account: () => call('GET', '/api/v1/accounts/me'),
+    listVolumes: (query) => listAll('/api/v1/volumes', 'after', query),
+    listSnapshots: (query) => listAll('/api/v1/snapshots', 'after', query),
+    deleteSnapshot: (id) => call('DELETE', `/api/v1/snapshots/${seg(id)}`),
+    revertSnapshot: (id) => call('POST', `/api/v1/snapshots/${seg(id)}/revert`),
+    createVolumeFromSnapshot: (id, body) => call('POST', `/api/v1/snapshots/${seg(id)}/volumes`, body),
+    listEvents: (query) => listAll('/api/v1/events', 'since', query),
     getSnapshot: (id) => call('GET', `/api/v1/snapshots/${seg(id)}`),
     /** Answers at the milestone: created on primary (asyncBackup) or backed up (the default). */
     takeSnapshot: (volumeId, body, idempotencyKey, signal) =>

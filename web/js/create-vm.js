@@ -1,6 +1,7 @@
 import { byId, h } from './dom.js';
 import { state } from './store.js';
 import { toast } from './toasts.js';
+import { explainText } from './errors.js';
 
 const MiB = 1024 * 1024;
 
@@ -57,9 +58,10 @@ export function createVmForm(ctx) {
       state.vms.set(vm.id, vm);
       toast(`VM ${vm.name} created.`, { kind: 'success' });
       byId('vm-name').value = '';
+      byId('vm-data-size').value = '';
       await ctx.live?.refreshAll();
     } catch (err) {
-      errorBox.textContent = typeof err?.describe === 'function' ? err.describe() : String(err?.message ?? err);
+      errorBox.textContent = explainText(err);
     } finally {
       submit.disabled = false;
       form.setAttribute('aria-busy', 'false');

@@ -1,5 +1,5 @@
 import { formatTime } from './format.js';
-import { applyProgress, isInFlight, state, upsertSnapshot, vmIdOfSnapshot } from './store.js';
+import { addEvents, applyProgress, isInFlight, state, upsertSnapshot, vmIdOfSnapshot } from './store.js';
 import { toast } from './toasts.js';
 
 /**
@@ -45,9 +45,10 @@ export function createLive({ api, view, onError }) {
   const guard = (p) => p.catch((err) => onError(err));
 
   const refreshAll = serial(async () => {
-    const [vms, volumes, snapshots] = await Promise.all([api.listVms(), api.listVolumes(), api.listSnapshots()]);
+    // Deleted volumes too: their snapshots (a destroyed VM's disks, say) still name them.
+    const [vms, volumes, gone, snapshots] = await Promise.all([api.listVms(), api.listVolumes(), api.listVolumes({ state: 'Destroyed' }), api.listSnapshots()]);
     state.vms = new Map(vms.map((v) => [v.id, v]));
-    state.volumes = new Map(volumes.map((v) => [v.id, v]));
+    state.volumes = new Map([...gone, ...volumes].map((v) => [v.id, v]));
     const fresh = new Map(snapshots.map((s) => [s.id, s]));
     // Keep a snapshot we heard about after this list was read (its GET may be newer).
     for (const [id, s] of state.snapshots) {
@@ -95,6 +96,8 @@ export function createLive({ api, view, onError }) {
 
   /** An audit event (an unnamed SSE message). */
   async function onEvent(e) {
+    addEvents([e]);
+    view.renderEvents?.();
     if (e.resourceType === 'Snapshot') {
       const s = await refreshSnapshot(e.resourceId);
       const name = s?.name ?? e.resourceId;

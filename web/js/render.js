@@ -176,7 +176,8 @@ export function createView({ onTakeSnapshot, onAction, onSnapshotChanged, isBusy
               h('p', { class: 'reasons-title' }, 'Unavailable while a backup is in progress:'),
               h('ul', {}, refused.map((a) => h('li', { id: whyId(a) }, h('strong', {}, ACTION_LABELS[a]), ': ', readable(decide(a))))),
             )
-          : null,
+          : // The same box, at rest: the layout does not jump when a backup starts.
+            h('div', { class: 'reasons reasons-idle' }, h('p', { class: 'muted' }, 'Every action is available.')),
       ),
       h('div', { class: 'volumes' }, volumesOfVm(vm.id).map((v) => volumeSection(v, vm, decide('detach-volume'), allowed))),
     );
@@ -225,7 +226,7 @@ export function createView({ onTakeSnapshot, onAction, onSnapshotChanged, isBusy
         h('span', { class: 'muted' }, `${formatBytes(vol.sizeBytes)} ${vol.format}`),
         h('span', { class: 'volume-buttons' }, take, detach),
       ),
-      h('p', { class: 'path' }, h('span', { class: 'visually-hidden' }, 'Path on primary storage: '), h('code', {}, vol.path)),
+      vol.path ? h('p', { class: 'path' }, h('span', { class: 'visually-hidden' }, 'Path on primary storage: '), h('code', {}, vol.path)) : null,
       why,
       snaps.length
         ? h('ul', { class: 'snapshots', 'aria-label': `Snapshots of ${vol.name}` }, snaps.map(snapshotRow))
@@ -263,30 +264,28 @@ export function snapshotRow(s) {
     h(
       'div',
       { class: 'snap-head' },
-      h('span', { class: 'snap-name', id: nameId }, s.name),
+      h('a', { class: 'snap-name', id: nameId, href: `#/snapshots/${s.id}`, 'data-key': `snaplink:${s.id}` }, s.name),
       h('span', { class: ['state', `state-${s.state}`] }, s.state),
       h('span', { class: 'muted' }, s.asyncBackup ? 'asynchronous backup' : 'synchronous backup'),
       h('time', { class: 'muted', datetime: s.createdAt }, formatDateTime(s.createdAt)),
     ),
     isInFlight(s) ? progressBlock(s) : null,
-    s.state === 'BackedUp'
-      ? h('p', { class: 'muted snap-detail' }, `Backed up ${formatBytes(b.bytesTotal)} on attempt ${b.attempts} of ${b.maxAttempts}.`)
-      : null,
+    s.state === 'BackedUp' ? h('p', { class: 'muted snap-detail' }, backedUpText(s)) : null,
     s.state === 'Error' ? errorText('Failed', b.lastError ?? 'no reason recorded') : null,
   );
 }
 
-const SHORT_ERROR = 140;
+/** "Backed up: 196 KiB written (disk 1.0 GiB virtual) on attempt 1 of 3." */
+function backedUpText(s) {
+  const b = s.backup;
+  const image = s.storeRefs?.find((r) => r.role === 'Image' && r.state !== 'Destroyed');
+  const written = image?.sizeBytes;
+  return `Backed up: ${written == null ? 'size unknown' : `${formatBytes(written)} written`} (disk ${formatBytes(b.bytesTotal)} virtual) on attempt ${b.attempts} of ${b.maxAttempts}.`;
+}
 
-/** An error line; a long one (they carry paths) is cut, with the whole text one click away. */
+/** An error line, always whole (the cause is at the end of long ones): it wraps rather than being cut. */
 function errorText(label, message) {
-  if (message.length <= SHORT_ERROR) return h('p', { class: 'snap-error' }, `${label}: ${message}`);
-  return h(
-    'details',
-    { class: 'snap-error' },
-    h('summary', {}, `${label}: ${message.slice(0, SHORT_ERROR).trimEnd()}…`),
-    h('p', { class: 'full-error' }, message),
-  );
+  return h('p', { class: 'snap-error' }, `${label}: ${message}`);
 }
 
 function progressBlock(s) {

@@ -3,6 +3,7 @@ import { formatBytes, percent } from './format.js';
 import { notifyBackedUp, notifyCreated } from './live.js';
 import { state } from './store.js';
 import { toast } from './toasts.js';
+import { explainText } from './errors.js';
 
 /**
  * The "Create Volume Snapshot" dialog (the seed's UI flow): a name, the "Asynchronous backup" checkbox and
@@ -95,7 +96,7 @@ export function createSnapshotDialog(ctx) {
     } catch (err) {
       const snapshotId = err?.details?.snapshotId;
       if (typeof snapshotId === 'string') ctx.live.refreshSnapshot(snapshotId);
-      const message = typeof err?.describe === 'function' ? err.describe() : String(err?.message ?? err);
+      const message = explainText(err);
       if (session === s && dialog.open) {
         setBusy(false, asyncBackup);
         errorBox.textContent = message;

@@ -10,7 +10,20 @@ export const state = {
   /** vmId -> GET /vms/{id}/allowed-actions answer */
   allowed: new Map(),
   catalogs: { isos: [], offerings: [], hosts: [] },
+  /** Events as read (GET /events, then the stream), oldest first. */
+  events: [],
+  /** The signed-in account ({id, name, role}) and the page's configuration (/ui/config.json). */
+  account: null,
+  config: null,
 };
+
+/** Adds events not yet known, keeping the most recent 2000. */
+export function addEvents(list) {
+  const known = new Set(state.events.map((e) => e.id));
+  for (const e of list) if (!known.has(e.id)) state.events.push(e);
+  state.events.sort((a, b) => a.id - b.id);
+  if (state.events.length > 2000) state.events.splice(0, state.events.length - 2000);
+}
 
 export function resetState() {
   state.vms.clear();
@@ -18,6 +31,8 @@ export function resetState() {
   state.snapshots.clear();
   state.allowed.clear();
   state.catalogs = { isos: [], offerings: [], hosts: [] };
+  state.events = [];
+  state.account = null;
 }
 
 /** Stores a snapshot unless we already hold a newer version of it. Returns whether anything changed. */

@@ -8,7 +8,7 @@ import { byId, h } from './dom.js';
 const shown = new Set();
 const TTL = { info: 8000, success: 8000, warning: 15000 };
 
-export function toast(message, { kind = 'info', key } = {}) {
+export function toast(message, { kind = 'info', key, detail } = {}) {
   if (key !== undefined) {
     if (shown.has(key)) return;
     shown.add(key);
@@ -19,7 +19,13 @@ export function toast(message, { kind = 'info', key } = {}) {
     'div',
     { class: ['toast', `toast-${kind}`] },
     // Long messages are clamped on screen (the title and the live region keep the whole text).
-    h('p', { class: 'toast-text', title: message.length > 160 ? message : undefined }, kind === 'error' ? h('strong', {}, 'Error: ') : null, message),
+    h(
+      'div',
+      { class: 'toast-body' },
+      h('p', { class: 'toast-text' }, kind === 'error' ? h('strong', {}, 'Error: ') : null, message),
+      // The API's whole message, never cut: one click away.
+      detail ? h('details', { class: 'toast-detail' }, h('summary', {}, 'Details'), h('p', {}, detail)) : null,
+    ),
     h('button', { type: 'button', class: 'toast-close', 'aria-label': 'Dismiss notification', onclick: close }, '×'),
   );
   region.append(item);

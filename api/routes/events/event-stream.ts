@@ -2,7 +2,9 @@ import type { Context } from 'hono';
 import { streamSSE, type SSEStreamingApi } from 'hono/streaming';
 import type { EventRow } from '../../../services/events.js';
 import { canSee, type SnapshotProgress } from '../../../services/events.js';
+import { forCaller } from '../../redact.js';
 import type { AppBindings } from '../../types.js';
+import type { Caller } from '../../../services/caller.js';
 
 const PROGRESS_INTERVAL_MS = 1000;
 const KEEPALIVE_INTERVAL_MS = 15_000;
@@ -44,7 +46,7 @@ export function streamEvents(c: Context<AppBindings>, since: number | undefined,
       });
       try {
         await subscription.ready;
-        const sender = eventSender(stream, since);
+        const sender = eventSender(stream, since, caller);
         const backfill = async () => {
           for (;;) {
             if (sender.cursor() === undefined) return;
@@ -95,7 +97,7 @@ export function streamEvents(c: Context<AppBindings>, since: number | undefined,
 }
 
 /** Writes audit events once each, tracking the last id for resumption. */
-function eventSender(stream: SSEStreamingApi, since: number | undefined) {
+function eventSender(stream: SSEStreamingApi, since: number | undefined, caller: Caller) {
   let cursor = since;
   const sent = new Set<number>();
   return {
@@ -105,7 +107,7 @@ function eventSender(stream: SSEStreamingApi, since: number | undefined) {
       sent.add(e.id);
       if (sent.size > DEDUPE_WINDOW) for (const id of [...sent].slice(0, DEDUPE_WINDOW / 2)) sent.delete(id);
       cursor = cursor === undefined ? e.id : Math.max(cursor, e.id);
-      await stream.writeSSE({ id: String(e.id), data: JSON.stringify(e) });
+      await stream.writeSSE({ id: String(e.id), data: JSON.stringify(forCaller(caller, e)) });
     },
   };
 }

@@ -27,7 +27,7 @@ export const get = createRoute({
   path: '/api/v1/volumes/{id}',
   method: 'get',
   tags,
-  summary: 'Get a volume (with its path on primary storage)',
+  summary: 'Get a volume (with its path on primary storage, for admins)',
   request: { params: IdParamsSchema },
   responses: { 200: jsonContent(VolumeSchema, 'The volume'), ...errorResponses(400, 401, 404) },
 });
