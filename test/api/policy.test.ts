@@ -26,7 +26,8 @@ describe('parallel operations while a snapshot backs up', () => {
       dataDisks: Array.from({ length: dataDisks }, () => ({ sizeBytes: MiB })),
     });
     expect(res.status).toBe(201);
-    return res.body as { id: string; hostId: string; volumes: Array<{ id: string; type: string; path: string; sizeBytes: number; poolId: string }> };
+    // Host paths are shown to admins only: the VM as the admin sees it.
+    return (await h.call('GET', `/api/v1/vms/${res.body.id}`)).body as { id: string; hostId: string; volumes: Array<{ id: string; type: string; path: string; sizeBytes: number; poolId: string }> };
   }
 
   /** Takes an async snapshot and waits until its first backup attempt has failed: it now waits in BackingUp. */
@@ -117,7 +118,7 @@ describe('parallel operations while a snapshot backs up', () => {
     expectRefused(await call('POST', `/api/v1/snapshots/${s}/volumes`, {}), [s], disk!.id, 'volume from S');
 
     // Refusals changed nothing, on disk or in the database.
-    const v = (await call('GET', `/api/v1/volumes/${disk!.id}`)).body;
+    const v = (await h.call('GET', `/api/v1/volumes/${disk!.id}`)).body;
     expect(v).toMatchObject({ sizeBytes: MiB, poolId: disk!.poolId, path: disk!.path, vmId: vm.id, state: 'Ready' });
     expect(existsSync(disk!.path)).toBe(true);
     expect((await call('GET', `/api/v1/vms/${vm.id}`)).body).toMatchObject({ hostId: vm.hostId, isoId: isoIds[0] });
@@ -176,7 +177,7 @@ describe('parallel operations while a snapshot backs up', () => {
     expectDone(await act(vm.id, { action: 'detach-volume', volumeId: disk!.id }), 'detach another disk');
     expectDone(await call('POST', `/api/v1/volumes/${root!.id}/snapshots`, { asyncBackup: true }), 'snapshot V again', 201);
 
-    const after = (await call('GET', `/api/v1/vms/${vm.id}`)).body;
+    const after = (await h.call('GET', `/api/v1/vms/${vm.id}`)).body;
     expect(after).toMatchObject({ state: 'Running', hostId: vm.hostId, isoId: isoIds[0] });
     expect(after.volumes.find((v: { type: string }) => v.type === 'ROOT')).toMatchObject({ id: root!.id, sizeBytes: MiB, path: root!.path });
     expect(existsSync(root!.path)).toBe(true);
@@ -249,7 +250,7 @@ describe('parallel operations while a snapshot backs up', () => {
         }
       }
       // Whatever happened, no policy-relevant change was recorded after the snapshot.
-      const volume = (await call('GET', `/api/v1/volumes/${root.id}`)).body;
+      const volume = (await h.call('GET', `/api/v1/volumes/${root.id}`)).body;
       if (snap.status === 201) expect(existsSync(volume.path)).toBe(true);
     }
   });

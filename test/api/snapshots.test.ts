@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -64,12 +65,15 @@ describe('snapshots over HTTP', () => {
   const snapshot = (volumeId: string, body: Record<string, unknown> = {}, headers?: Record<string, string>) =>
     call('POST', `/api/v1/volumes/${volumeId}/snapshots`, body, headers);
   const getSnapshot = async (id: string) => (await call('GET', `/api/v1/snapshots/${id}`)).body;
+  /** Host paths (volumes' path, store refs' installPath) are shown to admins only: read them with the admin key. */
+  const asAdmin = async (path: string) => (await h.call('GET', path)).body;
 
   beforeAll(async () => {
     h = await startApiHarness();
     user = await h.createUser('snapper');
     secondary = (await h.stack.pool.query('SELECT path FROM image_stores LIMIT 1')).rows[0].path;
-    vm = (await call('POST', '/api/v1/vms', { name: 'app-1', hypervisor: 'KVM', rootDiskSizeBytes: 2 * MiB, dataDisks: [{ sizeBytes: MiB }] })).body;
+    const made = (await call('POST', '/api/v1/vms', { name: 'app-1', hypervisor: 'KVM', rootDiskSizeBytes: 2 * MiB, dataDisks: [{ sizeBytes: MiB }] })).body;
+    vm = await asAdmin(`/api/v1/vms/${made.id}`);
   });
   afterAll(async () => {
     await h?.stop();
@@ -86,10 +90,14 @@ describe('snapshots over HTTP', () => {
     );
     expect(Object.keys(res.body.backup).sort()).toEqual(['attempts', 'maxAttempts', 'retryIntervalSeconds', 'bytesDone', 'bytesTotal', 'lastError', 'nextAttemptAt'].sort());
     expect(res.body.backup).toMatchObject({ maxAttempts: 3, retryIntervalSeconds: 300, bytesTotal: MiB });
-    expect(res.body.storeRefs).toContainEqual(expect.objectContaining({ role: 'Primary', state: 'Ready', installPath: `${disk.path}@${res.body.id}` }));
+    expect(res.body.storeRefs).toContainEqual(expect.objectContaining({ role: 'Primary', state: 'Ready' }));
+    expect(res.body.storeRefs.some((r: object) => 'installPath' in r)).toBe(false);
+    expect((await asAdmin(`/api/v1/snapshots/${res.body.id}`)).storeRefs).toContainEqual(
+      expect.objectContaining({ role: 'Primary', installPath: `${disk.path}@${res.body.id}` }),
+    );
 
     const done = await waitFor(async () => {
-      const s = await getSnapshot(res.body.id);
+      const s = await asAdmin(`/api/v1/snapshots/${res.body.id}`);
       return s.state === 'BackedUp' ? s : undefined;
     }, 30_000, 'BackedUp');
     const image = done.storeRefs.find((r: { role: string }) => r.role === 'Image');
@@ -138,6 +146,28 @@ describe('snapshots over HTTP', () => {
     expect(backedUp.every((s: { state: string }) => s.state === 'BackedUp')).toBe(true);
   });
 
+  it('filters by vmId and q together with keyset paging (limit, after, X-Next-Cursor)', async () => {
+    const all = (await call('GET', `/api/v1/snapshots?vmId=${vm.id}`)).body;
+    expect(all.length).toBeGreaterThanOrEqual(3);
+    expect(all.every((s: { vmId: string }) => s.vmId === vm.id)).toBe(true);
+    // Paged one at a time: the pages put together are the whole list, and the cursor keeps the filter.
+    const paged: string[] = [];
+    let next: string | null = null;
+    for (let i = 0; i < all.length + 1; i++) {
+      const res = await h.app.request(`/api/v1/snapshots?vmId=${vm.id}&limit=1${next ? `&after=${next}` : ''}`, { headers: { authorization: `Bearer ${user.key}` } });
+      expect(res.status).toBe(200);
+      paged.push(...((await res.json()) as Array<{ id: string }>).map((s) => s.id));
+      next = res.headers.get('X-Next-Cursor');
+      if (!next) break;
+      expect(res.headers.get('Link')).toContain(`vmId=${vm.id}`);
+    }
+    expect(paged).toEqual(all.map((s: { id: string }) => s.id));
+    const named = (await call('GET', `/api/v1/snapshots?vmId=${vm.id}&q=NIGHT`)).body;
+    expect(named.map((s: { name: string }) => s.name)).toEqual(['nightly']);
+    expect((await call('GET', `/api/v1/snapshots?q=${all[0].id}&limit=1`)).body.map((s: { id: string }) => s.id)).toEqual([all[0].id]);
+    expect((await call('GET', `/api/v1/snapshots?vmId=${randomUUID()}`)).body).toEqual([]);
+  });
+
   it('creates a volume from a backup, reverts a stopped VM\'s volume, and deletes a snapshot with its files', async () => {
     const root = vm.volumes[0]!;
     const s = (await snapshot(root.id, { name: 'golden' })).body;
@@ -146,7 +176,8 @@ describe('snapshots over HTTP', () => {
     const made = await call('POST', `/api/v1/snapshots/${s.id}/volumes`, { name: 'restored' });
     expect(made.status).toBe(201);
     expect(made.body).toMatchObject({ name: 'restored', type: 'DATADISK', vmId: null, state: 'Ready', sizeBytes: 2 * MiB });
-    expect(existsSync(made.body.path)).toBe(true);
+    expect(made.body).not.toHaveProperty('path');
+    expect(existsSync((await asAdmin(`/api/v1/volumes/${made.body.id}`)).path)).toBe(true);
 
     const running = await call('POST', `/api/v1/snapshots/${s.id}/revert`);
     expect(running.status).toBe(409);
@@ -157,7 +188,7 @@ describe('snapshots over HTTP', () => {
     expect(reverted.body).toMatchObject({ id: root.id, sizeBytes: 2 * MiB });
     expect((await call('POST', `/api/v1/vms/${vm.id}/actions`, { action: 'start' })).status).toBe(200);
 
-    const image = s.storeRefs.find((r: { role: string }) => r.role === 'Image');
+    const image = (await asAdmin(`/api/v1/snapshots/${s.id}`)).storeRefs.find((r: { role: string }) => r.role === 'Image');
     const deleted = await call('DELETE', `/api/v1/snapshots/${s.id}`);
     expect(deleted.status).toBe(200);
     expect(deleted.body.state).toBe('Destroyed');
@@ -209,7 +240,7 @@ describe('snapshots over HTTP', () => {
 
     it('a failed creation on primary storage answers 409 SNAPSHOT_CREATION_FAILED, no stack trace', async () => {
       const lost = (await call('POST', '/api/v1/volumes', { name: 'lost', sizeBytes: MiB })).body;
-      rmSync(lost.path);
+      rmSync((await asAdmin(`/api/v1/volumes/${lost.id}`)).path);
       const res = await snapshot(lost.id, { asyncBackup: true });
       expect(res.status).toBe(409);
       expect(res.body.error.code).toBe('SNAPSHOT_CREATION_FAILED');
