@@ -3,9 +3,10 @@
  * backups are standalone qcow2 files in the image store, all handled with qemu-img.
  */
 import { constants as fsc } from 'node:fs';
-import { copyFile, link, mkdir, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { copyFile, link, mkdir, mkdtemp, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
-import type { BackupProgress, BackupResult, BackupTarget, CreatedVolume, ImageLockRunner, StorageDriver } from './driver.js';
+import type { BackupParent, BackupProgress, BackupResult, BackupTarget, CreatedVolume, ImageLockRunner, StorageDriver } from './driver.js';
 import {
   assertSize,
   errCode,
@@ -41,6 +42,8 @@ import {
 export interface KvmDriverOptions {
   /** qemu-img binary; default `qemu-img` from PATH. */
   qemuImg?: string;
+  /** qemu-nbd binary (exports a snapshot for an incremental backup); default `qemu-nbd` from PATH. */
+  qemuNbd?: string;
   logger?: DriverLogger;
   /** Caps backup copy speed (qemu-img convert -r) so background backups do not starve primary storage I/O. */
   backupRateLimitBytesPerSec?: number;
@@ -61,7 +64,9 @@ const noopLogger: DriverLogger = { info() {}, warn() {}, error() {} };
 /** StorageDriver for KVM over qcow2 files and qemu-img. */
 export class KvmStorageDriver implements StorageDriver {
   readonly hypervisor = 'KVM' as const;
+  readonly incrementalBackups = true;
   private readonly qemuImg: string;
+  private readonly qemuNbd: string;
   private readonly log: DriverLogger;
   private readonly rateLimit: number | undefined;
   private readonly lockRetryMs: number;
@@ -70,6 +75,7 @@ export class KvmStorageDriver implements StorageDriver {
 
   constructor(opts: KvmDriverOptions = {}) {
     this.qemuImg = opts.qemuImg ?? 'qemu-img';
+    this.qemuNbd = opts.qemuNbd ?? 'qemu-nbd';
     this.log = opts.logger ?? noopLogger;
     this.rateLimit = opts.backupRateLimitBytesPerSec;
     this.lockRetryMs = opts.lockRetryMs ?? 30_000;
@@ -200,9 +206,9 @@ export class KvmStorageDriver implements StorageDriver {
     volumePath: string,
     imageStoreRoot: string,
     target: BackupTarget,
-    opts: { onProgress?: (p: BackupProgress) => void; signal?: AbortSignal } = {},
+    opts: { onProgress?: (p: BackupProgress) => void; signal?: AbortSignal; parent?: BackupParent } = {},
   ): Promise<BackupResult> {
-    const { signal, onProgress } = opts;
+    const { signal, onProgress, parent } = opts;
     const vol = parseVolumePath(volumePath);
     if (vol.volumeId !== assertUuid(target.volumeId, 'volumeId')) {
       throw new Error(`volume path ${volumePath} does not belong to volume ${target.volumeId}`);
@@ -227,8 +233,13 @@ export class KvmStorageDriver implements StorageDriver {
       if (name !== path.basename(final) && isFileOf(path.basename(final), name)) await rm(path.join(dir, name), { force: true });
     }
     const tmp = tempPathFor(final);
-    this.log.info({ volumePath, snapshotId: tag, tmp }, 'backup started');
+    const parentFile = parent ? resolveInstallPath(imageStoreRoot, parent.installPath) : undefined;
+    if (parentFile && path.dirname(parentFile) !== dir) throw new Error(`${ctx} failed: parent backup ${parent!.installPath} is not a backup of the same volume`);
+    this.log.info({ volumePath, snapshotId: tag, tmp, parent: parent?.snapshotId }, parent ? 'incremental backup started' : 'backup started');
     try {
+      if (parentFile) {
+        await this.writeDelta(volumePath, tag, info.virtualSize, parentFile, tmp, report, signal);
+      } else {
       const rate = this.rateLimit ? ['-r', String(this.rateLimit)] : [];
       // -U: read without taking the image lock, so snapshots and writes on the live image can proceed meanwhile;
       // the snapshot's clusters are copy-on-write protected, so its point-in-time bytes stay stable.
@@ -246,6 +257,7 @@ export class KvmStorageDriver implements StorageDriver {
       } finally {
         progress?.stop();
       }
+      }
       // Hash while the copy is flushed: both read the just-written file, and the rename below waits for both.
       const [digest] = await settleAll([sha256File(tmp, signal), fsyncPath(tmp).then(() => fsyncPath(dir))]);
       const checksum = `sha256:${digest}`;
@@ -255,12 +267,65 @@ export class KvmStorageDriver implements StorageDriver {
       await rename(tmp, final);
       await fsyncPath(dir);
       report({ bytesDone: info.virtualSize, bytesTotal: info.virtualSize });
-      this.log.info({ volumePath, snapshotId: tag, installPath, sizeBytes: size, checksum }, 'backup finished');
-      return { installPath, sizeBytes: size, checksum };
+      this.log.info({ volumePath, snapshotId: tag, installPath, sizeBytes: size, checksum, parent: parent?.snapshotId }, 'backup finished');
+      return { installPath, sizeBytes: size, checksum, parentSnapshotId: parent ? assertUuid(parent.snapshotId, 'parent snapshotId') : null };
     } catch (err) {
       await rm(tmp, { force: true }).catch((rmErr: unknown) => this.log.warn({ err: rmErr, tmp }, 'could not remove temp file'));
       this.log.error({ err, volumePath, snapshotId: tag }, 'backup failed');
       throw withContext(err, `${ctx} failed`);
+    }
+  }
+
+  /**
+   * Writes into `tmp` a qcow2 delta of the snapshot on `parentFile` (docs/design.md §14): the snapshot is exported
+   * read-only by qemu-nbd (without the image lock, like the full copy's -U), an empty overlay is created on that
+   * export, and `qemu-img rebase` in safe mode switches its backing file to the parent backup, writing exactly the
+   * clusters whose content differs. The parent is only read (rebase opens backing files read-only); its path is
+   * recorded relative to the delta's directory, so the image store can be moved or mounted elsewhere.
+   */
+  private async writeDelta(
+    volumePath: string,
+    tag: string,
+    virtualSize: number,
+    parentFile: string,
+    tmp: string,
+    report: (p: BackupProgress) => void,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    // A short socket path (sun_path is 108 bytes), private to this backup.
+    const sockDir = await mkdtemp(path.join(tmpdir(), 'volsnap-nbd-'));
+    const sock = path.join(sockDir, 's');
+    const stop = new AbortController();
+    const onAbort = (): void => stop.abort(signal?.reason);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    let exited: { err: unknown } | undefined;
+    const server = run(
+      this.qemuNbd,
+      ['-r', '-t', '-e', '4', '-k', sock, '-l', `snapshot.name=${tag}`, '--image-opts', `driver=qcow2,force-share=on,file.driver=file,file.filename=${volumePath.replaceAll(',', ',,')}`],
+      { signal: stop.signal },
+    ).then(
+      () => void (exited = { err: new Error('qemu-nbd exited before the delta was written') }),
+      (err: unknown) => void (exited = { err }),
+    );
+    try {
+      for (const started = Date.now(); ; ) {
+        if (exited) throw exited.err;
+        if (await exists(sock)) break;
+        if (Date.now() - started > 30_000) throw new Error('qemu-nbd did not open its socket within 30 s');
+        signal?.throwIfAborted();
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      await this.qemu(['create', '-q', '-f', 'qcow2', '-b', `nbd+unix:///?socket=${sock}`, '-F', 'raw', tmp, String(virtualSize)], { signal });
+      const backing = path.relative(path.dirname(tmp), parentFile);
+      await this.qemu(['rebase', '-p', '-f', 'qcow2', '-b', backing, '-F', 'qcow2', tmp], { signal, onStdout: progressParser(virtualSize, report) });
+    } catch (err) {
+      if (err instanceof CommandError && /can't find snapshot|Failed to load snapshot/i.test(err.stderr)) throw notFound(tag, volumePath);
+      throw err;
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      stop.abort();
+      await server;
+      await rm(sockDir, { recursive: true, force: true });
     }
   }
 
