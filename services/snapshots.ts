@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { WithStartWorkflowOperation, WorkflowFailedError, WorkflowUpdateFailedError, type Client } from '@temporalio/client';
 import type { Logger } from 'pino';
-import { backupRetryFrom } from '../config/settings.js';
+import { backupRetryFrom, incrementalFrom } from '../config/settings.js';
 import { defaultImageStore } from '../db/catalog.js';
 import { findImageStore, findStoragePool } from '../db/catalog-queries.js';
 import { recordEvent } from '../db/events.js';
@@ -175,7 +175,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
       if (deps.drivers) driverFor({ drivers }, volume.hypervisor);
       assertAllowed({ kind: 'volume', action: 'snapshot', volumeId: volume.id }, await inFlightSnapshots(tx, { volumeIds: [volume.id] }));
       const all = await readSettings(tx);
-      const settings = { ...backupRetryFrom(all), queueTimeoutSeconds: all['backup.queue.timeout'] };
+      const settings = { ...backupRetryFrom(all), queueTimeoutSeconds: all['backup.queue.timeout'], ...incrementalFrom(all) };
       const id = randomUUID();
       const name = req.name ?? `${volume.name}-${new Date().toISOString().replace(/[-:]/g, '').slice(0, 15)}`;
       const snapshot = await insertSnapshot(tx, {
@@ -192,6 +192,8 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         backupRetryInterval: settings.retryIntervalSeconds,
         backupQueueTimeout: settings.queueTimeoutSeconds,
         backupBytesTotal: volume.sizeBytes,
+        backupIncremental: settings.incremental,
+        snapshotDeltaMax: settings.deltaMax,
       });
       await recordEvent(tx, {
         type: 'SNAPSHOT.CREATE',
@@ -504,6 +506,8 @@ function inputFor(s: SnapshotRecord, backupTaskQueue: string): SnapshotWorkflowI
       maxAttempts: s.backupMaxAttempts,
       retryIntervalSeconds: s.backupRetryInterval,
       ...(s.backupQueueTimeout ? { queueTimeoutSeconds: s.backupQueueTimeout } : {}),
+      ...(s.backupIncremental !== null ? { incremental: s.backupIncremental } : {}),
+      ...(s.snapshotDeltaMax !== null ? { deltaMax: s.snapshotDeltaMax } : {}),
     },
     backupTaskQueue,
   };
