@@ -98,6 +98,12 @@ export interface StorageDriver {
   verifyBackup(imageStoreRoot: string, installPath: string, checksum: string): Promise<boolean>;
   /** Creates a new volume from a backup in the image store (a delta is read through its chain and flattened). */
   createVolumeFromBackup(imageStoreRoot: string, installPath: string, poolPath: string, volumeId: string): Promise<CreatedVolume>;
+  /**
+   * Rewrites an existing volume with a backup's point-in-time content (a delta read through its chain), keeping
+   * the volume's internal snapshots: a revert whose primary snapshot is gone. Optional: drivers without it refuse
+   * such a revert.
+   */
+  restoreVolumeFromBackup?(imageStoreRoot: string, installPath: string, volumePath: string): Promise<void>;
   /** Removes backup files of a snapshot, including temporary (partial) ones; missing files are not an error. */
   deleteBackupFiles(imageStoreRoot: string, target: BackupTarget): Promise<string[]>;
 }

@@ -368,6 +368,25 @@ export class KvmStorageDriver implements StorageDriver {
     return { path: final, format: 'qcow2' };
   }
 
+  async restoreVolumeFromBackup(imageStoreRoot: string, installPath: string, volumePath: string): Promise<void> {
+    parseVolumePath(volumePath);
+    const src = resolveInstallPath(imageStoreRoot, installPath);
+    if (!src.endsWith('.qcow2')) throw new Error(`KVM can only restore qcow2 backups, got ${installPath}`);
+    await this.locked(volumePath, async () => {
+      const { virtualSize: size } = await this.info(src);
+      const { virtualSize } = await this.info(volumePath);
+      // The snapshot recorded the disk's size then; the volume takes it back, as a revert on primary does.
+      if (virtualSize !== size) {
+        await this.mutate(volumePath, ['resize', '-q', '-f', 'qcow2', ...(size < virtualSize ? ['--shrink'] : []), volumePath, String(size)]);
+      }
+      // -n writes into the existing image's active layer (zeroes where the backup has none), so the volume's
+      // internal snapshots stay; the backup chain is read through its relative backing files.
+      await this.mutate(volumePath, ['convert', '-n', '-f', 'qcow2', '-O', 'qcow2', src, volumePath]);
+      await fsyncPath(volumePath);
+    });
+    this.log.info({ installPath, volumePath }, 'volume rewritten from backup');
+  }
+
   async deleteBackupFiles(imageStoreRoot: string, target: BackupTarget): Promise<string[]> {
     return removeBackupFiles(backupFilePath(imageStoreRoot, target));
   }

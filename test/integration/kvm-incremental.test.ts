@@ -135,6 +135,30 @@ describe('incremental backups (KVM)', () => {
     expect(await driver.verifyBackup(store, rb.installPath, rb.checksum)).toBe(false);
   });
 
+  it('rewrites a volume from a delta chain when its primary snapshot is gone, keeping its other internal snapshots', async () => {
+    const volumeId = randomUUID();
+    const accountId = randomUUID();
+    const { path: vol } = await driver.createVolume(pool, volumeId, 32 * MiB);
+    await qemuIo(vol, 'write -P 0x51 0 24M');
+    const a: BackupTarget = { accountId, volumeId, snapshotId: randomUUID() };
+    await driver.createSnapshot(vol, a.snapshotId);
+    const ra = await driver.backupSnapshot(vol, store, a);
+    await qemuIo(vol, 'write -P 0x52 2M 3M');
+    await qemuIo(vol, 'write -z 10M 1M');
+    const b: BackupTarget = { accountId, volumeId, snapshotId: randomUUID() };
+    await driver.createSnapshot(vol, b.snapshotId);
+    const rb = await driver.backupSnapshot(vol, store, b, { parent: { snapshotId: a.snapshotId, installPath: ra.installPath } });
+    const expected = path.join(dir, 'expected.qcow2');
+    await exec('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'qcow2', '-l', `snapshot.name=${b.snapshotId}`, vol, expected]);
+    await driver.deleteSnapshot(vol, b.snapshotId);
+    await qemuIo(vol, 'write -P 0x77 0 32M');
+    await driver.resizeVolume(vol, 48 * MiB);
+    await driver.restoreVolumeFromBackup(store, rb.installPath, vol);
+    await exec('qemu-img', ['compare', '-U', '-f', 'qcow2', '-F', 'qcow2', vol, expected]);
+    expect(await driver.hasSnapshot(vol, a.snapshotId)).toBe(true);
+    expect(await sameAsSnapshot(vol, vol, a.snapshotId)).toBe(false);
+  });
+
   it('a delta on a parent of another volume is refused', async () => {
     const accountId = randomUUID();
     const { path: vol } = await driver.createVolume(pool, randomUUID(), 16 * MiB);
