@@ -437,3 +437,21 @@ export async function failAllocatedSnapshot(db: Queryable, id: string, reason: s
   );
   return rows.length > 0;
 }
+
+/** What each snapshot's backup is or is being written as (its Image ref): full or a delta on a parent. */
+export async function backupKindsOf(
+  db: Queryable,
+  snapshotIds: string[],
+): Promise<Map<string, { kind: 'full' | 'incremental'; parentSnapshotId: string | null; chainLength: number }>> {
+  const out = new Map<string, { kind: 'full' | 'incremental'; parentSnapshotId: string | null; chainLength: number }>();
+  if (snapshotIds.length === 0) return out;
+  const { rows } = await db.query(
+    `SELECT snapshot_id, parent_snapshot_id, chain_length FROM snapshot_store_ref
+      WHERE snapshot_id = ANY($1::uuid[]) AND store_role = 'Image' AND state <> 'Destroyed'`,
+    [snapshotIds],
+  );
+  for (const r of rows) {
+    out.set(r.snapshot_id, { kind: r.parent_snapshot_id ? 'incremental' : 'full', parentSnapshotId: r.parent_snapshot_id ?? null, chainLength: r.chain_length });
+  }
+  return out;
+}

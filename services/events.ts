@@ -1,4 +1,5 @@
 import { toEventRow, type EventRow } from '../db/events.js';
+import { backupKindsOf } from '../db/snapshots.js';
 import type { Pool } from '../db/pool.js';
 import { IN_PROGRESS_STATES, type SnapshotState } from '../domain/snapshot-states.js';
 import { publicErrorMessage } from '../domain/errors.js';
@@ -17,6 +18,9 @@ export interface SnapshotProgress {
   nextAttemptAt: string | null;
   /** Why the last attempt failed, in public wording. */
   lastError: string | null;
+  /** Once the attempt has chosen (docs/design.md §14): a full copy, or a delta on `parentSnapshotId`'s backup. */
+  kind?: 'full' | 'incremental';
+  parentSnapshotId?: string | null;
 }
 
 /** Whether `caller` may see `event`: its own account's; an admin sees all (global ones too). */
@@ -45,7 +49,9 @@ export function createEventService(deps: { pool: Pool }) {
           WHERE status = ANY($1::text[]) AND ($2::uuid IS NULL OR account_id = $2) ORDER BY created`,
         [IN_PROGRESS_STATES, ownerScope(caller)],
       );
+      const kinds = await backupKindsOf(pool, rows.filter((r) => r.status === 'BackingUp').map((r) => r.id));
       return rows.map((r) => ({
+        ...(kinds.has(r.id) ? { kind: kinds.get(r.id)!.kind, parentSnapshotId: kinds.get(r.id)!.parentSnapshotId } : {}),
         snapshotId: r.id,
         volumeId: r.volume_id,
         state: r.status,
