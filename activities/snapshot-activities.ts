@@ -334,6 +334,7 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
               latest = p;
             },
             ...(parent ? { parent: { snapshotId: parent.snapshotId, installPath: parent.installPath } } : {}),
+            lock: (fn) => withImageLock(pool, snapshot.volumeId, fn, { logger: log }),
           },
         );
       } catch (err) {

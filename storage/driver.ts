@@ -92,7 +92,13 @@ export interface StorageDriver {
     volumePath: string,
     imageStoreRoot: string,
     target: BackupTarget,
-    opts?: { onProgress?: (p: BackupProgress) => void; signal?: AbortSignal; parent?: BackupParent },
+    opts?: {
+      onProgress?: (p: BackupProgress) => void;
+      signal?: AbortSignal;
+      parent?: BackupParent;
+      /** The volume's image lock, for short reads of metadata that other writers of the image rewrite. */
+      lock?: ImageLockRunner;
+    },
   ): Promise<BackupResult>;
   /** Verifies a backup's bytes against its checksum. */
   verifyBackup(imageStoreRoot: string, installPath: string, checksum: string): Promise<boolean>;
