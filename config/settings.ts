@@ -18,7 +18,9 @@ const wholeNumber = (min: number, max: number) =>
  */
 const onOff = () =>
   z
-    .union([z.boolean(), z.literal(0), z.literal(1), z.string().trim().toLowerCase().pipe(z.enum(['true', 'false', '1', '0']))])
+    .union([z.boolean(), z.literal(0), z.literal(1), z.string().trim().toLowerCase().pipe(z.enum(['true', 'false', '1', '0']))], {
+      error: 'must be true or false (or 1 or 0)',
+    })
     .transform((v) => (v === true || v === 1 || v === 'true' || v === '1' ? 1 : 0));
 
 export const SETTINGS = {
