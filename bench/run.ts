@@ -1,6 +1,6 @@
 /**
  * volsnap benchmarks (`npm run bench`, `npm run bench -- --quick`): starts the embedded stack in-process
- * (PostgreSQL, Temporal dev server, workers), serves the HTTP API on a free port, measures P1–P4 side by
+ * (PostgreSQL, Temporal dev server, workers), serves the HTTP API on a free port, measures P1–P5 side by
  * side over real HTTP / the real driver, and writes bench/results/<name>.json and .md. See bench/README.md.
  *
  * Options: --quick (under 2 minutes, smaller images and fewer samples), --only p1,p3 (a subset),
