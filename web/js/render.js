@@ -270,10 +270,21 @@ export function snapshotRow(s) {
     ),
     isInFlight(s) ? progressBlock(s) : null,
     s.state === 'BackedUp'
-      ? h('p', { class: 'muted snap-detail' }, `Backed up ${formatBytes(b.bytesTotal)} on attempt ${b.attempts} of ${b.maxAttempts}.`)
+      ? h('p', { class: 'muted snap-detail' }, `Backed up ${formatBytes(b.bytesTotal)} on attempt ${b.attempts} of ${b.maxAttempts}.`, backupKindText(b))
       : null,
     s.state === 'Error' ? errorText('Failed', b.lastError ?? 'no reason recorded') : null,
   );
+}
+
+/** " Incremental: 8 MiB written on the backup of …, chain of 3." — what the backup is (docs/design.md §14). */
+function backupKindText(b) {
+  if (!b.kind) return null;
+  const written = b.bytesWritten != null ? `${formatBytes(b.bytesWritten)} written` : '';
+  const text =
+    b.kind === 'incremental'
+      ? ` Incremental: ${written} on the backup of ${b.parentSnapshotId ? b.parentSnapshotId.slice(0, 8) : '?'}…, chain of ${b.chainLength}.`
+      : ` Full: ${written}.`;
+  return h('span', { class: 'backup-kind', 'data-backup-kind': b.kind, title: b.parentSnapshotId ?? '' }, text);
 }
 
 const SHORT_ERROR = 140;
@@ -313,6 +324,9 @@ function progressBlock(s) {
       'p',
       { class: 'snap-detail' },
       b.attempts > 0 ? h('span', { class: 'attempt' }, `attempt ${b.attempts} of ${b.maxAttempts}`) : null,
+      s.state === 'BackingUp' && b.kind
+        ? h('span', { class: 'backup-kind', 'data-backup-kind': b.kind }, b.kind === 'incremental' ? ' incremental (only what changed is written)' : ' full copy')
+        : null,
       b.nextAttemptAt
         ? h(
             'span',
