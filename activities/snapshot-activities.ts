@@ -7,8 +7,11 @@ import { recordEvent } from '../db/events.js';
 import { withImageLock } from '../db/image-locks.js';
 import type { Pool } from '../db/pool.js';
 import {
+  beginImageRef,
+  getBackupChain,
   getSnapshot,
   getStoreRefs,
+  latestBackupOfVolume,
   setStoreRefState,
   transitionSnapshot,
   updateBackupProgress,
@@ -17,8 +20,10 @@ import {
 } from '../db/snapshots.js';
 import { findVolumeLocation, type VolumeLocation } from '../db/volumes.js';
 import { IllegalSnapshotTransitionError, canTransition } from '../domain/snapshot-states.js';
-import type { BackupResult, StorageDriver, StorageDrivers } from '../storage/driver.js';
+import { checkBackupChain } from '../storage/chain.js';
+import type { BackupParent, BackupResult, StorageDriver, StorageDrivers } from '../storage/driver.js';
 import { CommandError } from '../storage/exec.js';
+import { backupInstallPath } from '../storage/paths.js';
 import { ACTIVITY_FAILURE_TYPES, FAILURE_TYPES, nextBackupAttemptAt, type BackupAttemptInput } from '../workflows/definitions.js';
 
 export interface SnapshotActivityDeps {
@@ -103,11 +108,68 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
     if (!ref || !store || !ref.checksum) {
       throw ApplicationFailure.nonRetryable(`snapshot ${snapshot.id} is BackedUp but has no Ready backup`, ILLEGAL);
     }
-    if (!(await driver.verifyBackup(store.path, ref.installPath, ref.checksum))) {
-      throw ApplicationFailure.nonRetryable(`snapshot ${snapshot.id} is BackedUp but its backup does not verify`, ILLEGAL);
+    // A delta is verified with its whole chain (docs/design.md §12).
+    const problem = await checkBackupChain(driver, store.path, await getBackupChain(pool, snapshot.id), { full: true });
+    if (problem) {
+      throw ApplicationFailure.nonRetryable(`snapshot ${snapshot.id} is BackedUp but its backup does not verify: ${problem}`, ILLEGAL);
     }
     log.info({ installPath: ref.installPath }, 'snapshot already backed up; its verified backup is the result');
-    return { installPath: ref.installPath, sizeBytes: ref.sizeBytes ?? 0, checksum: ref.checksum };
+    return { installPath: ref.installPath, sizeBytes: ref.sizeBytes ?? 0, checksum: ref.checksum, parentSnapshotId: ref.parentSnapshotId ?? null };
+  }
+
+  /**
+   * Chooses, as an attempt starts, whether this backup is a delta and on what (docs/design.md §14), and records
+   * the choice in the snapshot's Image ref (Creating), which keeps the parent's backup from being removed. A
+   * delta needs `backup.incremental` on for the snapshot, a driver that writes deltas, and a latest backup of the
+   * volume in the same store whose chain holds fewer than `snapshot.delta.max` deltas and verifies; otherwise
+   * the backup is full, and the reason is logged.
+   */
+  async function planBackup(
+    snapshot: SnapshotRecord,
+    store: { id: string; path: string },
+    driver: StorageDriver,
+    log: Logger,
+  ): Promise<{ parent: (BackupParent & { chainLength: number }) | null; reason: string }> {
+    const ids = { accountId: snapshot.accountId, volumeId: snapshot.volumeId, snapshotId: snapshot.id };
+    const installPath = backupInstallPath(ids, driver.hypervisor === 'KVM' ? 'qcow2' : 'vhd');
+    let parent: (BackupParent & { chainLength: number }) | null = null;
+    let reason: string;
+    const deltaMax = snapshot.snapshotDeltaMax ?? 16;
+    if (!snapshot.backupIncremental) reason = 'backup.incremental is off for this snapshot';
+    else if (!driver.incrementalBackups) reason = `${driver.hypervisor} backups are always full`;
+    else {
+      const latest = await latestBackupOfVolume(pool, { volumeId: snapshot.volumeId, storeId: store.id, snapshotId: snapshot.id });
+      if (!latest) reason = 'no earlier backup of the volume in this image store';
+      else if (latest.chainLength > deltaMax) reason = `the chain of ${latest.snapshotId} already holds ${latest.chainLength - 1} delta(s) (snapshot.delta.max ${deltaMax})`;
+      else {
+        const problem = await checkBackupChain(driver, store.path, await getBackupChain(pool, latest.snapshotId), { full: false }).catch(
+          (err: unknown) => `verifying it failed: ${messageOf(err)}`,
+        );
+        if (problem) {
+          reason = `the backup of ${latest.snapshotId} does not verify (${problem})`;
+          log.warn({ parent: latest.snapshotId, problem }, 'the parent backup does not verify; taking a full backup');
+          await recordEvent(pool, {
+            type: 'SNAPSHOT.BACKUP',
+            level: 'WARN',
+            accountId: snapshot.accountId,
+            resourceType: 'Snapshot',
+            resourceId: snapshot.id,
+            description: `full backup instead of a delta: ${reason}`,
+            details: { snapshotId: snapshot.id, volumeId: snapshot.volumeId, parentSnapshotId: latest.snapshotId },
+          });
+        } else {
+          parent = { snapshotId: latest.snapshotId, installPath: latest.installPath, chainLength: latest.chainLength };
+          reason = `delta on the backup of ${latest.snapshotId}`;
+        }
+      }
+    }
+    if (parent && !(await beginImageRef(pool, { snapshotId: snapshot.id, storeId: store.id, installPath, parent }))) {
+      reason = `the snapshot of ${parent.snapshotId} was deleted meanwhile`;
+      parent = null;
+    }
+    if (!parent) await beginImageRef(pool, { snapshotId: snapshot.id, storeId: store.id, installPath, parent: null });
+    log.info({ parent: parent?.snapshotId ?? null, reason }, parent ? 'incremental backup' : 'full backup');
+    return { parent, reason };
   }
 
   /** Records a failed copy (reason, next attempt, event) and gives the error to throw. */
@@ -233,6 +295,7 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
       });
       await updateBackupProgress(pool, snapshotId, { attempts: attempt, bytesDone: 0, nextAttemptAt: null });
       log.info({ maxAttempts }, `backup attempt ${attempt} of ${maxAttempts} started`);
+      const { parent } = await planBackup(snapshot, store, driver, log);
 
       let latest = { bytesDone: 0, bytesTotal: snapshot.size ?? 0 };
       let written = -1;
@@ -259,6 +322,8 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
             onProgress: (p) => {
               latest = p;
             },
+            ...(parent ? { parent: { snapshotId: parent.snapshotId, installPath: parent.installPath } } : {}),
+            lock: (fn) => withImageLock(pool, snapshot.volumeId, fn, { logger: log }),
           },
         );
       } catch (err) {
@@ -285,14 +350,25 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
           state: 'Ready',
           sizeBytes: result.sizeBytes,
           checksum: result.checksum,
+          parentSnapshotId: result.parentSnapshotId ?? null,
+          chainLength: result.parentSnapshotId && parent ? parent.chainLength + 1 : 1,
         });
         await updateBackupProgress(pool, snapshotId, { bytesDone: latest.bytesTotal, bytesTotal: latest.bytesTotal, lastError: null });
         await transitionOrFail(pool, snapshotId, 'BackedUp', {
           set: { physical_size: result.sizeBytes, next_attempt_at: null },
           event: {
             type: 'SNAPSHOT.BACKUP',
-            description: `snapshot ${snapshot.name} backed up to secondary storage`,
-            details: { attempt, installPath: result.installPath, checksum: result.checksum },
+            description: result.parentSnapshotId
+              ? `snapshot ${snapshot.name} backed up to secondary storage (incremental: ${result.sizeBytes} bytes on the backup of ${result.parentSnapshotId})`
+              : `snapshot ${snapshot.name} backed up to secondary storage (full: ${result.sizeBytes} bytes)`,
+            details: {
+              attempt,
+              installPath: result.installPath,
+              checksum: result.checksum,
+              kind: result.parentSnapshotId ? 'incremental' : 'full',
+              parentSnapshotId: result.parentSnapshotId ?? null,
+              bytesWritten: result.sizeBytes,
+            },
           },
         });
       } catch (err) {

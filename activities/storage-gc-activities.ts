@@ -9,7 +9,17 @@ import { imageLockRunner } from '../db/image-locks.js';
 import type { Pool } from '../db/pool.js';
 import { isTransitionalVolumeState } from '../db/volumes.js';
 import { reconcileStuckVolumes, type VolumeReconcileResult } from '../services/volume-reconcile.js';
-import { errorSnapshotsToClean, inFlightSnapshotsToReconcile, retireStoreRefs, snapshotStatuses, transitionSnapshot } from '../db/snapshots.js';
+import {
+  errorSnapshotsToClean,
+  hasDependentBackups,
+  inFlightSnapshotsToReconcile,
+  keptBackupSnapshotIds,
+  retireStoreRefs,
+  setStoreRefState,
+  snapshotStatuses,
+  transitionSnapshot,
+  unreferencedKeptBackups,
+} from '../db/snapshots.js';
 import { IllegalSnapshotTransitionError, type SnapshotState } from '../domain/snapshot-states.js';
 import { removeSnapshotStorage } from '../storage/cleanup.js';
 import type { StorageDrivers } from '../storage/driver.js';
@@ -114,6 +124,34 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
 
   const imageStores = () => listImageStores(pool);
 
+  /**
+   * Removes backups kept for later deltas (their snapshots deleted) that nothing depends on any more, newest first
+   * and again until none is left, so a whole chain of deleted snapshots goes in one run (docs/design.md §14).
+   */
+  async function releaseChainMembers(result: OrphanResult): Promise<void> {
+    const seen = new Set<string>();
+    for (;;) {
+      const batch = (await unreferencedKeptBackups(pool)).filter((b) => !seen.has(b.snapshotId));
+      if (batch.length === 0) return;
+      for (const b of batch) {
+        seen.add(b.snapshotId);
+        beat({ step: 'orphans', snapshotId: b.snapshotId });
+        try {
+          const driver = deps.drivers[b.hypervisor];
+          if (!driver) throw new Error(`no storage driver for ${b.hypervisor}`);
+          const removed = await driver.deleteBackupFiles(b.storePath, { accountId: b.accountId, volumeId: b.volumeId, snapshotId: b.snapshotId });
+          await setStoreRefState(pool, b.snapshotId, 'Image', 'Destroyed');
+          const reason = 'backup of a deleted snapshot that no later backup depends on any more';
+          log.info({ snapshotId: b.snapshotId, removed }, `storage GC removed a ${reason}`);
+          for (const p of removed) result.removed.push({ storeId: b.storeId, path: p, snapshotId: b.snapshotId, reason });
+        } catch (err) {
+          log.error({ err, snapshotId: b.snapshotId }, 'storage GC could not remove a released chain member');
+          result.failures.push({ step: 'orphans', snapshotId: b.snapshotId, error: messageOf(err) });
+        }
+      }
+    }
+  }
+
   return {
     /**
      * The reconciler: an in-flight snapshot (Allocated, Creating, CreatedOnPrimary, BackingUp) whose workflow
@@ -216,16 +254,20 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
             slog.info({ volumeState: row.volumeState }, 'volume of an Error snapshot is busy; cleaning it on the next run');
             continue;
           }
+          // A backup later deltas depend on stays, with its Image ref, until nothing does (docs/design.md §14);
+          // removeOrphanBackupFiles removes it then.
+          const keepBackup = await hasDependentBackups(pool, row.id);
           // The one cleanup a user's delete uses too (storage/cleanup.ts); qemu-img under the volume's image lock,
           // since API requests and snapshot activities in other processes change the same qcow2.
           const { removedFiles, primarySnapshotDeleted } = await removeSnapshotStorage({
             driver,
             target: { accountId: row.accountId, volumeId: row.volumeId, snapshotId: row.id },
-            storePaths: stores.map((st) => st.path),
+            storePaths: keepBackup ? [] : stores.map((st) => st.path),
             volumePath: row.volumePath,
             lock: imageLockRunner(pool, row.volumeId, { logger: slog }),
           });
-          const storeRefsDeleted = await retireStoreRefs(pool, row.id, 'delete');
+          if (keepBackup) await setStoreRefState(pool, row.id, 'Primary', 'Destroyed');
+          const storeRefsDeleted = keepBackup ? 0 : await retireStoreRefs(pool, row.id, 'delete');
           const moved = await transitionSnapshot(pool, row.id, 'Destroyed', {
             set: { removed: new Date() },
             event: {
@@ -257,6 +299,7 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
      */
     async removeOrphanBackupFiles(): Promise<OrphanResult> {
       const result: OrphanResult = { scanned: 0, removed: [], failures: [] };
+      await releaseChainMembers(result);
       const found: Array<{ storeId: string; path: string; snapshotId: string; temporary: boolean }> = [];
       const list = async (dir: string): Promise<Dirent[]> => {
         try {
@@ -293,9 +336,12 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
       const ids = [...new Set(found.map((f) => f.snapshotId))];
       const rows = await snapshotStatuses(pool, ids);
       const byId = new Map(rows.map((r) => [r.id.toLowerCase(), r]));
+      // Backups later deltas depend on, and those of deleted snapshots kept for them, are not orphans.
+      const kept = await keptBackupSnapshotIds(pool, ids);
       for (const f of found) {
         const row = byId.get(f.snapshotId);
         let reason: string | null = null;
+        if (!f.temporary && kept.has(f.snapshotId)) continue;
         if (!row) reason = 'no snapshot row';
         else if (row.status === 'Destroyed' || row.status === 'Error' || row.removed !== null) reason = `snapshot is ${row.status}`;
         else if (f.temporary && row.status !== 'BackingUp') reason = `temporary file of a ${row.status} snapshot`;

@@ -4,6 +4,7 @@ import type { P1Result } from './p1-time-to-created.js';
 import type { P2Result } from './p2-vm-actions.js';
 import type { P3Result, P3Row } from './p3-throughput.js';
 import type { P4Result } from './p4-orchestration.js';
+import type { P5Result } from './p5-incremental.js';
 import type { ProfileSummary } from './lib/profile.js';
 import { fmtBytes, GiB, MiB, round, type Summary } from './lib/stats.js';
 import type { CpuUsage, MachineInfo } from './lib/system.js';
@@ -179,6 +180,29 @@ export function renderMarkdown(r: BenchReport): string {
     out.push('', `Failed or timed-out tasks in the measured workflows (each costs a retry interval): volsnap ${probs(p4.real.problems)}; no-op ${probs(p4.noop.problems)}.`);
     out.push('', `CPU, volsnap side: ${cpuLine(p4.real.cpu)}.`, '', `CPU, no-op side: ${cpuLine(p4.noop.cpu)}.`);
     out.push('', ...p4.notes.map((n) => `- ${n}`));
+  }
+
+  const p5 = r.results.p5 as P5Result | undefined;
+  if (p5) {
+    out.push('', `## P5 incremental backups (${fmtBytes(p5.allocatedBytes)} allocated)`, '');
+    out.push(`First backup: ${p5.first.kind}, ${fmtBytes(p5.first.bytesWritten)} in ${p5.first.seconds} s.`, '');
+    out.push(
+      table(
+        ['change', 'changed', 'backup', 'chain', 'bytes written', '÷ changed', 'incremental s', 'full of the same snapshot', 'full s', 'time ÷ full'],
+        p5.steps.map((x) => [x.label, fmtBytes(x.changedBytes), x.kind, String(x.chainLength), fmtBytes(x.bytesWritten), String(x.bytesRatioToChanged), String(x.incrementalSeconds), fmtBytes(x.fullBytes), String(x.fullSeconds), String(x.timeRatioToFull)]),
+      ),
+    );
+    out.push(
+      '',
+      `Restore (new volume over HTTP) of the 16th delta (chain of ${p5.restore.chainLength} files): ${p5.restore.deltaSeconds} s, byte-exact: ${p5.restore.identical}; ` +
+        `of the full backup: ${p5.restore.fullSeconds} s (ratio ${p5.restore.ratio}).`,
+    );
+    out.push(
+      '',
+      `Acceptance: ${fmtBytes(p5.acceptance.volumeBytes)} volume, ${fmtBytes(p5.acceptance.changedBytes)} changed: second backup ${p5.acceptance.kind}, ${fmtBytes(p5.acceptance.bytesWritten)} written; ` +
+        `a volume from it after its primary copy was deleted is byte-exact: ${p5.acceptance.identicalAfterPrimaryDeleted}.`,
+    );
+    out.push('', ...p5.notes.map((n) => `- ${n}`));
   }
 
   out.push('', '## CPU by phase (CPU-seconds)', '');

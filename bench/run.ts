@@ -1,6 +1,6 @@
 /**
  * volsnap benchmarks (`npm run bench`, `npm run bench -- --quick`): starts the embedded stack in-process
- * (PostgreSQL, Temporal dev server, workers), serves the HTTP API on a free port, measures P1–P4 side by
+ * (PostgreSQL, Temporal dev server, workers), serves the HTTP API on a free port, measures P1–P5 side by
  * side over real HTTP / the real driver, and writes bench/results/<name>.json and .md. See bench/README.md.
  *
  * Options: --quick (under 2 minutes, smaller images and fewer samples), --only p1,p3 (a subset),
@@ -27,6 +27,7 @@ import { runP1 } from './p1-time-to-created.js';
 import { runP2 } from './p2-vm-actions.js';
 import { runP3 } from './p3-throughput.js';
 import { runP4 } from './p4-orchestration.js';
+import { runP5 } from './p5-incremental.js';
 import { renderMarkdown, type BenchReport } from './report.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -42,7 +43,7 @@ const { values: args } = parseArgs({
   },
 });
 const quick = args.quick!;
-const phases = (args.only ?? 'p1,p2,p3,p4').split(',').map((s) => s.trim().toLowerCase());
+const phases = (args.only ?? 'p1,p2,p3,p4,p5').split(',').map((s) => s.trim().toLowerCase());
 const outName = args.out ?? (quick ? 'latest-quick' : 'latest');
 const resultsDir = join(HERE, 'results');
 
@@ -54,7 +55,9 @@ function diskNeeded(): number {
   const p1 = quick ? (64 / 1024 + 0.25 + 1) * 2 : (0.25 + 1 + 4) + 4;
   const p2 = quick ? 10 * 0.125 : 10 * 0.36;
   const p3 = quick ? 1.5 : 8.5;
-  return (p1 * +phases.includes('p1') + p2 * +phases.includes('p2') + p3 * +phases.includes('p3') + 2) * GiB;
+  // P5: the volume, its full backup, a scratch full, one restored volume, deltas, the 1 GiB acceptance case.
+  const p5 = quick ? 1.5 : 4 * 4 + 4;
+  return (p1 * +phases.includes('p1') + p2 * +phases.includes('p2') + p3 * +phases.includes('p3') + p5 * +phases.includes('p5') + 2) * GiB;
 }
 
 async function main(): Promise<void> {
@@ -108,8 +111,9 @@ async function main(): Promise<void> {
       p2: () => runP2(ctx),
       p3: () => runP3(ctx),
       p4: () => runP4(ctx, noop!),
+      p5: () => runP5(ctx),
     };
-    for (const p of ['p1', 'p2', 'p3', 'p4']) {
+    for (const p of ['p1', 'p2', 'p3', 'p4', 'p5']) {
       if (!phases.includes(p)) continue;
       log(`${p.toUpperCase()} started`);
       await profiler?.start();

@@ -12,6 +12,17 @@ const wholeNumber = (min: number, max: number) =>
     .transform(Number)
     .pipe(z.number().int().min(min).max(max));
 
+/**
+ * A switch, stored as 1 (on) or 0 (off): given as a boolean, 0/1, or the strings "true"/"false"/"1"/"0" (any
+ * other number or word is refused, so a typo never flips it).
+ */
+const onOff = () =>
+  z
+    .union([z.boolean(), z.literal(0), z.literal(1), z.string().trim().toLowerCase().pipe(z.enum(['true', 'false', '1', '0']))], {
+      error: 'must be true or false (or 1 or 0)',
+    })
+    .transform((v) => (v === true || v === 1 || v === 'true' || v === '1' ? 1 : 0));
+
 export const SETTINGS = {
   'backup.max.attempts': {
     schema: wholeNumber(1, 100),
@@ -38,6 +49,17 @@ export const SETTINGS = {
     schema: wholeNumber(60, 2_592_000),
     default: 86_400,
     description: 'Seconds an Idempotency-Key of a snapshot request holds; after it, or once its snapshot is Destroyed, the key takes a new snapshot',
+  },
+  'backup.incremental': {
+    schema: onOff(),
+    default: 1,
+    description:
+      'Whether a backup may be a delta on the previous backup of the same volume in the same image store (1/true) or is always a full copy (0/false)',
+  },
+  'snapshot.delta.max': {
+    schema: wholeNumber(1, 1000),
+    default: 16,
+    description: 'Most deltas in a chain after a full backup; the next backup after that many is a full one',
   },
   'storage.cleanup.interval': {
     schema: wholeNumber(10, 604_800),
@@ -68,6 +90,18 @@ export function parseSetting(name: SettingName, value: unknown): number {
 export interface BackupRetrySettings {
   maxAttempts: number;
   retryIntervalSeconds: number;
+}
+
+/** How a snapshot's backup may be incremental (docs/design.md §14), as it was when the snapshot was requested. */
+export interface IncrementalBackupSettings {
+  /** `backup.incremental`. */
+  incremental: boolean;
+  /** `snapshot.delta.max`: most deltas after a full backup. */
+  deltaMax: number;
+}
+
+export function incrementalFrom(settings: Settings): IncrementalBackupSettings {
+  return { incremental: settings['backup.incremental'] === 1, deltaMax: settings['snapshot.delta.max'] };
 }
 
 export function backupRetryFrom(settings: Settings): BackupRetrySettings {

@@ -21,6 +21,10 @@ export interface SnapshotRecord {
   backupRetryInterval: number;
   /** Seconds the backup may wait for a backup worker; null for snapshots from before the setting. */
   backupQueueTimeout: number | null;
+  /** `backup.incremental` when requested; null for snapshots from before the setting (a full backup). */
+  backupIncremental: boolean | null;
+  /** `snapshot.delta.max` when requested; null for snapshots from before the setting. */
+  snapshotDeltaMax: number | null;
   backupAttempts: number;
   backupBytesDone: number;
   backupBytesTotal: number;
@@ -39,6 +43,10 @@ export interface StoreRefRecord {
   state: 'Allocated' | 'Creating' | 'Ready' | 'Destroyed';
   sizeBytes: number | null;
   checksum: string | null;
+  /** Image refs: the snapshot whose backup this one is a delta on; null for a full backup. */
+  parentSnapshotId?: string | null;
+  /** Image refs: the files a restore reads (1 for a full backup, 2 for a delta on it, ...). */
+  chainLength?: number;
 }
 
 const iso = (v: unknown): string | null => (v == null ? null : new Date(v as string).toISOString());
@@ -61,6 +69,8 @@ export function toSnapshotRecord(r: Record<string, any>): SnapshotRecord {
     backupMaxAttempts: r.backup_max_attempts,
     backupRetryInterval: r.backup_retry_interval,
     backupQueueTimeout: r.backup_queue_timeout ?? null,
+    backupIncremental: r.backup_incremental ?? null,
+    snapshotDeltaMax: r.snapshot_delta_max ?? null,
     backupAttempts: r.backup_attempts,
     backupBytesDone: r.backup_bytes_done,
     backupBytesTotal: r.backup_bytes_total,
@@ -81,6 +91,8 @@ function toStoreRef(r: Record<string, any>): StoreRefRecord {
     state: r.state,
     sizeBytes: r.size,
     checksum: r.checksum,
+    parentSnapshotId: r.parent_snapshot_id ?? null,
+    chainLength: r.chain_length ?? 1,
   };
 }
 
@@ -146,16 +158,19 @@ export interface NewSnapshot {
   backupRetryInterval: number;
   backupQueueTimeout: number;
   backupBytesTotal: number;
+  backupIncremental: boolean;
+  snapshotDeltaMax: number;
 }
 
 /** Inserts a snapshot request (Allocated). */
 export async function insertSnapshot(db: Queryable, s: NewSnapshot): Promise<SnapshotRecord> {
   const { rows } = await db.query(
     `INSERT INTO snapshots (id, account_id, volume_id, vm_id, volume_type, name, status, async_backup, workflow_id,
-                            idempotency_key, backup_max_attempts, backup_retry_interval, backup_bytes_total, backup_queue_timeout)
-     VALUES ($1, $2, $3, $4, $5, $6, 'Allocated', $7, $8, $9, $10, $11, $12, $13) RETURNING *`,
+                            idempotency_key, backup_max_attempts, backup_retry_interval, backup_bytes_total, backup_queue_timeout,
+                            backup_incremental, snapshot_delta_max)
+     VALUES ($1, $2, $3, $4, $5, $6, 'Allocated', $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING *`,
     [s.id, s.accountId, s.volumeId, s.vmId, s.volumeType, s.name, s.asyncBackup, s.workflowId, s.idempotencyKey,
-      s.backupMaxAttempts, s.backupRetryInterval, s.backupBytesTotal, s.backupQueueTimeout],
+      s.backupMaxAttempts, s.backupRetryInterval, s.backupBytesTotal, s.backupQueueTimeout, s.backupIncremental, s.snapshotDeltaMax],
   );
   return toSnapshotRecord(rows[0]);
 }
@@ -264,16 +279,146 @@ export async function updateBackupProgress(
   );
 }
 
-/** Creates or updates the store reference of a snapshot on one store. */
+/** Creates or updates the store reference of a snapshot on one store (parent and chain length: full backup unless given). */
 export async function upsertStoreRef(db: Queryable, ref: StoreRefRecord): Promise<void> {
   await db.query(
-    `INSERT INTO snapshot_store_ref (snapshot_id, store_role, store_id, install_path, state, size, checksum)
-     VALUES ($1, $2, $3, $4, $5, $6, $7)
+    `INSERT INTO snapshot_store_ref (snapshot_id, store_role, store_id, install_path, state, size, checksum, parent_snapshot_id, chain_length)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
      ON CONFLICT (snapshot_id, store_role) DO UPDATE SET store_id = EXCLUDED.store_id,
        install_path = EXCLUDED.install_path, state = EXCLUDED.state, size = EXCLUDED.size,
-       checksum = EXCLUDED.checksum, last_updated = now()`,
-    [ref.snapshotId, ref.role, ref.storeId, ref.installPath, ref.state, ref.sizeBytes, ref.checksum],
+       checksum = EXCLUDED.checksum, parent_snapshot_id = EXCLUDED.parent_snapshot_id,
+       chain_length = EXCLUDED.chain_length, last_updated = now()`,
+    [ref.snapshotId, ref.role, ref.storeId, ref.installPath, ref.state, ref.sizeBytes, ref.checksum, ref.parentSnapshotId ?? null, ref.chainLength ?? 1],
   );
+}
+
+/** A Ready backup a new backup of the same volume may be a delta on (docs/design.md §14). */
+export interface BackupParentCandidate {
+  snapshotId: string;
+  installPath: string;
+  checksum: string | null;
+  sizeBytes: number | null;
+  chainLength: number;
+}
+
+/**
+ * The latest backup of `volumeId` in store `storeId` other than `snapshotId`'s own: a BackedUp snapshot with a
+ * Ready Image ref. Only the latest is a candidate: when its chain is full, the next backup is a full one.
+ */
+export async function latestBackupOfVolume(db: Queryable, q: { volumeId: string; storeId: string; snapshotId: string }): Promise<BackupParentCandidate | undefined> {
+  const { rows } = await db.query(
+    `SELECT s.id, r.install_path, r.checksum, r.size, r.chain_length
+       FROM snapshots s JOIN snapshot_store_ref r ON r.snapshot_id = s.id AND r.store_role = 'Image'
+      WHERE s.volume_id = $1 AND r.store_id = $2 AND s.id <> $3 AND s.status = 'BackedUp' AND r.state = 'Ready'
+      ORDER BY s.created DESC, s.id DESC LIMIT 1`,
+    [q.volumeId, q.storeId, q.snapshotId],
+  );
+  const r = rows[0];
+  return r && { snapshotId: r.id, installPath: r.install_path, checksum: r.checksum, sizeBytes: r.size == null ? null : Number(r.size), chainLength: r.chain_length };
+}
+
+/**
+ * The Image refs of a backup's chain, from `snapshotId`'s own down to the full backup at its base (whatever their
+ * snapshots' states: a deleted snapshot's backup stays while a later one depends on it). A chain that ends in a
+ * missing ref is returned as far as it goes; the caller compares its length with the recorded chain length.
+ */
+export async function getBackupChain(db: Queryable, snapshotId: string): Promise<StoreRefRecord[]> {
+  const { rows } = await db.query(
+    `WITH RECURSIVE chain AS (
+       SELECT r.*, 1 AS depth FROM snapshot_store_ref r WHERE r.snapshot_id = $1 AND r.store_role = 'Image'
+       UNION ALL
+       SELECT p.*, c.depth + 1 FROM chain c
+         JOIN snapshot_store_ref p ON p.snapshot_id = c.parent_snapshot_id AND p.store_role = 'Image'
+        WHERE c.depth < 10000
+     )
+     SELECT * FROM chain ORDER BY depth`,
+    [snapshotId],
+  );
+  return rows.map(toStoreRef);
+}
+
+/**
+ * Records, as an attempt starts, where a snapshot's backup will go and what it is a delta on (the Image ref,
+ * state Creating): from then on nothing removes the parent's backup. The parent is re-checked under its row lock
+ * (a user's delete holds it FOR UPDATE): if it is no longer BackedUp with a Ready backup, nothing is recorded
+ * and false is the answer (the caller takes a full backup). Without a parent it always records.
+ */
+export async function beginImageRef(
+  db: Queryable,
+  ref: { snapshotId: string; storeId: string; installPath: string; parent: { snapshotId: string; chainLength: number } | null },
+): Promise<boolean> {
+  const { rows } = await db.query(
+    `WITH parent AS (
+       SELECT s.id FROM snapshots s JOIN snapshot_store_ref r ON r.snapshot_id = s.id AND r.store_role = 'Image'
+        WHERE s.id = $5 AND s.status = 'BackedUp' AND r.state = 'Ready' AND r.store_id = $2
+        FOR SHARE OF s
+     )
+     INSERT INTO snapshot_store_ref (snapshot_id, store_role, store_id, install_path, state, size, checksum, parent_snapshot_id, chain_length)
+     SELECT $1, 'Image', $2, $3, 'Creating', NULL, NULL, $5::uuid, $4
+      WHERE $5::uuid IS NULL OR EXISTS (SELECT 1 FROM parent)
+     ON CONFLICT (snapshot_id, store_role) DO UPDATE SET store_id = EXCLUDED.store_id, install_path = EXCLUDED.install_path,
+       state = 'Creating', size = NULL, checksum = NULL, parent_snapshot_id = EXCLUDED.parent_snapshot_id,
+       chain_length = EXCLUDED.chain_length, last_updated = now()
+     RETURNING snapshot_id`,
+    [ref.snapshotId, ref.storeId, ref.installPath, ref.parent ? ref.parent.chainLength + 1 : 1, ref.parent?.snapshotId ?? null],
+  );
+  return rows.length > 0;
+}
+
+/** Whether a later backup (being written or Ready) is a delta on this snapshot's backup: then its file must stay. */
+export async function hasDependentBackups(db: Queryable, snapshotId: string): Promise<boolean> {
+  const { rows } = await db.query(
+    `SELECT 1 FROM snapshot_store_ref WHERE parent_snapshot_id = $1 AND store_role = 'Image' AND state <> 'Destroyed' LIMIT 1`,
+    [snapshotId],
+  );
+  return rows.length > 0;
+}
+
+/** Of `snapshotIds`, those whose backup file must stay: a later backup depends on it, or it awaits storage GC (below). */
+export async function keptBackupSnapshotIds(db: Queryable, snapshotIds: string[]): Promise<Set<string>> {
+  if (snapshotIds.length === 0) return new Set();
+  const { rows } = await db.query(
+    `SELECT s.id FROM snapshots s JOIN snapshot_store_ref r ON r.snapshot_id = s.id AND r.store_role = 'Image'
+      WHERE s.id = ANY($1::uuid[]) AND r.state <> 'Destroyed'
+        AND (s.status = 'Destroyed' OR EXISTS (
+          SELECT 1 FROM snapshot_store_ref c WHERE c.parent_snapshot_id = s.id AND c.store_role = 'Image' AND c.state <> 'Destroyed'))`,
+    [snapshotIds],
+  );
+  return new Set(rows.map((r) => String(r.id).toLowerCase()));
+}
+
+/** A backup kept for later deltas whose snapshot is gone, that no backup depends on any more. */
+export interface ReleasedBackup {
+  snapshotId: string;
+  accountId: string;
+  volumeId: string;
+  hypervisor: 'KVM' | 'XenServer';
+  storeId: string;
+  storePath: string;
+  installPath: string;
+}
+
+/** Backups of Destroyed snapshots kept as parents that nothing references any more: storage GC removes them. */
+export async function unreferencedKeptBackups(db: Queryable): Promise<ReleasedBackup[]> {
+  const { rows } = await db.query(
+    `SELECT s.id, s.account_id, s.volume_id, v.hypervisor, r.store_id, st.path AS store_path, r.install_path
+       FROM snapshots s
+       JOIN snapshot_store_ref r ON r.snapshot_id = s.id AND r.store_role = 'Image'
+       JOIN volumes v ON v.id = s.volume_id
+       JOIN image_stores st ON st.id = r.store_id
+      WHERE s.status = 'Destroyed' AND r.state <> 'Destroyed'
+        AND NOT EXISTS (SELECT 1 FROM snapshot_store_ref c WHERE c.parent_snapshot_id = s.id AND c.store_role = 'Image' AND c.state <> 'Destroyed')
+      ORDER BY s.created DESC`,
+  );
+  return rows.map((r) => ({
+    snapshotId: r.id,
+    accountId: r.account_id,
+    volumeId: r.volume_id,
+    hypervisor: r.hypervisor,
+    storeId: r.store_id,
+    storePath: r.store_path,
+    installPath: r.install_path,
+  }));
 }
 
 /** Marks a store reference with a new state. */
@@ -417,4 +562,22 @@ export async function snapshotStatuses(db: Queryable, ids: string[]): Promise<Ar
 export async function volumeIdOfSnapshot(db: Queryable, id: string): Promise<string | undefined> {
   const { rows } = await db.query<{ volume_id: string }>('SELECT volume_id FROM snapshots WHERE id = $1', [id]);
   return rows[0]?.volume_id;
+}
+
+/** What each snapshot's backup is or is being written as (its Image ref): full or a delta on a parent. */
+export async function backupKindsOf(
+  db: Queryable,
+  snapshotIds: string[],
+): Promise<Map<string, { kind: 'full' | 'incremental'; parentSnapshotId: string | null; chainLength: number }>> {
+  const out = new Map<string, { kind: 'full' | 'incremental'; parentSnapshotId: string | null; chainLength: number }>();
+  if (snapshotIds.length === 0) return out;
+  const { rows } = await db.query(
+    `SELECT snapshot_id, parent_snapshot_id, chain_length FROM snapshot_store_ref
+      WHERE snapshot_id = ANY($1::uuid[]) AND store_role = 'Image' AND state <> 'Destroyed'`,
+    [snapshotIds],
+  );
+  for (const r of rows) {
+    out.set(r.snapshot_id, { kind: r.parent_snapshot_id ? 'incremental' : 'full', parentSnapshotId: r.parent_snapshot_id ?? null, chainLength: r.chain_length });
+  }
+  return out;
 }

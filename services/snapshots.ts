@@ -1,7 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { WithStartWorkflowOperation, WorkflowFailedError, WorkflowUpdateFailedError, type Client } from '@temporalio/client';
 import type { Logger } from 'pino';
-import { backupRetryFrom } from '../config/settings.js';
+import { backupRetryFrom, incrementalFrom } from '../config/settings.js';
 import { defaultImageStore } from '../db/catalog.js';
 import { findImageStore, findStoragePool } from '../db/catalog-queries.js';
 import { recordEvent } from '../db/events.js';
@@ -16,10 +16,12 @@ import {
   getSnapshot,
   getStoreRefs,
   getStoreRefsOf,
+  hasDependentBackups,
   inFlightSnapshots,
   insertSnapshot,
   listSnapshots,
   retireStoreRefs,
+  setStoreRefState,
   transitionSnapshot,
   type SnapshotRecord,
   type StoreRefRecord,
@@ -213,7 +215,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
       // A service built only to start workflows (no drivers: they live in the workers) leaves this to them.
       if (deps.drivers) driverFor({ drivers }, volume.hypervisor);
       assertAllowed({ kind: 'volume', action: 'snapshot', volumeId: volume.id }, await inFlightSnapshots(tx, { volumeIds: [volume.id] }));
-      const settings = { ...backupRetryFrom(all), queueTimeoutSeconds: all['backup.queue.timeout'] };
+      const settings = { ...backupRetryFrom(all), queueTimeoutSeconds: all['backup.queue.timeout'], ...incrementalFrom(all) };
       const id = randomUUID();
       const name = req.name ?? `${volume.name}-${new Date().toISOString().replace(/[-:]/g, '').slice(0, 15)}`;
       const snapshot = await insertSnapshot(tx, {
@@ -230,6 +232,8 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         backupRetryInterval: settings.retryIntervalSeconds,
         backupQueueTimeout: settings.queueTimeoutSeconds,
         backupBytesTotal: volume.sizeBytes,
+        backupIncremental: settings.incremental,
+        snapshotDeltaMax: settings.deltaMax,
       });
       if (req.idempotencyKey) await rememberIdempotentRequest(tx, id, fingerprint, ttlSeconds);
       await recordEvent(tx, {
@@ -383,6 +387,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         if (snapshot.status === 'BackedUp') {
           await transitionSnapshot(tx, snapshot.id, 'Destroying', { event: { type: 'SNAPSHOT.DELETE', description: `deleting snapshot ${snapshot.name}` } });
         }
+        let keepBackup = false;
         try {
           const refs = await getStoreRefs(tx, snapshot.id);
           const imageStoreIds = new Set(refs.filter((r) => r.role === 'Image').map((r) => r.storeId));
@@ -392,10 +397,14 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
           // The primary snapshot is skipped when already gone (compensated, or its volume deleted or replaced);
           // its deletion runs under the image lock held on this transaction.
           const primaryLive = refs.some((r) => r.role === 'Primary' && r.state !== 'Destroyed');
+          // A backup a later delta depends on stays (its Image ref too) until nothing does; storage GC then
+          // removes it (docs/design.md §14). A backup attempt records its parent under this row's lock, so none
+          // can start depending on it after this check.
+          keepBackup = await hasDependentBackups(tx, snapshot.id);
           await removeSnapshotStorage({
             driver,
             target: { accountId: snapshot.accountId, volumeId: snapshot.volumeId, snapshotId: snapshot.id },
-            storePaths: stores.flatMap((s) => (s ? [s.path] : [])),
+            storePaths: keepBackup ? [] : stores.flatMap((s) => (s ? [s.path] : [])),
             volumePath: primaryLive && !volume.removedAt ? volume.path : null,
             lock: imageLockRunner(tx, volume.id, { logger }),
           });
@@ -405,10 +414,17 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
           await transitionSnapshot(tx, snapshot.id, 'Error', { set: { last_error: reason }, event: { type: 'SNAPSHOT.DELETE', level: 'ERROR', description: reason } });
           return { failed: err };
         }
-        await retireStoreRefs(tx, snapshot.id, 'mark-destroyed');
+        if (keepBackup) await setStoreRefState(tx, snapshot.id, 'Primary', 'Destroyed');
+        else await retireStoreRefs(tx, snapshot.id, 'mark-destroyed');
         const { snapshot: done } = await transitionSnapshot(tx, snapshot.id, 'Destroyed', {
           set: { removed: new Date() },
-          event: { type: 'SNAPSHOT.DELETE', description: `snapshot ${snapshot.name} deleted` },
+          event: {
+            type: 'SNAPSHOT.DELETE',
+            description: keepBackup
+              ? `snapshot ${snapshot.name} deleted; its backup stays while later incremental backups depend on it`
+              : `snapshot ${snapshot.name} deleted`,
+            details: { backupKept: keepBackup },
+          },
         });
         return { done };
       });
@@ -429,7 +445,11 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         if (vm && vm.state === 'Running') throw new ConflictError('INVALID_STATE', `VM ${vm.id} is Running; stop it before reverting its volume`, { vmId: vm.id, state: vm.state });
         const driver = driverFor({ drivers }, volume.hypervisor);
         const primary = (await getStoreRefs(tx, snapshot.id)).find((r) => r.role === 'Primary' && r.state === 'Ready');
-        if (!primary || !(await driver.hasSnapshot(volume.path, snapshot.id))) {
+        const onPrimary = primary !== undefined && (await driver.hasSnapshot(volume.path, snapshot.id));
+        // Its primary copy gone (compensated, removed by an operator, its pool lost): the volume is rewritten
+        // from the backup chain instead (docs/design.md §14).
+        const backup = onPrimary || !driver.restoreVolumeFromBackup ? null : await imageRef(tx, snapshot);
+        if (!onPrimary && !backup) {
           throw new ConflictError('PRIMARY_SNAPSHOT_MISSING', `snapshot ${snapshot.id} no longer exists on primary storage; create a volume from its backup instead`, { snapshotId: snapshot.id });
         }
         // A qcow2 snapshot records the disk size; reverting restores it.
@@ -439,11 +459,16 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
           accountId: snapshot.accountId,
           resourceType: 'Snapshot',
           resourceId: snapshot.id,
-          description: `volume ${volume.name} reverted to snapshot ${snapshot.name}`,
-          details: { snapshotId: snapshot.id, volumeId: volume.id },
+          description: `volume ${volume.name} reverted to snapshot ${snapshot.name}${backup ? ' from its backup (the primary snapshot is gone)' : ''}`,
+          details: { snapshotId: snapshot.id, volumeId: volume.id, fromBackup: backup !== null },
         });
         // Not undoable, so last: right before COMMIT; under the image lock, held on this transaction.
-        await withImageLock(tx, volume.id, () => driver.revertSnapshot(volume.path, snapshot.id), { logger });
+        await withImageLock(
+          tx,
+          volume.id,
+          () => (backup ? driver.restoreVolumeFromBackup!(backup.storePath, backup.ref.installPath, volume.path) : driver.revertSnapshot(volume.path, snapshot.id)),
+          { logger },
+        );
         return volumeView(reverted);
       });
     },
@@ -585,6 +610,8 @@ function inputFor(s: SnapshotRecord, backupTaskQueue: string): SnapshotWorkflowI
       maxAttempts: s.backupMaxAttempts,
       retryIntervalSeconds: s.backupRetryInterval,
       ...(s.backupQueueTimeout ? { queueTimeoutSeconds: s.backupQueueTimeout } : {}),
+      ...(s.backupIncremental !== null ? { incremental: s.backupIncremental } : {}),
+      ...(s.snapshotDeltaMax !== null ? { deltaMax: s.snapshotDeltaMax } : {}),
     },
     backupTaskQueue,
   };

@@ -32,6 +32,14 @@ export interface SnapshotView {
     bytesTotal: number;
     lastError: string | null;
     nextAttemptAt: string | null;
+    /** The backup in the image store (docs/design.md §14): null until one is being written. */
+    kind: 'full' | 'incremental' | null;
+    /** The snapshot whose backup this one is a delta on. */
+    parentSnapshotId: string | null;
+    /** Bytes of the backup file written to the image store (for a delta: the delta only). */
+    bytesWritten: number | null;
+    /** The files a restore reads: 1 for a full backup, n+1 for the n-th delta after it. */
+    chainLength: number | null;
   };
   storeRefs: Array<{
     role: StoreRefRecord['role'];
@@ -40,6 +48,8 @@ export interface SnapshotView {
     state: StoreRefRecord['state'];
     sizeBytes: number | null;
     checksum: string | null;
+    parentSnapshotId: string | null;
+    chainLength: number;
   }>;
 }
 
@@ -71,6 +81,7 @@ function backupLastError(s: SnapshotRecord, nowMs: number): string | null {
 
 /** A snapshot as docs/design.md §8 specifies it. */
 export function snapshotView(s: SnapshotRecord, refs: StoreRefRecord[], nowMs = Date.now()): SnapshotView {
+  const image = refs.find((r) => r.role === 'Image' && r.state !== 'Destroyed') ?? refs.find((r) => r.role === 'Image');
   return {
     id: s.id,
     name: s.name,
@@ -90,6 +101,10 @@ export function snapshotView(s: SnapshotRecord, refs: StoreRefRecord[], nowMs = 
       bytesTotal: Number(s.backupBytesTotal),
       lastError: backupLastError(s, nowMs),
       nextAttemptAt: s.nextAttemptAt,
+      kind: image ? (image.parentSnapshotId ? 'incremental' : 'full') : null,
+      parentSnapshotId: image?.parentSnapshotId ?? null,
+      bytesWritten: image?.sizeBytes == null ? null : Number(image.sizeBytes),
+      chainLength: image ? (image.chainLength ?? 1) : null,
     },
     storeRefs: refs.map((r) => ({
       role: r.role,
@@ -98,6 +113,8 @@ export function snapshotView(s: SnapshotRecord, refs: StoreRefRecord[], nowMs = 
       state: r.state,
       sizeBytes: r.sizeBytes == null ? null : Number(r.sizeBytes),
       checksum: r.checksum,
+      parentSnapshotId: r.parentSnapshotId ?? null,
+      chainLength: r.chainLength ?? 1,
     })),
   };
 }

@@ -19,9 +19,22 @@ export interface BackupTarget {
 export interface BackupResult {
   /** Path relative to the image store root: snapshots/<accountId>/<volumeId>/<snapshotId>.<ext> */
   installPath: string;
+  /** Bytes of the backup file as written (for a delta: the delta file only, not its chain). */
   sizeBytes: number;
-  /** `sha256:<hex>` of the backup file's bytes */
+  /** `sha256:<hex>` of the backup file's bytes (for a delta: the delta file as written) */
   checksum: string;
+  /** The snapshot whose backup this one is a delta on; null (or absent, older results) for a full backup. */
+  parentSnapshotId?: string | null;
+}
+
+/**
+ * An earlier backup of the same volume in the same image store that a new backup may be a delta on
+ * (docs/design.md §14). Its whole chain must be present and verified by the caller.
+ */
+export interface BackupParent {
+  snapshotId: string;
+  /** Install path of the parent's backup file, relative to the same image store root. */
+  installPath: string;
 }
 
 export interface CreatedVolume {
@@ -38,6 +51,11 @@ export type ImageLockRunner = <T>(fn: () => Promise<T>) => Promise<T>;
 
 export interface StorageDriver {
   readonly hypervisor: Hypervisor;
+  /**
+   * Whether backupSnapshot can write a delta on a parent backup (`opts.parent`); a driver without it always
+   * writes full backups and ignores `opts.parent`.
+   */
+  readonly incrementalBackups?: boolean;
 
   /** Creates an empty volume image of `sizeBytes` in pool `poolPath`. */
   createVolume(poolPath: string, volumeId: string, sizeBytes: number): Promise<CreatedVolume>;
@@ -67,17 +85,31 @@ export interface StorageDriver {
   /**
    * Copies the snapshot's point-in-time bytes into the image store: writes a temporary file, fsyncs it,
    * computes its sha256, then renames it into place. A half-written backup never appears under its final name.
+   * With `opts.parent` (drivers with `incrementalBackups`), the backup is a delta holding only what differs from
+   * the parent's backup, which it references by a relative path; the parent's files are only read.
    */
   backupSnapshot(
     volumePath: string,
     imageStoreRoot: string,
     target: BackupTarget,
-    opts?: { onProgress?: (p: BackupProgress) => void; signal?: AbortSignal },
+    opts?: {
+      onProgress?: (p: BackupProgress) => void;
+      signal?: AbortSignal;
+      parent?: BackupParent;
+      /** The volume's image lock, for short reads of metadata that other writers of the image rewrite. */
+      lock?: ImageLockRunner;
+    },
   ): Promise<BackupResult>;
   /** Verifies a backup's bytes against its checksum. */
   verifyBackup(imageStoreRoot: string, installPath: string, checksum: string): Promise<boolean>;
-  /** Creates a new volume from a backup in the image store. */
+  /** Creates a new volume from a backup in the image store (a delta is read through its chain and flattened). */
   createVolumeFromBackup(imageStoreRoot: string, installPath: string, poolPath: string, volumeId: string): Promise<CreatedVolume>;
+  /**
+   * Rewrites an existing volume with a backup's point-in-time content (a delta read through its chain), keeping
+   * the volume's internal snapshots: a revert whose primary snapshot is gone. Optional: drivers without it refuse
+   * such a revert.
+   */
+  restoreVolumeFromBackup?(imageStoreRoot: string, installPath: string, volumePath: string): Promise<void>;
   /** Removes backup files of a snapshot, including temporary (partial) ones; missing files are not an error. */
   deleteBackupFiles(imageStoreRoot: string, target: BackupTarget): Promise<string[]>;
 }

@@ -43,6 +43,12 @@ export interface SnapshotWorkflowInput {
   backup: BackupRetrySettings & {
     /** `backup.queue.timeout`: how long a backup may wait for a backup worker (absent in older inputs). */
     queueTimeoutSeconds?: number;
+    /**
+     * `backup.incremental` and `snapshot.delta.max` (docs/design.md §14), absent in older inputs (a full backup).
+     * The backup activity reads the same values from the snapshot's row; the workflow does not act on them.
+     */
+    incremental?: boolean;
+    deltaMax?: number;
   };
   /** The task queue of the backup worker (the separate backup pool). */
   backupTaskQueue: string;

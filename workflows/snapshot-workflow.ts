@@ -205,7 +205,11 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
   moveTo('BackingUp', `backing up to secondary storage: up to ${backup.maxAttempts} attempts, ${backup.retryIntervalSeconds}s apart`);
   try {
     const result = patched(BACKUP_ATTEMPT_LOOP) ? await backupWithAttemptLoop() : await legacyBackup();
-    moveTo('BackedUp', `backed up to ${result.installPath}`);
+    // Details only (no command): which kind of backup it is (docs/design.md §14), readable in the Web UI.
+    const kind = result.parentSnapshotId
+      ? `incremental on the backup of snapshot ${result.parentSnapshotId}, ${result.sizeBytes} bytes written`
+      : `${result.sizeBytes} bytes written`;
+    moveTo('BackedUp', `backed up to ${result.installPath} (${kind})`);
     await condition(allHandlersFinished);
     return { snapshotId, state: 'BackedUp', ...result };
   } catch (err) {

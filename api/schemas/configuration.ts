@@ -16,5 +16,5 @@ export const ConfigurationNameParamsSchema = z.object({
 });
 
 export const UpdateConfigurationSchema = z
-  .strictObject({ value: z.union([z.number(), z.string()], { error: 'must be a number' }) })
+  .strictObject({ value: z.union([z.number(), z.string(), z.boolean()], { error: 'must be a number (or a boolean for a switch)' }) })
   .openapi('UpdateConfiguration');

@@ -24,6 +24,10 @@ export const SnapshotSchema = z
       bytesTotal: z.number().int(),
       lastError: z.string().nullable(),
       nextAttemptAt: TimestampSchema.nullable(),
+      kind: z.enum(['full', 'incremental']).nullable().openapi({ description: 'full copy, or a delta on an earlier backup of the volume' }),
+      parentSnapshotId: z.string().nullable().openapi({ description: 'the snapshot whose backup this one is a delta on' }),
+      bytesWritten: z.number().int().nullable().openapi({ description: 'bytes of the backup file in the image store (a delta: the delta only)' }),
+      chainLength: z.number().int().nullable().openapi({ description: 'backup files a restore reads: 1 for a full backup' }),
     }),
     storeRefs: z.array(
       z.object({
@@ -33,6 +37,8 @@ export const SnapshotSchema = z
         state: z.enum(['Allocated', 'Creating', 'Ready', 'Destroyed']),
         sizeBytes: z.number().int().nullable(),
         checksum: z.string().nullable(),
+        parentSnapshotId: z.string().nullable(),
+        chainLength: z.number().int(),
       }),
     ),
   })

@@ -88,7 +88,9 @@ describe('snapshots over HTTP', () => {
     expect(Object.keys(res.body).sort()).toEqual(
       ['id', 'name', 'volumeId', 'vmId', 'accountId', 'state', 'asyncBackup', 'createdAt', 'updatedAt', 'workflowId', 'backup', 'storeRefs'].sort(),
     );
-    expect(Object.keys(res.body.backup).sort()).toEqual(['attempts', 'maxAttempts', 'retryIntervalSeconds', 'bytesDone', 'bytesTotal', 'lastError', 'nextAttemptAt'].sort());
+    expect(Object.keys(res.body.backup).sort()).toEqual(
+      ['attempts', 'maxAttempts', 'retryIntervalSeconds', 'bytesDone', 'bytesTotal', 'lastError', 'nextAttemptAt', 'kind', 'parentSnapshotId', 'bytesWritten', 'chainLength'].sort(),
+    );
     expect(res.body.backup).toMatchObject({ maxAttempts: 3, retryIntervalSeconds: 300, bytesTotal: MiB });
     expect(res.body.storeRefs).toContainEqual(expect.objectContaining({ role: 'Primary', state: 'Ready' }));
     expect(res.body.storeRefs.some((r: object) => 'installPath' in r)).toBe(false);
@@ -106,6 +108,9 @@ describe('snapshots over HTTP', () => {
     expect(image.sizeBytes).toBeGreaterThan(0);
     expect(existsSync(join(secondary, image.installPath))).toBe(true);
     expect(done.backup).toMatchObject({ attempts: 1, bytesDone: MiB, bytesTotal: MiB, lastError: null });
+    // The volume's first backup is a full one (docs/design.md §14).
+    expect(done.backup).toMatchObject({ kind: 'full', parentSnapshotId: null, chainLength: 1, bytesWritten: image.sizeBytes });
+    expect(image).toMatchObject({ parentSnapshotId: null, chainLength: 1 });
   });
 
   it('a synchronous snapshot (the default) answers 201 once BackedUp', async () => {

@@ -129,6 +129,8 @@ describe('durability at the edges (real stack)', () => {
         installPath: image.installPath,
         sizeBytes: image.sizeBytes,
         checksum: image.checksum,
+        // The volume's first backup: a full one, not a delta (docs/design.md §14).
+        parentSnapshotId: null,
       });
     }
     expect(await env.run(acts.deletePrimarySnapshot, { snapshotId: snapshot.id })).toMatchObject({ deleted: false });

@@ -4,6 +4,7 @@ import {
   SETTINGS,
   SETTING_NAMES,
   backupRetryFrom,
+  incrementalFrom,
   isSettingName,
   parseSetting,
   type SettingName,
@@ -17,7 +18,12 @@ const DESIGN_DEFAULTS = {
   'backup.queue.timeout': 3600,
   'idempotency.key.ttl': 86_400,
   'storage.cleanup.interval': 3600,
+  'backup.incremental': 1,
+  'snapshot.delta.max': 16,
 };
+/** The switches (0/1); every other setting is a whole number. */
+const SWITCHES: SettingName[] = ['backup.incremental'];
+const NUMBERS = SETTING_NAMES.filter((n) => !SWITCHES.includes(n));
 
 describe('defaults', () => {
   it('are exactly the docs/design.md §7 table', () => {
@@ -37,7 +43,7 @@ describe('defaults', () => {
 });
 
 describe('parseSetting', () => {
-  it.each(SETTING_NAMES)('%s accepts numeric strings and numbers', (name) => {
+  it.each(NUMBERS)('%s accepts numeric strings and numbers', (name) => {
     expect(parseSetting(name, '60')).toBe(60);
     expect(parseSetting(name, 60)).toBe(60);
     expect(parseSetting(name, String(DESIGN_DEFAULTS[name]))).toBe(DESIGN_DEFAULTS[name]);
@@ -52,7 +58,7 @@ describe('parseSetting', () => {
   });
 
   const BAD: unknown[] = [0, '0', -1, '-1', '-300', 1.5, '2.5', 'abc', 'three', '', '   ', null, Number.NaN, Infinity, '1e999'];
-  const cases = SETTING_NAMES.flatMap((name) => BAD.map((value) => ({ name, value })));
+  const cases = NUMBERS.flatMap((name) => BAD.map((value) => ({ name, value })));
 
   it.each(cases)('$name rejects $value', ({ name, value }) => {
     expect(() => parseSetting(name, value)).toThrow();
@@ -65,6 +71,8 @@ describe('parseSetting', () => {
     ['backup.pool.size', 1001],
     ['storage.cleanup.interval', 604_801],
     ['storage.cleanup.interval', 9],
+    ['snapshot.delta.max', 0],
+    ['snapshot.delta.max', 1001],
   ] as Array<[SettingName, number]>)('%s rejects out-of-range %s', (name, value) => {
     expect(() => parseSetting(name, value)).toThrow();
     expect(() => parseSetting(name, String(value))).toThrow();
@@ -85,13 +93,15 @@ describe('backupRetryFrom', () => {
         'backup.queue.timeout': 60,
         'idempotency.key.ttl': 600,
         'storage.cleanup.interval': 99,
+        'backup.incremental': 0,
+        'snapshot.delta.max': 3,
       }),
     ).toEqual({ maxAttempts: 7, retryIntervalSeconds: 45 });
   });
 });
 
 describe('isSettingName', () => {
-  it('accepts the five names', () => {
+  it('accepts the seven names', () => {
     for (const name of Object.keys(DESIGN_DEFAULTS)) expect(isSettingName(name), name).toBe(true);
   });
 
@@ -104,6 +114,31 @@ describe('isSettingName', () => {
 
   it.each(['constructor', 'toString', '__proto__', 'hasOwnProperty', 'valueOf'])('rejects prototype key %s', (name) => {
     expect(isSettingName(name)).toBe(false);
+  });
+});
+
+describe('backup.incremental', () => {
+  it.each([
+    [true, 1],
+    [false, 0],
+    [1, 1],
+    [0, 0],
+    ['true', 1],
+    ['false', 0],
+    [' TRUE ', 1],
+    ['1', 1],
+    ['0', 0],
+  ])('reads %j as %d', (value, expected) => {
+    expect(parseSetting('backup.incremental', value)).toBe(expected);
+  });
+
+  it.each([[2], [-1], ['yes'], ['no'], [''], ['2'], [null], [0.5], ['on']])('rejects %j', (value) => {
+    expect(() => parseSetting('backup.incremental', value)).toThrow();
+  });
+
+  it('incrementalFrom maps the defaults to {incremental: true, deltaMax: 16}', () => {
+    expect(incrementalFrom(DEFAULT_SETTINGS)).toEqual({ incremental: true, deltaMax: 16 });
+    expect(incrementalFrom({ ...DEFAULT_SETTINGS, 'backup.incremental': 0, 'snapshot.delta.max': 2 })).toEqual({ incremental: false, deltaMax: 2 });
   });
 });
 

@@ -18,6 +18,8 @@ const base: SnapshotRecord = {
   backupMaxAttempts: 3,
   backupRetryInterval: 300,
   backupQueueTimeout: 3600,
+  backupIncremental: true,
+  snapshotDeltaMax: 16,
   backupAttempts: 1,
   backupBytesDone: 512,
   backupBytesTotal: 1024,

@@ -270,7 +270,7 @@ export function snapshotRow(s) {
       h('time', { class: 'muted', datetime: s.createdAt }, formatDateTime(s.createdAt)),
     ),
     isInFlight(s) ? progressBlock(s) : null,
-    s.state === 'BackedUp' ? h('p', { class: 'muted snap-detail' }, backedUpText(s)) : null,
+    s.state === 'BackedUp' ? h('p', { class: 'muted snap-detail' }, backedUpText(s), backupKindText(s.backup)) : null,
     s.state === 'Error' ? errorText('Failed', b.lastError ?? 'no reason recorded') : null,
   );
 }
@@ -282,6 +282,18 @@ function backedUpText(s) {
   const written = image?.sizeBytes;
   return `Backed up: ${written == null ? 'size unknown' : `${formatBytes(written)} written`} (disk ${formatBytes(b.bytesTotal)} virtual) on attempt ${b.attempts} of ${b.maxAttempts}.`;
 }
+
+/** " Incremental: 8 MiB written on the backup of …, chain of 3." — what the backup is (docs/design.md §14). */
+function backupKindText(b) {
+  if (!b.kind) return null;
+  const written = b.bytesWritten != null ? `${formatBytes(b.bytesWritten)} written` : '';
+  const text =
+    b.kind === 'incremental'
+      ? ` Incremental: ${written} on the backup of ${b.parentSnapshotId ? b.parentSnapshotId.slice(0, 8) : '?'}…, chain of ${b.chainLength}.`
+      : ` Full: ${written}.`;
+  return h('span', { class: 'backup-kind', 'data-backup-kind': b.kind, title: b.parentSnapshotId ?? '' }, text);
+}
+
 
 /** An error line, always whole (the cause is at the end of long ones): it wraps rather than being cut. */
 function errorText(label, message) {
@@ -312,6 +324,9 @@ function progressBlock(s) {
       'p',
       { class: 'snap-detail' },
       b.attempts > 0 ? h('span', { class: 'attempt' }, `attempt ${b.attempts} of ${b.maxAttempts}`) : null,
+      s.state === 'BackingUp' && b.kind
+        ? h('span', { class: 'backup-kind', 'data-backup-kind': b.kind }, b.kind === 'incremental' ? ' incremental (only what changed is written)' : ' full copy')
+        : null,
       b.nextAttemptAt
         ? h(
             'span',

@@ -56,7 +56,7 @@ export function applyProgress(p) {
   const attemptChanged = s.backup.attempts !== p.attempts;
   // The retry fields arrive with progress too; older servers' messages lack them, and then they stay as read.
   const retry = {};
-  for (const k of ['maxAttempts', 'nextAttemptAt', 'lastError']) if (k in p) retry[k] = p[k];
+  for (const k of ['maxAttempts', 'nextAttemptAt', 'lastError', 'kind', 'parentSnapshotId']) if (k in p) retry[k] = p[k];
   const retryChanged = Object.entries(retry).some(([k, v]) => s.backup[k] !== v);
   const changed = stateChanged || attemptChanged || retryChanged || s.backup.bytesDone !== p.bytesDone || s.backup.bytesTotal !== p.bytesTotal;
   if (changed) {
