@@ -104,6 +104,20 @@ export interface Topology {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * The one config file of the four roles (`<root>/config/docker.yaml`: the image's template, rendered by the server
+ * itself from the roles' environment) and compose's dynamic config, verbatim.
+ */
+export function writeTemporalConfig(root: string, compose: ComposeTopology, template: string): { configFile: string; dynamicConfigPath: string } {
+  mkdirSync(join(root, 'config'), { recursive: true });
+  mkdirSync(join(root, 'dynamicconfig'), { recursive: true });
+  const configFile = join(root, 'config', 'docker.yaml');
+  writeFileSync(configFile, renderableConfig(template));
+  const dynamicConfigPath = join(root, 'dynamicconfig', 'volsnap.yaml');
+  writeFileSync(dynamicConfigPath, compose.dynamicConfig);
+  return { configFile, dynamicConfigPath };
+}
+
 /** The env of the Temporal roles: compose's temporal service environment, pointed at this PostgreSQL and these ports. */
 export function temporalRoleEnvironment(compose: ComposeTopology, ports: ClusterPorts, dynamicConfigPath: string, namespace: string): Record<string, string> {
   return {
@@ -178,11 +192,7 @@ export async function startTopology(opts: TopologyOptions): Promise<Topology> {
 
     // The config file (the image's template) and the dynamic config (compose's), then the schemas.
     const temporalRoot = join(opts.dir, 'temporal');
-    mkdirSync(join(temporalRoot, 'config'), { recursive: true });
-    mkdirSync(join(temporalRoot, 'dynamicconfig'), { recursive: true });
-    writeFileSync(join(temporalRoot, 'config', 'docker.yaml'), renderableConfig(readFileSync(build.configTemplate, 'utf8')));
-    const dynamicConfigPath = join(temporalRoot, 'dynamicconfig', 'volsnap.yaml');
-    writeFileSync(dynamicConfigPath, compose.dynamicConfig);
+    const { dynamicConfigPath } = writeTemporalConfig(temporalRoot, compose, readFileSync(build.configTemplate, 'utf8'));
     const roleEnv = temporalRoleEnvironment(compose, ports, dynamicConfigPath, namespace);
     const existing = await listDatabases(ports.postgres);
     await setupSchemas(build, { host: '127.0.0.1', port: ports.postgres, user: PG_USER, password: PG_PASSWORD }, roleEnv, existing, log);
