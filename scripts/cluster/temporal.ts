@@ -30,8 +30,7 @@ export interface TemporalBuild {
 
 export const buildDir = (version: string) => join(ROOT, '.tools', 'temporal-server', version);
 
-function buildOf(version: string): TemporalBuild {
-  const dir = buildDir(version);
+function buildOf(version: string, dir = buildDir(version)): TemporalBuild {
   return {
     version,
     dir,
@@ -43,8 +42,8 @@ function buildOf(version: string): TemporalBuild {
 }
 
 /** The cached build of `version`, or null when it has not been built yet. */
-export function cachedBuild(version: string): TemporalBuild | null {
-  const b = buildOf(version);
+export function cachedBuild(version: string, dir = buildDir(version)): TemporalBuild | null {
+  const b = buildOf(version, dir);
   const ready = join(b.dir, 'READY');
   return existsSync(ready) && readFileSync(ready, 'utf8').trim() === version ? b : null;
 }
@@ -71,10 +70,14 @@ function run(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?:
  * version's own folder in .tools), once: a finished build is marked READY and reused. The schema files and the
  * config template are copied out of the module cache beside the binaries.
  */
-export async function ensureTemporalBuild(version: string, log: (line: string) => void = () => undefined): Promise<TemporalBuild> {
-  const cached = cachedBuild(version);
+export async function ensureTemporalBuild(
+  version: string,
+  log: (line: string) => void = () => undefined,
+  dir = buildDir(version),
+): Promise<TemporalBuild> {
+  const cached = cachedBuild(version, dir);
   if (cached) return cached;
-  const b = buildOf(version);
+  const b = buildOf(version, dir);
   const go = process.env.GO ?? 'go';
   await run(go, ['version']).catch((err: Error) => {
     throw new Error(`Go is needed to build the Temporal server ${version} (go install go.temporal.io/server/cmd/server@v${version}): ${err.message}`);
