@@ -317,9 +317,18 @@ export async function startTopology(opts: TopologyOptions): Promise<Topology> {
             if (pid === p.pid) pid = null;
             if (stopping || stopped) return;
             log(`${name} (pid ${p.pid}) exited${held ? '; held down' : `; starting it again in ${restartDelayMs} ms`}`);
-            if (held) return;
-            await sleep(restartDelayMs);
-            if (!stopping && !stopped && !held && pid === null) await unit.start().catch((err: Error) => log(`${name} did not start again: ${err.message}`));
+            // As compose's restart policy: again and again, with a growing delay (up to 10 s), until it runs.
+            for (let delay = restartDelayMs; ; delay = Math.min(delay * 2, 10_000)) {
+              if (held) return;
+              await sleep(delay);
+              if (stopping || stopped || held || pid !== null) return;
+              try {
+                await unit.start();
+                return;
+              } catch (err) {
+                log(`${name} did not start again: ${(err as Error).message}; next try in ${Math.min(delay * 2, 10_000)} ms`);
+              }
+            }
           });
         })().finally(() => {
           starting = null;
