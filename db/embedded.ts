@@ -142,8 +142,14 @@ async function loadEmbeddedPostgres() {
  * files under `dir`; initialises the cluster on first use and reuses it afterwards. The server runs under a
  * detached keeper (app/keeper.ts), out of the caller's process group, and logs to `dir/postgres.log`. A
  * server a previous run left in `dir` is stopped first: the caller must own the data dir (app/pids.ts).
+ * `options.settings` are passed as `-c name=value` (PostgreSQL server settings).
  */
-export async function startEmbeddedPostgres(dir: string, port: number, logger?: Logger): Promise<EmbeddedDatabase> {
+export async function startEmbeddedPostgres(
+  dir: string,
+  port: number,
+  logger?: Logger,
+  options: { settings?: Record<string, string | number> } = {},
+): Promise<EmbeddedDatabase> {
   await mkdir(dir, { recursive: true });
   const dataDir = join(dir, 'data');
   ensureTraversableByOthers(dir, logger);
@@ -173,7 +179,11 @@ export async function startEmbeddedPostgres(dir: string, port: number, logger?: 
   const server = await startKept({
     command: bin.postgres,
     // Listen on loopback only: the embedded database is not meant to be reachable from elsewhere.
-    args: ['-D', dataDir, '-p', String(port), '-c', 'listen_addresses=127.0.0.1'],
+    args: [
+      '-D', dataDir, '-p', String(port), '-c', 'listen_addresses=127.0.0.1',
+      // Server settings of a caller that needs more (`npm run cluster`: max_connections as docker-compose.yml).
+      ...Object.entries(options.settings ?? {}).flatMap(([k, v]) => ['-c', `${k}=${v}`]),
+    ],
     env: { LC_MESSAGES: 'C' },
     ...postgresUser(),
     logFile,

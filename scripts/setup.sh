@@ -8,6 +8,8 @@
 #   - CloudMonkey 5 (PyPI cloudmonkey, Python 2.7 only), pinned, into .tools/cloudmonkey-py2 when a Python 2.7
 #     is found (test/client drives it when present; skip with VOLSNAP_SKIP_CLOUDMONKEY=1)
 #   - npm dependencies from the lockfile
+#   - the Temporal server and temporal-sql-tool of the version docker-compose.yml pins, built once with Go into
+#     .tools/temporal-server/<version> (npm run cluster, test/cluster; skip with VOLSNAP_SKIP_CLUSTER=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -73,5 +75,8 @@ fi
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   log "installing npm dependencies"
   npm ci --no-audit --no-fund
+fi
+if [ "${VOLSNAP_SKIP_CLUSTER:-0}" != 1 ]; then
+  node --import tsx scripts/cluster.ts --build-only
 fi
 log "ready: $("$venv/bin/temporal" --version), qemu-img $(qemu-img --version | head -1 | awk '{print $3}')"

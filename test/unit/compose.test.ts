@@ -8,11 +8,22 @@
  * have the docker CLI without the plugin), so a run never reports it as skipped.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseDocument } from 'yaml';
 import { EnvSchema, FORCE_EXIT_MARGIN_SECONDS } from '../../config/env.js';
+import { readComposeTopology } from '../../scripts/cluster/compose.js';
+import { buildDir, cachedBuild, DEFAULT_TEMPORAL_PORTS } from '../../scripts/cluster/temporal.js';
+import {
+  apiEnvironment,
+  commonEnvironment,
+  defaultClusterPorts,
+  temporalRoleEnvironment,
+  workerEnvironment,
+  writeTemporalConfig,
+} from '../../scripts/cluster/topology.js';
 
 const ROOT = resolve(import.meta.dirname, '..', '..');
 const COMPOSE_FILE = join(ROOT, 'docker-compose.yml');
@@ -349,5 +360,113 @@ describe('Dockerfile', () => {
       expect(ignored(path), `${path} is in the build context`).toBe(false);
       expect(existsSync(join(ROOT, path)), path).toBe(true);
     }
+  });
+});
+
+/**
+ * `npm run cluster` (scripts/cluster.ts) runs this compose file's topology without Docker and the cluster tier
+ * (test/cluster) tests it: both read their settings from docker-compose.yml itself (scripts/cluster/compose.ts).
+ * These checks keep the two from drifting: what passed there is what compose runs.
+ */
+describe('npm run cluster agrees with docker-compose.yml', () => {
+  const compose = readComposeTopology();
+  const { services } = loadCompose();
+  const ports = defaultClusterPorts(compose);
+  const dynamicConfigPath = '/tmp/volsnap-cluster/temporal/dynamicconfig/volsnap.yaml';
+  const roleEnv = temporalRoleEnvironment(compose, ports, dynamicConfigPath, 'default');
+  const common = commonEnvironment(compose, '/data', 'postgres://u:p@127.0.0.1:1/volsnap', '127.0.0.1:7233', 'default');
+
+  it('is a package.json script, and npm run setup builds its Temporal server', () => {
+    expect(scripts.cluster).toBe('node --import tsx scripts/cluster.ts');
+    expect(readFileSync(join(ROOT, 'scripts', 'setup.sh'), 'utf8')).toMatch(/scripts\/cluster\.ts --build-only/);
+  });
+
+  it('builds and runs the Temporal server version of the auto-setup image, cached under that version', () => {
+    expect(services.temporal!.image).toBe(`temporalio/auto-setup:${compose.temporalVersion}`);
+    expect(buildDir(compose.temporalVersion)).toBe(join(ROOT, '.tools', 'temporal-server', compose.temporalVersion));
+  });
+
+  it("gives the four roles the temporal service's environment, pointed only at the local database, ports and files", () => {
+    const composeEnv = Object.fromEntries(Object.entries(environmentOf(services.temporal!)).map(([k, v]) => [k, interpolate(v)]));
+    const localised = ['DB_PORT', 'POSTGRES_SEEDS', 'POSTGRES_USER', 'POSTGRES_PWD', 'DYNAMIC_CONFIG_FILE_PATH'];
+    for (const [key, value] of Object.entries(composeEnv)) {
+      expect(roleEnv[key], key).toBeDefined();
+      if (!localised.includes(key)) expect(roleEnv[key], key).toBe(value);
+    }
+    expect(roleEnv.DB).toBe('postgres12');
+    expect(roleEnv.DYNAMIC_CONFIG_FILE_PATH).toBe(dynamicConfigPath);
+    // Compose's file lives at the path it gives DYNAMIC_CONFIG_FILE_PATH; the cluster's has the same name.
+    const target = (services.temporal as { configs?: Array<{ source: string; target: string }> }).configs?.find((c) => c.source === 'temporal-dynamic-config')?.target;
+    expect(target).toBe(composeEnv.DYNAMIC_CONFIG_FILE_PATH);
+    expect(target!.split('/').at(-1)).toBe(dynamicConfigPath.split('/').at(-1));
+  });
+
+  it("writes compose's dynamic config verbatim, with Update-with-Start's two APIs switched on", () => {
+    const dir = mkdtempSync(join(tmpdir(), 'volsnap-compose-'));
+    try {
+      const written = writeTemporalConfig(dir, compose, 'log:\n    level: {{ default .Env.LOG_LEVEL "info" }}\n');
+      const dynamic = readFileSync(written.dynamicConfigPath, 'utf8');
+      expect(dynamic).toBe(compose.dynamicConfig);
+      const parsed = parseDocument(dynamic).toJS() as Record<string, Array<{ value: unknown }>>;
+      for (const key of ['frontend.enableUpdateWorkflowExecution', 'frontend.enableExecuteMultiOperation']) {
+        expect(parsed[key]?.map((v) => v.value), key).toEqual([true]);
+      }
+      // The image's template, rendered by the server itself: dockerize's spelling turned into sprig's.
+      expect(readFileSync(written.configFile, 'utf8')).toBe('# enable-template\nlog:\n    level: {{ default "info" (env "LOG_LEVEL") }}\n');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  const build = cachedBuild(compose.temporalVersion);
+  if (build) {
+    // Registered only where the server is built (npm run setup), as the `docker compose config` check above.
+    it('the dynamic config passes the Temporal server’s own validation (known keys and types)', () => {
+      const dir = mkdtempSync(join(tmpdir(), 'volsnap-compose-'));
+      try {
+        const file = join(dir, 'volsnap.yaml');
+        writeFileSync(file, compose.dynamicConfig);
+        const r = spawnSync(build.server, ['validate-dynamic-config', file], { encoding: 'utf8' });
+        expect(r.status, r.stdout + r.stderr).toBe(0);
+        expect(r.stdout + r.stderr).not.toMatch(/warning|unregistered|error|invalid/i);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  }
+
+  it('gives the APIs and the workers exactly the environment keys compose gives them, with its fixed values', () => {
+    const api = apiEnvironment(common, 8081, 'key');
+    const worker = workerEnvironment(common, 9464, compose);
+    expect(Object.keys(api).sort()).toEqual(Object.keys(environmentOf(services.api!)).sort());
+    expect(Object.keys(worker).sort()).toEqual(Object.keys(environmentOf(services.worker!)).sort());
+    for (const [ours, name] of [[api, 'api'], [worker, 'worker']] as const) {
+      const theirs = Object.fromEntries(Object.entries(environmentOf(services[name]!)).map(([k, v]) => [k, interpolate(v)]));
+      for (const key of ['NODE_ENV', 'LOG_LEVEL', 'TEMPORAL_NAMESPACE', 'WORKER_SHUTDOWN_GRACE_SECONDS']) {
+        if (key in theirs) expect(ours[key], `${name} ${key}`).toBe(theirs[key]);
+      }
+      expect(EnvSchema.safeParse(ours).success, name).toBe(true);
+    }
+  });
+
+  it('publishes the ports compose publishes: Temporal frontend 7233, API 8080 (one port in front of the APIs)', () => {
+    expect(ports.temporal.frontendGrpc).toBe(compose.ports.temporalFrontend);
+    expect(ports.api).toBe(compose.ports.api);
+    expect(DEFAULT_TEMPORAL_PORTS.frontendGrpc).toBe(7233);
+    expect(JSON.stringify(services.temporal!.healthcheck?.test)).toContain(`:${DEFAULT_TEMPORAL_PORTS.frontendGrpc}`);
+    // Temporal keeps its roles' ports in a smallint column: none may be above 32767.
+    for (const [name, port] of Object.entries(ports.temporal)) expect(port, name).toBeLessThan(32_768);
+    const all = [ports.postgres, ports.api, ...ports.apis, ...ports.workerMetrics, ...Object.values(ports.temporal)];
+    expect(new Set(all).size).toBe(all.length);
+    expect(ports.workerMetrics[0]).toBe(Number(interpolate(environmentOf(services.worker!).METRICS_PORT!)));
+  });
+
+  it("runs PostgreSQL with compose's server settings, enough connections for four roles apart and four volsnap processes", () => {
+    expect(compose.postgresSettings.max_connections).toBeDefined();
+    const poolMax = EnvSchema.parse({}).DATABASE_POOL_MAX;
+    // config_template.yaml's defaults: SQL_MAX_CONNS 20 (temporal), SQL_VIS_MAX_CONNS 10 (visibility), per role.
+    const temporalConnections = 4 * (20 + 10);
+    const reserved = 3;
+    expect(Number(compose.postgresSettings.max_connections)).toBeGreaterThanOrEqual(temporalConnections + 4 * poolMax + reserved);
   });
 });
