@@ -165,6 +165,8 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
       backupTaskQueue: env.TEMPORAL_BACKUP_TASK_QUEUE,
       logger,
     });
+    // Runs before the Temporal connection closes (closers run newest first): requests in flight settle first.
+    closers.push(() => snapshots.close());
 
     const health = async () => {
       const checks: Record<string, boolean> = {};

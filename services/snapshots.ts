@@ -132,6 +132,9 @@ export function requestFingerprint(volumeId: string, req: Pick<TakeSnapshotInput
 export function createSnapshotService(deps: SnapshotServiceDeps) {
   const { pool, client, logger } = deps;
   const drivers = deps.drivers ?? {};
+  /** Aborted by close(): requests in flight give up their Temporal calls; new ones are refused. */
+  const stopping = new AbortController();
+  const inFlight = new Set<Promise<unknown>>();
   const createDeadlineMs = deps.createDeadlineMs ?? 60_000;
 
   /**
@@ -252,7 +255,16 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
    * Takes a snapshot. Resolves when the milestone is reached: created on primary with `asyncBackup`, backed up
    * (or failed) without it. Throws SnapshotCreationFailedError when primary creation fails.
    */
-  async function request(req: ScopedRequest): Promise<{ snapshot: SnapshotRecord; replay: boolean }> {
+  function request(req: ScopedRequest): Promise<{ snapshot: SnapshotRecord; replay: boolean }> {
+    if (stopping.signal.aborted) return Promise.reject(new ServiceUnavailableError('SERVICE_UNAVAILABLE', 'the service is shutting down; retry shortly'));
+    const p = requestOnce(req);
+    inFlight.add(p);
+    const forget = () => inFlight.delete(p);
+    p.then(forget, forget);
+    return p;
+  }
+
+  async function requestOnce(req: ScopedRequest): Promise<{ snapshot: SnapshotRecord; replay: boolean }> {
     const { snapshot, input, replay, labels } = await allocate(req);
     const log = logger.child({ snapshotId: snapshot.id, volumeId: snapshot.volumeId, workflowId: snapshot.workflowId });
     const startWorkflowOperation = new WithStartWorkflowOperation<typeof snapshotWorkflow>('snapshotWorkflow', {
@@ -274,8 +286,10 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
     const finished = ['BackedUp', 'Error', 'Destroying', 'Destroyed'].includes(snapshot.status);
     if (!finished) {
       try {
-        await client.withDeadline(Date.now() + createDeadlineMs, () =>
-          client.workflow.executeUpdateWithStart(snapshotCreatedUpdate, { startWorkflowOperation }),
+        await client.withAbortSignal(stopping.signal, () =>
+          client.withDeadline(Date.now() + createDeadlineMs, () =>
+            client.workflow.executeUpdateWithStart(snapshotCreatedUpdate, { startWorkflowOperation }),
+          ),
         );
         log.info({ asyncBackup: snapshot.asyncBackup, replay }, 'snapshot created on primary');
       } catch (err) {
@@ -289,7 +303,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
       }
       if (!snapshot.asyncBackup) {
         try {
-          await client.workflow.getHandle(snapshot.workflowId).result();
+          await client.withAbortSignal(stopping.signal, () => client.workflow.getHandle(snapshot.workflowId).result());
         } catch (err) {
           if (!(err instanceof WorkflowFailedError)) {
             // Temporal went away while we waited: the backup goes on; the caller can follow it by id.
@@ -341,6 +355,18 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
   }
 
   return {
+    /**
+     * Stops taking requests, cancels the Temporal calls of those in flight and waits (at most `timeoutMs`) for
+     * them to settle: the Temporal connection may close only then (a call retrying on a closed channel throws
+     * outside any handler and takes the process down). The stack calls it before closing the connection.
+     */
+    async close(timeoutMs = 10_000): Promise<void> {
+      stopping.abort();
+      if (inFlight.size === 0) return;
+      logger.info({ requests: inFlight.size }, 'waiting for snapshot requests in flight to settle');
+      await Promise.race([Promise.allSettled([...inFlight]), new Promise((r) => setTimeout(r, timeoutMs).unref())]);
+    },
+
     /** Takes a snapshot of a volume `req.accountId` owns; see `request`. */
     requestSnapshot(req: SnapshotRequest): Promise<{ snapshot: SnapshotRecord; replay: boolean }> {
       const { accountId, ...rest } = req;
