@@ -18,13 +18,35 @@ export interface KeptProcessSpec {
   stopSignals: Array<[NodeJS.Signals, number]>;
 }
 
+export interface ServerExit {
+  code: number | null;
+  signal: string | null;
+  /** Why it could not be (re)started at all. */
+  error?: string;
+}
+
+export interface SupervisionHooks {
+  /** The server exited without being asked to; the keeper starts it again in `restartInMs`. */
+  died?(exit: ServerExit & { restartInMs: number }): void;
+  /** The keeper started it again: `pid` is the new server's; `code`/`signal` tell how the previous one ended. */
+  restarted?(info: ServerExit & { pid: number; restarts: number }): void;
+}
+
 export interface KeptProcess {
-  /** The server's pid (not the keeper's). */
-  pid: number;
+  /** The server's current pid (not the keeper's): a restart under supervision changes it. */
+  readonly pid: number;
   keeperPid: number;
-  /** Settles when the server has exited. */
-  exited: Promise<{ code: number | null; signal: string | null }>;
-  /** Stops the server with its stop signals and waits for it and its keeper to exit. */
+  /**
+   * Settles when the server is gone for good: stopped, exited before supervision began, or exited once too
+   * often under supervision (`gaveUp`).
+   */
+  exited: Promise<ServerExit & { gaveUp?: boolean }>;
+  /**
+   * From now on the keeper restarts the server when it exits without being asked to (after 1 s, doubling up to
+   * 10 s; it gives up after 5 restarts within 60 s). Call once the server is up, so a failed start stays a failure.
+   */
+  supervise(hooks?: SupervisionHooks): void;
+  /** Stops the server (whichever pid it has now) with its stop signals and waits for it and its keeper to exit. */
   stop(): Promise<void>;
 }
 
@@ -50,18 +72,38 @@ export async function startKept(spec: KeptProcessSpec): Promise<KeptProcess> {
     started = res;
     failed = rej;
   });
-  let exitInfo: { code: number | null; signal: string | null } | null = null;
-  const exited = new Promise<{ code: number | null; signal: string | null }>((res) => {
+  let current = 0;
+  let hooks: SupervisionHooks = {};
+  let exitInfo: (ServerExit & { gaveUp?: boolean }) | null = null;
+  const exited = new Promise<ServerExit & { gaveUp?: boolean }>((res) => {
     createInterface({ input: keeper.stdout! }).on('line', (line) => {
-      let msg: { event?: string; pid?: number; code?: number | null; signal?: string | null; error?: string };
+      let msg: {
+        event?: string;
+        pid?: number;
+        code?: number | null;
+        signal?: string | null;
+        error?: string;
+        restartInMs?: number;
+        restarts?: number;
+        gaveUp?: boolean;
+      };
       try {
         msg = JSON.parse(line);
       } catch {
         return;
       }
-      if (msg.event === 'started') started(msg.pid!);
+      const how: ServerExit = { code: msg.code ?? null, signal: msg.signal ?? null, ...(msg.error ? { error: msg.error } : {}) };
+      if (msg.event === 'started') {
+        current = msg.pid!;
+        started(msg.pid!);
+      }
+      if (msg.event === 'died') hooks.died?.({ ...how, restartInMs: msg.restartInMs ?? 0 });
+      if (msg.event === 'restarted') {
+        current = msg.pid!;
+        hooks.restarted?.({ ...how, pid: msg.pid!, restarts: msg.restarts ?? 0 });
+      }
       if (msg.event === 'exit') {
-        exitInfo = { code: msg.code ?? null, signal: msg.signal ?? null };
+        exitInfo = { code: msg.code ?? null, signal: msg.signal ?? null, ...(msg.error ? { error: msg.error } : {}), ...(msg.gaveUp ? { gaveUp: true } : {}) };
         if (msg.error) failed(new Error(`could not run ${spec.command}: ${msg.error}`));
         else failed(new Error(`${spec.command} exited at once (${msg.code ?? msg.signal})`));
         res(exitInfo);
@@ -72,10 +114,18 @@ export async function startKept(spec: KeptProcessSpec): Promise<KeptProcess> {
       res(exitInfo ?? { code: null, signal: null });
     });
   });
+  await pid;
   return {
-    pid: await pid,
+    get pid() {
+      return current;
+    },
     keeperPid: keeper.pid!,
     exited,
+    supervise(h = {}) {
+      hooks = h;
+      if (exitInfo) return;
+      keeper.stdin!.write('supervise\n');
+    },
     async stop() {
       // Hold this process open until the server is down (the pipes were unref'd above).
       keeper.ref();

@@ -76,9 +76,11 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
     }
     await migrate(databaseUrl, logger);
     const pool = createPool(databaseUrl, env.DATABASE_POOL_MAX);
-    // Once the pool is ending, its last connections closing as PostgreSQL stops (57P01) are expected.
+    // An idle connection that fails (PostgreSQL restarted under us, say) is dropped and the next query opens a new
+    // one: worth a warning, not an error. Once the pool is ending, its last connections closing as PostgreSQL stops
+    // (57P01) are expected.
     pool.on('error', (err) => {
-      if (!pool.ending) logger.error({ err }, 'database pool error');
+      if (!pool.ending) logger.warn({ err }, 'a database connection failed while idle; the pool opens a new one when needed');
     });
     closers.push(() => pool.end());
     await seedSettings(pool);

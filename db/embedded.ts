@@ -192,8 +192,11 @@ export async function startEmbeddedPostgres(
     throw new Error(`PostgreSQL did not start: ${err.message}; ${tail(logFile)}`, { cause: err });
   });
   let exited: string | null = null;
-  void server.exited.then(({ code, signal }) => {
+  let stopping = false;
+  void server.exited.then(({ code, signal, gaveUp }) => {
     exited = `exited with ${code ?? signal}`;
+    if (gaveUp) logger?.error({ server: 'postgres', code, signal }, 'embedded PostgreSQL keeps exiting; its keeper gave up restarting it');
+    else if (!stopping) logger?.warn({ server: 'postgres', code, signal }, 'embedded PostgreSQL exited');
   });
   try {
     await waitForPostgres(port, () => exited, logFile, 120_000);
@@ -203,9 +206,19 @@ export async function startEmbeddedPostgres(
     throw err;
   }
   logger?.info({ port, dataDir, fresh, pid: server.pid }, 'embedded PostgreSQL started');
+  // From now on a PostgreSQL that dies under us (crash, OOM kill, an operator's kill) is started again the same
+  // way: it recovers from its WAL, and takes over a postmaster.pid whose pid is dead. The pool and the event bus
+  // reconnect by themselves.
+  server.supervise({
+    died: ({ code, signal, restartInMs }) =>
+      logger?.warn({ server: 'postgres', code, signal, restartInMs }, 'embedded PostgreSQL exited unexpectedly; restarting it'),
+    restarted: ({ pid, code, signal, restarts }) =>
+      logger?.warn({ server: 'postgres', pid, code, signal, restarts }, 'embedded PostgreSQL restarted'),
+  });
   return {
     url: embeddedDatabaseUrl(port),
     stop: async () => {
+      stopping = true;
       await server.stop();
       logger?.info({ pid: server.pid }, 'embedded PostgreSQL stopped');
     },

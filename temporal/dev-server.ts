@@ -11,14 +11,17 @@ import { DEV_SERVER_SEARCH_ATTRIBUTE_ARGS } from './search-attributes.js';
 export interface DevServer {
   address: string;
   uiUrl: string | null;
-  /** The server's pid (it runs under a detached keeper, not as our child). */
-  pid: number;
-  /** Settles when the server has exited. */
+  /** The server's current pid (it runs under a detached keeper, not as our child; a restart changes it). */
+  readonly pid: number;
+  /** Settles when the server is gone for good: stopped, or dead and no longer restarted by its keeper. */
   exited: Promise<unknown>;
   stop(): Promise<void>;
 }
 
-/** The dev server's pid file in the data dir, so that the next start can stop one a dead run left. */
+/**
+ * The dev server's pid file in the data dir, so that the next start can stop one a dead run left. It names the
+ * current server: rewritten when the keeper restarts it.
+ */
 const PID_FILE = 'temporal-dev-server.pid';
 const STOP: Array<[NodeJS.Signals, number]> = [
   ['SIGTERM', 10_000],
@@ -86,9 +89,10 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
   const address = `${ip}:${opts.port}`;
   let exited: string | null = null;
   let stopping = false;
-  void server.exited.then(({ code, signal }) => {
+  void server.exited.then(({ code, signal, gaveUp }) => {
     exited = `exited with ${code ?? signal}`;
-    if (!stopping) opts.logger?.warn({ code, signal }, 'Temporal dev server exited');
+    if (gaveUp) opts.logger?.error({ server: 'temporal', code, signal }, 'Temporal dev server keeps exiting; its keeper gave up restarting it');
+    else if (!stopping) opts.logger?.warn({ server: 'temporal', code, signal }, 'Temporal dev server exited');
   });
 
   const deadline = Date.now() + 60_000;
@@ -108,11 +112,23 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
     }
   }
   const uiUrl = opts.uiPort ? `http://${ip}:${opts.uiPort}` : null;
-  opts.logger?.info({ address, uiUrl, cli: exe.path }, 'Temporal dev server started');
+  opts.logger?.info({ address, uiUrl, cli: exe.path, pid: server.pid }, 'Temporal dev server started');
+  // From now on a dev server that dies under us (crash, OOM kill, an operator's kill) is started again on the same
+  // SQLite file; the clients and workers reconnect by themselves.
+  server.supervise({
+    died: ({ code, signal, restartInMs }) =>
+      opts.logger?.warn({ server: 'temporal', code, signal, restartInMs }, 'Temporal dev server exited unexpectedly; restarting it'),
+    restarted: ({ pid, code, signal, restarts }) => {
+      writeFileSync(pidFile, `${JSON.stringify(identityOf(pid))}\n`);
+      opts.logger?.warn({ server: 'temporal', pid, code, signal, restarts }, 'Temporal dev server restarted');
+    },
+  });
   return {
     address,
     uiUrl,
-    pid: server.pid,
+    get pid() {
+      return server.pid;
+    },
     exited: server.exited,
     async stop() {
       stopping = true;

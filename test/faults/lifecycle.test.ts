@@ -253,3 +253,113 @@ describe('restart at once on the same data dir, and one owner per data dir', () 
     await expectNothingLingers(dataDir, env, 45_000);
   });
 });
+
+describe('an embedded server killed under a running `npm start`', () => {
+  const dataDir = freshDataDir();
+  let env: Record<string, string>;
+  let service: ServiceProcess | undefined;
+  const log = join(dataDir, 'service-stdout.log');
+  afterAll(async () => {
+    await service?.killGroup();
+    await eventually(async () => (processesUsing(dataDir).length === 0 ? true : undefined), 60_000, 'cleanup').catch(() => undefined);
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+  const status = () => fetch(`http://127.0.0.1:${env.PORT}/healthz`, { signal: AbortSignal.timeout(5000) }).then((r) => r.status, () => 0);
+  const postmasterPid = () => Number(readFileSync(join(dataDir, 'postgres', 'data', 'postmaster.pid'), 'utf8').split('\n')[0]);
+  const devServerPid = () => (JSON.parse(readFileSync(join(dataDir, 'temporal-dev-server.pid'), 'utf8')) as { pid: number }).pid;
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  /**
+   * Kills `pid`, waits for its keeper to start a new server (`current()` names another live pid), then for /healthz
+   * to answer 200 (the pollers it checks are the workers polling the new server). /healthz may never fail for a
+   * short Temporal outage: the client retries its calls while the frontend is unavailable. Returns the log lines
+   * written meanwhile.
+   */
+  const killAndRecover = async (pid: number, what: string, current: () => number | undefined) => {
+    const from = logLines(log).length;
+    process.kill(pid, 'SIGKILL');
+    const t0 = Date.now();
+    let failed = false;
+    const next = await eventually(async () => {
+      if ((await status()) !== 200) failed = true;
+      const p = current();
+      return p && p !== pid && alive(p) ? p : undefined;
+    }, 60_000, `${what} restarted by its keeper`);
+    await eventually(async () => {
+      if ((await status()) === 200) return true;
+      failed = true;
+      return undefined;
+    }, 60_000, `/healthz 200 again after ${what} was killed`);
+    console.log(`${what}: new pid after ${((Date.now() - t0) / 1000).toFixed(1)} s; /healthz ${failed ? 'failed meanwhile, ' : ''}200 again`);
+    expect(alive(pid)).toBe(false);
+    return { next, lines: logLines(log).slice(from) };
+  };
+  const tryRead = <T,>(fn: () => T) => {
+    try {
+      return fn();
+    } catch {
+      return undefined;
+    }
+  };
+
+  it('PostgreSQL (SIGKILL of the postmaster), then the Temporal dev server: each is restarted by its keeper and /healthz comes back 200 without a restart; SIGTERM still stops everything', async () => {
+    env = await serviceEnv(dataDir);
+    service = spawnService('worker/main.ts', env, log);
+    await waitForHttp200(`http://127.0.0.1:${env.PORT}/healthz`);
+    const servicePid = service.child.pid!;
+
+    const pg1 = postmasterPid();
+    const { next: pg2, lines: pgLines } = await killAndRecover(pg1, 'PostgreSQL', () => tryRead(postmasterPid));
+    expect(pgLines.find((l) => l.msg === 'embedded PostgreSQL restarted')).toMatchObject({ level: 40, server: 'postgres', pid: pg2, signal: 'SIGKILL' });
+    // The pool serves new queries on new connections; the API reads and writes again.
+    const pool = createPool(embeddedDatabaseUrl(Number(env.EMBEDDED_PG_PORT)));
+    pool.on('error', () => undefined);
+    try {
+      const accountId = await insertAccount(pool);
+      expect(accountId).toBeTruthy();
+    } finally {
+      await pool.end();
+    }
+
+    const t1 = devServerPid();
+    const { next: t2, lines: temporalLines } = await killAndRecover(t1, 'the Temporal dev server', () => tryRead(devServerPid));
+    expect(temporalLines.find((l) => l.msg === 'Temporal dev server restarted')).toMatchObject({ level: 40, server: 'temporal', pid: t2, signal: 'SIGKILL' });
+    expect(service.child.exitCode).toBe(null);
+    expect(service.child.pid).toBe(servicePid);
+
+    // A snapshot goes all the way through on the restarted servers (workflow start, workers, database).
+    const pool2 = createPool(embeddedDatabaseUrl(Number(env.EMBEDDED_PG_PORT)));
+    pool2.on('error', () => undefined);
+    const { client, connection } = await connectClient(loadEnv(env), { address: `127.0.0.1:${env.TEMPORAL_PORT}`, namespace: 'default' });
+    try {
+      const snapshots = createSnapshotService({ pool: pool2, client, taskQueue: 'volsnap', backupTaskQueue: 'volsnap-backup', logger: silentLogger });
+      const accountId = await insertAccount(pool2);
+      const vol = await insertVolume(pool2, new KvmStorageDriver(), { accountId, sizeBytes: 8 * MiB });
+      await writePattern(vol.path, 0x11, 0, 4 * MiB);
+      const { snapshot } = await snapshots.requestSnapshot({ accountId, volumeId: vol.volumeId, asyncBackup: true });
+      const done = await eventually(async () => {
+        const s = await getSnapshot(pool2, snapshot.id);
+        return s && ['BackedUp', 'Error'].includes(s.status) ? s : undefined;
+      }, 60_000, 'BackedUp on the restarted servers');
+      expect(done.status).toBe('BackedUp');
+    } finally {
+      await connection.close();
+      await pool2.end();
+    }
+
+    // Stop still reaches the restarted servers (their new pids) and leaves nothing running.
+    expect(await service.stop()).toBe(0);
+    service = undefined;
+    const lines = logLines(log);
+    expect(lines.findIndex((l) => l.msg === 'Temporal dev server stopped' && l.pid === t2)).toBeGreaterThan(-1);
+    expect(lines.findIndex((l) => l.msg === 'embedded PostgreSQL stopped')).toBeGreaterThan(-1);
+    await expectNothingLingers(dataDir, env, 5_000);
+    expect(existsSync(join(dataDir, 'temporal-dev-server.pid'))).toBe(false);
+  });
+});

@@ -31,9 +31,6 @@ import { RESULTS_FILE, formatMatrix, outcomeOf, writeMatrix, type CaseResult } f
 
 const FULL = process.env.FAULTS_FULL === '1';
 
-/** Neither embedded server is supervised: when one dies under a running service, nothing starts it again. */
-const NO_SUPERVISION = 'the service restarts (or reconnects to) its embedded Temporal dev server / PostgreSQL when one dies under it';
-
 const SUBSET: Array<[ProcessFault, Step]> = [
   ['SIGKILL + restart', 'copying'],
   ['SIGTERM + restart', 'copying'],
@@ -44,9 +41,7 @@ function processCases(): FaultCase[] {
   for (const fault of ['SIGKILL + restart', 'SIGTERM + restart', 'Temporal restart', 'PostgreSQL restart'] as ProcessFault[]) {
     for (const step of STEPS) {
       const subset = SUBSET.some(([f, s]) => f === fault && s === step);
-      const expectedToFailUntil =
-        fault === 'Temporal restart' || fault === 'PostgreSQL restart' ? NO_SUPERVISION : undefined;
-      out.push(processFaultCase(fault, step, { subset, ...(expectedToFailUntil ? { expectedToFailUntil } : {}) }));
+      out.push(processFaultCase(fault, step, { subset }));
     }
   }
   return out;

@@ -198,10 +198,18 @@ export function processFaultCase(fault: ProcessFault, step: Step, extra: Partial
             break;
           }
           case 'compensating': {
+            // Attempt 2 starts with attempt 1's last_error still on the row: wait for attempt 2's own failure event
+            // (written after its last_error), or the hold below could block that write and the compensation with it.
             await svc.until(
               async () => {
                 const s = await svc.statusOf(vol.volumeId);
-                return s && s.backup_attempts >= 2 && s.last_error && s.status === 'BackingUp' ? true : undefined;
+                if (!s || s.status !== 'BackingUp') return undefined;
+                const { rows } = await svc.pool.query(
+                  `SELECT 1 FROM events WHERE resource_type = 'Snapshot' AND resource_id = $1 AND type = 'SNAPSHOT.BACKUP'
+                      AND (details->>'attempt')::int >= 2 AND description LIKE 'backup attempt % failed%'`,
+                  [id],
+                );
+                return rows.length ? true : undefined;
               },
               60_000,
               'the last copy failure',

@@ -155,8 +155,10 @@ export class ServiceDriver {
     return pgid ? processes().filter((p) => p.pgrp === pgid) : [];
   }
 
+  /** The dev server runs under a detached keeper (app/keeper.mjs), out of the service's group: find it by its data dir. */
   temporalPid(): number | undefined {
-    return this.groupProcesses().find((p) => p.cmdline.includes('start-dev') && p.comm.startsWith('temporal'))?.pid;
+    const sqlite = join(this.dataDir, 'temporal.sqlite');
+    return processes().find((p) => p.cmdline.includes('start-dev') && p.cmdline.includes(sqlite) && p.comm.startsWith('temporal'))?.pid;
   }
 
   postmasterPid(): number | undefined {
