@@ -283,7 +283,8 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
       const attempt = input.attempt ?? ctx.info.attempt;
       const { snapshot, volume, driver } = await load(snapshotId);
       const maxAttempts = input.maxAttempts ?? snapshot.backupMaxAttempts;
-      const log = logFor(snapshot).child({ attempt });
+      // `attempt` on a log line is Temporal's (interruptions count there); the copy attempt is `backupAttempt`.
+      const log = logFor(snapshot).child({ backupAttempt: attempt });
 
       if (snapshot.status === 'BackedUp') return existingBackup(snapshot, driver, log);
       if (snapshot.status !== 'CreatedOnPrimary' && snapshot.status !== 'BackingUp') {
