@@ -581,3 +581,9 @@ export async function backupKindsOf(
   }
   return out;
 }
+
+/** How many snapshots are in each state (states without any are absent). */
+export async function countSnapshotsByState(db: Queryable): Promise<Map<string, number>> {
+  const { rows } = await db.query<{ status: string; n: number }>('SELECT status, count(*)::int AS n FROM snapshots GROUP BY status');
+  return new Map(rows.map((r) => [r.status, r.n]));
+}

@@ -14,6 +14,7 @@ import { matchedRoutes } from 'hono/route';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { BackupMetricsHooks } from '../activities/snapshot-activities.js';
 import type { Queryable } from '../db/pool.js';
+import { countSnapshotsByState } from '../db/snapshots.js';
 import { SNAPSHOT_STATES } from '../domain/snapshot-states.js';
 import { temporalSdkMetricsUrl } from '../app/runtime.js';
 
@@ -123,8 +124,7 @@ export function metricsMiddleware(metrics: VolsnapMetrics = processMetrics()): M
 
 /** Reads the snapshot counts per state into the gauge (every state, zeros included). */
 async function collectSnapshotStates(pool: Queryable, metrics: VolsnapMetrics): Promise<void> {
-  const { rows } = await pool.query<{ status: string; n: number }>('SELECT status, count(*)::int AS n FROM snapshots GROUP BY status');
-  const counts = new Map(rows.map((r) => [r.status, r.n]));
+  const counts = await countSnapshotsByState(pool);
   // Set synchronously after the query, so concurrent scrapes never see a half-filled gauge.
   metrics.snapshots.reset();
   for (const state of SNAPSHOT_STATES) metrics.snapshots.set({ state }, counts.get(state) ?? 0);
