@@ -138,12 +138,6 @@ export async function listSnapshots(
   return rows.map(toSnapshotRecord);
 }
 
-/** The snapshot with this Idempotency-Key in the account, if any. */
-export async function findSnapshotByIdempotencyKey(db: Queryable, accountId: string, key: string): Promise<SnapshotRecord | undefined> {
-  const { rows } = await db.query('SELECT * FROM snapshots WHERE account_id = $1 AND idempotency_key = $2', [accountId, key]);
-  return rows[0] ? toSnapshotRecord(rows[0]) : undefined;
-}
-
 export interface NewSnapshot {
   id: string;
   accountId: string;
