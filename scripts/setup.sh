@@ -77,6 +77,11 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-audit --no-fund
 fi
 if [ "${VOLSNAP_SKIP_CLUSTER:-0}" != 1 ]; then
-  node --import tsx scripts/cluster.ts --build-only
+  if command -v go >/dev/null; then
+    node --import tsx scripts/cluster.ts --build-only
+  else
+    # npm start needs no Go; only npm run cluster and test/cluster do (they build it on first use, or fail saying so).
+    log "Go not found: skipping the Temporal server build for npm run cluster (install Go to use it)"
+  fi
 fi
 log "ready: $("$venv/bin/temporal" --version), qemu-img $(qemu-img --version | head -1 | awk '{print $3}')"
