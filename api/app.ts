@@ -92,6 +92,13 @@ export function createApp(stack: AppStack, opts: AppOptions = {}): AppOpenAPI {
       onError: (c) => c.json(errorBody('PAYLOAD_TOO_LARGE', `request body over ${MAX_BODY_BYTES} bytes`, { maxBytes: MAX_BODY_BYTES }), 413),
     }),
   );
+  // `/accounts/me` is a path of its own (GET only): PATCH /accounts/{id} must not take "me" for an id and answer
+  // 400 where every other known path answers 405 with Allow.
+  app.use('/api/v1/accounts/me', async (c, next) => {
+    if (c.req.method === 'GET' || c.req.method === 'HEAD') return next();
+    c.header('Allow', 'GET, HEAD');
+    return c.json(errorBody('METHOD_NOT_ALLOWED', `${c.req.method} is not allowed on ${c.req.path}; allowed: GET, HEAD`, { allow: ['GET', 'HEAD'] }), 405);
+  });
   app.use('/api/v1/*', requireApiKey);
   app.use('/api/v1/*', rateLimit(limits, limiter));
   app.use('/api/v1/*', redactHostPaths);

@@ -424,6 +424,13 @@ async function checkStorage(stack: TestStack, storePath: string): Promise<{ prob
     `SELECT s.id, s.status, s.account_id, s.volume_id, v.path AS volume_path, v.removed AS volume_removed
        FROM snapshots s JOIN volumes v ON v.id = s.volume_id`,
   );
+  // Backups later deltas are built on (docs/design.md §14): kept, with their Image ref, after their snapshot is
+  // deleted, until nothing depends on them.
+  const { rows: parents } = await stack.pool.query(
+    `SELECT DISTINCT parent_snapshot_id AS id FROM snapshot_store_ref
+      WHERE store_role = 'Image' AND state <> 'Destroyed' AND parent_snapshot_id IS NOT NULL`,
+  );
+  const dependedOn = new Set(parents.map((r) => r.id as string));
   const finalStates: Record<string, number> = {};
   for (const s of snaps) {
     finalStates[s.status] = (finalStates[s.status] ?? 0) + 1;
@@ -443,8 +450,10 @@ async function checkStorage(stack: TestStack, storePath: string): Promise<{ prob
     }
     if (s.status === 'Error' || s.status === 'Destroyed') {
       if (onPrimary) problems.push(`${s.status} snapshot ${s.id}: primary snapshot left in ${s.volume_path}`);
-      if (existsSync(backupFile)) problems.push(`${s.status} snapshot ${s.id}: backup file left at ${backupFile}`);
-      if (refs.some((r) => r.state === 'Ready')) problems.push(`${s.status} snapshot ${s.id}: a store ref is still Ready`);
+      const kept = dependedOn.has(s.id);
+      if (existsSync(backupFile) && !kept) problems.push(`${s.status} snapshot ${s.id}: backup file left at ${backupFile}`);
+      if (refs.some((r) => r.state === 'Ready' && !(kept && r.store_role === 'Image'))) problems.push(`${s.status} snapshot ${s.id}: a store ref is still Ready`);
+      if (kept && !existsSync(backupFile)) problems.push(`${s.status} snapshot ${s.id}: a later delta depends on its backup, which is gone`);
     }
   }
   for (const f of walk(join(storePath, 'snapshots'))) {

@@ -189,8 +189,9 @@ describe('web page: Create Volume Snapshot dialog and live backup progress (Chro
     const destroy = vmCard.getByRole('button', { name: 'Destroy' });
     await poll(() => destroy.isDisabled()).toBe(true);
     expect(await destroy.getAttribute('title')).toMatch(/VM action destroy is not allowed while snapshot .* is being backed up/);
-    // Visible and as the button's description, with the snapshot and disk named.
-    expect(await description(destroy)).toBe(
+    // Visible and as the button's description, with the snapshot and disk named (the reasons box is filled in the
+    // render after the one that disables the button).
+    await poll(() => description(destroy)).toBe(
       `Destroy: VM action destroy is not allowed while snapshot "async-2" of volume "${rootName}" is being backed up: ` +
         'it is allowed only while a DATADISK backs up, and this is the ROOT disk',
     );
