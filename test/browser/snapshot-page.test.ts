@@ -76,6 +76,9 @@ describe('web page: Create Volume Snapshot dialog and live backup progress (Chro
     server = await listen(createApp(stack), '127.0.0.1', 0, silentLogger);
     base = `http://127.0.0.1:${server.port}`;
     userKey = (await api('POST', '/api/v1/accounts', ADMIN_KEY, { name: 'page-user', role: 'user' })).apiKey;
+    // Full copies, rate-limited: these tests watch backups in flight, and a delta on the volume's previous backup
+    // would finish before the page could show one (incremental backups have tests of their own).
+    await api('PUT', '/api/v1/configurations/backup.incremental', ADMIN_KEY, { value: 0 });
 
     browser = await chromium.launch({
       executablePath: '/usr/bin/chromium',
