@@ -19,11 +19,22 @@ export interface TemporalTarget {
   namespace: string;
 }
 
+/**
+ * gRPC reconnect backoff of the client channel. grpc-js grows it by 1.6× per failed connect up to 120 s by default:
+ * after a minute-long frontend outage an API process would keep refusing requests (503) for up to two minutes
+ * after the frontend is back. Capped at 5 s, it reconnects within seconds (test/cluster/cluster.test.ts).
+ */
+export const CLIENT_RECONNECT_CHANNEL_ARGS = {
+  'grpc.initial_reconnect_backoff_ms': 500,
+  'grpc.max_reconnect_backoff_ms': 5_000,
+} as const;
+
 /** A client for starting, updating and querying workflows. */
 export async function connectClient(env: Env, target: TemporalTarget): Promise<{ client: Client; connection: Connection }> {
   const tls = tlsFrom(env);
   const connection = await Connection.connect({
     address: target.address,
+    channelArgs: CLIENT_RECONNECT_CHANNEL_ARGS,
     ...(tls ? { tls } : {}),
     ...(env.TEMPORAL_API_KEY ? { apiKey: env.TEMPORAL_API_KEY } : {}),
   });

@@ -315,11 +315,28 @@ describe('cluster: the compose topology on a Temporal cluster persisted in Postg
         expect(res.headers.get('retry-after')).toBeTruthy();
       }
       await topology.temporal.frontend.start();
-      await eventually(async () => ((await fetch(`${topology.apiUrl}/healthz`)).status === 200 ? true : undefined), 90_000, '/healthz 200 again');
+      // Every API process reconnects soon after the frontend is back (not after a gRPC reconnect backoff grown
+      // through the outage: by default up to 2 minutes, temporal/connection.ts), each asked directly, not through
+      // the balancer, which would hide one still refusing.
+      for (const url of topology.apiUrls) {
+        await eventually(async () => ((await fetch(`${url}/healthz`)).status === 200 ? true : undefined), 20_000, `${url}/healthz 200 again`);
+      }
     }, 240_000);
-    // And new snapshots work again.
-    const { root } = await newVm('vm-after-frontend');
-    await verifyBackedUp(await settled((await snapshot(root)).id));
+    // And new snapshots work again, through each API process.
+    for (const url of topology.apiUrls) {
+      const { root } = await newVm(`vm-after-frontend-${url.slice(-5)}`);
+      const pattern = patternSeq++;
+      await writePattern(root.path, pattern, 0, DATA);
+      const res = await fetch(`${url}/api/v1/volumes/${root.id}/snapshots`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ asyncBackup: true }),
+      });
+      const body = (await res.json()) as SnapshotJson;
+      expect(res.status, `${url}: ${JSON.stringify(body)}`).toBe(201);
+      taken.push({ id: body.id, pattern, expect: 'BackedUp' });
+      await verifyBackedUp(await settled(body.id));
+    }
   }, 400_000);
 
   it('SIGKILL of the volsnap worker running a copy: the other worker takes it over, no attempt spent', async () => {
