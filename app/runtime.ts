@@ -117,7 +117,7 @@ export function activityLogContext(lookupVolumeId?: (snapshotId: string) => Prom
     inbound: {
       async execute(input, next) {
         const { info } = ctx;
-        const arg = input.args[0] as { snapshotId?: unknown } | undefined;
+        const arg = input.args[0] as { snapshotId?: unknown; volumeId?: unknown } | undefined;
         const snapshotId = typeof arg?.snapshotId === 'string' ? arg.snapshotId : undefined;
         const fields: Record<string, unknown> = {
           workflowId: info.workflowExecution?.workflowId,
@@ -126,7 +126,9 @@ export function activityLogContext(lookupVolumeId?: (snapshotId: string) => Prom
         };
         if (snapshotId) {
           fields.snapshotId = snapshotId;
-          const volumeId = knownVolumes.get(snapshotId) ?? (await lookupVolumeId?.(snapshotId).catch(() => undefined));
+          // Given by the workflow (workflows/definitions.ts), else remembered, else read (older executions).
+          const given = typeof arg?.volumeId === 'string' ? arg.volumeId : undefined;
+          const volumeId = given ?? knownVolumes.get(snapshotId) ?? (await lookupVolumeId?.(snapshotId).catch(() => undefined));
           if (volumeId) {
             fields.volumeId = volumeId;
             rememberVolume(snapshotId, volumeId);

@@ -9,6 +9,8 @@ export interface BenchContext {
   admin: HttpClient;
   /** An ordinary user account's client: the snapshots and VM actions are measured as this user. */
   user: HttpClient;
+  /** A volume's image path (an admin's view: an ordinary user's answers carry no server paths). */
+  volumePath(volumeId: string): Promise<string>;
   /** Scratch space on the same file system as the stack's data dir. */
   scratchDir: string;
   log(msg: string): void;

@@ -48,8 +48,8 @@ export async function runP2(ctx: BenchContext): Promise<P2Result> {
   const vms: Array<{ id: string; rootVolumeId: string; step: number }> = [];
   for (let i = 0; i < nVms; i++) {
     const r = await user.expect([201], 'POST', '/api/v1/vms', { name: `p2-vm-${i}`, hypervisor: 'KVM', rootDiskSizeBytes: fill });
-    const root = (r.body.volumes as Array<{ id: string; type: string; path: string }>).find((v) => v.type === 'ROOT')!;
-    await fillImage(root.path, fill);
+    const root = (r.body.volumes as Array<{ id: string; type: string }>).find((v) => v.type === 'ROOT')!;
+    await fillImage(await ctx.volumePath(root.id), fill);
     vms.push({ id: r.body.id, rootVolumeId: root.id, step: 0 });
   }
   log(`P2: ${nVms} VMs with ${fill / MiB} MiB ROOT disks ready`);

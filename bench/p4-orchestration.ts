@@ -74,7 +74,7 @@ export async function runP4(ctx: BenchContext, noopWorkers: NoopWorkers): Promis
   const volumes: Array<{ id: string; accountId: string }> = [];
   for (let i = 0; i < nVolumes; i++) {
     const v = await user.expect([201], 'POST', '/api/v1/volumes', { name: `p4-${i}`, sizeBytes: 64 * MiB });
-    await fillImage(v.body.path, 1 * MiB);
+    await fillImage(await ctx.volumePath(v.body.id), 1 * MiB);
     volumes.push({ id: v.body.id, accountId: v.body.accountId });
   }
 

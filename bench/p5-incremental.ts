@@ -51,7 +51,8 @@ export async function runP5(ctx: BenchContext): Promise<P5Result> {
   const scratchStore = join(ctx.scratchDir, 'p5-store');
   mkdirSync(scratchStore, { recursive: true });
 
-  const vol = (await user.expect([201], 'POST', '/api/v1/volumes', { name: 'p5', sizeBytes: size })).body;
+  const created = (await user.expect([201], 'POST', '/api/v1/volumes', { name: 'p5', sizeBytes: size })).body;
+  const vol = { ...created, path: await ctx.volumePath(created.id) };
   const t0 = performance.now();
   await fillImage(vol.path, size);
   log(`P5: ${fmtBytes(size)} allocated in ${round((performance.now() - t0) / 1000, 1)} s`);
@@ -127,7 +128,7 @@ export async function runP5(ctx: BenchContext): Promise<P5Result> {
     return { seconds: round(r.ms / 1000, 2), volume: r.body };
   };
   const rDelta = await restoreOf(last.id);
-  const identical = await run('qemu-img', ['compare', '-U', '-f', 'qcow2', '-F', 'qcow2', rDelta.volume.path, expected]).then(() => true, () => false);
+  const identical = await run('qemu-img', ['compare', '-U', '-f', 'qcow2', '-F', 'qcow2', await ctx.volumePath(rDelta.volume.id), expected]).then(() => true, () => false);
   await user.expect([200, 204], 'DELETE', `/api/v1/volumes/${rDelta.volume.id}`);
   const rFull = await restoreOf(s0.id);
   await user.expect([200, 204], 'DELETE', `/api/v1/volumes/${rFull.volume.id}`);
@@ -137,7 +138,8 @@ export async function runP5(ctx: BenchContext): Promise<P5Result> {
 
   // The issue's acceptance case: 1 GiB volume (128 MiB in --quick), 8 MiB change.
   const accBytes = quick ? 128 * MiB : GiB;
-  const acc = (await user.expect([201], 'POST', '/api/v1/volumes', { name: 'p5-acceptance', sizeBytes: accBytes })).body;
+  const accCreated = (await user.expect([201], 'POST', '/api/v1/volumes', { name: 'p5-acceptance', sizeBytes: accBytes })).body;
+  const acc = { ...accCreated, path: await ctx.volumePath(accCreated.id) };
   await fillImage(acc.path, accBytes);
   await user.expect([201], 'POST', `/api/v1/volumes/${acc.id}/snapshots`, { asyncBackup: false });
   await run('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x5a ${accBytes / 2} ${8 * MiB}`, acc.path]);

@@ -88,6 +88,15 @@ export function renderMarkdown(r: BenchReport): string {
         ]),
       ),
     );
+    out.push('', 'Against the floor (issue 16: no-op Update-with-Start of the same shape + bare `qemu-img snapshot -c`, both measured in this run; target ≤ 1.3):', '');
+    out.push(
+      table(
+        ['allocated', 'floor p50 ms', 'async p50 / floor', 'floor p99 ms', 'async p99 / floor'],
+        p1.sizes
+          .filter((s) => s.floor)
+          .map((s) => [s.label, String(s.floor.p50), String(s.floor.asyncOverFloorP50), String(s.floor.p99), String(s.floor.asyncOverFloorP99)]),
+      ),
+    );
     out.push('', 'Where an async request\'s time goes (median ms; the workflow spans are server timestamps from its history):', '');
     const partKeys = [...new Set(p1.sizes.flatMap((s) => Object.keys(s.asyncBreakdown)))];
     out.push(

@@ -103,7 +103,8 @@ async function main(): Promise<void> {
 
     const admin = new HttpClient(`http://127.0.0.1:${server.port}`, ADMIN_KEY);
     const account = await admin.expect([201], 'POST', '/api/v1/accounts', { name: 'bench-user', role: 'user' });
-    const ctx: BenchContext = { quick, stack, admin, user: admin.as(account.body.apiKey), scratchDir, log };
+    const volumePath = async (id: string) => (await admin.expect([200], 'GET', `/api/v1/volumes/${id}`)).body.path as string;
+    const ctx: BenchContext = { quick, stack, admin, user: admin.as(account.body.apiKey), volumePath, scratchDir, log };
 
     const profiler = args.profile ? new PhaseProfiler(join(resultsDir, 'profiles')) : null;
     const runners: Record<string, () => Promise<unknown>> = {

@@ -30,14 +30,16 @@ export interface EventRow {
 
 /** Records a CloudStack-style audit/notification event and announces it; runs inside the caller's transaction. */
 export async function recordEvent(db: Queryable, e: NewEvent): Promise<number> {
+  // One statement (one round trip): the NOTIFY is delivered at COMMIT either way.
   const { rows } = await db.query<{ id: number }>(
-    `INSERT INTO events (type, level, account_id, resource_type, resource_id, description, details)
-     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`,
-    [e.type, e.level ?? 'INFO', e.accountId, e.resourceType, e.resourceId, e.description, JSON.stringify(e.details ?? {})],
+    `WITH ins AS (
+       INSERT INTO events (type, level, account_id, resource_type, resource_id, description, details)
+       VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id
+     )
+     SELECT id, pg_notify($8, id::text) FROM ins`,
+    [e.type, e.level ?? 'INFO', e.accountId, e.resourceType, e.resourceId, e.description, JSON.stringify(e.details ?? {}), EVENTS_CHANNEL],
   );
-  const id = rows[0]!.id;
-  await db.query('SELECT pg_notify($1, $2)', [EVENTS_CHANNEL, String(id)]);
-  return id;
+  return rows[0]!.id;
 }
 
 /** Maps an `events` row to its API shape. */

@@ -69,11 +69,15 @@ export async function withImageLock<T>(
   const client = await db.connect();
   let broken: Error | undefined;
   try {
-    try {
-      await client.query(`SELECT set_config('lock_timeout', $1, false)`, [timeout]);
-      await client.query('SELECT pg_advisory_lock($1::bigint)', [key]).catch(busy);
-    } finally {
-      await client.query(`SELECT set_config('lock_timeout', '0', false)`).catch((e: Error) => (broken = e));
+    // Usually free: one round trip (the time-to-created path takes it). Held: a bounded, fair wait.
+    const { rows } = await client.query<{ taken: boolean }>('SELECT pg_try_advisory_lock($1::bigint) AS taken', [key]);
+    if (!rows[0]?.taken) {
+      try {
+        await client.query(`SELECT set_config('lock_timeout', $1, false)`, [timeout]);
+        await client.query('SELECT pg_advisory_lock($1::bigint)', [key]).catch(busy);
+      } finally {
+        await client.query(`SELECT set_config('lock_timeout', '0', false)`).catch((e: Error) => (broken = e));
+      }
     }
     opts.logger?.debug({ volumeId }, 'image lock taken');
     try {

@@ -185,8 +185,34 @@ export async function retireStoreRefs(db: Queryable, snapshotId: string, how: 'm
 export interface TransitionOptions {
   /** Extra columns to set with the transition. */
   set?: Partial<Record<'last_error' | 'size' | 'physical_size' | 'next_attempt_at' | 'removed', unknown>>;
+  /** The event; `{name}` in its description stands for the snapshot's name (for callers that have not read the row). */
   event: Omit<NewEvent, 'accountId' | 'resourceType' | 'resourceId'>;
+  /**
+   * A store reference written by the same statement (whether or not the state changes, like upsertStoreRef):
+   * a state and the ref it implies commit together, in one round trip on the time-to-created path.
+   */
+  storeRef?: StoreRefRecord;
 }
+
+const UPSERT_STORE_REF_SQL = (p: (i: number) => string) =>
+  `INSERT INTO snapshot_store_ref (snapshot_id, store_role, store_id, install_path, state, size, checksum, parent_snapshot_id, chain_length)
+     VALUES (${[0, 1, 2, 3, 4, 5, 6, 7, 8].map(p).join(', ')})
+     ON CONFLICT (snapshot_id, store_role) DO UPDATE SET store_id = EXCLUDED.store_id,
+       install_path = EXCLUDED.install_path, state = EXCLUDED.state, size = EXCLUDED.size,
+       checksum = EXCLUDED.checksum, parent_snapshot_id = EXCLUDED.parent_snapshot_id,
+       chain_length = EXCLUDED.chain_length, last_updated = now()`;
+
+const storeRefParams = (ref: StoreRefRecord): unknown[] => [
+  ref.snapshotId,
+  ref.role,
+  ref.storeId,
+  ref.installPath,
+  ref.state,
+  ref.sizeBytes,
+  ref.checksum,
+  ref.parentSnapshotId ?? null,
+  ref.chainLength ?? 1,
+];
 
 /** States from which `to` may be entered (the state machine read backwards). */
 function statesLeadingTo(to: SnapshotState): SnapshotState[] {
@@ -214,8 +240,11 @@ export async function transitionSnapshot(
   const FIXED = 8;
   const assignments = cols.map((c, i) => `, ${c} = $${i + FIXED + 1}`).join('');
   const e = opts.event;
+  const refAt = FIXED + cols.length;
+  const ref = opts.storeRef ? `ref AS (${UPSERT_STORE_REF_SQL((i) => `$${refAt + i + 1}`)}),
+     ` : '';
   const { rows } = await db.query(
-    `WITH cur AS (SELECT * FROM snapshots WHERE id = $1 FOR UPDATE),
+    `WITH ${ref}cur AS (SELECT * FROM snapshots WHERE id = $1 FOR UPDATE),
      upd AS (
        UPDATE snapshots s SET status = $2, updated = now()${assignments}
          FROM cur WHERE s.id = cur.id AND cur.status = ANY($3::text[])
@@ -223,7 +252,7 @@ export async function transitionSnapshot(
      ),
      ev AS (
        INSERT INTO events (type, level, account_id, resource_type, resource_id, description, details)
-       SELECT $4, $5, upd.account_id, 'Snapshot', upd.id, $6,
+       SELECT $4, $5, upd.account_id, 'Snapshot', upd.id, replace($6, '{name}', upd.name),
               $7::jsonb || jsonb_build_object('snapshotId', upd.id, 'volumeId', upd.volume_id, 'from', cur.status, 'to', upd.status)
          FROM upd CROSS JOIN cur
        RETURNING pg_notify($8, id::text)
@@ -241,6 +270,7 @@ export async function transitionSnapshot(
       JSON.stringify(e.details ?? {}),
       EVENTS_CHANNEL,
       ...cols.map((c) => set[c]),
+      ...(opts.storeRef ? storeRefParams(opts.storeRef) : []),
     ],
   );
   const updated = rows.find((r) => r.row_kind === 'updated');
@@ -275,15 +305,7 @@ export async function updateBackupProgress(
 
 /** Creates or updates the store reference of a snapshot on one store (parent and chain length: full backup unless given). */
 export async function upsertStoreRef(db: Queryable, ref: StoreRefRecord): Promise<void> {
-  await db.query(
-    `INSERT INTO snapshot_store_ref (snapshot_id, store_role, store_id, install_path, state, size, checksum, parent_snapshot_id, chain_length)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-     ON CONFLICT (snapshot_id, store_role) DO UPDATE SET store_id = EXCLUDED.store_id,
-       install_path = EXCLUDED.install_path, state = EXCLUDED.state, size = EXCLUDED.size,
-       checksum = EXCLUDED.checksum, parent_snapshot_id = EXCLUDED.parent_snapshot_id,
-       chain_length = EXCLUDED.chain_length, last_updated = now()`,
-    [ref.snapshotId, ref.role, ref.storeId, ref.installPath, ref.state, ref.sizeBytes, ref.checksum, ref.parentSnapshotId ?? null, ref.chainLength ?? 1],
-  );
+  await db.query(UPSERT_STORE_REF_SQL((i) => `$${i + 1}`), storeRefParams(ref));
 }
 
 /** A Ready backup a new backup of the same volume may be a delta on (docs/design.md §14). */

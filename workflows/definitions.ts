@@ -107,9 +107,18 @@ export const ACTIVITY_FAILURE_TYPES = {
   illegalTransition: 'IllegalSnapshotTransitionError',
 } as const;
 
-/** Input of one backup attempt. `attempt` is absent in executions from before the workflow-level attempt loop. */
-export interface BackupAttemptInput {
+/**
+ * What a snapshot activity is given. `volumeId` saves the worker a database read before the activity runs (the
+ * volume on its log lines, the volume's image on the time-to-created path); executions from before it was
+ * passed leave it out, and the activity looks it up.
+ */
+export interface SnapshotActivityInput {
   snapshotId: string;
+  volumeId?: string;
+}
+
+/** Input of one backup attempt. `attempt` is absent in executions from before the workflow-level attempt loop. */
+export interface BackupAttemptInput extends SnapshotActivityInput {
   /** Which copy attempt this is (1-based), counted by the workflow: only copy failures advance it. */
   attempt?: number;
   maxAttempts?: number;

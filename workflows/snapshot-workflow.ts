@@ -94,6 +94,8 @@ function errorMessage(err: unknown): string {
  */
 export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<SnapshotWorkflowResult> {
   const { snapshotId, backup } = input;
+  // What every activity is given: the volume saves the worker a database read (workflows/definitions.ts).
+  const ids = { snapshotId, volumeId: input.volumeId };
   let state: SnapshotState = 'Allocated';
   let lastError: string | null = null;
 
@@ -124,12 +126,12 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
 
   moveTo('Creating', 'creating the snapshot on primary storage');
   try {
-    if (patched(PRIMARY_AS_LOCAL_ACTIVITY)) await primaryLocal.createSnapshotOnPrimary({ snapshotId });
-    else await primary.createSnapshotOnPrimary({ snapshotId });
+    if (patched(PRIMARY_AS_LOCAL_ACTIVITY)) await primaryLocal.createSnapshotOnPrimary(ids);
+    else await primary.createSnapshotOnPrimary(ids);
   } catch (err) {
     lastError = errorMessage(err);
     log.error('primary snapshot failed', { snapshotId, error: lastError });
-    await CancellationScope.nonCancellable(() => bookkeeping.markSnapshotError({ snapshotId, reason: lastError! }));
+    await CancellationScope.nonCancellable(() => bookkeeping.markSnapshotError({ ...ids, reason: lastError! }));
     moveTo('Error', `creation on primary failed: ${lastError}`);
     // Let the caller's update see the failure before the workflow closes.
     await condition(allHandlersFinished);
@@ -153,7 +155,7 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
       },
       summary: `back up to secondary (up to ${backup.maxAttempts} attempts, ${backup.retryIntervalSeconds}s apart)`,
     });
-    return backupActivities.backupSnapshotToSecondary({ snapshotId });
+    return backupActivities.backupSnapshotToSecondary(ids);
   };
 
   const backupWithAttemptLoop = async (): Promise<BackupResult> => {
@@ -179,7 +181,7 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
         summary: `back up to secondary: attempt ${attempt} of ${backup.maxAttempts}`,
       });
       try {
-        return await copy.backupSnapshotToSecondary({ snapshotId, attempt, maxAttempts: backup.maxAttempts });
+        return await copy.backupSnapshotToSecondary({ ...ids, attempt, maxAttempts: backup.maxAttempts });
       } catch (err) {
         if (err instanceof ActivityFailure && err.cause instanceof TimeoutFailure && err.cause.timeoutType === 'SCHEDULE_TO_START') {
           throw ApplicationFailure.nonRetryable(
@@ -218,10 +220,10 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
     log.error('backup failed; deleting the primary snapshot', { snapshotId, error: lastError, cancelled });
     // Compensation must run even while the workflow is being cancelled.
     const kept = await CancellationScope.nonCancellable(async () => {
-      const compensation = await bookkeeping.deletePrimarySnapshot({ snapshotId });
+      const compensation = await bookkeeping.deletePrimarySnapshot(ids);
       // Older workers answered nothing; only an explicit "kept" changes the outcome.
       if (compensation?.deleted === false) return compensation.reason ?? 'kept';
-      await bookkeeping.markSnapshotError({ snapshotId, reason: lastError! });
+      await bookkeeping.markSnapshotError({ ...ids, reason: lastError! });
       return null;
     });
     if (kept !== null) {
