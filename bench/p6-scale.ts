@@ -45,6 +45,8 @@ export interface P6Size {
   /** Rows answered by `GET /snapshots` without a limit, and whether X-Next-Cursor named a next page. */
   unlimitedList: { rows: number; nextCursor: boolean };
   sseBacklogEvents: number;
+  /** Per request kind: the summed EXPLAIN ANALYZE execution time (ms) of its read queries, without HTTP and JSON. */
+  sqlMs: Record<string, number>;
   plans: Record<string, P6Plan[]>;
 }
 
@@ -52,7 +54,7 @@ export interface P6Result {
   sizes: P6Size[];
   endpoints: Record<string, string>;
   /** t(largest) / t(smallest), p50 and p99, per endpoint. */
-  growth: Record<string, { p50: number; p99: number }>;
+  growth: Record<string, { p50: number; p99: number; sql: number }>;
   sizeRatio: number;
   cleanup: { snapshots: number; events: number };
   notes: string[];
@@ -263,6 +265,12 @@ export async function runP6(ctx: BenchContext): Promise<P6Result> {
         gcFirst,
         unlimitedList: unlimited,
         sseBacklogEvents: sseEvents,
+        sqlMs: Object.fromEntries(
+          Object.entries(plans).map(([k, ps]) => [
+            k,
+            round(ps.reduce((sum, p) => sum + Number(/Execution Time: ([\d.]+)/.exec(p.plan.find((l) => l.includes('Execution Time')) ?? '')?.[1] ?? 0), 0), 3),
+          ]),
+        ),
         plans,
       });
       log(
@@ -283,7 +291,10 @@ export async function runP6(ctx: BenchContext): Promise<P6Result> {
   const a = out[0]!;
   const z = out[out.length - 1]!;
   const growth = Object.fromEntries(
-    Object.keys(P6_ENDPOINTS).map((k) => [k, { p50: ratio(z.latency[k]!.p50, a.latency[k]!.p50), p99: ratio(z.latency[k]!.p99, a.latency[k]!.p99) }]),
+    Object.keys(P6_ENDPOINTS).map((k) => [
+      k,
+      { p50: ratio(z.latency[k]!.p50, a.latency[k]!.p50), p99: ratio(z.latency[k]!.p99, a.latency[k]!.p99), sql: ratio(z.sqlMs[k]!, a.sqlMs[k]!) },
+    ]),
   );
   const sizeRatio = z.snapshots / a.snapshots;
   // Sub-linear: a hundredfold of rows may cost at most tenfold (√); the quick run's tenfold at most 3.2×.
@@ -299,6 +310,7 @@ export async function runP6(ctx: BenchContext): Promise<P6Result> {
     'The busy volume holds a real backup in flight (a running workflow, parked like P1\'s), so the policy check refuses the resize with 409 and storage GC\'s reconciler leaves it alone.',
     `${rounds} interleaved rounds per size (every endpoint once per round; the SSE backlog every ${sseEvery}th round), after one warm-up request each; storage GC ${gcRuns} runs after the first (which cleans the step's Error snapshots; reported apart).`,
     'Plans: every read query a measured request sent (pg client calls captured in the process) is EXPLAIN ANALYZEd at each size; `seqScans` lists sequential scans of snapshots, events or snapshot_store_ref.',
+    '`sqlMs` sums the EXPLAIN ANALYZE execution times of one request\'s read queries (run again right after it, so warm): the database\'s share without HTTP, JSON and the workflow, which dominate the latencies at these sizes and hide a linear query until the tables are far larger. For GC it is the first run\'s queries (those that clean the step\'s Error snapshots included).',
     'The seeded rows (snapshots, refs, events, volumes) are deleted at the end; the accounts and the parked backup stay.',
   ];
   return { sizes: out, endpoints: { ...P6_ENDPOINTS }, growth, sizeRatio, cleanup, notes, targets };

@@ -213,12 +213,14 @@ export function renderMarkdown(r: BenchReport): string {
     out.push('', `## P6 scale curves (ms: p50 / p99 at ${sz.map((s) => k(s.snapshots)).join(' / ')} seeded snapshots)`, '');
     out.push(
       table(
-        ['request', ...sz.map((s) => `${k(s.snapshots)} (n)`), `growth p50 ×${p6.sizeRatio} rows`, 'growth p99', 'big-table seq scans'],
+        ['request', ...sz.map((s) => `${k(s.snapshots)} (n)`), `growth p50 ×${p6.sizeRatio} rows`, 'growth p99', `SQL ms (EXPLAIN ANALYZE) ${sz.map((s) => k(s.snapshots)).join(' / ')}`, 'growth SQL', 'big-table seq scans'],
         Object.entries(p6.endpoints).map(([key, label]) => [
           label,
           ...sz.map((s) => `${ms(s.latency[key]!.p50)} / ${ms(s.latency[key]!.p99)} (${s.latency[key]!.n})`),
           String(p6.growth[key]!.p50),
           String(p6.growth[key]!.p99),
+          sz.map((s) => String(s.sqlMs?.[key] ?? '')).join(' / '),
+          String(p6.growth[key]!.sql ?? ''),
           [...new Set(sz.flatMap((s) => (s.plans[key] ?? []).flatMap((p) => p.seqScans.map((t) => `${t} at ${k(s.snapshots)}`))))].join(', ') || 'none',
         ]),
       ),
