@@ -5,6 +5,7 @@ import type { P2Result } from './p2-vm-actions.js';
 import type { P3Result, P3Row } from './p3-throughput.js';
 import type { P4Result } from './p4-orchestration.js';
 import type { P5Result } from './p5-incremental.js';
+import type { P6Result } from './p6-scale.js';
 import type { ProfileSummary } from './lib/profile.js';
 import { fmtBytes, GiB, MiB, round, type Summary } from './lib/stats.js';
 import type { CpuUsage, MachineInfo } from './lib/system.js';
@@ -212,6 +213,52 @@ export function renderMarkdown(r: BenchReport): string {
         `a volume from it after its primary copy was deleted is byte-exact: ${p5.acceptance.identicalAfterPrimaryDeleted}.`,
     );
     out.push('', ...p5.notes.map((n) => `- ${n}`));
+  }
+
+  const p6 = r.results.p6 as P6Result | undefined;
+  if (p6) {
+    const sz = p6.sizes;
+    const k = (n: number) => (n >= 1000 ? `${n / 1000}k` : String(n));
+    out.push('', `## P6 scale curves (ms: p50 / p99 at ${sz.map((s) => k(s.snapshots)).join(' / ')} seeded snapshots)`, '');
+    out.push(
+      table(
+        ['request', ...sz.map((s) => `${k(s.snapshots)} (n)`), `growth p50 ×${p6.sizeRatio} rows`, 'growth p99', `SQL ms (EXPLAIN ANALYZE) ${sz.map((s) => k(s.snapshots)).join(' / ')}`, 'growth SQL', 'big-table seq scans'],
+        Object.entries(p6.endpoints).map(([key, label]) => [
+          label,
+          ...sz.map((s) => `${ms(s.latency[key]!.p50)} / ${ms(s.latency[key]!.p99)} (${s.latency[key]!.n})`),
+          String(p6.growth[key]!.p50),
+          String(p6.growth[key]!.p99),
+          sz.map((s) => String(s.sqlMs?.[key] ?? '')).join(' / '),
+          String(p6.growth[key]!.sql ?? ''),
+          [...new Set(sz.flatMap((s) => (s.plans[key] ?? []).flatMap((p) => p.seqScans.map((t) => `${t} at ${k(s.snapshots)}`))))].join(', ') || 'none',
+        ]),
+      ),
+    );
+    out.push(
+      '',
+      table(
+        ['seeded snapshots', 'events (table)', 'store refs (table)', 'seed + ANALYZE s', 'GET /snapshots without limit: rows, next page', 'SSE backlog events', 'first GC after the step'],
+        sz.map((s) => [
+          k(s.snapshots),
+          s.events,
+          s.storeRefs,
+          s.seedSeconds,
+          `${s.unlimitedList.rows}, ${s.unlimitedList.nextCursor ? 'X-Next-Cursor' : 'none'}`,
+          s.sseBacklogEvents,
+          `${ms(s.gcFirst.ms)} ms, ${s.gcFirst.destroyed} Error snapshots destroyed, ${s.gcFirst.failures} failures`,
+        ]),
+      ),
+    );
+    out.push('', `Seeded rows removed at the end: ${p6.cleanup.snapshots} snapshots, ${p6.cleanup.events} events.`);
+    const last = sz[sz.length - 1]!;
+    out.push('', `Plans at ${k(last.snapshots)} (the measured requests' read queries, EXPLAIN ANALYZE; full plans in the JSON):`, '');
+    for (const [key, plans] of Object.entries(last.plans)) {
+      for (const p of plans) {
+        const top = p.plan.filter((l) => /Scan|Sort|Join|Limit|Nested Loop|Execution Time/.test(l)).map((l) => l.trim()).slice(0, 6);
+        out.push(`- ${key}: \`${p.sql.slice(0, 110)}…\` → ${top.join('; ')}`);
+      }
+    }
+    out.push('', ...p6.notes.map((n) => `- ${n}`));
   }
 
   out.push('', '## CPU by phase (CPU-seconds)', '');

@@ -28,6 +28,7 @@ import { runP2 } from './p2-vm-actions.js';
 import { runP3 } from './p3-throughput.js';
 import { runP4 } from './p4-orchestration.js';
 import { runP5 } from './p5-incremental.js';
+import { runP6 } from './p6-scale.js';
 import { renderMarkdown, type BenchReport } from './report.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -43,7 +44,7 @@ const { values: args } = parseArgs({
   },
 });
 const quick = args.quick!;
-const phases = (args.only ?? 'p1,p2,p3,p4,p5').split(',').map((s) => s.trim().toLowerCase());
+const phases = (args.only ?? 'p1,p2,p3,p4,p5,p6').split(',').map((s) => s.trim().toLowerCase());
 const outName = args.out ?? (quick ? 'latest-quick' : 'latest');
 const resultsDir = join(HERE, 'results');
 
@@ -113,8 +114,10 @@ async function main(): Promise<void> {
       p3: () => runP3(ctx),
       p4: () => runP4(ctx, noop!),
       p5: () => runP5(ctx),
+      // Last: it grows the tables to 100k snapshots (on accounts of its own, removed at its end).
+      p6: () => runP6(ctx),
     };
-    for (const p of ['p1', 'p2', 'p3', 'p4', 'p5']) {
+    for (const p of ['p1', 'p2', 'p3', 'p4', 'p5', 'p6']) {
       if (!phases.includes(p)) continue;
       log(`${p.toUpperCase()} started`);
       await profiler?.start();

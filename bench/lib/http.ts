@@ -8,6 +8,7 @@ export interface HttpResult<T = any> {
   ms: number;
   /** performance.now() when the request was sent. */
   start: number;
+  headers: Headers;
 }
 
 export class HttpClient {
@@ -36,7 +37,12 @@ export class HttpClient {
     } catch {
       // not JSON
     }
-    return { status: res.status, body: parsed as T, ms, start: t };
+    return { status: res.status, body: parsed as T, ms, start: t, headers: res.headers };
+  }
+
+  /** A plain fetch with this client's key (for streams: the caller reads the body). */
+  raw(path: string, init: RequestInit = {}): Promise<Response> {
+    return fetch(`${this.baseUrl}${path}`, { ...init, headers: { authorization: `Bearer ${this.key}`, ...((init.headers as Record<string, string>) ?? {}) } });
   }
 
   /** Like call, but throws unless the status is one of `ok`. */
