@@ -54,8 +54,8 @@ export interface P7Result {
   volumeBytes: number;
   writtenBytes: number;
   levels: P7Level[];
-  /** N = 1 again after the highest level: how far the quiet figure drifted during the phase. */
-  quietAfter: { latency: Summary; createdPerSec: number; p50VsBefore: number };
+  /** Each round on its own (levels ascending, then descending): how far the figures drifted during the phase. */
+  rounds: Array<{ order: number[]; p50Ms: Record<number, number>; createdPerSec: Record<number, number>; otherProcessesPct: Record<number, number> }>;
   degradation: {
     definition: string;
     /** First N where p50 > 2 × p50 at N = 1. */
@@ -72,6 +72,29 @@ export interface P7Result {
 
 const MAIN = 'node main thread (event loop: API, activities, Temporal client, bench client)';
 const OTHER_THREADS = 'node other threads (workflow threads, SDK core, libuv, GC)';
+
+function sumCpu(xs: CpuUsage[]): CpuUsage {
+  return xs.reduce((x, y) => ({
+    wallSeconds: round(x.wallSeconds + y.wallSeconds),
+    machineBusySeconds: round(x.machineBusySeconds + y.machineBusySeconds),
+    machineCapacitySeconds: round(x.machineCapacitySeconds + y.machineCapacitySeconds),
+    byComponent: Object.fromEntries(
+      [...new Set([...Object.keys(x.byComponent), ...Object.keys(y.byComponent)])].map((c) => [c, round((x.byComponent[c] ?? 0) + (y.byComponent[c] ?? 0))]),
+    ),
+    otherProcesses: round(x.otherProcesses + y.otherProcesses),
+  }));
+}
+
+function sumThreads(xs: ThreadUsage[], walls: number[]): ThreadUsage {
+  const wall = walls.reduce((a, b) => a + b, 0);
+  const main = xs.reduce((a, t) => a + t.mainThreadSeconds, 0);
+  return {
+    mainThreadSeconds: round(main),
+    otherThreadsSeconds: round(xs.reduce((a, t) => a + t.otherThreadsSeconds, 0)),
+    mainThreadShareOfOneCore: round(main / wall, 3),
+    eventLoopUtilization: round(xs.reduce((a, t, i) => a + t.eventLoopUtilization * walls[i]!, 0) / wall, 3),
+  };
+}
 
 /** Samples the DB pool and open connections while a level runs. */
 function sampler(ctx: BenchContext) {
@@ -150,11 +173,11 @@ export async function runP7(ctx: BenchContext): Promise<P7Result> {
   const { stack, user, quick, log } = ctx;
   const levels = quick ? [1, 8, 32] : [1, 2, 4, 8, 16, 32];
   // Requests per client: `perClient`, at least `minTotal` per level (a stable quiet figure), at most `cap` per level.
-  const perClient = quick ? 5 : 20;
-  const minTotal = quick ? 20 : 60;
-  const cap = quick ? 96 : 320;
+  const perClient = quick ? 5 : 10;
+  const minTotal = quick ? 20 : 40;
+  const cap = quick ? 96 : 160;
   const perClientAt = (n: number) => Math.max(Math.ceil(minTotal / n), Math.max(1, Math.min(perClient, Math.floor(cap / n))));
-  const quietAfterRequests = quick ? 10 : 30;
+  const rounds = 2;
   const maxClients = Math.max(...levels);
   const volumeBytes = 64 * MiB;
   const writtenBytes = 8 * MiB;
@@ -180,7 +203,8 @@ export async function runP7(ctx: BenchContext): Promise<P7Result> {
     return { ms: r.ms, parkMs: performance.now() - t };
   };
 
-  const runLevel = async (n: number, requestsPerClient: number) => {
+  type Raw = { lat: number[]; park: number[]; cpu: CpuUsage; threads: ThreadUsage; sampled: ReturnType<ReturnType<typeof sampler>['stop']>; accepted: number | null };
+  const runLevel = async (n: number, requestsPerClient: number): Promise<Raw> => {
     // Warm-up: one request per client, all at once (connections opened, the volumes' first snapshot): not measured.
     await Promise.all(vols.slice(0, n).map((v) => snapshotOnce(v)));
     const conn0 = ctx.httpConnections?.().accepted ?? 0;
@@ -201,76 +225,97 @@ export async function runP7(ctx: BenchContext): Promise<P7Result> {
     const threads = threadDiff(t0, threadSnapshot());
     const cpu = cpuDiff(c0, cpuSnapshot());
     const sampled = s.stop();
-    return { lat, park, cpu, threads, sampled, accepted: ctx.httpConnections ? (ctx.httpConnections().accepted - conn0) : null };
+    return { lat, park, cpu, threads, sampled, accepted: ctx.httpConnections ? ctx.httpConnections().accepted - conn0 : null };
   };
 
-  const out: P7Level[] = [];
-  let quietAfter: P7Result['quietAfter'];
+  // Levels run in rounds, ascending then descending (ABBA), and each level's samples are pooled over the rounds:
+  // a drift of the machine's other load during the phase then weighs on every level alike.
+  const raws = new Map<number, Raw[]>(levels.map((n) => [n, []]));
+  const roundsOut: P7Result['rounds'] = [];
   try {
     // Warm-up of the whole path (JIT, pools, workflow cache) on volume 0.
     for (let i = 0; i < 5; i++) await snapshotOnce(vols[0]!);
-    for (const n of levels) {
-      const rpc = perClientAt(n);
-      const r = await runLevel(n, rpc);
-      const requests = n * rpc;
-      const latency = summarize(r.lat);
-      const createdPerSec = round(requests / r.cpu.wallSeconds, 2);
-      const base = out[0];
-      const cpuMsPerRequest: Record<string, number> = {
-        [MAIN]: round((r.threads.mainThreadSeconds * 1000) / requests, 1),
-        [OTHER_THREADS]: round((r.threads.otherThreadsSeconds * 1000) / requests, 1),
-      };
-      const cpuShareOfMachinePct: Record<string, number> = {
-        [MAIN]: round((r.threads.mainThreadSeconds / r.cpu.machineCapacitySeconds) * 100, 1),
-        [OTHER_THREADS]: round((r.threads.otherThreadsSeconds / r.cpu.machineCapacitySeconds) * 100, 1),
-      };
-      for (const [k, v] of Object.entries(r.cpu.byComponent)) {
-        if (k.startsWith('node (')) continue; // split into main / other threads above
-        cpuMsPerRequest[k] = round((v * 1000) / requests, 1);
-        cpuShareOfMachinePct[k] = round((v / r.cpu.machineCapacitySeconds) * 100, 1);
+    for (let round_ = 0; round_ < rounds; round_++) {
+      const order = round_ % 2 === 0 ? levels : [...levels].reverse();
+      const rr: P7Result['rounds'][number] = { order, p50Ms: {}, createdPerSec: {}, otherProcessesPct: {} };
+      for (const n of order) {
+        const rpc = Math.ceil(perClientAt(n) / rounds);
+        const r = await runLevel(n, rpc);
+        raws.get(n)!.push(r);
+        const p50 = summarize(r.lat).p50;
+        rr.p50Ms[n] = p50;
+        rr.createdPerSec[n] = round(r.lat.length / r.cpu.wallSeconds, 2);
+        rr.otherProcessesPct[n] = round((r.cpu.otherProcesses / r.cpu.machineCapacitySeconds) * 100, 0);
+        log(
+          `P7: round ${round_ + 1}/${rounds}, ${n} client(s) × ${rpc}: p50 ${p50} ms, ${rr.createdPerSec[n]}/s, main thread ${round(r.threads.mainThreadShareOfOneCore * 100, 0)} % of a core, ` +
+            `machine ${round((r.cpu.machineBusySeconds / r.cpu.machineCapacitySeconds) * 100, 0)} % busy (other processes ${rr.otherProcessesPct[n]} %)`,
+        );
       }
-      const stackCpuMsPerRequest = round(
-        Object.entries(r.cpu.byComponent).reduce((a, [, v]) => a + v, 0) * 1000 / requests,
-        1,
-      );
-      const cpuCeilingPerSec = {
-        allCores: round((cores * 1000) / stackCpuMsPerRequest, 1),
-        leftByOthers: round(((r.cpu.machineCapacitySeconds - r.cpu.otherProcesses) / r.cpu.wallSeconds) * 1000 / stackCpuMsPerRequest, 1),
-      };
-      cpuMsPerRequest['other processes on the machine'] = round((r.cpu.otherProcesses * 1000) / requests, 1);
-      cpuShareOfMachinePct['other processes on the machine'] = round((r.cpu.otherProcesses / r.cpu.machineCapacitySeconds) * 100, 1);
-      const level: Omit<P7Level, 'limiting'> = {
-        clients: n,
-        requestsPerClient: rpc,
-        requests,
-        wallSeconds: r.cpu.wallSeconds,
-        latency,
-        p50Ratio: base ? ratio(latency.p50, base.latency.p50) : 1,
-        p99Ratio: base ? ratio(latency.p99, base.latency.p99) : 1,
-        createdPerSec,
-        throughputRatio: base ? ratio(createdPerSec, base.createdPerSec) : 1,
-        parkWait: summarize(r.park),
-        httpConnectionsOpenMax: r.sampled.openMax,
-        httpConnectionsAccepted: r.accepted,
-        dbPool: r.sampled.dbPool,
-        cpu: r.cpu,
-        threads: r.threads,
-        cpuMsPerRequest,
-        cpuShareOfMachinePct,
-        stackCpuMsPerRequest,
-        cpuCeilingPerSec,
-      };
-      out.push({ ...level, limiting: limitingResource(level, cores) });
-      log(
-        `P7: ${n} client(s) × ${rpc}: p50 ${latency.p50} ms, p99 ${latency.p99} ms, ${createdPerSec}/s, main thread ${round(r.threads.mainThreadShareOfOneCore * 100, 0)} % of a core, machine ${round((r.cpu.machineBusySeconds / r.cpu.machineCapacitySeconds) * 100, 0)} % busy`,
-      );
+      roundsOut.push(rr);
     }
-    const after = await runLevel(1, quietAfterRequests);
-    const afterLat = summarize(after.lat);
-    quietAfter = { latency: afterLat, createdPerSec: round(quietAfterRequests / after.cpu.wallSeconds, 2), p50VsBefore: ratio(afterLat.p50, out[0]!.latency.p50) };
-    log(`P7: 1 client again: p50 ${afterLat.p50} ms (${quietAfter.p50VsBefore} × the first)`);
   } finally {
     await restore();
+  }
+
+  const out: P7Level[] = [];
+  for (const n of levels) {
+    const rs = raws.get(n)!;
+    const lat = rs.flatMap((r) => r.lat);
+    const requests = lat.length;
+    const cpu = sumCpu(rs.map((r) => r.cpu));
+    const threads = sumThreads(rs.map((r) => r.threads), rs.map((r) => r.cpu.wallSeconds));
+    const latency = summarize(lat);
+    const createdPerSec = round(requests / cpu.wallSeconds, 2);
+    const base = out[0];
+    const cpuMsPerRequest: Record<string, number> = {
+      [MAIN]: round((threads.mainThreadSeconds * 1000) / requests, 1),
+      [OTHER_THREADS]: round((threads.otherThreadsSeconds * 1000) / requests, 1),
+    };
+    const cpuShareOfMachinePct: Record<string, number> = {
+      [MAIN]: round((threads.mainThreadSeconds / cpu.machineCapacitySeconds) * 100, 1),
+      [OTHER_THREADS]: round((threads.otherThreadsSeconds / cpu.machineCapacitySeconds) * 100, 1),
+    };
+    for (const [k, v] of Object.entries(cpu.byComponent)) {
+      if (k.startsWith('node (')) continue; // split into main / other threads above
+      cpuMsPerRequest[k] = round((v * 1000) / requests, 1);
+      cpuShareOfMachinePct[k] = round((v / cpu.machineCapacitySeconds) * 100, 1);
+    }
+    const stackCpuMsPerRequest = round((Object.values(cpu.byComponent).reduce((a, v) => a + v, 0) * 1000) / requests, 1);
+    const cpuCeilingPerSec = {
+      allCores: round((cores * 1000) / stackCpuMsPerRequest, 1),
+      leftByOthers: round((((cpu.machineCapacitySeconds - cpu.otherProcesses) / cpu.wallSeconds) * 1000) / stackCpuMsPerRequest, 1),
+    };
+    cpuMsPerRequest['other processes on the machine'] = round((cpu.otherProcesses * 1000) / requests, 1);
+    cpuShareOfMachinePct['other processes on the machine'] = round((cpu.otherProcesses / cpu.machineCapacitySeconds) * 100, 1);
+    const samples = rs.map((r) => r.sampled);
+    const level: Omit<P7Level, 'limiting'> = {
+      clients: n,
+      requestsPerClient: requests / n,
+      requests,
+      wallSeconds: cpu.wallSeconds,
+      latency,
+      p50Ratio: base ? ratio(latency.p50, base.latency.p50) : 1,
+      p99Ratio: base ? ratio(latency.p99, base.latency.p99) : 1,
+      createdPerSec,
+      throughputRatio: base ? ratio(createdPerSec, base.createdPerSec) : 1,
+      parkWait: summarize(rs.flatMap((r) => r.park)),
+      httpConnectionsOpenMax: samples.every((x) => x.openMax === null) ? null : Math.max(...samples.map((x) => x.openMax ?? 0)),
+      httpConnectionsAccepted: rs.every((r) => r.accepted === null) ? null : rs.reduce((a, r) => a + (r.accepted ?? 0), 0),
+      dbPool: {
+        max: samples[0]!.dbPool.max,
+        totalMax: Math.max(...samples.map((x) => x.dbPool.totalMax)),
+        waitingMax: Math.max(...samples.map((x) => x.dbPool.waitingMax)),
+        waitingMean: round(samples.reduce((a, x) => a + x.dbPool.waitingMean, 0) / samples.length),
+        samplesWithWaiters: round(samples.reduce((a, x) => a + x.dbPool.samplesWithWaiters, 0) / samples.length, 3),
+      },
+      cpu,
+      threads,
+      cpuMsPerRequest,
+      cpuShareOfMachinePct,
+      stackCpuMsPerRequest,
+      cpuCeilingPerSec,
+    };
+    out.push({ ...level, limiting: limitingResource(level, cores) });
   }
 
   const base = out[0]!;
@@ -302,7 +347,7 @@ export async function runP7(ctx: BenchContext): Promise<P7Result> {
     volumeBytes,
     writtenBytes,
     levels: out,
-    quietAfter: quietAfter!,
+    rounds: roundsOut,
     degradation: {
       definition:
         'degrades at the first N where p50 > 2 × the single-client p50 (latency knee) or created/s grows by less than 10 % over the previous level (throughput knee), whichever comes first; ' +
@@ -314,9 +359,9 @@ export async function runP7(ctx: BenchContext): Promise<P7Result> {
       evidence,
     },
     notes: [
-      `levels ${levels.join(', ')} clients; ${perClient} requests per client, at least ${minTotal} and at most ${cap} per level (${out.map((l) => `${l.clients}×${l.requestsPerClient}`).join(', ')}); 1 client again (${quietAfterRequests} requests) after the highest level to show drift`,
+      `levels ${levels.join(', ')} clients; ${perClient} requests per client, at least ${minTotal} and at most ${cap} per level (${out.map((l) => `${l.clients}×${l.requestsPerClient}`).join(', ')}), in ${rounds} rounds (levels ascending, then descending) pooled per level, so that a drift of the machine's other load weighs on every level alike; each round's figures are in results.p7.rounds`,
       `each client owns one volume (${maxClients} volumes of 64 MiB, 8 MiB written by qemu-io) and loops: POST .../snapshots asyncBackup=true, then waits until that snapshot's first backup attempt has parked (image store unusable, backup.max.attempts=2, retry in 1 h; one shared 10 ms poller, one query per tick whatever N), then the next request`,
-      'one unmeasured warm-up request per client before each level (opens the connections), 5 on volume 0 before the first',
+      'one unmeasured warm-up request per client before each level in each round (opens the connections), 5 on volume 0 before the first',
       'latency = fetch() start to the body read; Node fetch (undici) opens a connection per request in flight, the open-connection count sampled at the API shows N really concurrent',
       'created/s = measured 201s / wall time of the level; the park wait is each client\'s think time, so created/s = N / (latency + park wait) until something saturates',
       'the bench client (fetch, JSON) runs on the same event loop as the API and the activities: its cost is in the main-thread figures',

@@ -255,7 +255,16 @@ export function renderMarkdown(r: BenchReport): string {
       '',
       `Definition: ${d.definition}.`,
       '',
-      `1 client again after the highest level: p50 ${ms(p7.quietAfter.latency.p50)} ms, p99 ${ms(p7.quietAfter.latency.p99)} ms, ${p7.quietAfter.createdPerSec}/s (p50 ${p7.quietAfter.p50VsBefore} × the first).`,
+      'Each round on its own (p50 ms / created/s / other processes % of the machine), to show drift:',
+      '',
+      table(
+        ['round', 'order', ...p7.levels.map((l) => `${l.clients}`)],
+        p7.rounds.map((x, i) => [
+          i + 1,
+          x.order.join(' → '),
+          ...p7.levels.map((l) => `${ms(x.p50Ms[l.clients] ?? Number.NaN)} / ${x.createdPerSec[l.clients] ?? '—'} / ${x.otherProcessesPct[l.clients] ?? '—'} %`),
+        ]),
+      ),
     );
     out.push('', ...p7.notes.map((n) => `- ${n}`));
   }
