@@ -13,6 +13,8 @@ export interface BenchContext {
   volumePath(volumeId: string): Promise<string>;
   /** Scratch space on the same file system as the stack's data dir. */
   scratchDir: string;
+  /** TCP connections the API server accepted so far, and how many are open now (keep-alive reuse, real concurrency). */
+  httpConnections?: () => { accepted: number; open: number };
   log(msg: string): void;
 }
 

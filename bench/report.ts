@@ -6,6 +6,7 @@ import type { P3Result, P3Row } from './p3-throughput.js';
 import type { P4Result } from './p4-orchestration.js';
 import type { P5Result } from './p5-incremental.js';
 import type { P6Result } from './p6-scale.js';
+import type { P7Result } from './p7-concurrency.js';
 import type { ProfileSummary } from './lib/profile.js';
 import { fmtBytes, GiB, MiB, round, type Summary } from './lib/stats.js';
 import type { CpuUsage, MachineInfo } from './lib/system.js';
@@ -259,6 +260,69 @@ export function renderMarkdown(r: BenchReport): string {
       }
     }
     out.push('', ...p6.notes.map((n) => `- ${n}`));
+  }
+
+  const p7 = r.results.p7 as P7Result | undefined;
+  if (p7) {
+    const base = p7.levels[0]!;
+    out.push('', `## P7 concurrency: async time-to-created with N clients in flight (against ${base.clients} client, same run)`, '');
+    out.push(
+      table(
+        ['clients', 'requests', 'p50 ms', 'p99 ms', 'p50 ÷ 1 client', 'p99 ÷ 1 client', 'created/s', 'created/s ÷ 1 client', 'park wait p50 ms', 'open conns (max)', 'pg pool waiters (max / share of samples)', 'main thread % of a core', 'event loop util.', 'machine busy %', 'limiting (closest to saturation)'],
+        p7.levels.map((l) => [
+          l.clients,
+          l.requests,
+          ms(l.latency.p50),
+          ms(l.latency.p99),
+          String(l.p50Ratio),
+          String(l.p99Ratio),
+          String(l.createdPerSec),
+          String(l.throughputRatio),
+          ms(l.parkWait.p50),
+          l.httpConnectionsOpenMax ?? '—',
+          `${l.dbPool.waitingMax} / ${round(l.dbPool.samplesWithWaiters * 100, 0)} %`,
+          `${round(l.threads.mainThreadShareOfOneCore * 100, 0)} %`,
+          `${round(l.threads.eventLoopUtilization * 100, 0)} %`,
+          `${round((l.cpu.machineBusySeconds / l.cpu.machineCapacitySeconds) * 100, 0)} %`,
+          `${l.limiting.resource} (${round(l.limiting.utilization * 100, 0)} %)`,
+        ]),
+      ),
+    );
+    const comps = [...new Set(p7.levels.flatMap((l) => Object.keys(l.cpuMsPerRequest)))];
+    out.push('', 'CPU by component: CPU-ms per request, and in brackets % of the machine (wall × cores) during the level:', '');
+    out.push(
+      table(
+        ['component', ...p7.levels.map((l) => `${l.clients} client${l.clients > 1 ? 's' : ''}`)],
+        [
+          ...comps.map((c) => [c, ...p7.levels.map((l) => (l.cpuMsPerRequest[c] === undefined ? '' : `${l.cpuMsPerRequest[c]} (${l.cpuShareOfMachinePct[c]} %)`))]),
+          ['**the stack in all** (other processes excluded)', ...p7.levels.map((l) => `**${l.stackCpuMsPerRequest}**`)],
+          ['created/s the CPU allows at that cost: all cores / what other processes left', ...p7.levels.map((l) => `${l.cpuCeilingPerSec.allCores} / ${l.cpuCeilingPerSec.leftByOthers}`)],
+          ['created/s measured', ...p7.levels.map((l) => String(l.createdPerSec))],
+        ],
+      ),
+    );
+    const d = p7.degradation;
+    out.push(
+      '',
+      `**Degrades at: ${d.degradesAt === null ? `not within ${p7.levels[p7.levels.length - 1]!.clients} clients` : `${d.degradesAt} clients`}** ` +
+        `(latency knee: ${d.latencyKnee ?? 'none'}; throughput knee: ${d.throughputKnee ?? 'none'}). **Limiting resource: ${d.limitingResource}.**`,
+      '',
+      `Evidence: ${d.evidence}.`,
+      '',
+      `Definition: ${d.definition}.`,
+      '',
+      'Each round on its own (p50 ms / created/s / other processes % of the machine), to show drift:',
+      '',
+      table(
+        ['round', 'order', ...p7.levels.map((l) => `${l.clients}`)],
+        p7.rounds.map((x, i) => [
+          i + 1,
+          x.order.join(' → '),
+          ...p7.levels.map((l) => `${ms(x.p50Ms[l.clients] ?? Number.NaN)} / ${x.createdPerSec[l.clients] ?? '—'} / ${x.otherProcessesPct[l.clients] ?? '—'} %`),
+        ]),
+      ),
+    );
+    out.push('', ...p7.notes.map((n) => `- ${n}`));
   }
 
   out.push('', '## CPU by phase (CPU-seconds)', '');

@@ -1,6 +1,6 @@
 /**
  * volsnap benchmarks (`npm run bench`, `npm run bench -- --quick`): starts the embedded stack in-process
- * (PostgreSQL, Temporal dev server, workers), serves the HTTP API on a free port, measures P1–P5 side by
+ * (PostgreSQL, Temporal dev server, workers), serves the HTTP API on a free port, measures P1–P5 and P7 side by
  * side over real HTTP / the real driver, and writes bench/results/<name>.json and .md. See bench/README.md.
  *
  * Options: --quick (under 2 minutes, smaller images and fewer samples), --only p1,p3 (a subset),
@@ -8,6 +8,7 @@
  * --profile (CPU profile of the Node main thread per phase into bench/results/profiles/).
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import os, { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -29,6 +30,7 @@ import { runP3 } from './p3-throughput.js';
 import { runP4 } from './p4-orchestration.js';
 import { runP5 } from './p5-incremental.js';
 import { runP6 } from './p6-scale.js';
+import { runP7 } from './p7-concurrency.js';
 import { renderMarkdown, type BenchReport } from './report.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -44,7 +46,7 @@ const { values: args } = parseArgs({
   },
 });
 const quick = args.quick!;
-const phases = (args.only ?? 'p1,p2,p3,p4,p5,p6').split(',').map((s) => s.trim().toLowerCase());
+const phases = (args.only ?? 'p1,p2,p3,p4,p5,p7,p6').split(',').map((s) => s.trim().toLowerCase());
 const outName = args.out ?? (quick ? 'latest-quick' : 'latest');
 const resultsDir = join(HERE, 'results');
 
@@ -58,7 +60,9 @@ function diskNeeded(): number {
   const p3 = quick ? 1.5 : 8.5;
   // P5: the volume, its full backup, a scratch full, one restored volume, deltas, the 1 GiB acceptance case.
   const p5 = quick ? 1.5 : 4 * 4 + 4;
-  return (p1 * +phases.includes('p1') + p2 * +phases.includes('p2') + p3 * +phases.includes('p3') + p5 * +phases.includes('p5') + 2) * GiB;
+  // P7: 32 volumes with 8 MiB written each, plus their internal snapshots' metadata.
+  const p7 = 0.5;
+  return (p1 * +phases.includes('p1') + p2 * +phases.includes('p2') + p3 * +phases.includes('p3') + p5 * +phases.includes('p5') + p7 * +phases.includes('p7') + 2) * GiB;
 }
 
 async function main(): Promise<void> {
@@ -87,6 +91,7 @@ async function main(): Promise<void> {
   const profiles: Record<string, ProfileSummary | null> = {};
   const failures: Record<string, string> = {};
   let connections = 0;
+  let openConnections = 0;
   let stackStartSeconds = 0;
   try {
     const t0 = performance.now();
@@ -94,7 +99,11 @@ async function main(): Promise<void> {
     // Throughput is measured, not the per-key rate limit (docs/security.md).
     const app = createApp(stack, { limits: { ratePerMinute: 0 } });
     server = await listen(app, '127.0.0.1', 0, silentLogger);
-    server.server.on('connection', () => connections++);
+    server.server.on('connection', (socket: Socket) => {
+      connections++;
+      openConnections++;
+      socket.once('close', () => openConnections--);
+    });
     stackStartSeconds = round((performance.now() - t0) / 1000, 1);
     log(`stack up in ${stackStartSeconds} s; API on http://127.0.0.1:${server.port}`);
 
@@ -105,7 +114,16 @@ async function main(): Promise<void> {
     const admin = new HttpClient(`http://127.0.0.1:${server.port}`, ADMIN_KEY);
     const account = await admin.expect([201], 'POST', '/api/v1/accounts', { name: 'bench-user', role: 'user' });
     const volumePath = async (id: string) => (await admin.expect([200], 'GET', `/api/v1/volumes/${id}`)).body.path as string;
-    const ctx: BenchContext = { quick, stack, admin, user: admin.as(account.body.apiKey), volumePath, scratchDir, log };
+    const ctx: BenchContext = {
+      quick,
+      stack,
+      admin,
+      user: admin.as(account.body.apiKey),
+      scratchDir,
+      volumePath,
+      log,
+      httpConnections: () => ({ accepted: connections, open: openConnections }),
+    };
 
     const profiler = args.profile ? new PhaseProfiler(join(resultsDir, 'profiles')) : null;
     const runners: Record<string, () => Promise<unknown>> = {
@@ -114,10 +132,11 @@ async function main(): Promise<void> {
       p3: () => runP3(ctx),
       p4: () => runP4(ctx, noop!),
       p5: () => runP5(ctx),
+      p7: () => runP7(ctx),
       // Last: it grows the tables to 100k snapshots (on accounts of its own, removed at its end).
       p6: () => runP6(ctx),
     };
-    for (const p of ['p1', 'p2', 'p3', 'p4', 'p5', 'p6']) {
+    for (const p of ['p1', 'p2', 'p3', 'p4', 'p5', 'p7', 'p6']) {
       if (!phases.includes(p)) continue;
       log(`${p.toUpperCase()} started`);
       await profiler?.start();
