@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { loadEnv, type Env } from '../config/env.js';
 import { silentLogger, type Logger } from '../observability/logger.js';
 import { startStack, type Role, type Stack } from '../app/stack.js';
+import { installTemporalRuntime } from '../app/runtime.js';
 import { freePort } from './ports.js';
 
 export interface TestStack extends Stack {
@@ -30,6 +31,9 @@ export async function startTestStack(
     LOG_LEVEL: 'silent',
     ...opts.env,
   });
+  // Without it the SDK's default runtime takes over: it logs to the console, and a script run by tsx (e.g.
+  // `npm run record-histories`) exited 0 during start-up, silently. Installed once per process.
+  installTemporalRuntime(opts.logger ?? silentLogger);
   const stack = await startStack(env, opts.logger ?? silentLogger, opts.roles ?? ['api', 'worker']);
   return {
     ...stack,
