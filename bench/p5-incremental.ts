@@ -148,7 +148,7 @@ export async function runP5(ctx: BenchContext): Promise<P5Result> {
   await run('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'qcow2', '-l', `snapshot.name=${second.id}`, acc.path, accExpected]);
   await driver.deleteSnapshot(acc.path, second.id);
   const accRestored = (await user.expect([201], 'POST', `/api/v1/snapshots/${second.id}/volumes`, {})).body;
-  const accIdentical = await run('qemu-img', ['compare', '-U', '-f', 'qcow2', '-F', 'qcow2', accRestored.path, accExpected]).then(() => true, () => false);
+  const accIdentical = await run('qemu-img', ['compare', '-U', '-f', 'qcow2', '-F', 'qcow2', await ctx.volumePath(accRestored.id), accExpected]).then(() => true, () => false);
   await rm(accExpected, { force: true });
   const acceptance = { volumeBytes: accBytes, changedBytes: 8 * MiB, bytesWritten: second.backup.bytesWritten, kind: second.backup.kind, identicalAfterPrimaryDeleted: accIdentical };
 

@@ -24,6 +24,8 @@ export interface BenchReport {
     note: string | null;
     httpConnectionsAccepted: number;
     logging: string;
+    /** Which Temporal server and database (absent in runs from before the option: embedded). */
+    server?: string;
   };
   targets: TargetCheck[];
   results: Record<string, unknown>;
@@ -60,6 +62,7 @@ export function renderMarkdown(r: BenchReport): string {
   out.push(
     `Conditions: load average ${r.conditions.loadAverageAtStart.join(' / ')} at start, 1-min mean ${r.conditions.loadAverage1mDuringRun.mean1m} (max ${r.conditions.loadAverage1mDuringRun.max1m}) during the run; ` +
       `${r.conditions.httpConnectionsAccepted} TCP connection(s) accepted by the API (keep-alive); ${r.conditions.logging}; stack start ${r.stackStartSeconds} s; whole run ${r.durationSeconds} s.` +
+      (r.conditions.server ? ` Server: ${r.conditions.server}.` : '') +
       (r.conditions.note ? ` Note: ${r.conditions.note}` : ''),
   );
   out.push('');

@@ -5,7 +5,9 @@
  *
  * Options: --quick (under 2 minutes, smaller images and fewer samples), --only p1,p3 (a subset),
  * --out <name> (default latest, or latest-quick with --quick), --note "<text>" (recorded in the results),
- * --profile (CPU profile of the Node main thread per phase into bench/results/profiles/).
+ * --profile (CPU profile of the Node main thread per phase into bench/results/profiles/),
+ * --temporal-address host:port --database-url postgres://… (against a running `npm run cluster` started with
+ * ADMIN_API_KEY=bench-admin-key, instead of the embedded stack).
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
@@ -43,6 +45,9 @@ const { values: args } = parseArgs({
     out: { type: 'string' },
     note: { type: 'string' },
     profile: { type: 'boolean', default: false },
+    // Against a running cluster (`npm run cluster`) instead of the embedded stack: its frontend and database.
+    'temporal-address': { type: 'string' },
+    'database-url': { type: 'string' },
   },
 });
 const quick = args.quick!;
@@ -95,7 +100,9 @@ async function main(): Promise<void> {
   let stackStartSeconds = 0;
   try {
     const t0 = performance.now();
-    stack = await startTestStack({ env: { ADMIN_API_KEY: ADMIN_KEY } });
+    const external: Record<string, string> =
+      args['temporal-address'] && args['database-url'] ? { TEMPORAL_ADDRESS: args['temporal-address'], DATABASE_URL: args['database-url'] } : {};
+    stack = await startTestStack({ env: { ADMIN_API_KEY: ADMIN_KEY, ...external } });
     // Throughput is measured, not the per-key rate limit (docs/security.md).
     const app = createApp(stack, { limits: { ratePerMinute: 0 } });
     server = await listen(app, '127.0.0.1', 0, silentLogger);
@@ -170,6 +177,7 @@ async function main(): Promise<void> {
       loadAverageAtStart: loadAtStart.map((x) => round(x)),
       loadAverage1mDuringRun: load.stop(),
       note: args.note ?? null,
+      server: args['temporal-address'] ? `cluster: Temporal frontend ${args['temporal-address']}, its PostgreSQL` : 'embedded: Temporal dev server, embedded PostgreSQL',
       httpConnectionsAccepted: connections,
       logging: 'LOG_LEVEL=silent (as in the tests)',
     },

@@ -26,7 +26,8 @@ export interface NoopWorkers {
 }
 
 export async function startNoopWorkers(stack: TestStack, bundle: WorkflowBundleWithSourceMap, backupPoolSize: number): Promise<NoopWorkers> {
-  const connection = await NativeConnection.connect({ address: stack.devServer!.address });
+  // The stack's server: its dev server, or the cluster's frontend (`npm run bench -- --temporal-address`).
+  const connection = await NativeConnection.connect({ address: stack.devServer?.address ?? stack.env.TEMPORAL_ADDRESS! });
   const activities: NoopActivities = {
     async noopCreateOnPrimary() {
       return { sizeBytes: 0 };
