@@ -138,6 +138,25 @@ export async function listSnapshots(
   return rows.map(toSnapshotRecord);
 }
 
+/**
+ * CloudStack's listSnapshots (api/cloudstack/commands.ts): the filters, one page by offset (CloudStack's
+ * page/pagesize) and the total count, all in SQL: a page never reads the account's whole history. Destroyed
+ * snapshots are left out, as in listSnapshots above; `keyword` is a case-insensitive substring of the name.
+ */
+export async function searchSnapshots(
+  db: Queryable,
+  q: { ownerId: string | null; ids?: string[]; volumeId?: string; name?: string; keyword?: string; limit: number; offset: number },
+): Promise<{ count: number; snapshots: SnapshotRecord[] }> {
+  const keyword = q.keyword ? `%${q.keyword.replace(/[\\%_]/g, (m) => `\\${m}`)}%` : null;
+  const where = `($1::uuid IS NULL OR account_id = $1) AND status <> 'Destroyed'
+     AND ($2::uuid[] IS NULL OR id = ANY($2)) AND ($3::uuid IS NULL OR volume_id = $3)
+     AND ($4::text IS NULL OR name = $4) AND ($5::text IS NULL OR name ILIKE $5)`;
+  const args = [q.ownerId, q.ids ?? null, q.volumeId ?? null, q.name ?? null, keyword];
+  const total = await db.query<{ n: number }>(`SELECT count(*)::int AS n FROM snapshots WHERE ${where}`, args);
+  const { rows } = await db.query(`SELECT * FROM snapshots WHERE ${where} ORDER BY created, id LIMIT $6 OFFSET $7`, [...args, q.limit, q.offset]);
+  return { count: total.rows[0]!.n, snapshots: rows.map(toSnapshotRecord) };
+}
+
 export interface NewSnapshot {
   id: string;
   accountId: string;

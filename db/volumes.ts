@@ -109,6 +109,16 @@ export async function listVolumes(
   return rows.map(toVolumeRecord);
 }
 
+/** Volumes `ids` visible to `ownerId` (Destroyed ones left out, as in listVolumes). */
+export async function findVolumesByIds(db: Queryable, ids: string[], ownerId: string | null): Promise<VolumeRecord[]> {
+  if (!ids.length) return [];
+  const { rows } = await db.query(
+    `SELECT * FROM volumes WHERE id = ANY($1::uuid[]) AND ($2::uuid IS NULL OR account_id = $2) AND state <> 'Destroyed'`,
+    [ids, ownerId],
+  );
+  return rows.map(toVolumeRecord);
+}
+
 /** The volumes attached to VMs `vmIds`, by VM and device order. */
 export async function volumesOfVms(db: Queryable, vmIds: string[]): Promise<VolumeRecord[]> {
   if (!vmIds.length) return [];

@@ -22,6 +22,7 @@ import {
   insertSnapshot,
   listSnapshots,
   retireStoreRefs,
+  searchSnapshots,
   setStoreRefState,
   transitionSnapshot,
   type SnapshotRecord,
@@ -425,6 +426,19 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
       const snapshots = await listSnapshots(pool, ownerScope(caller), filter);
       const refs = await getStoreRefsOf(pool, snapshots.map((s) => s.id));
       return snapshots.map((s) => snapshotView(s, refs.get(s.id) ?? []));
+    },
+
+    /**
+     * One page by offset with the total count (CloudStack's listSnapshots). `ownerId` narrows an admin's view to
+     * one account; an ordinary caller always sees only their own.
+     */
+    async search(
+      caller: Caller,
+      q: { ownerId: string | null; ids?: string[]; volumeId?: string; name?: string; keyword?: string; limit: number; offset: number },
+    ): Promise<{ count: number; items: SnapshotView[] }> {
+      const { count, snapshots } = await searchSnapshots(pool, { ...q, ownerId: ownerScope(caller) ?? q.ownerId });
+      const refs = await getStoreRefsOf(pool, snapshots.map((s) => s.id));
+      return { count, items: snapshots.map((s) => snapshotView(s, refs.get(s.id) ?? [])) };
     },
 
     async get(caller: Caller, id: string): Promise<SnapshotView> {

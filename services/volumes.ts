@@ -12,6 +12,7 @@ import {
   destroyPrimaryRefsOfVolume,
   endVolumeOperation,
   findVolume,
+  findVolumesByIds,
   isTransitionalVolumeState,
   insertVolume,
   listVolumes,
@@ -114,6 +115,11 @@ export function createVolumeService(deps: ServiceDeps) {
     /** Oldest first (a VM's by device); `limit` and `after` (the previous page's last id) page through them. */
     async list(caller: Caller, filter: { vmId?: string; type?: VolumeType; state?: VolumeState; after?: string; limit?: number } = {}): Promise<VolumeView[]> {
       return (await listVolumes(pool, ownerScope(caller), filter)).map(volumeView);
+    },
+
+    /** Volumes `ids` the caller may see (Destroyed ones left out), in no particular order. */
+    async getMany(caller: Caller, ids: string[]): Promise<VolumeView[]> {
+      return (await findVolumesByIds(pool, ids, ownerScope(caller))).map(volumeView);
     },
 
     async get(caller: Caller, id: string): Promise<VolumeView> {

@@ -9,7 +9,7 @@ import type { SnapshotView, VmView, VolumeView } from '../../services/views.js';
 import { ApiErrorCode, CloudStackError, CsErrorCode, paramError } from '../../services/cloudstack/errors.js';
 import type { JobContext, JobOutcome, JobRunner } from '../../services/cloudstack/jobs.js';
 import { cloudStackKeysOf, issueCloudStackKeys } from '../../services/cloudstack/keys.js';
-import { listResponse, parseCsDate, type ParamSpec, type ParamValue } from './params.js';
+import { DEFAULT_PAGE_SIZE, UUID, listResponse, parseCsDate, type ParamSpec, type ParamValue } from './params.js';
 import {
   DISK_OFFERINGS,
   TEMPLATES,
@@ -556,12 +556,28 @@ export const COMMANDS: CommandSpec[] = [
       const type = s(p, 'snapshottype')?.toUpperCase();
       if ((type && type !== 'MANUAL') || (s(p, 'zoneid') && s(p, 'zoneid') !== ZONE.id) || (s(p, 'intervaltype') && s(p, 'intervaltype')!.toUpperCase() !== 'MANUAL')) return {};
       const scope = listScope(ctx.caller, b(p, 'listall'), Boolean(s(p, 'id')));
-      const snaps = byIds(await ctx.services.snapshots.list(ctx.caller, s(p, 'volumeid') ? { volumeId: s(p, 'volumeid')! } : {}), p).filter(
-        (x) => (scope === null || x.accountId === scope) && (!s(p, 'name') || x.name === s(p, 'name')) && matches(s(p, 'keyword'), x.name),
-      );
-      const volumes = new Map((await ctx.services.volumes.list(ctx.caller)).map((v) => [v.id, v]));
+      // id and ids narrow together; ids that are not UUIDs match nothing (as before, when filtered in memory).
+      let ids: string[] | undefined = s(p, 'id') ? [s(p, 'id')!] : undefined;
+      const listed = (p.ids as string[] | undefined)?.map((i) => i.toLowerCase());
+      if (listed?.length) ids = ids ? ids.filter((i) => listed.includes(i.toLowerCase())) : listed;
+      ids = ids?.filter((i) => UUID.test(i));
+      if (ids && ids.length === 0) return {};
+      // One page in SQL, with the total count (CloudStack's page/pagesize; without them its default page size, 500).
+      const size = n(p, 'pagesize') && n(p, 'pagesize')! > 0 ? n(p, 'pagesize')! : DEFAULT_PAGE_SIZE;
+      const pageNo = n(p, 'page') && n(p, 'page')! > 0 ? n(p, 'page')! : 1;
+      const { count, items } = await ctx.services.snapshots.search(ctx.caller, {
+        ownerId: scope,
+        ...(ids ? { ids } : {}),
+        ...(s(p, 'volumeid') ? { volumeId: s(p, 'volumeid')! } : {}),
+        ...(s(p, 'name') ? { name: s(p, 'name')! } : {}),
+        ...(s(p, 'keyword') ? { keyword: s(p, 'keyword')! } : {}),
+        limit: size,
+        offset: (pageNo - 1) * size,
+      });
+      if (count === 0) return {};
+      const volumes = new Map((await ctx.services.volumes.getMany(ctx.caller, [...new Set(items.map((x) => x.volumeId))])).map((v) => [v.id, v]));
       const l = await ctx.lookups();
-      return page('snapshot', snaps.map((x) => snapshotResponse(x, volumes.get(x.volumeId), l)), p);
+      return items.length ? { count, snapshot: items.map((x) => snapshotResponse(x, volumes.get(x.volumeId), l)) } : { count };
     },
   },
   {

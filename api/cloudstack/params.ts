@@ -13,7 +13,10 @@ export interface ParamSpec {
 /** Parameters every request carries that are not the command's own. */
 const PROTOCOL = new Set(['command', 'response', 'apikey', 'signature', 'signatureversion', 'expires', 'sessionkey', '_']);
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** CloudStack's `default.page.size`: a page's size when a list names none. */
+export const DEFAULT_PAGE_SIZE = 500;
 
 export type ParamValue = string | boolean | number | string[] | Array<Record<string, string>>;
 
@@ -112,7 +115,7 @@ export function listResponse<T>(key: string, items: T[], page?: number, pageSize
   if (items.length === 0) return {};
   let shown = items;
   if (page !== undefined || (pageSize !== undefined && pageSize > 0)) {
-    const size = pageSize !== undefined && pageSize > 0 ? pageSize : 500;
+    const size = pageSize !== undefined && pageSize > 0 ? pageSize : DEFAULT_PAGE_SIZE;
     const p = page !== undefined && page > 0 ? page : 1;
     shown = items.slice((p - 1) * size, p * size);
   }

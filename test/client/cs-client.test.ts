@@ -354,6 +354,42 @@ describe('CloudStack clients against /client/api', () => {
     expect(await res.json()).toMatchObject({ listzonesresponse: { errorcode: 401 } });
   });
 
+  it('listSnapshots pages in the database: without page or pagesize at most CloudStack\'s default page (500) with the total count; page, pagesize and keyword as the cs client walks them', async () => {
+    const carol = await createAccount('carol');
+    const vol = await csPy(ep, carol.keys, 'createVolume', { name: 'carol-data', diskofferingid: SMALL_DISK_OFFERING }, { fetchResult: true });
+    const volumeId: string = vol.result.volume.id;
+    const pool = svc.h.stack.pool;
+    // A long history, written straight to the table (605 real snapshots would take minutes): BackedUp rows.
+    const total = 605;
+    await pool.query(
+      `INSERT INTO snapshots (id, account_id, volume_id, volume_type, name, status, async_backup, workflow_id, backup_max_attempts,
+                              backup_retry_interval, backup_bytes_total, backup_queue_timeout, backup_incremental, snapshot_delta_max, created)
+       SELECT g.id, $1, $2, 'DATADISK', 'carol-' || lpad(i::text, 4, '0') || CASE WHEN i % 100 = 7 THEN '-weekly' ELSE '' END, 'BackedUp', true,
+              'snapshot-' || g.id, 3, 300, 0, 3600, true, 16, now() - make_interval(secs => $3 - i)
+         FROM generate_series(1, $3) AS i, LATERAL (SELECT gen_random_uuid() AS id) g`,
+      [carol.id, volumeId, total],
+    );
+    try {
+      const first = await csPy(ep, carol.keys, 'listSnapshots', {});
+      expect(first.result.count).toBe(total);
+      expect(first.result.snapshot).toHaveLength(500);
+      expect(first.result.snapshot[0].name).toBe('carol-0001');
+      const second = await csPy(ep, carol.keys, 'listSnapshots', { page: 2, pagesize: 500 });
+      expect(second.result.count).toBe(total);
+      expect(second.result.snapshot.map((x: any) => x.name)).toEqual(Array.from({ length: 105 }, (_, i) => `carol-0${501 + i}${(501 + i) % 100 === 7 ? '-weekly' : ''}`));
+      const weekly = await csPy(ep, carol.keys, 'listSnapshots', { keyword: 'WEEKLY', volumeid: volumeId });
+      expect(weekly.result.count).toBe(6);
+      expect(weekly.result.snapshot.every((x: any) => x.name.endsWith('-weekly') && x.volumeid === volumeId)).toBe(true);
+      // The cs client walks page/pagesize until it has `count` items.
+      const walked = await csPy(ep, carol.keys, 'listSnapshots', { pagesize: 200 }, { fetchList: true });
+      expect(new Set(walked.result.map((x: any) => x.id)).size).toBe(total);
+      // Another account sees none of them, also through a filter on the volume.
+      expect((await csPy(ep, alice.keys, 'listSnapshots', { volumeid: volumeId })).result).toEqual({});
+    } finally {
+      await pool.query('DELETE FROM snapshots WHERE account_id = $1', [carol.id]);
+    }
+  });
+
   const cm = cloudMonkey();
   if (!cm) {
     console.warn(
