@@ -364,9 +364,9 @@ describe('CloudStack clients against /client/api', () => {
     await pool.query(
       `INSERT INTO snapshots (id, account_id, volume_id, volume_type, name, status, async_backup, workflow_id, backup_max_attempts,
                               backup_retry_interval, backup_bytes_total, backup_queue_timeout, backup_incremental, snapshot_delta_max, created)
-       SELECT g.id, $1, $2, 'DATADISK', 'carol-' || lpad(i::text, 4, '0') || CASE WHEN i % 100 = 7 THEN '-weekly' ELSE '' END, 'BackedUp', true,
-              'snapshot-' || g.id, 3, 300, 0, 3600, true, 16, now() - make_interval(secs => $3 - i)
-         FROM generate_series(1, $3) AS i, LATERAL (SELECT gen_random_uuid() AS id) g`,
+       SELECT g.id, $1, $2, 'DATADISK', 'carol-' || lpad(g.i::text, 4, '0') || CASE WHEN g.i % 100 = 7 THEN '-weekly' ELSE '' END, 'BackedUp', true,
+              'snapshot-' || g.id, 3, 300, 0, 3600, true, 16, now() - make_interval(secs => $3::int - g.i)
+         FROM (SELECT gen_random_uuid() AS id, i FROM generate_series(1, $3::int) AS i) g`,
       [carol.id, volumeId, total],
     );
     try {
