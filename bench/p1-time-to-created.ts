@@ -2,13 +2,12 @@
  * P1 time-to-created: HTTP end-to-end latency of POST /api/v1/volumes/{id}/snapshots with asyncBackup=true
  * against asyncBackup=false and against the bare `qemu-img snapshot -c`, on volumes with real allocated data.
  */
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { check, waitUntil, type BenchContext, type TargetCheck } from './context.js';
+import { check, type BenchContext, type TargetCheck } from './context.js';
 import { historySpans, medianSpans, primaryAsLocalActivity } from './lib/history.js';
 import { bareSnapshotCreate, fillImage } from './lib/images.js';
 import { fmtBytes, GiB, median, MiB, ratio, round, summarize, timed, type Summary } from './lib/stats.js';
 import type { NoopWorkers } from './lib/noop.js';
+import { ParkWatcher, parkBackups } from './lib/park.js';
 import { run, spawnBlocking } from './lib/system.js';
 
 export interface P1Size {
@@ -104,7 +103,7 @@ function instrument(ctx: BenchContext, holder: { current: RequestTimers | null }
 const rotate = <T>(xs: readonly T[], by: number): T[] => xs.map((_, i) => xs[(i + by) % xs.length]!);
 
 export async function runP1(ctx: BenchContext, noop: NoopWorkers): Promise<P1Result> {
-  const { stack, admin, user, quick, log } = ctx;
+  const { stack, user, quick, log } = ctx;
   const sizes = quick ? [64 * MiB, 256 * MiB, 1 * GiB] : [256 * MiB, 1 * GiB, 4 * GiB];
   const nAsync = quick ? 20 : 100;
   // Sync samples per size: each waits for a whole backup. Quick: 2 at the two small sizes, 3 at 1 GiB.
@@ -146,16 +145,10 @@ export async function runP1(ctx: BenchContext, noop: NoopWorkers): Promise<P1Res
     log(`P1: sync round ${i + 1}/${nSync} done`);
   }
 
-  // Asynchronous: park the background backups so each request is measured on a quiet stack. The image store
-  // path is made unusable (a path under a regular file) and backup.max.attempts=2 / backup.retry.interval=3600:
-  // each snapshot's first backup attempt fails at once (mkdir: ENOTDIR) and the second waits an hour.
-  await admin.expect([200], 'PUT', '/api/v1/configurations/backup.max.attempts', { value: 2 });
-  await admin.expect([200], 'PUT', '/api/v1/configurations/backup.retry.interval', { value: 3600 });
-  const { rows: storeRows } = await stack.pool.query<{ path: string }>('SELECT path FROM image_stores ORDER BY created, name LIMIT 1');
-  const storePath = storeRows[0]!.path;
-  const blocker = join(ctx.scratchDir, 'p1-image-store-blocker');
-  writeFileSync(blocker, 'backups cannot be written under a regular file\n');
-  await stack.pool.query('UPDATE image_stores SET path = $1', [join(blocker, 'x')]);
+  // Asynchronous: park the background backups so each request is measured on a quiet stack
+  // (bench/lib/park.ts: each snapshot's first backup attempt fails at once, the second waits an hour).
+  const unpark = await parkBackups(ctx, 'p1-image-store-blocker');
+  const parking = new ParkWatcher(stack.pool, 5, 30_000);
 
   const asyncMs = new Map<number, number[]>(sizes.map((s) => [s, []]));
   const bare = new Map<number, number[]>(sizes.map((s) => [s, []]));
@@ -180,13 +173,7 @@ export async function runP1(ctx: BenchContext, noop: NoopWorkers): Promise<P1Res
         asyncMs.get(v.sizeBytes)!.push(r.ms);
         asyncIds.push(r.body.id);
         // Let the background attempt fail and park before the next measurement.
-        await waitUntil(
-          async () =>
-            (await stack.pool.query(`SELECT 1 FROM snapshots WHERE id = $1 AND status = 'BackingUp' AND last_error IS NOT NULL`, [r.body.id])).rowCount,
-          30_000,
-          `snapshot ${r.body.id} to park`,
-          5,
-        );
+        await parking.parked(r.body.id);
         if (timers.storageMs !== undefined) drv.get(v.sizeBytes)!.push(timers.storageMs);
         const hist = await historySpans(stack.client, r.body.workflowId);
         parts.get(v.sizeBytes)!.push({
@@ -208,9 +195,7 @@ export async function runP1(ctx: BenchContext, noop: NoopWorkers): Promise<P1Res
   } finally {
     holder.current = null;
     undo();
-    await stack.pool.query('UPDATE image_stores SET path = $1', [storePath]);
-    await admin.expect([200], 'PUT', '/api/v1/configurations/backup.max.attempts', { value: 3 });
-    await admin.expect([200], 'PUT', '/api/v1/configurations/backup.retry.interval', { value: 300 });
+    await unpark();
   }
 
   const { rows: bg } = await stack.pool.query<{ status: string; backup_attempts: number; n: string }>(

@@ -5,11 +5,10 @@
  * on P6's own accounts and removed at the end; ANALYZE after each step. At each size, every query a measured
  * request ran is captured and EXPLAINed, so the results show the plan (and any sequential scan of a big table).
  */
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import pg from 'pg';
-import { check, waitUntil, type BenchContext, type TargetCheck } from './context.js';
+import { check, type BenchContext, type TargetCheck } from './context.js';
 import type { HttpClient } from './lib/http.js';
+import { ParkWatcher, parkBackups } from './lib/park.js';
 import { analyzeSeeded, explain, removeSeeded, seedSnapshots, seedVolumes, type SeedScope } from './lib/seed.js';
 import { MiB, ratio, round, summarize, type Summary } from './lib/stats.js';
 
@@ -154,25 +153,13 @@ export async function runP6(ctx: BenchContext): Promise<P6Result> {
   // store path, backup.max.attempts=2, backup.retry.interval=3600: the first attempt fails at once, the second
   // waits an hour). Its workflow keeps running, so storage GC's reconciler leaves it alone.
   const busy = (await user.expect([201], 'POST', '/api/v1/volumes', { name: 'p6-busy', sizeBytes: 16 * MiB })).body;
-  const { rows: storeRows } = await pool.query<{ path: string }>('SELECT path FROM image_stores ORDER BY created, name LIMIT 1');
-  const storePath = storeRows[0]!.path;
-  const blocker = join(ctx.scratchDir, 'p6-image-store-blocker');
-  writeFileSync(blocker, 'backups cannot be written under a regular file\n');
-  await admin.expect([200], 'PUT', '/api/v1/configurations/backup.max.attempts', { value: 2 });
-  await admin.expect([200], 'PUT', '/api/v1/configurations/backup.retry.interval', { value: 3600 });
-  await pool.query('UPDATE image_stores SET path = $1', [join(blocker, 'x')]);
+  const unpark = await parkBackups(ctx, 'p6-image-store-blocker');
   let parked: string;
   try {
     parked = (await user.expect([201], 'POST', `/api/v1/volumes/${busy.id}/snapshots`, { asyncBackup: true })).body.id;
-    await waitUntil(
-      async () => (await pool.query(`SELECT 1 FROM snapshots WHERE id = $1 AND status = 'BackingUp' AND last_error IS NOT NULL`, [parked])).rowCount,
-      60_000,
-      `snapshot ${parked} to park`,
-    );
+    await new ParkWatcher(pool).parked(parked);
   } finally {
-    await pool.query('UPDATE image_stores SET path = $1', [storePath]);
-    await admin.expect([200], 'PUT', '/api/v1/configurations/backup.max.attempts', { value: 3 });
-    await admin.expect([200], 'PUT', '/api/v1/configurations/backup.retry.interval', { value: 300 });
+    await unpark();
   }
   log(`P6: busy volume ${busy.id} holds backup ${parked} in flight (parked)`);
 
