@@ -115,6 +115,11 @@ export async function getStoreRefsOf(db: Queryable, snapshotIds: string[]): Prom
   return out;
 }
 
+/** An ILIKE pattern for "contains `text`": LIKE's wildcards and escape in `text` match literally. */
+function containing(text: string): string {
+  return `%${text.replace(/[\\%_]/g, (m) => `\\${m}`)}%`;
+}
+
 /** Snapshots visible to `ownerId` (null: every account), oldest first; Destroyed ones only when asked by state. */
 export async function listSnapshots(
   db: Queryable,
@@ -123,7 +128,7 @@ export async function listSnapshots(
 ): Promise<SnapshotRecord[]> {
   // Keyset paging: `after` is the last id of the previous page, in (created, id) order.
   // q: a case-insensitive substring of the name, or the id itself (LIKE's wildcards in q match literally).
-  const q = filter.q ? `%${filter.q.replace(/[\\%_]/g, (m) => `\\${m}`)}%` : null;
+  const q = filter.q ? containing(filter.q) : null;
   const { rows } = await db.query(
     `SELECT * FROM snapshots
       WHERE ($1::uuid IS NULL OR account_id = $1) AND ($2::uuid IS NULL OR volume_id = $2)
@@ -147,7 +152,7 @@ export async function searchSnapshots(
   db: Queryable,
   q: { ownerId: string | null; ids?: string[]; volumeId?: string; name?: string; keyword?: string; limit: number; offset: number },
 ): Promise<{ count: number; snapshots: SnapshotRecord[] }> {
-  const keyword = q.keyword ? `%${q.keyword.replace(/[\\%_]/g, (m) => `\\${m}`)}%` : null;
+  const keyword = q.keyword ? containing(q.keyword) : null;
   const where = `($1::uuid IS NULL OR account_id = $1) AND status <> 'Destroyed'
      AND ($2::uuid[] IS NULL OR id = ANY($2)) AND ($3::uuid IS NULL OR volume_id = $3)
      AND ($4::text IS NULL OR name = $4) AND ($5::text IS NULL OR name ILIKE $5)`;

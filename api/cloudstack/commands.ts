@@ -9,7 +9,7 @@ import type { SnapshotView, VmView, VolumeView } from '../../services/views.js';
 import { ApiErrorCode, CloudStackError, CsErrorCode, paramError } from '../../services/cloudstack/errors.js';
 import type { JobContext, JobOutcome, JobRunner } from '../../services/cloudstack/jobs.js';
 import { cloudStackKeysOf, issueCloudStackKeys } from '../../services/cloudstack/keys.js';
-import { DEFAULT_PAGE_SIZE, UUID, listResponse, parseCsDate, type ParamSpec, type ParamValue } from './params.js';
+import { UUID, listResponse, pageWindow, parseCsDate, type ParamSpec, type ParamValue } from './params.js';
 import {
   DISK_OFFERINGS,
   TEMPLATES,
@@ -563,16 +563,13 @@ export const COMMANDS: CommandSpec[] = [
       ids = ids?.filter((i) => UUID.test(i));
       if (ids && ids.length === 0) return {};
       // One page in SQL, with the total count (CloudStack's page/pagesize; without them its default page size, 500).
-      const size = n(p, 'pagesize') && n(p, 'pagesize')! > 0 ? n(p, 'pagesize')! : DEFAULT_PAGE_SIZE;
-      const pageNo = n(p, 'page') && n(p, 'page')! > 0 ? n(p, 'page')! : 1;
       const { count, items } = await ctx.services.snapshots.search(ctx.caller, {
         ownerId: scope,
         ...(ids ? { ids } : {}),
         ...(s(p, 'volumeid') ? { volumeId: s(p, 'volumeid')! } : {}),
         ...(s(p, 'name') ? { name: s(p, 'name')! } : {}),
         ...(s(p, 'keyword') ? { keyword: s(p, 'keyword')! } : {}),
-        limit: size,
-        offset: (pageNo - 1) * size,
+        ...pageWindow(n(p, 'page'), n(p, 'pagesize')),
       });
       if (count === 0) return {};
       const volumes = new Map((await ctx.services.volumes.getMany(ctx.caller, [...new Set(items.map((x) => x.volumeId))])).map((v) => [v.id, v]));
@@ -644,8 +641,6 @@ export const COMMANDS: CommandSpec[] = [
     sync: async (ctx, p) => {
       const id = s(p, 'id');
       if (id !== undefined && !/^\d{1,18}$/.test(id)) return {};
-      const pageNo = n(p, 'page') ?? 1;
-      const pageSize = n(p, 'pagesize') && n(p, 'pagesize')! > 0 ? n(p, 'pagesize')! : 500;
       const { count, events } = await searchEvents(ctx.pool, {
         ownerId: listScope(ctx.caller, b(p, 'listall'), id !== undefined),
         ...(id !== undefined ? { id: Number(id) } : {}),
@@ -654,8 +649,7 @@ export const COMMANDS: CommandSpec[] = [
         ...(s(p, 'keyword') ? { keyword: s(p, 'keyword')! } : {}),
         ...(s(p, 'startdate') ? { startDate: new Date(parseCsDate(s(p, 'startdate')!)) } : {}),
         ...(s(p, 'enddate') ? { endDate: new Date(parseCsDate(s(p, 'enddate')!)) } : {}),
-        limit: pageSize,
-        offset: (Math.max(pageNo, 1) - 1) * pageSize,
+        ...pageWindow(n(p, 'page'), n(p, 'pagesize')),
       });
       if (!count) return {};
       const l = await ctx.lookups();
@@ -709,12 +703,9 @@ export const COMMANDS: CommandSpec[] = [
     description: 'Lists all pending asynchronous jobs for the account.',
     params: [{ name: 'startdate', type: 'date', description: 'The start date of the async job (use format "yyyy-MM-dd" or "yyyy-MM-dd HH:mm:ss")' }, LISTALL, ...PAGING],
     sync: async (ctx, p) => {
-      const pageNo = n(p, 'page') ?? 1;
-      const pageSize = n(p, 'pagesize') && n(p, 'pagesize')! > 0 ? n(p, 'pagesize')! : 500;
       const { count, jobs } = await listAsyncJobs(ctx.pool, listScope(ctx.caller, b(p, 'listall'), false), {
         ...(s(p, 'startdate') ? { startDate: new Date(parseCsDate(s(p, 'startdate')!)).toISOString() } : {}),
-        limit: pageSize,
-        offset: (Math.max(pageNo, 1) - 1) * pageSize,
+        ...pageWindow(n(p, 'page'), n(p, 'pagesize')),
       });
       if (!count) return {};
       const l = await ctx.lookups();

@@ -16,7 +16,7 @@ const PROTOCOL = new Set(['command', 'response', 'apikey', 'signature', 'signatu
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** CloudStack's `default.page.size`: a page's size when a list names none. */
-export const DEFAULT_PAGE_SIZE = 500;
+const DEFAULT_PAGE_SIZE = 500;
 
 export type ParamValue = string | boolean | number | string[] | Array<Record<string, string>>;
 
@@ -110,14 +110,19 @@ export function parseCsDate(value: string): number {
   return Number.NaN;
 }
 
+/** The rows `page` and `pagesize` name: CloudStack's default page size without one, the first page without one. */
+export function pageWindow(page?: number, pageSize?: number): { limit: number; offset: number } {
+  const limit = pageSize !== undefined && pageSize > 0 ? pageSize : DEFAULT_PAGE_SIZE;
+  return { limit, offset: ((page !== undefined && page > 0 ? page : 1) - 1) * limit };
+}
+
 /** One page of `items` as CloudStack lists answer: `{count, <key>: [...]}`, `{}` when empty. */
 export function listResponse<T>(key: string, items: T[], page?: number, pageSize?: number): Record<string, unknown> {
   if (items.length === 0) return {};
   let shown = items;
   if (page !== undefined || (pageSize !== undefined && pageSize > 0)) {
-    const size = pageSize !== undefined && pageSize > 0 ? pageSize : DEFAULT_PAGE_SIZE;
-    const p = page !== undefined && page > 0 ? page : 1;
-    shown = items.slice((p - 1) * size, p * size);
+    const { limit, offset } = pageWindow(page, pageSize);
+    shown = items.slice(offset, offset + limit);
   }
   return shown.length ? { count: items.length, [key]: shown } : { count: items.length };
 }
