@@ -38,6 +38,24 @@ describe('snapshot engine on a real stack', () => {
       return s && states.includes(s.status) ? s : undefined;
     }, 90_000, `snapshot ${id} in ${states.join('|')}`);
 
+  it('many requests in flight at once: every one is created, and Node prints no listener-leak warning', async () => {
+    // Each request in flight listens on the service's shutdown signal; past 10, Node warned of a leak
+    // (MaxListenersExceededWarning), which the bench's concurrency phase showed at 16 and 32 clients.
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`);
+    process.on('warning', onWarning);
+    try {
+      const vols = await Promise.all(Array.from({ length: 12 }, () => insertVolume(stack.pool, driver, { accountId, sizeBytes: 8 * MiB })));
+      const taken = await Promise.all(vols.map((v) => stack.snapshots.requestSnapshot({ accountId, volumeId: v.volumeId, asyncBackup: true })));
+      expect(taken.map((t) => t.snapshot.status).every((st) => ['CreatedOnPrimary', 'BackingUp', 'BackedUp'].includes(st))).toBe(true);
+      await new Promise((r) => setImmediate(r));
+      expect(warnings.filter((w) => /MaxListeners|memory leak/i.test(w))).toEqual([]);
+      await Promise.all(taken.map((t) => waitForState(t.snapshot.id, ['BackedUp'])));
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
   it('async: returns at "created on primary", then backs up the point-in-time bytes', async () => {
     const vol = await insertVolume(stack.pool, driver, { accountId, sizeBytes: 64 * MiB, withVm: true });
     await writePattern(vol.path, 0xab, 0, 32 * MiB);
