@@ -7,7 +7,7 @@ import type { Client } from '@temporalio/client';
 import { check, type BenchContext, type TargetCheck } from './context.js';
 import { historyProblems, historySpans, medianSpans, primaryAsLocalActivity } from './lib/history.js';
 import { fillImage } from './lib/images.js';
-import { cpuDiff, cpuSnapshot, type CpuUsage } from './lib/system.js';
+import { cpuDiff, cpuSnapshot, sumCpu, type CpuUsage } from './lib/system.js';
 import { MiB, ratio, round, summarize, type Summary } from './lib/stats.js';
 import type { NoopWorkers } from './lib/noop.js';
 
@@ -131,15 +131,7 @@ export async function runP4(ctx: BenchContext, noopWorkers: NoopWorkers): Promis
     const { spans, events } = await sampleSpans(client, pick(a.ids));
     const problems: Record<string, number> = {};
     for (const id of a.ids) for (const [k, v] of Object.entries(await historyProblems(client, id))) problems[k] = (problems[k] ?? 0) + v;
-    const cpu = a.cpu.reduce((x, y) => ({
-      wallSeconds: round(x.wallSeconds + y.wallSeconds),
-      machineBusySeconds: round(x.machineBusySeconds + y.machineBusySeconds),
-      machineCapacitySeconds: round(x.machineCapacitySeconds + y.machineCapacitySeconds),
-      byComponent: Object.fromEntries(
-        [...new Set([...Object.keys(x.byComponent), ...Object.keys(y.byComponent)])].map((c) => [c, round((x.byComponent[c] ?? 0) + (y.byComponent[c] ?? 0))]),
-      ),
-      otherProcesses: round(x.otherProcesses + y.otherProcesses),
-    }));
+    const cpu = sumCpu(a.cpu);
     return {
       snapshots: a.ids.length,
       createdPerSec: round(a.ids.length / a.created),

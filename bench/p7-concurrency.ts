@@ -12,7 +12,7 @@ import { check, type BenchContext, type TargetCheck } from './context.js';
 import { fillImage } from './lib/images.js';
 import { ParkWatcher, parkBackups } from './lib/park.js';
 import { MiB, ratio, round, summarize, type Summary } from './lib/stats.js';
-import { cpuDiff, cpuSnapshot, type CpuUsage } from './lib/system.js';
+import { cpuDiff, cpuSnapshot, sumCpu, type CpuUsage } from './lib/system.js';
 import { threadDiff, threadSnapshot, type ThreadUsage } from './lib/threads.js';
 
 export interface P7Level {
@@ -72,18 +72,6 @@ export interface P7Result {
 
 const MAIN = 'node main thread (event loop: API, activities, Temporal client, bench client)';
 const OTHER_THREADS = 'node other threads (workflow threads, SDK core, libuv, GC)';
-
-function sumCpu(xs: CpuUsage[]): CpuUsage {
-  return xs.reduce((x, y) => ({
-    wallSeconds: round(x.wallSeconds + y.wallSeconds),
-    machineBusySeconds: round(x.machineBusySeconds + y.machineBusySeconds),
-    machineCapacitySeconds: round(x.machineCapacitySeconds + y.machineCapacitySeconds),
-    byComponent: Object.fromEntries(
-      [...new Set([...Object.keys(x.byComponent), ...Object.keys(y.byComponent)])].map((c) => [c, round((x.byComponent[c] ?? 0) + (y.byComponent[c] ?? 0))]),
-    ),
-    otherProcesses: round(x.otherProcesses + y.otherProcesses),
-  }));
-}
 
 function sumThreads(xs: ThreadUsage[], walls: number[]): ThreadUsage {
   const wall = walls.reduce((a, b) => a + b, 0);

@@ -4,6 +4,7 @@ import { existsSync, readFileSync, readdirSync, statfsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { round } from './stats.js';
 
 const execFileP = promisify(execFile);
 
@@ -219,4 +220,17 @@ export async function spawnBlocking(n: number): Promise<{ rssMiB: number; blocke
     await new Promise((r) => child.once('close', r));
   }
   return { rssMiB: Math.round(process.memoryUsage().rss / 1048576), blockedMs };
+}
+
+/** The CPU usage of several measured spans added up (wall, busy, capacity, per component). */
+export function sumCpu(xs: CpuUsage[]): CpuUsage {
+  return xs.reduce((x, y) => ({
+    wallSeconds: round(x.wallSeconds + y.wallSeconds),
+    machineBusySeconds: round(x.machineBusySeconds + y.machineBusySeconds),
+    machineCapacitySeconds: round(x.machineCapacitySeconds + y.machineCapacitySeconds),
+    byComponent: Object.fromEntries(
+      [...new Set([...Object.keys(x.byComponent), ...Object.keys(y.byComponent)])].map((c) => [c, round((x.byComponent[c] ?? 0) + (y.byComponent[c] ?? 0))]),
+    ),
+    otherProcesses: round(x.otherProcesses + y.otherProcesses),
+  }));
 }

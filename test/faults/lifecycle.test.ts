@@ -5,12 +5,11 @@
  * service owns is refused with a message naming the owner.
  */
 import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadEnv } from '../../config/env.js';
-import { embeddedDatabaseUrl } from '../../db/embedded.js';
+import { embeddedDatabaseUrl, portInUse } from '../../db/embedded.js';
 import { createPool, type Pool } from '../../db/pool.js';
 import { getSnapshot, getStoreRefs } from '../../db/snapshots.js';
 import { silentLogger } from '../../observability/logger.js';
@@ -56,17 +55,6 @@ function logLines(file: string): Array<Record<string, any>> {
     });
 }
 
-function portOpen(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ host: '127.0.0.1', port });
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
-
 /** Processes (other than ours) whose command line mentions the data dir: PostgreSQL, the dev server, keepers. */
 function processesUsing(dataDir: string): string[] {
   const found: string[] = [];
@@ -90,8 +78,8 @@ async function expectNothingLingers(dataDir: string, env: Record<string, string>
     `no process of the data dir left (${processesUsing(dataDir).join('; ')})`,
   );
   expect(existsSync(join(dataDir, 'postgres', 'data', 'postmaster.pid'))).toBe(false);
-  expect(await portOpen(Number(env.EMBEDDED_PG_PORT))).toBe(false);
-  expect(await portOpen(Number(env.TEMPORAL_PORT))).toBe(false);
+  expect(await portInUse(Number(env.EMBEDDED_PG_PORT))).toBe(false);
+  expect(await portInUse(Number(env.TEMPORAL_PORT))).toBe(false);
 }
 
 describe('Ctrl-C (SIGINT to the process group) while a backup copies', () => {
