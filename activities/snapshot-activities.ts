@@ -347,12 +347,15 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
         if (classify && stopped === 'WORKER_SHUTDOWN') throw await interrupted(snapshot, attempt, maxAttempts, 'its worker is stopping', err, log);
         // Cancelled by the workflow, or the server no longer waits for this execution: nothing to record.
         if (stopped) throw err;
-        // "No such snapshot" read without the image lock (-U) may be a snapshot table caught mid-rewrite by
-        // another writer of the image: only a look under the lock may call it gone (and let compensation go on).
+        // "No such snapshot" costs nothing until a look under the image lock confirms it: a writer volsnap does
+        // not serialise (an operator's qemu-img, a QEMU) may have been rewriting the snapshot table. Confirmed,
+        // it is final (compensation goes on); otherwise the attempt was cut short, not failed.
+        const missing = err instanceof Error && err.name === NOT_FOUND;
         const gone =
-          err instanceof Error &&
-          err.name === NOT_FOUND &&
-          !(await withImageLock(pool, snapshot.volumeId, () => driver.hasSnapshot(volume.path, snapshotId), { logger: log }).catch(() => true));
+          missing && !(await withImageLock(pool, snapshot.volumeId, () => driver.hasSnapshot(volume.path, snapshotId), { logger: log }).catch(() => true));
+        if (missing && !gone && classify) {
+          throw await interrupted(snapshot, attempt, maxAttempts, 'the snapshot table was read while it was being rewritten', err, log);
+        }
         throw await copyFailed(snapshot, attempt, maxAttempts, err, classify, log, gone);
       } finally {
         clearInterval(ticker);

@@ -1,6 +1,12 @@
 import { setMaxListeners } from 'node:events';
 import { createHash, randomUUID } from 'node:crypto';
-import { WithStartWorkflowOperation, WorkflowFailedError, WorkflowUpdateFailedError, type Client } from '@temporalio/client';
+import {
+  WithStartWorkflowOperation,
+  WorkflowExecutionAlreadyStartedError,
+  WorkflowFailedError,
+  WorkflowUpdateFailedError,
+  type Client,
+} from '@temporalio/client';
 import type { Logger } from 'pino';
 import { backupRetryFrom, incrementalFrom } from '../config/settings.js';
 import { defaultImageStore } from '../db/catalog.js';
@@ -304,8 +310,10 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
       workflowId: snapshot.workflowId,
       taskQueue: deps.taskQueue,
       args: [input],
-      // A retried request (same Idempotency-Key) joins the running workflow instead of starting another.
+      // A retried request (same Idempotency-Key) joins the running workflow instead of starting another, and a
+      // closed one is never run again: each snapshot has one run, whatever its row says.
       workflowIdConflictPolicy: 'USE_EXISTING',
+      workflowIdReusePolicy: 'REJECT_DUPLICATE',
       typedSearchAttributes: [
         { key: SEARCH_ATTRIBUTES.VolumeId, value: snapshot.volumeId },
         { key: SEARCH_ATTRIBUTES.AccountId, value: snapshot.accountId },
@@ -331,8 +339,14 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
           log.error({ err }, 'snapshot creation on primary failed');
           throw new SnapshotCreationFailedError(reason, snapshot.id);
         }
-        const refusal = await notCreated(snapshot, err, log);
-        if (refusal) throw refusal;
+        if (err instanceof WorkflowExecutionAlreadyStartedError) {
+          // Its one run has closed (a retry of a request whose row it left in flight): the row answers;
+          // storage GC's reconciler settles it from its refs.
+          log.warn({ status: snapshot.status }, 'the snapshot workflow has already closed; answering the row as it is');
+        } else {
+          const refusal = await notCreated(snapshot, err, log);
+          if (refusal) throw refusal;
+        }
       }
       if (!snapshot.asyncBackup) {
         try {

@@ -4,6 +4,7 @@
  */
 import { constants as fsc } from 'node:fs';
 import { copyFile, link, mkdir, mkdtemp, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { BackupParent, BackupProgress, BackupResult, BackupTarget, CreatedVolume, ImageLockRunner, StorageDriver } from './driver.js';
@@ -227,7 +228,13 @@ export class KvmStorageDriver implements StorageDriver {
     const dir = path.dirname(final);
     const ctx = `backup of snapshot ${tag} of ${volumePath} to ${final}`;
 
-    const info = await this.info(volumePath, signal);
+    // What opens the image runs under its locks, in the order every writer takes them: opening reads the header
+    // and the snapshot table, which a snapshot created or deleted meanwhile rewrites (an unlocked open can read it
+    // in flux and report an existing snapshot as not found). Once open, a reader reads only the snapshot's own
+    // tables and clusters, which its references keep in place, so the copy itself runs unlocked.
+    const lock: ImageLockRunner = opts.lock ?? ((fn) => fn());
+    const underImageLock = <T>(fn: () => Promise<T>): Promise<T> => lock(() => this.locked(volumePath, fn));
+    const info = await underImageLock(() => this.info(volumePath, signal));
     if (!info.snapshotNames.includes(tag)) throw notFound(tag, volumePath);
     const report = safeProgress(onProgress, this.log);
 
@@ -249,23 +256,30 @@ export class KvmStorageDriver implements StorageDriver {
         // The parent's snapshot still on primary: its metadata says which clusters changed (under the image's
         // lock: a snapshot created or deleted meanwhile would rewrite the tables being read).
         const diff = this.deltaMethod !== 'rebase' && info.snapshotNames.includes(parent!.snapshotId)
-          ? await (opts.lock ?? ((fn) => fn()))(() => this.locked(volumePath, () => diffSnapshots(volumePath, parent!.snapshotId, tag))).catch((err: unknown) => {
+          ? await underImageLock(() => diffSnapshots(volumePath, parent!.snapshotId, tag)).catch((err: unknown) => {
               this.log.warn({ err, volumePath }, 'reading the snapshots\' metadata failed; comparing content instead');
               return null;
             })
           : null;
-        await this.writeDelta(volumePath, tag, info.virtualSize, parentFile, tmp, report, signal, diff);
+        await this.writeDelta(volumePath, tag, info.virtualSize, parentFile, tmp, report, underImageLock, signal, diff);
       } else {
       const rate = this.rateLimit ? ['-r', String(this.rateLimit)] : [];
-      // -U: read without taking the image lock, so snapshots and writes on the live image can proceed meanwhile;
-      // the snapshot's clusters are copy-on-write protected, so its point-in-time bytes stay stable.
+      // -U: read without taking qemu's image lock, so snapshots and writes on the live image can proceed
+      // meanwhile; the snapshot's clusters are copy-on-write protected, so its point-in-time bytes stay stable.
       const args = ['convert', '-U', '-p', ...rate, '-f', 'qcow2', '-O', 'qcow2', '-l', `snapshot.name=${tag}`, volumePath, tmp];
       // Progress from the bytes written against what the copy needs (`qemu-img measure`): qemu-img's own -p
       // counts unallocated areas at once and reads 100 % while a quarter of the data is still to come.
-      const required = await this.requiredBytes(volumePath, tag, signal);
+      const required = await underImageLock(() => this.requiredBytes(volumePath, tag, signal));
       const progress = required ? writtenProgress(tmp, required, info.virtualSize, report) : undefined;
       try {
-        await this.qemu(args, { signal, onStdout: progress?.sample ?? progressParser(info.virtualSize, report) });
+        // qemu-img convert opens its sources (header, snapshot table, the snapshot's L1 table) before it creates
+        // its output, so the output's appearance is the end of the part that needs the lock.
+        let copy!: Promise<unknown>;
+        await underImageLock(async () => {
+          copy = this.qemu(args, { signal, onStdout: progress?.sample ?? progressParser(info.virtualSize, report) });
+          await untilExistsOrSettled(tmp, copy);
+        });
+        await copy;
       } catch (err) {
         // The snapshot may have been deleted between the check above and the copy.
         if (err instanceof CommandError && /can't find snapshot/i.test(err.stderr)) throw notFound(tag, volumePath);
@@ -306,6 +320,7 @@ export class KvmStorageDriver implements StorageDriver {
     parentFile: string,
     tmp: string,
     report: (p: BackupProgress) => void,
+    underImageLock: ImageLockRunner,
     signal?: AbortSignal,
     diff?: SnapshotDiff | null,
   ): Promise<void> {
@@ -321,22 +336,21 @@ export class KvmStorageDriver implements StorageDriver {
     const onAbort = (): void => stop.abort(signal?.reason);
     signal?.addEventListener('abort', onAbort, { once: true });
     let exited: { err: unknown } | undefined;
-    const server = run(
-      this.qemuNbd,
-      ['-r', '-t', '-e', '4', '-k', sock, '-l', `snapshot.name=${tag}`, '--image-opts', `driver=qcow2,force-share=on,file.driver=file,file.filename=${volumePath.replaceAll(',', ',,')}`],
-      { signal: stop.signal },
-    ).then(
-      () => void (exited = { err: new Error('qemu-nbd exited before the delta was written') }),
-      (err: unknown) => void (exited = { err }),
-    );
+    let server: Promise<void> = Promise.resolve();
     try {
-      for (const started = Date.now(); ; ) {
-        if (exited) throw exited.err;
-        if (await exists(sock)) break;
-        if (Date.now() - started > 30_000) throw new Error('qemu-nbd did not open its socket within 30 s');
-        signal?.throwIfAborted();
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      // qemu-nbd listens before it opens the image and greets a client only once it has: the image's locks are
+      // held until the greeting, so the export's open never reads a snapshot table being rewritten.
+      await underImageLock(async () => {
+        server = run(
+          this.qemuNbd,
+          ['-r', '-t', '-e', '4', '-k', sock, '-l', `snapshot.name=${tag}`, '--image-opts', `driver=qcow2,force-share=on,file.driver=file,file.filename=${volumePath.replaceAll(',', ',,')}`],
+          { signal: stop.signal },
+        ).then(
+          () => void (exited = { err: new Error('qemu-nbd exited before the delta was written') }),
+          (err: unknown) => void (exited = { err }),
+        );
+        await nbdGreeting(sock, () => exited?.err, signal);
+      });
       const backing = path.relative(path.dirname(tmp), parentFile);
       if (byRanges) {
         // The overlay reads as the parent; each changed range is copied into it from the snapshot's export.
@@ -559,6 +573,43 @@ function copyByRangesIsCheaper(diff: SnapshotDiff, virtualSize: number): boolean
   const rangesMs = diff.ranges.length * 25 + (diff.changedBytes / (300 * 1024 * 1024)) * 1000;
   const rebaseMs = (virtualSize / (1.2 * 1024 * 1024 * 1024)) * 1000;
   return rangesMs < rebaseMs;
+}
+
+/** Resolves once `file` exists or `task` has settled (whichever is first); never rejects. */
+async function untilExistsOrSettled(file: string, task: Promise<unknown>): Promise<void> {
+  let settled = false;
+  const done = task.then(
+    () => void (settled = true),
+    () => void (settled = true),
+  );
+  while (!settled && !(await exists(file))) await Promise.race([done, new Promise((r) => setTimeout(r, 5))]);
+}
+
+/**
+ * Resolves once the NBD server on `sock` sends a client its greeting ("NBDMAGIC"), which qemu-nbd does only after
+ * it has opened its image. Fails with the server's error if it exits first, or after 30 s.
+ */
+async function nbdGreeting(sock: string, failed: () => unknown, signal?: AbortSignal): Promise<void> {
+  const greeted = (): Promise<boolean> =>
+    new Promise((resolve) => {
+      let got = Buffer.alloc(0);
+      const conn = createConnection(sock);
+      conn.setTimeout(1000, () => conn.destroy());
+      conn.on('data', (chunk: Buffer) => {
+        got = Buffer.concat([got, chunk]);
+        if (got.length >= 8) conn.destroy();
+      });
+      conn.on('error', () => undefined);
+      conn.on('close', () => resolve(got.subarray(0, 8).toString('latin1') === 'NBDMAGIC'));
+    });
+  for (const started = Date.now(); ; ) {
+    const err = failed();
+    if (err) throw err;
+    if (await greeted()) return;
+    if (Date.now() - started > 30_000) throw new Error('qemu-nbd did not serve its export within 30 s');
+    signal?.throwIfAborted();
+    await new Promise((r) => setTimeout(r, 10));
+  }
 }
 
 /** Publishes `tmp` as `final` atomically, failing if `final` exists (link(2) never overwrites). */
