@@ -3,11 +3,10 @@ import { createHash, randomUUID } from 'node:crypto';
 import { WithStartWorkflowOperation, WorkflowFailedError, WorkflowUpdateFailedError, type Client } from '@temporalio/client';
 import type { Logger } from 'pino';
 import { backupRetryFrom, incrementalFrom } from '../config/settings.js';
-import { defaultImageStore } from '../db/catalog.js';
 import { findImageStore, findStoragePool } from '../db/catalog-queries.js';
 import { recordEvent } from '../db/events.js';
 import { findIdempotentRequest, releaseIdempotencyKey, rememberIdempotentRequest } from '../db/idempotency.js';
-import { imageLockRunner, withImageLock } from '../db/image-locks.js';
+import { withImageLock } from '../db/image-locks.js';
 import { lockSnapshotWithVolume, lockVolumeWithVm } from '../db/locks.js';
 import { withTransaction, type PoolClient, type Queryable } from '../db/pool.js';
 import { readSettings } from '../db/settings.js';
@@ -17,13 +16,10 @@ import {
   getSnapshot,
   getStoreRefs,
   getStoreRefsOf,
-  hasDependentBackups,
   inFlightSnapshots,
   insertSnapshot,
   listSnapshots,
-  retireStoreRefs,
   searchSnapshots,
-  setStoreRefState,
   transitionSnapshot,
   type SnapshotRecord,
   type StoreRefRecord,
@@ -40,7 +36,6 @@ import {
 } from '../domain/errors.js';
 import type { SnapshotAction } from '../domain/policy.js';
 import type { SnapshotState } from '../domain/snapshot-states.js';
-import { removeSnapshotStorage } from '../storage/cleanup.js';
 import { volumePath as kvmVolumePath } from '../storage/paths.js';
 import {
   SEARCH_ATTRIBUTES,
@@ -55,6 +50,7 @@ import { assertAllowed, assertNotBusy } from './policy-guard.js';
 import { withStorageTransaction, type OnRollback } from './storage-transaction.js';
 import { snapshotView, volumeView, type SnapshotView, type VolumeView } from './views.js';
 import { withVolumeHeartbeat } from './volume-operations.js';
+import { finishSnapshotDelete } from './snapshot-delete.js';
 import { settleVolumeOperation } from './volume-reconcile.js';
 
 /*
@@ -450,58 +446,36 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
 
     /**
      * Deletes a BackedUp snapshot (BackedUp → Destroying → Destroyed: backup files, then the primary snapshot) or
-     * an Error one (its leftovers). If a file operation fails the snapshot goes to Error for storage GC.
+     * an Error one (its leftovers). Crash-safe: Destroying (the intent) is committed under the row locks first;
+     * the storage work then runs outside them, under the volume's image lock; Destroyed is committed after
+     * (services/snapshot-delete.ts). A crash in between leaves Destroying, which start-up and storage GC finish.
+     * If a file operation fails the snapshot goes to Error for storage GC.
      */
     async delete(caller: Caller, id: string): Promise<SnapshotView> {
-      const outcome = await withLockedSnapshot(caller, id, 'delete', async (tx, { snapshot, volume }) => {
+      const intent = await withLockedSnapshot(caller, id, 'delete', async (tx, { snapshot, volume }) => {
         requireState(snapshot, ['BackedUp', 'Error'], 'delete');
-        const driver = driverFor({ drivers }, volume.hypervisor);
+        driverFor({ drivers }, volume.hypervisor);
         if (snapshot.status === 'BackedUp') {
           await transitionSnapshot(tx, snapshot.id, 'Destroying', { event: { type: 'SNAPSHOT.DELETE', description: `deleting snapshot ${snapshot.name}` } });
         }
-        let keepBackup = false;
-        try {
-          const refs = await getStoreRefs(tx, snapshot.id);
-          const imageStoreIds = new Set(refs.filter((r) => r.role === 'Image').map((r) => r.storeId));
-          const stores = imageStoreIds.size
-            ? await Promise.all([...imageStoreIds].map((sid) => findImageStore(tx, sid)))
-            : [await defaultImageStore(tx)];
-          // The primary snapshot is skipped when already gone (compensated, or its volume deleted or replaced);
-          // its deletion runs under the image lock held on this transaction.
-          const primaryLive = refs.some((r) => r.role === 'Primary' && r.state !== 'Destroyed');
-          // A backup a later delta depends on stays (its Image ref too) until nothing does; storage GC then
-          // removes it (docs/design.md §14). A backup attempt records its parent under this row's lock, so none
-          // can start depending on it after this check.
-          keepBackup = await hasDependentBackups(tx, snapshot.id);
-          await removeSnapshotStorage({
-            driver,
-            target: { accountId: snapshot.accountId, volumeId: snapshot.volumeId, snapshotId: snapshot.id },
-            storePaths: keepBackup ? [] : stores.flatMap((s) => (s ? [s.path] : [])),
-            volumePath: primaryLive && !volume.removedAt ? volume.path : null,
-            lock: imageLockRunner(tx, volume.id, { logger }),
-          });
-        } catch (err) {
-          const reason = `deleting snapshot files failed: ${err instanceof Error ? err.message : String(err)}`;
-          logger.error({ err, snapshotId: snapshot.id }, 'snapshot delete failed; moving it to Error for storage GC');
-          await transitionSnapshot(tx, snapshot.id, 'Error', { set: { last_error: reason }, event: { type: 'SNAPSHOT.DELETE', level: 'ERROR', description: reason } });
-          return { failed: err };
-        }
-        if (keepBackup) await setStoreRefState(tx, snapshot.id, 'Primary', 'Destroyed');
-        else await retireStoreRefs(tx, snapshot.id, 'mark-destroyed');
-        const { snapshot: done } = await transitionSnapshot(tx, snapshot.id, 'Destroyed', {
-          set: { removed: new Date() },
-          event: {
-            type: 'SNAPSHOT.DELETE',
-            description: keepBackup
-              ? `snapshot ${snapshot.name} deleted; its backup stays while later incremental backups depend on it`
-              : `snapshot ${snapshot.name} deleted`,
-            details: { backupKept: keepBackup },
-          },
-        });
-        return { done };
+        return { snapshot, from: snapshot.status === 'BackedUp' ? ('Destroying' as const) : ('Error' as const) };
       });
-      if ('failed' in outcome) throw outcome.failed;
-      return view(outcome.done);
+      const { snapshot, from } = intent;
+      const log = logger.child({ snapshotId: snapshot.id, volumeId: snapshot.volumeId, operation: 'delete-snapshot' });
+      try {
+        const done = await finishSnapshotDelete({ pool, drivers, logger }, snapshot.id, { from });
+        if (done.outcome === 'deferred') log.warn('snapshot delete left Destroying: its volume became busy; storage GC finishes it');
+      } catch (err) {
+        const reason = `deleting snapshot files failed: ${err instanceof Error ? err.message : String(err)}`;
+        log.error({ err }, 'snapshot delete failed; moving it to Error for storage GC');
+        if (from === 'Destroying') {
+          await transitionSnapshot(pool, snapshot.id, 'Error', { set: { last_error: reason }, event: { type: 'SNAPSHOT.DELETE', level: 'ERROR', description: reason } }).catch(
+            (e: unknown) => log.error({ err: e, cause: err }, 'could not move the snapshot to Error; it stays Destroying and storage GC finishes the delete'),
+          );
+        }
+        throw err;
+      }
+      return view((await getSnapshot(pool, snapshot.id))!);
     },
 
     /**
