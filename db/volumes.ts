@@ -3,13 +3,13 @@ import type { Queryable } from './pool.js';
 import type { Hypervisor } from './vms.js';
 
 export type VolumeType = 'ROOT' | 'DATADISK';
-export type VolumeState = 'Allocated' | 'Creating' | 'Ready' | 'Migrating' | 'Resizing' | 'Error' | 'Destroyed';
+export type VolumeState = 'Allocated' | 'Creating' | 'Ready' | 'Migrating' | 'Resizing' | 'Reverting' | 'Error' | 'Destroyed';
 
 /**
  * States a volume holds while long storage work runs outside any transaction (domain/policy.ts treats the
  * volume as busy). `volumes.pending` says what the work does, so a reconciler can finish or undo it.
  */
-export const TRANSITIONAL_VOLUME_STATES = ['Creating', 'Migrating', 'Resizing'] as const;
+export const TRANSITIONAL_VOLUME_STATES = ['Creating', 'Migrating', 'Resizing', 'Reverting'] as const;
 export type TransitionalVolumeState = (typeof TRANSITIONAL_VOLUME_STATES)[number];
 
 export function isTransitionalVolumeState(state: string): state is TransitionalVolumeState {
@@ -20,7 +20,9 @@ export function isTransitionalVolumeState(state: string): state is TransitionalV
 export type PendingVolumeOperation =
   | { op: 'migrate'; token: string; fromPoolId: string; toPoolId: string; fromPath: string; toPath: string }
   | { op: 'resize'; token: string; fromBytes: number; toBytes: number }
-  | { op: 'create-from-snapshot'; token: string; snapshotId: string; poolId: string; poolPath: string };
+  | { op: 'create-from-snapshot'; token: string; snapshotId: string; poolId: string; poolPath: string }
+  /** A revert whose primary snapshot is gone: the volume's active layer is rewritten from the backup chain. */
+  | { op: 'revert-from-backup'; token: string; snapshotId: string; storePath: string; installPath: string; toBytes: number | null };
 
 /**
  * The image of a volume already Destroyed in the database, still to be deleted from primary storage: the

@@ -25,7 +25,7 @@ import {
   type StoreRefRecord,
 } from '../db/snapshots.js';
 import type { VmRecord } from '../db/vms.js';
-import { busyVolumes, endVolumeOperation, insertVolume, isTransitionalVolumeState, updateVolume, type PendingVolumeOperation, type VolumeRecord } from '../db/volumes.js';
+import { beginVolumeOperation, busyVolumes, endVolumeOperation, insertVolume, isTransitionalVolumeState, updateVolume, type PendingVolumeOperation, type VolumeRecord } from '../db/volumes.js';
 import {
   ConflictError,
   IdempotencyKeyMismatchError,
@@ -479,11 +479,19 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
     },
 
     /**
-     * Reverts the snapshot's volume to it (the primary snapshot must still exist). The volume's VM must be
-     * stopped, and no other snapshot of the volume may be in flight: reverting rewrites the volume.
+     * Reverts the snapshot's volume to it. The volume's VM must be stopped, and no other snapshot of the volume
+     * may be in flight: reverting rewrites the volume. From the primary snapshot (a metadata change) it runs in
+     * one transaction; from the backup chain (the primary snapshot gone) it rewrites the whole volume, so, like
+     * migrate and resize, in three steps with no row lock or pooled connection held during the copy: commit the
+     * volume Reverting (with its `pending` record), copy, commit it Ready. A crash in between is settled by the
+     * reconciler (services/volume-reconcile.ts: the copy is redone).
      */
-    revert(caller: Caller, id: string): Promise<VolumeView> {
-      return withLockedSnapshot(caller, id, 'revert', async (tx, { snapshot, volume, vm }) => {
+    async revert(caller: Caller, id: string): Promise<VolumeView> {
+      const token = randomUUID();
+      type Begun =
+        | { done: VolumeView }
+        | { volume: VolumeRecord; snapshot: SnapshotRecord; pending: Extract<PendingVolumeOperation, { op: 'revert-from-backup' }> };
+      const begun = await withLockedSnapshot<Begun>(caller, id, 'revert', async (tx, { snapshot, volume, vm }) => {
         // Reverting rewrites V: refused while any snapshot of V is in flight (the table's volume `revert` row).
         assertAllowed({ kind: 'volume', action: 'revert', volumeId: volume.id }, await inFlightSnapshots(tx, { volumeIds: [volume.id] }));
         requireState(snapshot, ['BackedUp'], 'revert');
@@ -498,6 +506,10 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         if (!onPrimary && !backup) {
           throw new ConflictError('PRIMARY_SNAPSHOT_MISSING', `snapshot ${snapshot.id} no longer exists on primary storage; create a volume from its backup instead`, { snapshotId: snapshot.id });
         }
+        if (backup) {
+          const pending = { op: 'revert-from-backup' as const, token, snapshotId: snapshot.id, storePath: backup.storePath, installPath: backup.ref.installPath, toBytes: snapshot.size };
+          return { volume: await beginVolumeOperation(tx, volume.id, 'Reverting', pending), snapshot, pending };
+        }
         // A qcow2 snapshot records the disk size; reverting restores it.
         const reverted = await updateVolume(tx, volume.id, snapshot.size ? { size_bytes: snapshot.size } : {});
         await recordEvent(tx, {
@@ -505,18 +517,46 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
           accountId: snapshot.accountId,
           resourceType: 'Snapshot',
           resourceId: snapshot.id,
-          description: `volume ${volume.name} reverted to snapshot ${snapshot.name}${backup ? ' from its backup (the primary snapshot is gone)' : ''}`,
-          details: { snapshotId: snapshot.id, volumeId: volume.id, fromBackup: backup !== null },
+          description: `volume ${volume.name} reverted to snapshot ${snapshot.name}`,
+          details: { snapshotId: snapshot.id, volumeId: volume.id, fromBackup: false },
         });
         // Not undoable, so last: right before COMMIT; under the image lock, held on this transaction.
-        await withImageLock(
-          tx,
-          volume.id,
-          () => (backup ? driver.restoreVolumeFromBackup!(backup.storePath, backup.ref.installPath, volume.path) : driver.revertSnapshot(volume.path, snapshot.id)),
-          { logger },
-        );
-        return volumeView(reverted);
+        await withImageLock(tx, volume.id, () => driver.revertSnapshot(volume.path, snapshot.id), { logger });
+        return { done: volumeView(reverted) };
       });
+      if ('done' in begun) return begun.done;
+      const { volume, snapshot, pending } = begun;
+      const log = logger.child({ volumeId: volume.id, snapshotId: snapshot.id, operation: 'revert-from-backup', token });
+      const driver = driverFor({ drivers }, volume.hypervisor);
+      try {
+        // No other writer touches the image meanwhile: snapshots, resize, migrate, deletes and reverts of the
+        // volume are refused while it is Reverting (VOLUME_BUSY), and storage GC leaves busy volumes alone.
+        await withVolumeHeartbeat(deps, volume.id, token, () => driver.restoreVolumeFromBackup!(pending.storePath, pending.installPath, volume.path));
+      } catch (err) {
+        log.error({ err }, 'reverting a volume from a backup failed');
+        await settleVolumeOperation({ ...deps, drivers }, volume, pending, err instanceof Error ? err.message : String(err), 'failed').catch((settleErr: unknown) =>
+          log.error({ err: settleErr, cause: err }, 'settling the failed revert failed; the reconciler will'),
+        );
+        throw err;
+      }
+      const ready = await withTransaction(pool, async (tx) => {
+        const v = await endVolumeOperation(tx, volume.id, token, { state: 'Ready', ...(pending.toBytes ? { size_bytes: pending.toBytes } : {}) });
+        if (!v) return undefined;
+        await recordEvent(tx, {
+          type: 'SNAPSHOT.REVERT',
+          accountId: snapshot.accountId,
+          resourceType: 'Snapshot',
+          resourceId: snapshot.id,
+          description: `volume ${volume.name} reverted to snapshot ${snapshot.name} from its backup (the primary snapshot is gone)`,
+          details: { snapshotId: snapshot.id, volumeId: volume.id, fromBackup: true },
+        });
+        return v;
+      });
+      if (!ready) {
+        throw new ConflictError('VOLUME_OPERATION_ABANDONED', `reverting volume ${volume.id} took too long and was settled by the reconciler; check the volume`, { volumeId: volume.id, snapshotId: snapshot.id });
+      }
+      log.info('volume reverted from the backup');
+      return volumeView(ready);
     },
 
     /**

@@ -12,7 +12,7 @@ import { runStorageGcNow } from '../../services/storage-gc.js';
 import { createVmService } from '../../services/vms.js';
 import type { StorageDriver } from '../../storage/driver.js';
 import { installTemporalRuntime } from '../../app/runtime.js';
-import { insertAccount, insertVolume, sha256File, writePattern } from '../support/fixtures.js';
+import { holdsPattern, insertAccount, insertVolume, sha256File, writePattern } from '../support/fixtures.js';
 import { startTestStack, type TestStack } from '../../harness/stack.js';
 
 const MiB = 1024 * 1024;
@@ -278,6 +278,62 @@ describe('settling after interruptions (issue 22: items 2, 3, 6)', () => {
       const gc = await runStorageGcNow(stack.client);
       expect(gc.reconciled).toEqual([expect.objectContaining({ snapshotId: snap.id, to: 'Error' })]);
       expect((await getSnapshot(stack.pool, snap.id))?.status).not.toBe('BackedUp');
+    });
+  });
+
+  describe('item 6: revert from a backup uses the pending-operation pattern', () => {
+    /** A volume holding 0x51 when snapshotted and 0x52 now, whose snapshot's primary copy is gone. */
+    async function revertable() {
+      const vol = await insertVolume(stack.pool, driver, { accountId, sizeBytes: 8 * MiB, type: 'DATADISK' });
+      await writePattern(vol.path, 0x51, 0, MiB);
+      const snap = await backedUp(vol.volumeId);
+      await writePattern(vol.path, 0x52, 0, MiB);
+      await driver.deleteSnapshot(vol.path, snap.id);
+      return { vol, snap };
+    }
+
+    it('copies with the volume committed Reverting and no transaction (row locks, pooled connection) open', async () => {
+      const { vol, snap } = await revertable();
+      let seen: { state: string; openTransactions: number } | undefined;
+      await patched(
+        'restoreVolumeFromBackup',
+        (orig) => async (storeRoot, installPath, volumePath) => {
+          const { rows } = await stack.pool.query(
+            `SELECT (SELECT state FROM volumes WHERE id = $1) AS state,
+                    (SELECT count(*)::int FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%') AS open`,
+            [vol.volumeId],
+          );
+          seen = { state: rows[0].state, openTransactions: rows[0].open };
+          await orig(storeRoot, installPath, volumePath);
+        },
+        () => stack.snapshots.revert(caller, snap.id),
+      );
+      expect(seen).toEqual({ state: 'Reverting', openTransactions: 0 });
+      expect((await findVolume(stack.pool, vol.volumeId, null))?.state).toBe('Ready');
+      expect(await holdsPattern(vol.path, 0x51, 0, MiB)).toBe(true);
+      expect((await eventsOf(snap.id)).at(-1)).toMatchObject({ type: 'SNAPSHOT.REVERT', details: { fromBackup: true } });
+    });
+
+    it('a revert from a backup whose process died mid-copy is finished by the reconciler (the copy redone)', async () => {
+      const { reconcileStuckVolumes } = await import('../../services/volume-reconcile.js');
+      const { vol, snap } = await revertable();
+      const image = (await getStoreRefs(stack.pool, snap.id)).find((r) => r.role === 'Image')!;
+      // What a crash mid-copy leaves: the volume Reverting with its record, a stale heartbeat, content half-written.
+      await stack.pool.query(
+        `UPDATE volumes SET state = 'Reverting', pending_heartbeat = now() - interval '1 hour',
+                pending = jsonb_build_object('op', 'revert-from-backup', 'token', $2::text, 'snapshotId', $3::text,
+                                             'storePath', $4::text, 'installPath', $5::text, 'toBytes', $6::bigint)
+          WHERE id = $1`,
+        [vol.volumeId, randomUUID(), snap.id, storePath, image.installPath, snap.size],
+      );
+      const r = await reconcileStuckVolumes({ pool: stack.pool, drivers: stack.drivers, logger: silentLogger }, { staleAfterSeconds: 60 });
+      expect(r.failures).toEqual([]);
+      expect(r.settled).toEqual([expect.objectContaining({ volumeId: vol.volumeId, operation: 'revert-from-backup', outcome: 'finished' })]);
+      const v = (await findVolume(stack.pool, vol.volumeId, null))!;
+      expect(v.state).toBe('Ready');
+      expect(await holdsPattern(vol.path, 0x51, 0, MiB)).toBe(true);
+      // Settled once: a second run finds nothing.
+      expect((await reconcileStuckVolumes({ pool: stack.pool, drivers: stack.drivers, logger: silentLogger }, { staleAfterSeconds: 60 })).settled).toEqual([]);
     });
   });
 });
