@@ -4,13 +4,17 @@ import path from 'node:path';
 import { Context } from '@temporalio/activity';
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import type { Logger } from 'pino';
-import { listImageStores } from '../db/catalog-queries.js';
+import { findImageStore, listImageStores } from '../db/catalog-queries.js';
 import { imageLockRunner } from '../db/image-locks.js';
 import type { Pool } from '../db/pool.js';
-import { isTransitionalVolumeState } from '../db/volumes.js';
+import { findVolumeLocation, isTransitionalVolumeState } from '../db/volumes.js';
+import { settleDestroyingSnapshots, type SettledSnapshotDeletes } from '../services/snapshot-delete.js';
+import { settleVolumeImageDeletes } from '../services/volume-image-delete.js';
 import { reconcileStuckVolumes, type VolumeReconcileResult } from '../services/volume-reconcile.js';
 import {
   errorSnapshotsToClean,
+  getBackupChain,
+  getStoreRefs,
   hasDependentBackups,
   inFlightSnapshotsToReconcile,
   keptBackupSnapshotIds,
@@ -21,6 +25,7 @@ import {
   unreferencedKeptBackups,
 } from '../db/snapshots.js';
 import { IllegalSnapshotTransitionError, type SnapshotState } from '../domain/snapshot-states.js';
+import { checkBackupChain } from '../storage/chain.js';
 import { removeSnapshotStorage } from '../storage/cleanup.js';
 import type { StorageDrivers } from '../storage/driver.js';
 import { isFileOf, isUuid } from '../storage/paths.js';
@@ -38,8 +43,10 @@ export interface StorageGcActivityDeps {
   volumeStaleAfterSeconds?: number;
 }
 
-/** An in-flight snapshot whose workflow was gone, moved to Error. */
+/** An in-flight snapshot whose workflow was gone, settled: to BackedUp from a verified backup, else to Error. */
 export interface ReconciledSnapshot {
+  /** Where the reconciler moved it: BackedUp when its Image ref was Ready and verified, Error otherwise. */
+  to?: 'BackedUp' | 'Error';
   snapshotId: string;
   volumeId: string;
   workflowId: string;
@@ -84,6 +91,10 @@ export interface ReconcileResult {
   failures: GcFailure[];
   /** Volumes left Migrating/Resizing/Creating by a dead process, finished or undone (logged; not in the GC result yet). */
   volumes?: VolumeReconcileResult['settled'];
+  /** Snapshot deletes interrupted after Destroying was committed, finished (Destroyed). */
+  deletes?: SettledSnapshotDeletes['destroyed'];
+  /** Destroyed volumes whose image deletion a crash interrupted, now deleted. */
+  volumeImagesDeleted?: string[];
 }
 
 export interface CleanResult {
@@ -152,11 +163,62 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
     }
   }
 
+  /**
+   * An in-flight snapshot whose workflow closed, whose Image ref is Ready and whose backup verifies (the top
+   * file's sha256 against its recorded checksum, the rest of its chain present at its recorded sizes:
+   * storage/chain.ts): moved to BackedUp with its event. Null when there is no such backup (the caller moves
+   * the snapshot to Error as before). The move re-checks the state under the row lock.
+   */
+  async function settleFromVerifiedBackup(
+    row: Awaited<ReturnType<typeof inFlightSnapshotsToReconcile>>[number],
+    workflowStatus: string,
+    reason: string,
+    slog: Logger,
+  ): Promise<ReconciledSnapshot | null> {
+    if (row.status !== 'BackingUp') return null;
+    const ref = (await getStoreRefs(pool, row.id)).find((r) => r.role === 'Image' && r.state === 'Ready');
+    if (!ref?.checksum) return null;
+    const [store, volume] = await Promise.all([findImageStore(pool, ref.storeId), findVolumeLocation(pool, row.volumeId)]);
+    const driver = volume && deps.drivers[volume.hypervisor];
+    if (!store || !driver) return null;
+    const problem = await checkBackupChain(driver, store.path, await getBackupChain(pool, row.id), { full: false });
+    if (problem) {
+      slog.warn({ problem, installPath: ref.installPath }, 'in-flight snapshot whose workflow closed has a Ready backup that does not verify');
+      return null;
+    }
+    const moved = await transitionSnapshot(pool, row.id, 'BackedUp', {
+      set: { physical_size: ref.sizeBytes, next_attempt_at: null, last_error: null },
+      event: {
+        type: 'SNAPSHOT.BACKUP',
+        level: 'WARN',
+        description:
+          `snapshot ${row.name} moved to BackedUp by the storage GC reconciler: ${reason} while the snapshot was ${row.status}, ` +
+          `but its backup was complete and verifies`,
+        details: {
+          reconciler: true,
+          workflowId: row.workflowId,
+          workflowStatus,
+          reason,
+          installPath: ref.installPath,
+          checksum: ref.checksum,
+          kind: ref.parentSnapshotId ? 'incremental' : 'full',
+          parentSnapshotId: ref.parentSnapshotId ?? null,
+          bytesWritten: ref.sizeBytes,
+        },
+      },
+    });
+    if (!moved.changed) return null;
+    slog.warn({ previousState: row.status, workflowStatus, installPath: ref.installPath }, `snapshot moved to BackedUp from its verified backup: ${reason}`);
+    return { snapshotId: row.id, volumeId: row.volumeId, workflowId: row.workflowId, previousState: row.status, workflowStatus, reason, to: 'BackedUp' };
+  }
+
   return {
     /**
      * The reconciler: an in-flight snapshot (Allocated, Creating, CreatedOnPrimary, BackingUp) whose workflow
-     * is not running (gone, terminated, timed out, ...) can never finish: move it to Error, saying why, so the
-     * next step cleans it. Allocated rows inside the grace period are left alone.
+     * is not running (gone, terminated, timed out, ...) can never finish. It is settled from its refs: a
+     * BackingUp snapshot whose Image ref is Ready and verifies is BackedUp (the copy finished, only the transition
+     * was lost); any other is moved to Error, saying why, so the next step cleans it. Allocated rows inside the
+     * grace period are left alone.
      */
     async reconcileInFlightSnapshots(): Promise<ReconcileResult> {
       const result: ReconcileResult = { checked: 0, reconciled: [], deferred: [], skipped: false, failures: [] };
@@ -168,6 +230,18 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
         if (vols.settled.length) log.warn({ volumes: vols.settled }, 'reconciler settled volumes left in a transitional state');
       } catch (err) {
         log.error({ err }, 'reconciling stuck volumes failed; left for the next run');
+        result.failures.push({ step: 'reconcile', error: messageOf(err) });
+      }
+      // Then the deletes (of snapshots, of Destroyed volumes' images) whose process died between intent and result.
+      try {
+        const dels = await settleDestroyingSnapshots(deps);
+        result.deletes = dels.destroyed;
+        for (const f of dels.failures) result.failures.push({ step: 'reconcile', snapshotId: f.snapshotId, error: f.error });
+        const images = await settleVolumeImageDeletes(deps);
+        result.volumeImagesDeleted = images.deleted;
+        for (const f of images.failures) result.failures.push({ step: 'reconcile', error: `volume ${f.volumeId}: ${f.error}` });
+      } catch (err) {
+        log.error({ err }, 'finishing interrupted deletes failed; left for the next run');
         result.failures.push({ step: 'reconcile', error: messageOf(err) });
       }
       if (!deps.client) {
@@ -201,6 +275,20 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
           workflowStatus === 'NOT_FOUND'
             ? `workflow ${row.workflowId} does not exist`
             : `workflow ${row.workflowId} is ${workflowStatus}`;
+        // Finished work first: the copy may have completed (Image ref Ready) with the workflow ending before the
+        // BackedUp transition (its last interruption fell in between). A backup that verifies is the snapshot's
+        // backup: BackedUp, never Error (whose cleanup would delete that backup and the primary snapshot).
+        try {
+          const settled = await settleFromVerifiedBackup(row, workflowStatus, reason, slog);
+          if (settled) {
+            result.reconciled.push(settled);
+            continue;
+          }
+        } catch (err) {
+          slog.warn({ err }, 'could not check the backup of an in-flight snapshot whose workflow closed; left for the next run');
+          result.failures.push({ step: 'reconcile', snapshotId: row.id, error: messageOf(err) });
+          continue;
+        }
         try {
           // Re-checked under the row lock: a snapshot that finished meanwhile (BackedUp) is an illegal move and
           // is left alone; one already in Error is a no-op.
@@ -222,6 +310,7 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
             previousState: row.status,
             workflowStatus,
             reason,
+            to: 'Error',
           });
         } catch (err) {
           if (err instanceof IllegalSnapshotTransitionError) continue;
@@ -229,7 +318,10 @@ export function createStorageGcActivities(deps: StorageGcActivityDeps) {
           result.failures.push({ step: 'reconcile', snapshotId: row.id, error: messageOf(err) });
         }
       }
-      if (result.reconciled.length) log.warn({ count: result.reconciled.length }, 'reconciler moved snapshots whose workflow was gone to Error');
+      if (result.reconciled.length) {
+        const backedUp = result.reconciled.filter((r) => r.to === 'BackedUp').length;
+        log.warn({ count: result.reconciled.length, backedUp, error: result.reconciled.length - backedUp }, 'reconciler settled snapshots whose workflow was gone');
+      }
       return result;
     },
 

@@ -16,6 +16,7 @@ import { volumeIdOfSnapshot } from '../db/snapshots.js';
 import { ensureAdminAccount } from '../services/accounts.js';
 import { createSnapshotService, type SnapshotService } from '../services/snapshots.js';
 import { createStorageGcService, type StorageGcService } from '../services/storage-gc.js';
+import { settleInterruptedDeletes } from '../services/snapshot-delete.js';
 import { reconcileStuckVolumes } from '../services/volume-reconcile.js';
 import { processMetrics, type VolsnapMetrics } from '../observability/metrics.js';
 import { KvmStorageDriver } from '../storage/kvm.js';
@@ -123,6 +124,11 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
     await reconcileStuckVolumes({ pool, drivers, logger }).then(
       (r) => r.settled.length && logger.warn({ volumes: r.settled }, 'volumes left in a transitional state were settled at start-up'),
       (err: unknown) => logger.error({ err }, 'could not reconcile volumes left in a transitional state; storage GC will retry'),
+    );
+    // A delete that died between its intent and its result (a snapshot left Destroying, a Destroyed volume's
+    // image still on disk): finished now, idempotently (storage GC does the same on every run).
+    await settleInterruptedDeletes({ pool, drivers, logger }).catch((err: unknown) =>
+      logger.error({ err }, 'could not finish interrupted deletes; storage GC will retry'),
     );
     const metrics = processMetrics();
     const storageGc = createStorageGcService({ client, taskQueue: env.TEMPORAL_TASK_QUEUE, logger });

@@ -68,6 +68,14 @@ export async function withImageLock<T>(
 
   const client = await db.connect();
   let broken: Error | undefined;
+  // The connection may die while the lock is held (a PostgreSQL restart): a checked-out client then emits
+  // 'error' with nobody listening, which would end the process. The lock went with the connection; `fn` goes on
+  // and the connection is discarded at release.
+  const onConnectionError = (e: Error) => {
+    broken = e;
+    opts.logger?.warn({ err: e, volumeId }, 'the connection holding the image lock was lost; the lock went with it');
+  };
+  client.on('error', onConnectionError);
   try {
     // Usually free: one round trip (the time-to-created path takes it). Held: a bounded, fair wait.
     const { rows } = await client.query<{ taken: boolean }>('SELECT pg_try_advisory_lock($1::bigint) AS taken', [key]);
@@ -89,6 +97,7 @@ export async function withImageLock<T>(
       });
     }
   } finally {
+    client.off('error', onConnectionError);
     client.release(broken);
   }
 }

@@ -560,6 +560,15 @@ export async function inFlightSnapshotsToReconcile(db: Queryable, graceSeconds: 
   return rows.map((r) => ({ id: r.id, volumeId: r.volume_id, name: r.name, status: r.status, workflowId: r.workflow_id, young: r.young }));
 }
 
+/**
+ * Snapshots whose delete committed its intent (Destroying) but not its result, least recently updated first:
+ * start-up and storage GC finish them (services/snapshot-delete.ts).
+ */
+export async function destroyingSnapshotIds(db: Queryable): Promise<string[]> {
+  const { rows } = await db.query<{ id: string }>(`SELECT id FROM snapshots WHERE status = 'Destroying' ORDER BY updated`);
+  return rows.map((r) => r.id);
+}
+
 /** A snapshot in Error with where its volume's image is, as storage GC cleans it. */
 export interface ErrorSnapshotToClean {
   id: string;

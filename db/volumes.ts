@@ -3,13 +3,13 @@ import type { Queryable } from './pool.js';
 import type { Hypervisor } from './vms.js';
 
 export type VolumeType = 'ROOT' | 'DATADISK';
-export type VolumeState = 'Allocated' | 'Creating' | 'Ready' | 'Migrating' | 'Resizing' | 'Error' | 'Destroyed';
+export type VolumeState = 'Allocated' | 'Creating' | 'Ready' | 'Migrating' | 'Resizing' | 'Reverting' | 'Error' | 'Destroyed';
 
 /**
  * States a volume holds while long storage work runs outside any transaction (domain/policy.ts treats the
  * volume as busy). `volumes.pending` says what the work does, so a reconciler can finish or undo it.
  */
-export const TRANSITIONAL_VOLUME_STATES = ['Creating', 'Migrating', 'Resizing'] as const;
+export const TRANSITIONAL_VOLUME_STATES = ['Creating', 'Migrating', 'Resizing', 'Reverting'] as const;
 export type TransitionalVolumeState = (typeof TRANSITIONAL_VOLUME_STATES)[number];
 
 export function isTransitionalVolumeState(state: string): state is TransitionalVolumeState {
@@ -20,7 +20,20 @@ export function isTransitionalVolumeState(state: string): state is TransitionalV
 export type PendingVolumeOperation =
   | { op: 'migrate'; token: string; fromPoolId: string; toPoolId: string; fromPath: string; toPath: string }
   | { op: 'resize'; token: string; fromBytes: number; toBytes: number }
-  | { op: 'create-from-snapshot'; token: string; snapshotId: string; poolId: string; poolPath: string };
+  | { op: 'create-from-snapshot'; token: string; snapshotId: string; poolId: string; poolPath: string }
+  /** A revert whose primary snapshot is gone: the volume's active layer is rewritten from the backup chain. */
+  | { op: 'revert-from-backup'; token: string; snapshotId: string; storePath: string; installPath: string; toBytes: number | null };
+
+/**
+ * The image of a volume already Destroyed in the database, still to be deleted from primary storage: the
+ * delete's intent, committed with the Destroyed state, so that a crash before the image is gone leaves a
+ * record start-up and storage GC finish (services/volume-image-delete.ts). Kept in `volumes.pending`.
+ */
+export interface PendingImageDelete {
+  op: 'delete-image';
+  token: string;
+  path: string;
+}
 
 /** A `volumes` row. */
 export interface VolumeRecord {
@@ -226,9 +239,40 @@ export async function updateVolume(
   return toVolumeRecord(rows[0]);
 }
 
-/** Marks a volume Destroyed and removed. */
-export function markVolumeDestroyed(db: Queryable, id: string): Promise<VolumeRecord> {
-  return updateVolume(db, id, { state: 'Destroyed', removed: new Date(), vm_id: null, device_id: null });
+/**
+ * Marks a volume Destroyed and removed. With `imageDelete`, the deletion of its image still to come is recorded
+ * with it (in the same statement), for the caller to carry out after COMMIT and for start-up and storage GC to
+ * finish after a crash.
+ */
+export async function markVolumeDestroyed(db: Queryable, id: string, imageDelete?: PendingImageDelete): Promise<VolumeRecord> {
+  if (!imageDelete) return updateVolume(db, id, { state: 'Destroyed', removed: new Date(), vm_id: null, device_id: null });
+  const { rows } = await db.query(
+    `UPDATE volumes SET state = 'Destroyed', removed = now(), vm_id = NULL, device_id = NULL, pending = $2, pending_heartbeat = NULL, updated = now()
+      WHERE id = $1 RETURNING *`,
+    [id, JSON.stringify(imageDelete)],
+  );
+  return toVolumeRecord(rows[0]);
+}
+
+/** A Destroyed volume whose image is still to be deleted, with the recorded intent. */
+export interface VolumeAwaitingImageDelete {
+  volume: VolumeRecord;
+  pending: PendingImageDelete;
+}
+
+/** Destroyed volumes whose image deletion was recorded but not yet done (a crash in between), oldest first. */
+export async function volumesAwaitingImageDelete(db: Queryable): Promise<VolumeAwaitingImageDelete[]> {
+  const { rows } = await db.query(`SELECT * FROM volumes WHERE state = 'Destroyed' AND pending->>'op' = 'delete-image' ORDER BY updated`);
+  return rows.map((r) => ({ volume: toVolumeRecord(r), pending: r.pending as PendingImageDelete }));
+}
+
+/** Clears the recorded image deletion `token` of a Destroyed volume once its image is gone; false if not current. */
+export async function endImageDelete(db: Queryable, id: string, token: string): Promise<boolean> {
+  const { rowCount } = await db.query(
+    `UPDATE volumes SET pending = NULL, updated = now() WHERE id = $1 AND state = 'Destroyed' AND pending->>'op' = 'delete-image' AND pending->>'token' = $2`,
+    [id, token],
+  );
+  return (rowCount ?? 0) > 0;
 }
 
 /** The primary snapshots on a volume's image are gone with it (deleted or replaced): their store refs say so. */

@@ -9,11 +9,10 @@ import {
 } from '@temporalio/client';
 import type { Logger } from 'pino';
 import { backupRetryFrom, incrementalFrom } from '../config/settings.js';
-import { defaultImageStore } from '../db/catalog.js';
 import { findImageStore, findStoragePool } from '../db/catalog-queries.js';
 import { recordEvent } from '../db/events.js';
 import { findIdempotentRequest, releaseIdempotencyKey, rememberIdempotentRequest } from '../db/idempotency.js';
-import { imageLockRunner, withImageLock } from '../db/image-locks.js';
+import { withImageLock } from '../db/image-locks.js';
 import { lockSnapshotWithVolume, lockVolumeWithVm } from '../db/locks.js';
 import { withTransaction, type PoolClient, type Queryable } from '../db/pool.js';
 import { readSettings } from '../db/settings.js';
@@ -23,19 +22,16 @@ import {
   getSnapshot,
   getStoreRefs,
   getStoreRefsOf,
-  hasDependentBackups,
   inFlightSnapshots,
   insertSnapshot,
   listSnapshots,
-  retireStoreRefs,
   searchSnapshots,
-  setStoreRefState,
   transitionSnapshot,
   type SnapshotRecord,
   type StoreRefRecord,
 } from '../db/snapshots.js';
 import type { VmRecord } from '../db/vms.js';
-import { busyVolumes, endVolumeOperation, insertVolume, isTransitionalVolumeState, updateVolume, type PendingVolumeOperation, type VolumeRecord } from '../db/volumes.js';
+import { beginVolumeOperation, busyVolumes, endVolumeOperation, insertVolume, isTransitionalVolumeState, updateVolume, type PendingVolumeOperation, type VolumeRecord } from '../db/volumes.js';
 import {
   ConflictError,
   IdempotencyKeyMismatchError,
@@ -46,7 +42,6 @@ import {
 } from '../domain/errors.js';
 import type { SnapshotAction } from '../domain/policy.js';
 import type { SnapshotState } from '../domain/snapshot-states.js';
-import { removeSnapshotStorage } from '../storage/cleanup.js';
 import { volumePath as kvmVolumePath } from '../storage/paths.js';
 import {
   SEARCH_ATTRIBUTES,
@@ -61,6 +56,7 @@ import { assertAllowed, assertNotBusy } from './policy-guard.js';
 import { withStorageTransaction, type OnRollback } from './storage-transaction.js';
 import { snapshotView, volumeView, type SnapshotView, type VolumeView } from './views.js';
 import { withVolumeHeartbeat } from './volume-operations.js';
+import { finishSnapshotDelete } from './snapshot-delete.js';
 import { settleVolumeOperation } from './volume-reconcile.js';
 
 /*
@@ -464,66 +460,52 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
 
     /**
      * Deletes a BackedUp snapshot (BackedUp → Destroying → Destroyed: backup files, then the primary snapshot) or
-     * an Error one (its leftovers). If a file operation fails the snapshot goes to Error for storage GC.
+     * an Error one (its leftovers). Crash-safe: Destroying (the intent) is committed under the row locks first;
+     * the storage work then runs outside them, under the volume's image lock; Destroyed is committed after
+     * (services/snapshot-delete.ts). A crash in between leaves Destroying, which start-up and storage GC finish.
+     * If a file operation fails the snapshot goes to Error for storage GC.
      */
     async delete(caller: Caller, id: string): Promise<SnapshotView> {
-      const outcome = await withLockedSnapshot(caller, id, 'delete', async (tx, { snapshot, volume }) => {
+      const intent = await withLockedSnapshot(caller, id, 'delete', async (tx, { snapshot, volume }) => {
         requireState(snapshot, ['BackedUp', 'Error'], 'delete');
-        const driver = driverFor({ drivers }, volume.hypervisor);
+        driverFor({ drivers }, volume.hypervisor);
         if (snapshot.status === 'BackedUp') {
           await transitionSnapshot(tx, snapshot.id, 'Destroying', { event: { type: 'SNAPSHOT.DELETE', description: `deleting snapshot ${snapshot.name}` } });
         }
-        let keepBackup = false;
-        try {
-          const refs = await getStoreRefs(tx, snapshot.id);
-          const imageStoreIds = new Set(refs.filter((r) => r.role === 'Image').map((r) => r.storeId));
-          const stores = imageStoreIds.size
-            ? await Promise.all([...imageStoreIds].map((sid) => findImageStore(tx, sid)))
-            : [await defaultImageStore(tx)];
-          // The primary snapshot is skipped when already gone (compensated, or its volume deleted or replaced);
-          // its deletion runs under the image lock held on this transaction.
-          const primaryLive = refs.some((r) => r.role === 'Primary' && r.state !== 'Destroyed');
-          // A backup a later delta depends on stays (its Image ref too) until nothing does; storage GC then
-          // removes it (docs/design.md §14). A backup attempt records its parent under this row's lock, so none
-          // can start depending on it after this check.
-          keepBackup = await hasDependentBackups(tx, snapshot.id);
-          await removeSnapshotStorage({
-            driver,
-            target: { accountId: snapshot.accountId, volumeId: snapshot.volumeId, snapshotId: snapshot.id },
-            storePaths: keepBackup ? [] : stores.flatMap((s) => (s ? [s.path] : [])),
-            volumePath: primaryLive && !volume.removedAt ? volume.path : null,
-            lock: imageLockRunner(tx, volume.id, { logger }),
-          });
-        } catch (err) {
-          const reason = `deleting snapshot files failed: ${err instanceof Error ? err.message : String(err)}`;
-          logger.error({ err, snapshotId: snapshot.id }, 'snapshot delete failed; moving it to Error for storage GC');
-          await transitionSnapshot(tx, snapshot.id, 'Error', { set: { last_error: reason }, event: { type: 'SNAPSHOT.DELETE', level: 'ERROR', description: reason } });
-          return { failed: err };
-        }
-        if (keepBackup) await setStoreRefState(tx, snapshot.id, 'Primary', 'Destroyed');
-        else await retireStoreRefs(tx, snapshot.id, 'mark-destroyed');
-        const { snapshot: done } = await transitionSnapshot(tx, snapshot.id, 'Destroyed', {
-          set: { removed: new Date() },
-          event: {
-            type: 'SNAPSHOT.DELETE',
-            description: keepBackup
-              ? `snapshot ${snapshot.name} deleted; its backup stays while later incremental backups depend on it`
-              : `snapshot ${snapshot.name} deleted`,
-            details: { backupKept: keepBackup },
-          },
-        });
-        return { done };
+        return { snapshot, from: snapshot.status === 'BackedUp' ? ('Destroying' as const) : ('Error' as const) };
       });
-      if ('failed' in outcome) throw outcome.failed;
-      return view(outcome.done);
+      const { snapshot, from } = intent;
+      const log = logger.child({ snapshotId: snapshot.id, volumeId: snapshot.volumeId, operation: 'delete-snapshot' });
+      try {
+        const done = await finishSnapshotDelete({ pool, drivers, logger }, snapshot.id, { from });
+        if (done.outcome === 'deferred') log.warn('snapshot delete left Destroying: its volume became busy; storage GC finishes it');
+      } catch (err) {
+        const reason = `deleting snapshot files failed: ${err instanceof Error ? err.message : String(err)}`;
+        log.error({ err }, 'snapshot delete failed; moving it to Error for storage GC');
+        if (from === 'Destroying') {
+          await transitionSnapshot(pool, snapshot.id, 'Error', { set: { last_error: reason }, event: { type: 'SNAPSHOT.DELETE', level: 'ERROR', description: reason } }).catch(
+            (e: unknown) => log.error({ err: e, cause: err }, 'could not move the snapshot to Error; it stays Destroying and storage GC finishes the delete'),
+          );
+        }
+        throw err;
+      }
+      return view((await getSnapshot(pool, snapshot.id))!);
     },
 
     /**
-     * Reverts the snapshot's volume to it (the primary snapshot must still exist). The volume's VM must be
-     * stopped, and no other snapshot of the volume may be in flight: reverting rewrites the volume.
+     * Reverts the snapshot's volume to it. The volume's VM must be stopped, and no other snapshot of the volume
+     * may be in flight: reverting rewrites the volume. From the primary snapshot (a metadata change) it runs in
+     * one transaction; from the backup chain (the primary snapshot gone) it rewrites the whole volume, so, like
+     * migrate and resize, in three steps with no row lock or pooled connection held during the copy: commit the
+     * volume Reverting (with its `pending` record), copy, commit it Ready. A crash in between is settled by the
+     * reconciler (services/volume-reconcile.ts: the copy is redone).
      */
-    revert(caller: Caller, id: string): Promise<VolumeView> {
-      return withLockedSnapshot(caller, id, 'revert', async (tx, { snapshot, volume, vm }) => {
+    async revert(caller: Caller, id: string): Promise<VolumeView> {
+      const token = randomUUID();
+      type Begun =
+        | { done: VolumeView }
+        | { volume: VolumeRecord; snapshot: SnapshotRecord; pending: Extract<PendingVolumeOperation, { op: 'revert-from-backup' }> };
+      const begun = await withLockedSnapshot<Begun>(caller, id, 'revert', async (tx, { snapshot, volume, vm }) => {
         // Reverting rewrites V: refused while any snapshot of V is in flight (the table's volume `revert` row).
         assertAllowed({ kind: 'volume', action: 'revert', volumeId: volume.id }, await inFlightSnapshots(tx, { volumeIds: [volume.id] }));
         requireState(snapshot, ['BackedUp'], 'revert');
@@ -538,6 +520,10 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         if (!onPrimary && !backup) {
           throw new ConflictError('PRIMARY_SNAPSHOT_MISSING', `snapshot ${snapshot.id} no longer exists on primary storage; create a volume from its backup instead`, { snapshotId: snapshot.id });
         }
+        if (backup) {
+          const pending = { op: 'revert-from-backup' as const, token, snapshotId: snapshot.id, storePath: backup.storePath, installPath: backup.ref.installPath, toBytes: snapshot.size };
+          return { volume: await beginVolumeOperation(tx, volume.id, 'Reverting', pending), snapshot, pending };
+        }
         // A qcow2 snapshot records the disk size; reverting restores it.
         const reverted = await updateVolume(tx, volume.id, snapshot.size ? { size_bytes: snapshot.size } : {});
         await recordEvent(tx, {
@@ -545,18 +531,46 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
           accountId: snapshot.accountId,
           resourceType: 'Snapshot',
           resourceId: snapshot.id,
-          description: `volume ${volume.name} reverted to snapshot ${snapshot.name}${backup ? ' from its backup (the primary snapshot is gone)' : ''}`,
-          details: { snapshotId: snapshot.id, volumeId: volume.id, fromBackup: backup !== null },
+          description: `volume ${volume.name} reverted to snapshot ${snapshot.name}`,
+          details: { snapshotId: snapshot.id, volumeId: volume.id, fromBackup: false },
         });
         // Not undoable, so last: right before COMMIT; under the image lock, held on this transaction.
-        await withImageLock(
-          tx,
-          volume.id,
-          () => (backup ? driver.restoreVolumeFromBackup!(backup.storePath, backup.ref.installPath, volume.path) : driver.revertSnapshot(volume.path, snapshot.id)),
-          { logger },
-        );
-        return volumeView(reverted);
+        await withImageLock(tx, volume.id, () => driver.revertSnapshot(volume.path, snapshot.id), { logger });
+        return { done: volumeView(reverted) };
       });
+      if ('done' in begun) return begun.done;
+      const { volume, snapshot, pending } = begun;
+      const log = logger.child({ volumeId: volume.id, snapshotId: snapshot.id, operation: 'revert-from-backup', token });
+      const driver = driverFor({ drivers }, volume.hypervisor);
+      try {
+        // No other writer touches the image meanwhile: snapshots, resize, migrate, deletes and reverts of the
+        // volume are refused while it is Reverting (VOLUME_BUSY), and storage GC leaves busy volumes alone.
+        await withVolumeHeartbeat(deps, volume.id, token, () => driver.restoreVolumeFromBackup!(pending.storePath, pending.installPath, volume.path));
+      } catch (err) {
+        log.error({ err }, 'reverting a volume from a backup failed');
+        await settleVolumeOperation({ ...deps, drivers }, volume, pending, err instanceof Error ? err.message : String(err), 'failed').catch((settleErr: unknown) =>
+          log.error({ err: settleErr, cause: err }, 'settling the failed revert failed; the reconciler will'),
+        );
+        throw err;
+      }
+      const ready = await withTransaction(pool, async (tx) => {
+        const v = await endVolumeOperation(tx, volume.id, token, { state: 'Ready', ...(pending.toBytes ? { size_bytes: pending.toBytes } : {}) });
+        if (!v) return undefined;
+        await recordEvent(tx, {
+          type: 'SNAPSHOT.REVERT',
+          accountId: snapshot.accountId,
+          resourceType: 'Snapshot',
+          resourceId: snapshot.id,
+          description: `volume ${volume.name} reverted to snapshot ${snapshot.name} from its backup (the primary snapshot is gone)`,
+          details: { snapshotId: snapshot.id, volumeId: volume.id, fromBackup: true },
+        });
+        return v;
+      });
+      if (!ready) {
+        throw new ConflictError('VOLUME_OPERATION_ABANDONED', `reverting volume ${volume.id} took too long and was settled by the reconciler; check the volume`, { volumeId: volume.id, snapshotId: snapshot.id });
+      }
+      log.info('volume reverted from the backup');
+      return volumeView(ready);
     },
 
     /**

@@ -12,6 +12,7 @@ import {
   isTransitionalVolumeState,
   updateVolume,
   volumesOfVms,
+  type PendingImageDelete,
   type VolumeRecord,
 } from '../db/volumes.js';
 import { ConflictError, NotFoundError } from '../domain/errors.js';
@@ -22,6 +23,7 @@ import { defaultStoragePool, driverFor, type ServiceDeps } from './deps.js';
 import { assertAllowed, assertNotBusy } from './policy-guard.js';
 import { withStorageTransaction, type OnRollback } from './storage-transaction.js';
 import { vmView, type VmView } from './views.js';
+import { deleteVolumeImage, imageDeleteIntent } from './volume-image-delete.js';
 
 export interface CreateVmInput {
   name: string;
@@ -114,7 +116,19 @@ export function createVmService(deps: ServiceDeps) {
     return volume;
   }
 
-  async function perform(tx: PoolClient, onRollback: OnRollback, caller: Caller, vm: VmRecord, req: VmActionRequest): Promise<VmRecord> {
+  /**
+   * Runs the action in the caller's transaction. Images to delete (destroy, reinstall) are not touched here: the
+   * volumes are committed Destroyed with the deletion as their recorded intent (`imageDeletes`), and the images go
+   * after COMMIT under their image locks (act); a crash in between is finished at start-up and by storage GC.
+   */
+  async function perform(
+    tx: PoolClient,
+    onRollback: OnRollback,
+    caller: Caller,
+    vm: VmRecord,
+    req: VmActionRequest,
+    imageDeletes: Array<{ volume: VolumeRecord; intent: PendingImageDelete }>,
+  ): Promise<VmRecord> {
     const target = req.action === 'attach-volume' || req.action === 'detach-volume' ? await lockTargetVolume(tx, vm, req.volumeId, caller) : undefined;
     const attached = await lockVmVolumes(tx, vm.id);
     const inFlight = await inFlightSnapshots(tx, { vmId: vm.id, volumeIds: target ? [target.id] : [] });
@@ -141,30 +155,29 @@ export function createVmService(deps: ServiceDeps) {
         await actionEvent(tx, vm, req.action, `VM ${vm.name} rebooted`);
         return updateVm(tx, vm.id, {});
       case 'destroy': {
-        const driver = driverFor(deps, vm.hypervisor);
         const roots = attached.filter((v) => v.type === 'ROOT');
         for (const v of attached.filter((d) => d.type === 'DATADISK')) {
           await updateVolume(tx, v.id, { vm_id: null, device_id: null });
         }
+        driverFor(deps, vm.hypervisor);
         for (const root of roots) {
-          await markVolumeDestroyed(tx, root.id);
+          const intent = imageDeleteIntent(root);
+          imageDeletes.push({ volume: await markVolumeDestroyed(tx, root.id, intent), intent });
           await destroyPrimaryRefsOfVolume(tx, root.id);
         }
         await actionEvent(tx, vm, req.action, `VM ${vm.name} destroyed; ROOT volume deleted, data disks detached`, {
           destroyedVolumeIds: roots.map((v) => v.id),
           detachedVolumeIds: attached.filter((d) => d.type === 'DATADISK').map((d) => d.id),
         });
-        const updated = await updateVm(tx, vm.id, { state: 'Destroyed' });
-        // Irreversible, so last: right before COMMIT.
-        for (const root of roots) await driver.deleteVolume(root.path);
-        return updated;
+        return updateVm(tx, vm.id, { state: 'Destroyed' });
       }
       case 'reinstall': {
         // As CloudStack's restoreVirtualMachine: a fresh ROOT volume (new id) replaces the old, which is destroyed.
         const driver = driverFor(deps, vm.hypervisor);
         const old = attached.find((v) => v.type === 'ROOT');
         if (!old) throw invalidState(`VM ${vm.id} has no ROOT volume`, { vmId: vm.id });
-        await markVolumeDestroyed(tx, old.id);
+        const intent = imageDeleteIntent(old);
+        imageDeletes.push({ volume: await markVolumeDestroyed(tx, old.id, intent), intent });
         await destroyPrimaryRefsOfVolume(tx, old.id);
         const fresh = await createDisk(tx, onRollback, driver, {
           accountId: vm.accountId,
@@ -176,9 +189,7 @@ export function createVmService(deps: ServiceDeps) {
           deviceId: 0,
         });
         await actionEvent(tx, vm, req.action, `VM ${vm.name} reinstalled with a fresh ROOT volume`, { oldVolumeId: old.id, volumeId: fresh.id });
-        const updated = await updateVm(tx, vm.id, {});
-        await driver.deleteVolume(old.path);
-        return updated;
+        return updateVm(tx, vm.id, {});
       }
       case 'attach-iso': {
         const iso = await findIso(tx, req.isoId);
@@ -277,10 +288,18 @@ export function createVmService(deps: ServiceDeps) {
 
     /** Runs a VM action: locks the VM and the volumes involved, checks the policy and acts, in one transaction. */
     async act(caller: Caller, id: string, req: VmActionRequest): Promise<VmView> {
+      const imageDeletes: Array<{ volume: VolumeRecord; intent: PendingImageDelete }> = [];
       const updated = await withStorageTransaction(pool, logger, async (tx, onRollback) => {
+        imageDeletes.length = 0;
         const vm = await lockVm(tx, id, ownerScope(caller));
-        return perform(tx, onRollback, caller, vm, req);
+        return perform(tx, onRollback, caller, vm, req, imageDeletes);
       });
+      // Committed: the images of the volumes it destroyed go now, each under its image lock.
+      for (const { volume, intent } of imageDeletes) {
+        await deleteVolumeImage(deps, volume, intent).catch((err: unknown) =>
+          logger.error({ err, vmId: id, volumeId: volume.id, path: intent.path }, 'deleting the image of a destroyed volume failed; storage GC removes it'),
+        );
+      }
       logger.info({ vmId: id, action: req.action, accountId: caller.accountId }, 'VM action done');
       return view(updated);
     },

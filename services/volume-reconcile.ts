@@ -172,6 +172,32 @@ export async function settleVolumeOperation(
           result.outcome = ok ? (finished ? 'finished' : 'undone') : 'not-ours';
           break;
         }
+        case 'revert-from-backup': {
+          // The active layer was being rewritten from the backup chain: what is there now is neither the old
+          // content nor the snapshot's. A dead process's revert is finished (the copy redone, as the caller
+          // asked; it rewrites the whole layer, so redoing it is idempotent); a failed one leaves the volume
+          // Ready with an ERROR event saying its content is incomplete (revert again).
+          if (mode === 'reconcile') {
+            if (!driver?.restoreVolumeFromBackup) throw new Error(`no storage driver restoring ${volume.hypervisor} volumes from backups`);
+            await driver.restoreVolumeFromBackup(pending.storePath, pending.installPath, volume.path);
+            const ok = await end(
+              { state: 'Ready', ...(pending.toBytes ? { size_bytes: pending.toBytes } : {}) },
+              { type: 'SNAPSHOT.REVERT', description: `revert of volume ${volume.name} to snapshot ${pending.snapshotId} from its backup finished by the reconciler (${why})` },
+            );
+            result.outcome = ok ? 'finished' : 'not-ours';
+          } else {
+            const ok = await end(
+              { state: 'Ready' },
+              {
+                type: 'SNAPSHOT.REVERT',
+                level: 'ERROR',
+                description: `revert of volume ${volume.name} to snapshot ${pending.snapshotId} from its backup failed part-way; its content is incomplete, revert it again: ${why}`,
+              },
+            );
+            result.outcome = ok ? 'error' : 'not-ours';
+          }
+          break;
+        }
         case 'create-from-snapshot': {
           if (volume.hypervisor === 'KVM') result.removedFiles = await removeFileAndTemps(kvmVolumePath(pending.poolPath, volume.id));
           else if (volume.path && driver) await driver.deleteVolume(volume.path);

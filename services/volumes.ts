@@ -31,6 +31,7 @@ import { defaultStoragePool, driverFor, type ServiceDeps } from './deps.js';
 import { assertAllowed, assertNotBusy } from './policy-guard.js';
 import { volumePath as kvmVolumePath } from '../storage/paths.js';
 import { withVolumeHeartbeat } from './volume-operations.js';
+import { deleteVolumeImage, imageDeleteIntent } from './volume-image-delete.js';
 import { settleVolumeOperation } from './volume-reconcile.js';
 import { withStorageTransaction, type OnRollback } from './storage-transaction.js';
 import { volumeView, type VolumeView } from './views.js';
@@ -128,19 +129,26 @@ export function createVolumeService(deps: ServiceDeps) {
       return volumeView(v);
     },
 
-    /** Deletes a detached DATADISK: its image (and the primary snapshots in it) go; backups stay. */
-    delete(caller: Caller, id: string): Promise<VolumeView> {
-      return withLockedVolume(caller, id, 'delete', async (tx, volume) => {
+    /**
+     * Deletes a detached DATADISK: its image (and the primary snapshots in it) go; backups stay. Crash-safe: the
+     * volume is committed Destroyed with the image deletion as its recorded intent, then the image is deleted
+     * under its image lock (services/volume-image-delete.ts); a crash in between is finished at start-up and by
+     * storage GC.
+     */
+    async delete(caller: Caller, id: string): Promise<VolumeView> {
+      const { destroyed, intent } = await withLockedVolume(caller, id, 'delete', async (tx, volume) => {
         if (volume.vmId) throw new ConflictError('VOLUME_ATTACHED', `volume ${volume.id} is attached to VM ${volume.vmId}; detach it first`, { volumeId: volume.id, vmId: volume.vmId });
-        const driver = driverFor(deps, volume.hypervisor);
-        const destroyed = await markVolumeDestroyed(tx, volume.id);
+        driverFor(deps, volume.hypervisor);
+        const intent = imageDeleteIntent(volume);
+        const destroyed = await markVolumeDestroyed(tx, volume.id, intent);
         await destroyPrimaryRefsOfVolume(tx, volume.id);
         await event(tx, volume, 'VOLUME.DELETE', `volume ${volume.name} deleted`, { path: volume.path });
-        // Irreversible, so last: right before COMMIT; under the image lock (on this transaction) so no other
-        // process is changing the image as it goes.
-        await withImageLock(tx, volume.id, () => driver.deleteVolume(volume.path), { logger });
-        return volumeView(destroyed);
+        return { destroyed, intent };
       });
+      await deleteVolumeImage(deps, destroyed, intent).catch((err: unknown) =>
+        logger.error({ err, volumeId: destroyed.id, path: intent.path }, 'deleting the image of a deleted volume failed; storage GC removes it'),
+      );
+      return volumeView(destroyed);
     },
 
     /**

@@ -2,7 +2,7 @@ import { z } from '@hono/zod-openapi';
 import { HypervisorSchema, NameSchema, PageLimitSchema, SizeBytesSchema, TimestampSchema, uuid } from './common.js';
 
 export const VolumeTypeSchema = z.enum(['ROOT', 'DATADISK']);
-export const VolumeStateSchema = z.enum(['Allocated', 'Creating', 'Ready', 'Migrating', 'Resizing', 'Error', 'Destroyed']);
+export const VolumeStateSchema = z.enum(['Allocated', 'Creating', 'Ready', 'Migrating', 'Resizing', 'Reverting', 'Error', 'Destroyed']);
 
 export const VolumeSchema = z
   .object({
