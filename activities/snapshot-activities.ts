@@ -7,15 +7,20 @@ import { recordEvent } from '../db/events.js';
 import { withImageLock } from '../db/image-locks.js';
 import type { Pool } from '../db/pool.js';
 import {
+  BackupSupersededError,
   beginImageRef,
+  claimBackupAttempt,
+  completeBackup,
   getBackupChain,
   getSnapshot,
   getStoreRefs,
   latestBackupOfVolume,
+  ownsBackupAttempt,
+  recordCopyFailure,
   setStoreRefState,
   transitionSnapshot,
   updateBackupProgress,
-  upsertStoreRef,
+  whileOwningBackup,
   type SnapshotRecord,
 } from '../db/snapshots.js';
 import { findVolumeLocation, type VolumeLocation } from '../db/volumes.js';
@@ -129,6 +134,7 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
     store: { id: string; path: string },
     driver: StorageDriver,
     log: Logger,
+    token: number,
   ): Promise<{ parent: (BackupParent & { chainLength: number }) | null; reason: string }> {
     const ids = { accountId: snapshot.accountId, volumeId: snapshot.volumeId, snapshotId: snapshot.id };
     const installPath = backupInstallPath(ids, driver.hypervisor === 'KVM' ? 'qcow2' : 'vhd');
@@ -163,16 +169,20 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
         }
       }
     }
-    if (parent && !(await beginImageRef(pool, { snapshotId: snapshot.id, storeId: store.id, installPath, parent }))) {
+    if (parent && !(await beginImageRef(pool, { snapshotId: snapshot.id, storeId: store.id, installPath, parent, token }))) {
       reason = `the snapshot of ${parent.snapshotId} was deleted meanwhile`;
       parent = null;
     }
-    if (!parent) await beginImageRef(pool, { snapshotId: snapshot.id, storeId: store.id, installPath, parent: null });
+    if (!parent) await beginImageRef(pool, { snapshotId: snapshot.id, storeId: store.id, installPath, parent: null, token });
     log.info({ parent: parent?.snapshotId ?? null, reason }, parent ? 'incremental backup' : 'full backup');
     return { parent, reason };
   }
 
-  /** Records a failed copy (reason, next attempt, event) and gives the error to throw. */
+  /**
+   * Records a failed copy (reason, next attempt, event, and for the workflow's attempt loop the failed attempt,
+   * which a re-delivery of the same attempt replays: claimBackupAttempt) and gives the error to throw. Recorded
+   * only while this execution owns the backup (`token`); a superseded one records nothing and stops.
+   */
   async function copyFailed(
     snapshot: SnapshotRecord,
     attempt: number,
@@ -181,21 +191,30 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
     classify: boolean,
     log: Logger,
     gone: boolean,
+    token: number,
   ): Promise<unknown> {
     const message = messageOf(err);
     const nextAttemptAt = gone ? null : nextBackupAttemptAt(Date.now(), attempt, { maxAttempts, retryIntervalSeconds: snapshot.backupRetryInterval });
     const last = nextAttemptAt === null;
-    log.error({ err, maxAttempts, nextAttemptAt }, `backup attempt ${attempt} of ${maxAttempts} failed`);
-    await updateBackupProgress(pool, snapshot.id, { lastError: message, nextAttemptAt });
-    await recordEvent(pool, {
-      type: 'SNAPSHOT.BACKUP',
-      level: last ? 'ERROR' : 'WARN',
-      accountId: snapshot.accountId,
-      resourceType: 'Snapshot',
-      resourceId: snapshot.id,
-      description: `backup attempt ${attempt} of ${maxAttempts} failed: ${message}`,
-      details: { snapshotId: snapshot.id, volumeId: snapshot.volumeId, attempt, nextAttemptAt: nextAttemptAt?.toISOString() ?? null },
+    const recorded = await recordCopyFailure(pool, {
+      snapshotId: snapshot.id,
+      token,
+      // Replayed by a re-delivery of this attempt: only a failure the workflow counts (BackupCopyFailed).
+      attempt: classify && !gone ? attempt : null,
+      error: message,
+      nextAttemptAt,
+      event: {
+        type: 'SNAPSHOT.BACKUP',
+        level: last ? 'ERROR' : 'WARN',
+        description: `backup attempt ${attempt} of ${maxAttempts} failed: ${message}`,
+        details: { snapshotId: snapshot.id, volumeId: snapshot.volumeId, attempt, nextAttemptAt: nextAttemptAt?.toISOString() ?? null },
+      },
     });
+    if (!recorded) {
+      log.warn({ err }, `backup attempt ${attempt} failed after a newer execution took it over; nothing recorded`);
+      return superseded(snapshot, attempt, token, log);
+    }
+    log.error({ err, maxAttempts, nextAttemptAt }, `backup attempt ${attempt} of ${maxAttempts} failed`);
     if (gone) return ApplicationFailure.nonRetryable(message, NOT_FOUND);
     if (classify) return ApplicationFailure.nonRetryable(message, COPY_FAILED);
     // Executions before the attempt loop: the retry policy refuses SnapshotNotFoundError, which this is not.
@@ -214,6 +233,19 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
     );
     return ApplicationFailure.retryable(message, INTERRUPTED);
   }
+
+  /**
+   * An execution of a backup that a newer one took over (fenced attempts: its token is no longer the row's). It
+   * writes nothing and stops; retryable, as an interruption, so it costs no attempt (Temporal no longer waits
+   * for it after a heartbeat timeout; if it does, the retry finds the backup done or takes it over in turn).
+   */
+  function superseded(snapshot: SnapshotRecord, attempt: number, token: number, log: Logger): ApplicationFailure {
+    const message = `backup attempt ${attempt} of snapshot ${snapshot.id}: this execution (token ${token}) was superseded by a newer one; it stops`;
+    log.warn({ token }, message);
+    return ApplicationFailure.retryable(message, INTERRUPTED, { superseded: true, token });
+  }
+
+  const isSuperseded = (err: unknown): boolean => err instanceof BackupSupersededError || (err instanceof Error && err.name === 'BackupSupersededError');
 
   const activities = {
     /**
@@ -309,9 +341,23 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
       await transitionOrFail(pool, snapshotId, 'BackingUp', {
         event: { type: 'SNAPSHOT.BACKUP', description: `backing up snapshot ${snapshot.name} to secondary storage` },
       });
-      await updateBackupProgress(pool, snapshotId, { attempts: attempt, bytesDone: 0, nextAttemptAt: null });
-      log.info({ maxAttempts }, `backup attempt ${attempt} of ${maxAttempts} started`);
-      const { parent } = await planBackup(snapshot, store, driver, log);
+      // Fenced attempts: this execution takes the next token; every older one still running is superseded.
+      const claim = await claimBackupAttempt(pool, snapshotId, attempt);
+      if (claim.kind === 'failed') {
+        // This attempt's copy failed and was recorded, but its worker died before Temporal heard of it: the
+        // failure is reported again (and counted), not copied over.
+        log.warn({ error: claim.error }, `backup attempt ${attempt} already failed; reporting its failure again`);
+        throw ApplicationFailure.nonRetryable(claim.error, COPY_FAILED);
+      }
+      if (claim.kind === 'state') {
+        if (claim.status === 'BackedUp') return existingBackup(snapshot, driver, log);
+        throw ApplicationFailure.nonRetryable(`snapshot ${snapshotId} is ${claim.status}; it is not backed up`, ILLEGAL);
+      }
+      const { token } = claim;
+      log.info({ maxAttempts, token }, `backup attempt ${attempt} of ${maxAttempts} started`);
+      const { parent } = await planBackup(snapshot, store, driver, log, token).catch((err: unknown) => {
+        throw isSuperseded(err) ? superseded(snapshot, attempt, token, log) : err;
+      });
 
       let latest = { bytesDone: 0, bytesTotal: snapshot.size ?? 0 };
       let written = -1;
@@ -340,6 +386,8 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
             },
             ...(parent ? { parent: { snapshotId: parent.snapshotId, installPath: parent.installPath } } : {}),
             lock: (fn) => withImageLock(pool, snapshot.volumeId, fn, { logger: log }),
+            token,
+            publish: (commit) => whileOwningBackup(pool, snapshotId, token, commit),
           },
         );
       } catch (err) {
@@ -347,6 +395,9 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
         if (classify && stopped === 'WORKER_SHUTDOWN') throw await interrupted(snapshot, attempt, maxAttempts, 'its worker is stopping', err, log);
         // Cancelled by the workflow, or the server no longer waits for this execution: nothing to record.
         if (stopped) throw err;
+        // Taken over by a newer execution (its rename refused, or its temporary file removed as stale): that
+        // one owns the backup now; this one records nothing.
+        if (isSuperseded(err) || !(await ownsBackupAttempt(pool, snapshotId, token).catch(() => true))) throw superseded(snapshot, attempt, token, log);
         // "No such snapshot" costs nothing until a look under the image lock confirms it: a writer volsnap does
         // not serialise (an operator's qemu-img, a QEMU) may have been rewriting the snapshot table. Confirmed,
         // it is final (compensation goes on); otherwise the attempt was cut short, not failed.
@@ -356,25 +407,27 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
         if (missing && !gone && classify) {
           throw await interrupted(snapshot, attempt, maxAttempts, 'the snapshot table was read while it was being rewritten', err, log);
         }
-        throw await copyFailed(snapshot, attempt, maxAttempts, err, classify, log, gone);
+        throw await copyFailed(snapshot, attempt, maxAttempts, err, classify, log, gone, token);
       } finally {
         clearInterval(ticker);
       }
+      let completed: Awaited<ReturnType<typeof completeBackup>>;
       try {
-        await upsertStoreRef(pool, {
-          snapshotId,
-          role: 'Image',
-          storeId: store.id,
-          installPath: result.installPath,
-          state: 'Ready',
-          sizeBytes: result.sizeBytes,
-          checksum: result.checksum,
-          parentSnapshotId: result.parentSnapshotId ?? null,
-          chainLength: result.parentSnapshotId && parent ? parent.chainLength + 1 : 1,
-        });
-        await updateBackupProgress(pool, snapshotId, { bytesDone: latest.bytesTotal, bytesTotal: latest.bytesTotal, lastError: null });
-        await transitionOrFail(pool, snapshotId, 'BackedUp', {
-          set: { physical_size: result.sizeBytes, next_attempt_at: null },
+        // The Ready ref (exactly the file this execution hashed and renamed into place) and BackedUp commit
+        // together, and only while this execution owns the backup.
+        completed = await completeBackup(pool, {
+          token,
+          ref: {
+            snapshotId,
+            role: 'Image',
+            storeId: store.id,
+            installPath: result.installPath,
+            state: 'Ready',
+            sizeBytes: result.sizeBytes,
+            checksum: result.checksum,
+            parentSnapshotId: result.parentSnapshotId ?? null,
+            chainLength: result.parentSnapshotId && parent ? parent.chainLength + 1 : 1,
+          },
           event: {
             type: 'SNAPSHOT.BACKUP',
             description: result.parentSnapshotId
@@ -397,6 +450,12 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
           throw await interrupted(snapshot, attempt, maxAttempts, 'recording the finished copy failed', err, log);
         }
         throw err;
+      }
+      // Superseded after its file was renamed into place: the newer execution replaces that file and records its
+      // own; this one must not touch the final name.
+      if (completed.outcome === 'superseded') throw superseded(snapshot, attempt, token, log);
+      if (completed.outcome === 'state') {
+        throw ApplicationFailure.nonRetryable(`snapshot ${snapshotId} is ${completed.status}; its backup is not recorded`, ILLEGAL);
       }
       log.info({ installPath: result.installPath, sizeBytes: result.sizeBytes, checksum: result.checksum }, 'backup completed');
       return result;

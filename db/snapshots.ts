@@ -2,7 +2,7 @@ import { IN_PROGRESS_STATES, IllegalSnapshotTransitionError, SNAPSHOT_TRANSITION
 import type { Hypervisor } from '../domain/hypervisor.js';
 import type { InFlightSnapshot } from '../domain/policy.js';
 import { EVENTS_CHANNEL, type NewEvent } from './events.js';
-import type { Queryable } from './pool.js';
+import { withTransaction, type Pool, type Queryable } from './pool.js';
 
 export interface SnapshotRecord {
   id: string;
@@ -382,27 +382,184 @@ export async function getBackupChain(db: Queryable, snapshotId: string): Promise
  * state Creating): from then on nothing removes the parent's backup. The parent is re-checked under its row lock
  * (a user's delete holds it FOR UPDATE): if it is no longer BackedUp with a Ready backup, nothing is recorded
  * and false is the answer (the caller takes a full backup). Without a parent it always records.
+ * With `token` (the attempt's fencing token, claimBackupAttempt) it records only while the snapshot's row still
+ * holds that token, under the row's lock; a superseded attempt gets BackupSupersededError and records nothing.
  */
 export async function beginImageRef(
   db: Queryable,
-  ref: { snapshotId: string; storeId: string; installPath: string; parent: { snapshotId: string; chainLength: number } | null },
+  ref: { snapshotId: string; storeId: string; installPath: string; parent: { snapshotId: string; chainLength: number } | null; token?: number },
 ): Promise<boolean> {
-  const { rows } = await db.query(
-    `WITH parent AS (
+  const { rows } = await db.query<{ owned: boolean; recorded: boolean }>(
+    `WITH owner AS (
+       SELECT id FROM snapshots WHERE id = $1 AND ($6::int IS NULL OR backup_fence = $6) FOR UPDATE
+     ),
+     parent AS (
        SELECT s.id FROM snapshots s JOIN snapshot_store_ref r ON r.snapshot_id = s.id AND r.store_role = 'Image'
         WHERE s.id = $5 AND s.status = 'BackedUp' AND r.state = 'Ready' AND r.store_id = $2
         FOR SHARE OF s
+     ),
+     ins AS (
+       INSERT INTO snapshot_store_ref (snapshot_id, store_role, store_id, install_path, state, size, checksum, parent_snapshot_id, chain_length)
+       SELECT $1, 'Image', $2, $3, 'Creating', NULL, NULL, $5::uuid, $4 FROM owner
+        WHERE $5::uuid IS NULL OR EXISTS (SELECT 1 FROM parent)
+       ON CONFLICT (snapshot_id, store_role) DO UPDATE SET store_id = EXCLUDED.store_id, install_path = EXCLUDED.install_path,
+         state = 'Creating', size = NULL, checksum = NULL, parent_snapshot_id = EXCLUDED.parent_snapshot_id,
+         chain_length = EXCLUDED.chain_length, last_updated = now()
+       RETURNING snapshot_id
      )
-     INSERT INTO snapshot_store_ref (snapshot_id, store_role, store_id, install_path, state, size, checksum, parent_snapshot_id, chain_length)
-     SELECT $1, 'Image', $2, $3, 'Creating', NULL, NULL, $5::uuid, $4
-      WHERE $5::uuid IS NULL OR EXISTS (SELECT 1 FROM parent)
-     ON CONFLICT (snapshot_id, store_role) DO UPDATE SET store_id = EXCLUDED.store_id, install_path = EXCLUDED.install_path,
-       state = 'Creating', size = NULL, checksum = NULL, parent_snapshot_id = EXCLUDED.parent_snapshot_id,
-       chain_length = EXCLUDED.chain_length, last_updated = now()
-     RETURNING snapshot_id`,
-    [ref.snapshotId, ref.storeId, ref.installPath, ref.parent ? ref.parent.chainLength + 1 : 1, ref.parent?.snapshotId ?? null],
+     SELECT EXISTS (SELECT 1 FROM owner) AS owned, EXISTS (SELECT 1 FROM ins) AS recorded`,
+    [ref.snapshotId, ref.storeId, ref.installPath, ref.parent ? ref.parent.chainLength + 1 : 1, ref.parent?.snapshotId ?? null, ref.token ?? null],
+  );
+  if (!rows[0]!.owned) throw new BackupSupersededError(ref.snapshotId, ref.token ?? 0);
+  return rows[0]!.recorded;
+}
+
+/**
+ * Thrown when a backup attempt writes after a newer execution of the backup took over (its fencing token is no
+ * longer the row's): it must stop and write nothing more (docs/design.md §5, fenced attempts).
+ */
+export class BackupSupersededError extends Error {
+  override name = 'BackupSupersededError';
+  constructor(
+    readonly snapshotId: string,
+    readonly token: number,
+  ) {
+    super(`backup of snapshot ${snapshotId} was taken over by a newer execution (this one held token ${token})`);
+  }
+}
+
+/** What an execution of a backup meets as it begins (claimBackupAttempt). */
+export type BackupClaim =
+  /** It owns the backup now: `token` fences every write it makes. */
+  | { kind: 'owner'; token: number }
+  /** This very attempt already failed its copy (recorded before it was reported): the failure is replayed. */
+  | { kind: 'failed'; error: string }
+  /** The row is no longer BackingUp (another execution finished it, or it failed): nothing was claimed. */
+  | { kind: 'state'; status: SnapshotState };
+
+/**
+ * Begins one execution of a backup attempt: takes the next fencing token of a BackingUp snapshot (every older
+ * execution still running is superseded from now on) and records the attempt number, progress reset, no next
+ * attempt, no recorded failure. Unless `attempt` is the one whose copy failure is recorded on the row
+ * (recordCopyFailure): then nothing changes and that failure is the answer, so a re-delivery of a failed attempt
+ * reports it instead of copying again. One statement, under the row's lock.
+ */
+export async function claimBackupAttempt(db: Queryable, snapshotId: string, attempt: number): Promise<BackupClaim> {
+  const { rows } = await db.query(
+    `WITH cur AS (SELECT id, status, backup_failed_attempt, backup_failed_error FROM snapshots WHERE id = $1 FOR UPDATE),
+     upd AS (
+       UPDATE snapshots s SET backup_fence = s.backup_fence + 1, backup_attempts = $2, backup_bytes_done = 0,
+              next_attempt_at = NULL, backup_failed_attempt = NULL, backup_failed_error = NULL, updated = now()
+         FROM cur WHERE s.id = cur.id AND cur.status = 'BackingUp' AND cur.backup_failed_attempt IS DISTINCT FROM $2
+       RETURNING s.backup_fence
+     )
+     SELECT cur.status, cur.backup_failed_attempt, cur.backup_failed_error, (SELECT backup_fence FROM upd) AS token FROM cur`,
+    [snapshotId, attempt],
+  );
+  const r = rows[0];
+  if (!r) throw new Error(`snapshot ${snapshotId} not found`);
+  if (r.token != null) return { kind: 'owner', token: Number(r.token) };
+  if (r.status === 'BackingUp' && r.backup_failed_attempt === attempt) return { kind: 'failed', error: r.backup_failed_error ?? `backup attempt ${attempt} failed` };
+  return { kind: 'state', status: r.status };
+}
+
+/** Whether the execution holding `token` still owns the snapshot's backup (nothing newer began, still BackingUp). */
+export async function ownsBackupAttempt(db: Queryable, snapshotId: string, token: number): Promise<boolean> {
+  const { rows } = await db.query(`SELECT 1 FROM snapshots WHERE id = $1 AND backup_fence = $2 AND status = 'BackingUp'`, [snapshotId, token]);
+  return rows.length > 0;
+}
+
+/**
+ * Runs `fn` (the rename of a backup file into place: short) while the execution holding `token` owns the backup,
+ * holding the snapshot's row lock meanwhile, so no newer execution can begin (claimBackupAttempt waits) between
+ * the check and the rename: a superseded execution never replaces the file of the one that took over. Throws
+ * BackupSupersededError, without running `fn`, when it no longer owns it.
+ */
+export async function whileOwningBackup<T>(pool: Pool, snapshotId: string, token: number, fn: () => Promise<T>): Promise<T> {
+  return withTransaction(pool, async (client) => {
+    const { rows } = await client.query(
+      `SELECT 1 FROM snapshots WHERE id = $1 AND backup_fence = $2 AND status = 'BackingUp' FOR UPDATE`,
+      [snapshotId, token],
+    );
+    if (rows.length === 0) throw new BackupSupersededError(snapshotId, token);
+    return fn();
+  });
+}
+
+/**
+ * Records a failed copy of the execution holding `token`, with its event, in one statement: the reason, the next
+ * attempt, and (with `attempt`, the workflow's attempt number) the failed attempt, which a re-delivery of that
+ * attempt replays (claimBackupAttempt). False, and nothing written, when the execution was superseded.
+ */
+export async function recordCopyFailure(
+  db: Queryable,
+  f: { snapshotId: string; token: number; attempt: number | null; error: string; nextAttemptAt: Date | null; event: Omit<NewEvent, 'accountId' | 'resourceType' | 'resourceId'> },
+): Promise<boolean> {
+  const { rows } = await db.query(
+    `WITH upd AS (
+       UPDATE snapshots SET last_error = $3, next_attempt_at = $4, backup_failed_attempt = $5,
+              backup_failed_error = CASE WHEN $5::int IS NULL THEN NULL ELSE $3 END, updated = now()
+        WHERE id = $1 AND backup_fence = $2 AND status = 'BackingUp'
+       RETURNING id, account_id
+     ),
+     ev AS (
+       INSERT INTO events (type, level, account_id, resource_type, resource_id, description, details)
+       SELECT $6, $7, upd.account_id, 'Snapshot', upd.id, $8, $9::jsonb FROM upd
+       RETURNING pg_notify($10, id::text)
+     )
+     SELECT upd.id, (SELECT count(*) FROM ev) AS events FROM upd`,
+    [f.snapshotId, f.token, f.error, f.nextAttemptAt, f.attempt, f.event.type, f.event.level ?? 'INFO', f.event.description, JSON.stringify(f.event.details ?? {}), EVENTS_CHANNEL],
   );
   return rows.length > 0;
+}
+
+/**
+ * Publishes a finished backup: the Image ref Ready with the file's size, checksum and parent, the snapshot
+ * BackedUp with its event and progress complete, in one statement under the row's lock, only while the execution
+ * holding `token` owns the backup. 'superseded' (nothing written) when a newer execution began; 'state' with the
+ * row's state when the row is no longer BackingUp.
+ */
+export async function completeBackup(
+  db: Queryable,
+  c: { token: number; ref: StoreRefRecord; event: Omit<NewEvent, 'accountId' | 'resourceType' | 'resourceId'> },
+): Promise<{ outcome: 'done'; snapshot: SnapshotRecord } | { outcome: 'superseded' } | { outcome: 'state'; status: SnapshotState }> {
+  const e = c.event;
+  const { rows } = await db.query(
+    `WITH cur AS (SELECT * FROM snapshots WHERE id = $1 FOR UPDATE),
+     own AS (SELECT cur.id FROM cur WHERE cur.backup_fence = $10 AND cur.status = 'BackingUp'),
+     ref AS (
+       INSERT INTO snapshot_store_ref (snapshot_id, store_role, store_id, install_path, state, size, checksum, parent_snapshot_id, chain_length)
+       SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 FROM own
+       ON CONFLICT (snapshot_id, store_role) DO UPDATE SET store_id = EXCLUDED.store_id,
+         install_path = EXCLUDED.install_path, state = EXCLUDED.state, size = EXCLUDED.size,
+         checksum = EXCLUDED.checksum, parent_snapshot_id = EXCLUDED.parent_snapshot_id,
+         chain_length = EXCLUDED.chain_length, last_updated = now()
+       RETURNING snapshot_id
+     ),
+     upd AS (
+       UPDATE snapshots s SET status = 'BackedUp', physical_size = $6, next_attempt_at = NULL, last_error = NULL,
+              backup_bytes_done = s.backup_bytes_total, updated = now()
+         FROM own WHERE s.id = own.id AND EXISTS (SELECT 1 FROM ref)
+       RETURNING s.*
+     ),
+     ev AS (
+       INSERT INTO events (type, level, account_id, resource_type, resource_id, description, details)
+       SELECT $11, $12, upd.account_id, 'Snapshot', upd.id, replace($13, '{name}', upd.name),
+              $14::jsonb || jsonb_build_object('snapshotId', upd.id, 'volumeId', upd.volume_id, 'from', 'BackingUp', 'to', upd.status)
+         FROM upd
+       RETURNING pg_notify($15, id::text)
+     )
+     SELECT 'updated' AS row_kind, upd.* FROM upd
+     UNION ALL
+     SELECT 'current' AS row_kind, cur.* FROM cur`,
+    [...storeRefParams(c.ref), c.token, e.type, e.level ?? 'INFO', e.description, JSON.stringify(e.details ?? {}), EVENTS_CHANNEL],
+  );
+  const updated = rows.find((r) => r.row_kind === 'updated');
+  if (updated) return { outcome: 'done', snapshot: toSnapshotRecord(updated) };
+  const current = rows.find((r) => r.row_kind === 'current');
+  if (!current) throw new Error(`snapshot ${c.ref.snapshotId} not found`);
+  if (current.backup_fence !== c.token) return { outcome: 'superseded' };
+  return { outcome: 'state', status: current.status };
 }
 
 /** Whether a later backup (being written or Ready) is a delta on this snapshot's backup: then its file must stay. */

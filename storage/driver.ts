@@ -98,6 +98,16 @@ export interface StorageDriver {
       parent?: BackupParent;
       /** The volume's image lock, for short reads of metadata that other writers of the image rewrite. */
       lock?: ImageLockRunner;
+      /**
+       * The attempt's fencing token (db/snapshots.ts claimBackupAttempt): its temporary file carries it, and only
+       * temporary files of older tokens (superseded or dead attempts) are removed as leftovers, never a newer one's.
+       */
+      token?: number;
+      /**
+       * Runs the rename of the finished file into place (`commit`); refuses, throwing, when this attempt no
+       * longer owns the backup, so a superseded attempt never replaces the file of the one that took over.
+       */
+      publish?: (commit: () => Promise<void>) => Promise<void>;
     },
   ): Promise<BackupResult>;
   /** Verifies a backup's bytes against its checksum. */

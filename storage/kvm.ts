@@ -33,9 +33,9 @@ import {
   assertUuid,
   backupFilePath,
   backupInstallPath,
-  isFileOf,
   parseVolumePath,
   resolveInstallPath,
+  staleTempFile,
   tempPathFor,
   volumePath as volumeFilePath,
 } from './paths.js';
@@ -215,7 +215,7 @@ export class KvmStorageDriver implements StorageDriver {
     volumePath: string,
     imageStoreRoot: string,
     target: BackupTarget,
-    opts: { onProgress?: (p: BackupProgress) => void; signal?: AbortSignal; parent?: BackupParent; lock?: ImageLockRunner } = {},
+    opts: { onProgress?: (p: BackupProgress) => void; signal?: AbortSignal; parent?: BackupParent; lock?: ImageLockRunner; token?: number; publish?: (commit: () => Promise<void>) => Promise<void> } = {},
   ): Promise<BackupResult> {
     const { signal, onProgress, parent } = opts;
     const vol = parseVolumePath(volumePath);
@@ -243,11 +243,12 @@ export class KvmStorageDriver implements StorageDriver {
     } catch (err) {
       throw withContext(err, `${ctx} failed: image store ${imageStoreRoot} is unusable`);
     }
-    // A killed earlier attempt (worker crash) can leave its temp file behind: this attempt replaces it.
+    // A killed earlier attempt (worker crash) can leave its temp file behind: this attempt removes those of older
+    // tokens only, never the file of a newer attempt that took over (fenced attempts, db/snapshots.ts).
     for (const name of await readdir(dir)) {
-      if (name !== path.basename(final) && isFileOf(path.basename(final), name)) await rm(path.join(dir, name), { force: true });
+      if (staleTempFile(path.basename(final), name, opts.token)) await rm(path.join(dir, name), { force: true });
     }
-    const tmp = tempPathFor(final);
+    const tmp = tempPathFor(final, opts.token);
     const parentFile = parent ? resolveInstallPath(imageStoreRoot, parent.installPath) : undefined;
     if (parentFile && path.dirname(parentFile) !== dir) throw new Error(`${ctx} failed: parent backup ${parent!.installPath} is not a backup of the same volume`);
     this.log.info({ volumePath, snapshotId: tag, tmp, parent: parent?.snapshotId }, parent ? 'incremental backup started' : 'backup started');
@@ -293,9 +294,12 @@ export class KvmStorageDriver implements StorageDriver {
       const checksum = `sha256:${digest}`;
       const { size } = await stat(tmp);
       signal?.throwIfAborted();
-      // Rename is the commit point; an older file under the final name (a retried attempt) is replaced.
-      await rename(tmp, final);
-      await fsyncPath(dir);
+      // Rename is the commit point; an older file under the final name (a retried attempt) is replaced, but only
+      // while this attempt owns the backup (opts.publish).
+      await (opts.publish ?? ((commit) => commit()))(async () => {
+        await rename(tmp, final);
+        await fsyncPath(dir);
+      });
       report({ bytesDone: info.virtualSize, bytesTotal: info.virtualSize });
       this.log.info({ volumePath, snapshotId: tag, installPath, sizeBytes: size, checksum, parent: parent?.snapshotId }, 'backup finished');
       return { installPath, sizeBytes: size, checksum, parentSnapshotId: parent ? assertUuid(parent.snapshotId, 'parent snapshotId') : null };

@@ -86,12 +86,33 @@ export function resolveInstallPath(imageStoreRoot: string, installPath: string):
   return resolveInside(imageStoreRoot, installPath);
 }
 
-/** A fresh temporary name next to `finalPath` (same directory, so rename is atomic): `<final>.partial-<random>`. */
-export function tempPathFor(finalPath: string): string {
-  return `${finalPath}${TEMP_MARK}${randomBytes(8).toString('hex')}`;
+/**
+ * A fresh temporary name next to `finalPath` (same directory, so rename is atomic): `<final>.partial-<random>`,
+ * or, for a backup attempt with a fencing token, `<final>.partial-<token, 16 hex digits><random>` (still hex
+ * only, as storage GC reads temporary names), so the attempt that holds a newer token can tell the files of
+ * superseded attempts from its own (staleTempFile).
+ */
+export function tempPathFor(finalPath: string, token?: number): string {
+  const t = token === undefined ? '' : Math.trunc(token).toString(16).padStart(TOKEN_HEX, '0');
+  return `${finalPath}${TEMP_MARK}${t}${randomBytes(8).toString('hex')}`;
 }
+
+const TOKEN_HEX = 16;
 
 /** Whether the file name `name` is the final file `finalName` or one of its temporary files. */
 export function isFileOf(finalName: string, name: string): boolean {
   return name === finalName || (name.startsWith(finalName + TEMP_MARK) && name.length > finalName.length + TEMP_MARK.length);
+}
+
+/**
+ * Whether `name` is a temporary file of `finalName` left by an attempt older than the one holding `token`: one
+ * without a token (a run before fencing, or an unfenced caller) or with a smaller token. Without `token`, every
+ * temporary file of `finalName` is stale. The final file itself never is.
+ */
+export function staleTempFile(finalName: string, name: string, token?: number): boolean {
+  if (name === finalName || !isFileOf(finalName, name)) return false;
+  if (token === undefined) return true;
+  const rest = name.slice(finalName.length + TEMP_MARK.length);
+  if (!/^[0-9a-f]{32}$/.test(rest)) return true;
+  return Number.parseInt(rest.slice(0, TOKEN_HEX), 16) < token;
 }

@@ -234,7 +234,7 @@ export class XenServerStorageDriver implements StorageDriver {
     volumePath: string,
     imageStoreRoot: string,
     target: BackupTarget,
-    opts: { onProgress?: (p: BackupProgress) => void; signal?: AbortSignal } = {},
+    opts: { onProgress?: (p: BackupProgress) => void; signal?: AbortSignal; token?: number; publish?: (commit: () => Promise<void>) => Promise<void> } = {},
   ): Promise<BackupResult> {
     const { signal } = opts;
     const { srUuid, vdiUuid } = parseXenVolumePath(volumePath);
@@ -259,7 +259,7 @@ export class XenServerStorageDriver implements StorageDriver {
     } catch (err) {
       throw withContext(err, `${ctx} failed: image store ${imageStoreRoot} is unusable`);
     }
-    const tmp = tempPathFor(final);
+    const tmp = tempPathFor(final, opts.token);
     this.log.info({ volumePath, snapshotId: tag, tmp }, 'backup started');
     try {
       let total = virtualSize;
@@ -276,9 +276,12 @@ export class XenServerStorageDriver implements StorageDriver {
       await fsyncPath(tmp);
       const { size } = await stat(tmp);
       signal?.throwIfAborted();
-      // Rename is the commit point; an older file under the final name (a retried attempt) is replaced.
-      await rename(tmp, final);
-      await fsyncPath(dir);
+      // Rename is the commit point; an older file under the final name (a retried attempt) is replaced, but only
+      // while this attempt owns the backup (opts.publish).
+      await (opts.publish ?? ((commit) => commit()))(async () => {
+        await rename(tmp, final);
+        await fsyncPath(dir);
+      });
       report({ bytesDone: total, bytesTotal: total });
       const checksum = `sha256:${hash.digest('hex')}`;
       this.log.info({ volumePath, snapshotId: tag, installPath, sizeBytes: size, checksum }, 'backup finished');
