@@ -14,6 +14,7 @@ import { readSettings } from '../db/settings.js';
 import { findAccount } from '../db/accounts.js';
 import {
   failAllocatedSnapshot,
+  getBackupChain,
   getSnapshot,
   getStoreRefs,
   getStoreRefsOf,
@@ -40,7 +41,10 @@ import {
 } from '../domain/errors.js';
 import type { SnapshotAction } from '../domain/policy.js';
 import type { SnapshotState } from '../domain/snapshot-states.js';
+import { chainRecordProblem } from '../storage/chain.js';
 import { removeSnapshotStorage } from '../storage/cleanup.js';
+import { BackupCorruptError } from '../storage/common.js';
+import type { RestoreMember } from '../storage/driver.js';
 import { volumePath as kvmVolumePath } from '../storage/paths.js';
 import {
   SEARCH_ATTRIBUTES,
@@ -49,6 +53,7 @@ import {
   type SnapshotWorkflowInput,
 } from '../workflows/definitions.js';
 import type { snapshotWorkflow } from '../workflows/snapshot-workflow.js';
+import { recordBackupFault } from './backup-faults.js';
 import { ownerScope, type Caller } from './caller.js';
 import { defaultStoragePool, driverFor, type ServiceDeps } from './deps.js';
 import { assertAllowed, assertNotBusy } from './policy-guard.js';
@@ -381,11 +386,35 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
     }
   }
 
-  async function imageRef(tx: PoolClient, s: SnapshotRecord): Promise<{ ref: StoreRefRecord; storePath: string }> {
+  /**
+   * The snapshot's Ready backup and the chain a restore of it reads, top first, with each member's recorded
+   * sha256 (the driver verifies each as it reads it). A chain the record already says is bad (a member the scrub
+   * or an earlier restore found faulty, one missing or not Ready) is refused here, before anything is created.
+   */
+  async function imageRef(tx: PoolClient, s: SnapshotRecord): Promise<{ ref: StoreRefRecord; storePath: string; chain: RestoreMember[] }> {
     const ref = (await getStoreRefs(tx, s.id)).find((r) => r.role === 'Image' && r.state === 'Ready');
     const store = ref && (await findImageStore(tx, ref.storeId));
     if (!ref || !store) throw new ConflictError('BACKUP_MISSING', `snapshot ${s.id} has no usable backup in an image store`, { snapshotId: s.id });
-    return { ref, storePath: store.path };
+    const members = await getBackupChain(tx, s.id);
+    const problem = chainRecordProblem(members);
+    if (problem) throw new ConflictError('BACKUP_CORRUPT', `the backup of snapshot ${s.id} cannot be restored: ${problem}`, { snapshotId: s.id });
+    return { ref, storePath: store.path, chain: members.map((m) => ({ snapshotId: m.snapshotId, installPath: m.installPath, checksum: m.checksum! })) };
+  }
+
+  /**
+   * A restore that found a member of its chain not matching its checksum (storage BackupCorruptError, nothing
+   * created or changed): the member is marked faulty with its dependants (best effort), and the request refused
+   * with BACKUP_CORRUPT. Any other error passes as it is.
+   */
+  async function restoreRefused(err: unknown, snapshotId: string, chain: RestoreMember[] | undefined): Promise<never> {
+    if (!(err instanceof BackupCorruptError)) throw err;
+    const member = chain?.find((m) => m.snapshotId === err.snapshotId);
+    if (member) {
+      await recordBackupFault(pool, logger, { snapshotId: member.snapshotId, checksum: member.checksum, fault: err.fault, foundBy: 'restore' }).catch((e: unknown) =>
+        logger.error({ err: e }, 'recording the faulty backup failed'),
+      );
+    }
+    throw new ConflictError('BACKUP_CORRUPT', err.message, { snapshotId, faultySnapshotId: err.snapshotId });
   }
 
   return {
@@ -509,6 +538,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
      * stopped, and no other snapshot of the volume may be in flight: reverting rewrites the volume.
      */
     revert(caller: Caller, id: string): Promise<VolumeView> {
+      let chain: RestoreMember[] | undefined;
       return withLockedSnapshot(caller, id, 'revert', async (tx, { snapshot, volume, vm }) => {
         // Reverting rewrites V: refused while any snapshot of V is in flight (the table's volume `revert` row).
         assertAllowed({ kind: 'volume', action: 'revert', volumeId: volume.id }, await inFlightSnapshots(tx, { volumeIds: [volume.id] }));
@@ -521,6 +551,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         // Its primary copy gone (compensated, removed by an operator, its pool lost): the volume is rewritten
         // from the backup chain instead (docs/design.md §14).
         const backup = onPrimary || !driver.restoreVolumeFromBackup ? null : await imageRef(tx, snapshot);
+        chain = backup?.chain;
         if (!onPrimary && !backup) {
           throw new ConflictError('PRIMARY_SNAPSHOT_MISSING', `snapshot ${snapshot.id} no longer exists on primary storage; create a volume from its backup instead`, { snapshotId: snapshot.id });
         }
@@ -538,11 +569,11 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         await withImageLock(
           tx,
           volume.id,
-          () => (backup ? driver.restoreVolumeFromBackup!(backup.storePath, backup.ref.installPath, volume.path) : driver.revertSnapshot(volume.path, snapshot.id)),
+          () => (backup ? driver.restoreVolumeFromBackup!(backup.storePath, backup.ref.installPath, volume.path, backup.chain) : driver.revertSnapshot(volume.path, snapshot.id)),
           { logger },
         );
         return volumeView(reverted);
-      });
+      }).catch((err: unknown) => restoreRefused(err, id, chain));
     },
 
     /**
@@ -556,7 +587,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
       const begun = await withLockedSnapshot(caller, id, 'create-volume', async (tx, { snapshot, volume: source }) => {
         requireState(snapshot, ['BackedUp'], 'creating a volume');
         driverFor({ drivers }, source.hypervisor);
-        const { ref, storePath } = await imageRef(tx, snapshot);
+        const { ref, storePath, chain } = await imageRef(tx, snapshot);
         const target = input.poolId ? await findStoragePool(tx, input.poolId) : await defaultStoragePool(tx, source.hypervisor);
         if (!target) throw new NotFoundError('storage pool', input.poolId!);
         if (target.hypervisor !== source.hypervisor) {
@@ -582,21 +613,21 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
           },
           pending,
         );
-        return { volume, pending, snapshot, ref, storePath, target };
+        return { volume, pending, snapshot, ref, storePath, target, chain };
       });
-      const { volume, pending, snapshot, ref, storePath, target } = begun;
+      const { volume, pending, snapshot, ref, storePath, target, chain } = begun;
       const log = logger.child({ volumeId: volume.id, snapshotId: snapshot.id, operation: 'create-from-snapshot', token });
       const driver = driverFor({ drivers }, volume.hypervisor);
       let created;
       try {
         // Only reads the backup and writes a file nobody else knows yet: no image lock needed.
-        created = await withVolumeHeartbeat(deps, volume.id, token, () => driver.createVolumeFromBackup(storePath, ref.installPath, target.path, volume.id));
+        created = await withVolumeHeartbeat(deps, volume.id, token, () => driver.createVolumeFromBackup(storePath, ref.installPath, target.path, volume.id, chain));
       } catch (err) {
         log.error({ err }, 'creating a volume from a snapshot failed; removing it');
         await settleVolumeOperation({ ...deps, drivers }, volume, pending, err instanceof Error ? err.message : String(err), 'failed').catch((settleErr: unknown) =>
           log.error({ err: settleErr, cause: err }, 'removing the half-created volume failed; the reconciler will'),
         );
-        throw err;
+        return restoreRefused(err, snapshot.id, chain);
       }
       const ready = await withTransaction(pool, async (tx) => {
         const v = await endVolumeOperation(tx, volume.id, token, { state: 'Ready', path: created.path });
