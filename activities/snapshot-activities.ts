@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import type { Logger } from 'pino';
+import { resetScrubState } from '../db/backup-scrub.js';
 import { defaultImageStore } from '../db/catalog.js';
 import { findImageStore } from '../db/catalog-queries.js';
 import { recordEvent } from '../db/events.js';
@@ -106,15 +107,20 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
     });
   }
 
-  /** The backup of a snapshot already BackedUp, after checking its file still matches its checksum. */
+  /**
+   * The backup of a snapshot already BackedUp (a re-delivery, a reset workflow), after checking its chain by what
+   * the database records (links, states, the scrub's marks) and the files' presence and sizes: each file's sha256
+   * was established as it was written and is re-checked by the scrub (docs/design.md §14), so a re-delivery does not
+   * re-read the whole chain.
+   */
   async function existingBackup(snapshot: SnapshotRecord, driver: StorageDriver, log: Logger): Promise<BackupResult> {
     const ref = (await getStoreRefs(pool, snapshot.id)).find((r) => r.role === 'Image' && r.state === 'Ready');
     const store = ref && (await findImageStore(pool, ref.storeId));
     if (!ref || !store || !ref.checksum) {
       throw ApplicationFailure.nonRetryable(`snapshot ${snapshot.id} is BackedUp but has no Ready backup`, ILLEGAL);
     }
-    // A delta is verified with its whole chain (docs/design.md §12).
-    const problem = await checkBackupChain(driver, store.path, await getBackupChain(pool, snapshot.id), { full: true });
+    // A delta is checked with its whole chain (docs/design.md §12).
+    const problem = await checkBackupChain(driver, store.path, await getBackupChain(pool, snapshot.id), { full: false });
     if (problem) {
       throw ApplicationFailure.nonRetryable(`snapshot ${snapshot.id} is BackedUp but its backup does not verify: ${problem}`, ILLEGAL);
     }
@@ -126,8 +132,10 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
    * Chooses, as an attempt starts, whether this backup is a delta and on what (docs/design.md §14), and records
    * the choice in the snapshot's Image ref (Creating), which keeps the parent's backup from being removed. A
    * delta needs `backup.incremental` on for the snapshot, a driver that writes deltas, and a latest backup of the
-   * volume in the same store whose chain holds fewer than `snapshot.delta.max` deltas and verifies; otherwise
-   * the backup is full, and the reason is logged.
+   * volume in the same store whose chain holds fewer than `snapshot.delta.max` deltas and checks out by its
+   * recorded metadata (no file of the chain is read: a member's sha256 was established when it was written, and the
+   * scrub re-hashes them and marks a mismatch as a fault on every backup whose chain holds it); otherwise the
+   * backup is full, and the reason is logged (and, for a chain with a bad member, recorded as a WARN event).
    */
   async function planBackup(
     snapshot: SnapshotRecord,
@@ -174,6 +182,8 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
       parent = null;
     }
     if (!parent) await beginImageRef(pool, { snapshotId: snapshot.id, storeId: store.id, installPath, parent: null, token });
+    // A new file is being written: what the scrub knew of an earlier attempt's file no longer applies.
+    await resetScrubState(pool, snapshot.id);
     log.info({ parent: parent?.snapshotId ?? null, reason }, parent ? 'incremental backup' : 'full backup');
     return { parent, reason };
   }
@@ -364,14 +374,20 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
       // Progress reaches the heartbeat and the database on a timer: qemu-img reports in bursts (a rate-limited
       // copy prints 90 % at once, then nothing for seconds), and a silent copy must neither time out nor look stuck.
       let writtenAt = Date.now();
+      let recording: Promise<unknown> | undefined;
+      copying.add(ctx);
       const ticker = setInterval(() => {
         ctx.heartbeat(latest);
         // Unchanged progress is still written now and then: the row's `updated` is how a reader tells a slow
         // copy from one whose worker is gone (services/views.ts).
         if (latest.bytesDone === written && Date.now() - writtenAt < PROGRESS_ALIVE_MS) return;
+        // One write at a time: on a slow database they would pile up and commit out of order.
+        if (recording) return;
         written = latest.bytesDone;
         writtenAt = Date.now();
-        void updateBackupProgress(pool, snapshotId, latest).catch((err) => log.warn({ err }, 'recording progress failed'));
+        recording = updateBackupProgress(pool, snapshotId, latest)
+          .catch((err: unknown) => log.warn({ err }, 'recording progress failed'))
+          .finally(() => (recording = undefined));
       }, progressIntervalMs);
       let result: BackupResult;
       try {
@@ -410,6 +426,8 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
         throw await copyFailed(snapshot, attempt, maxAttempts, err, classify, log, gone, token);
       } finally {
         clearInterval(ticker);
+        // None may land after the result below (it would overwrite the final progress).
+        await recording;
       }
       let completed: Awaited<ReturnType<typeof completeBackup>>;
       try {
@@ -513,7 +531,32 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
       return { changed, state: 'Error' };
     },
   };
-  return deps.metrics ? withBackupMetrics(activities, deps.metrics) : activities;
+  const beating = { ...activities, backupSnapshotToSecondary: heartbeatFromTheStart(activities.backupSnapshotToSecondary, progressIntervalMs) };
+  return deps.metrics ? withBackupMetrics(beating, deps.metrics) : beating;
+}
+
+/** Backup executions whose progress ticker runs (it heartbeats with their progress from then on). */
+const copying = new WeakSet<Context>();
+
+/**
+ * A backup heartbeats from its first second, whatever it does (loading, planning, checking a chain, setting up
+ * the delta's export) and not only once the copy runs: a heartbeat timeout (30 s) there would count as an
+ * interruption on every attempt. Once the attempt's own progress ticker runs, it heartbeats instead.
+ */
+function heartbeatFromTheStart(backup: (input: BackupAttemptInput) => Promise<BackupResult>, intervalMs: number) {
+  return async (input: BackupAttemptInput): Promise<BackupResult> => {
+    const ctx = Context.current();
+    ctx.heartbeat();
+    const ticker = setInterval(() => {
+      if (!copying.has(ctx)) ctx.heartbeat();
+    }, intervalMs);
+    try {
+      return await backup(input);
+    } finally {
+      clearInterval(ticker);
+      copying.delete(ctx);
+    }
+  };
 }
 
 /** Wraps the backup activity with the metrics hooks; a failing hook never fails the backup. */

@@ -47,6 +47,10 @@ export interface StoreRefRecord {
   parentSnapshotId?: string | null;
   /** Image refs: the files a restore reads (1 for a full backup, 2 for a delta on it, ...). */
   chainLength?: number;
+  /** Image refs: why the backup cannot be trusted (the scrub found it, or a member below it, not matching); null: nothing known. */
+  fault?: string | null;
+  /** Image refs: when the scrub last found the file matching its checksum. */
+  verifiedAt?: string | null;
 }
 
 const iso = (v: unknown): string | null => (v == null ? null : new Date(v as string).toISOString());
@@ -93,6 +97,8 @@ function toStoreRef(r: Record<string, any>): StoreRefRecord {
     checksum: r.checksum,
     parentSnapshotId: r.parent_snapshot_id ?? null,
     chainLength: r.chain_length ?? 1,
+    fault: r.fault ?? null,
+    verifiedAt: iso(r.verified_at),
   };
 }
 

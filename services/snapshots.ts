@@ -42,6 +42,8 @@ import {
 } from '../domain/errors.js';
 import type { SnapshotAction } from '../domain/policy.js';
 import type { SnapshotState } from '../domain/snapshot-states.js';
+import { BackupCorruptError } from '../storage/common.js';
+import type { RestoreMember } from '../storage/driver.js';
 import { volumePath as kvmVolumePath } from '../storage/paths.js';
 import {
   SEARCH_ATTRIBUTES,
@@ -50,6 +52,8 @@ import {
   type SnapshotWorkflowInput,
 } from '../workflows/definitions.js';
 import type { snapshotWorkflow } from '../workflows/snapshot-workflow.js';
+import { recordBackupFault } from './backup-faults.js';
+import { restoreChain } from './restore-chain.js';
 import { ownerScope, type Caller } from './caller.js';
 import { defaultStoragePool, driverFor, type ServiceDeps } from './deps.js';
 import { assertAllowed, assertNotBusy } from './policy-guard.js';
@@ -391,11 +395,31 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
     }
   }
 
-  async function imageRef(tx: PoolClient, s: SnapshotRecord): Promise<{ ref: StoreRefRecord; storePath: string }> {
+  /**
+   * The snapshot's Ready backup and the chain a restore of it reads (restoreChain: refused before anything is
+   * created when the record already says it is bad).
+   */
+  async function imageRef(tx: PoolClient, s: SnapshotRecord): Promise<{ ref: StoreRefRecord; storePath: string; chain: RestoreMember[] }> {
     const ref = (await getStoreRefs(tx, s.id)).find((r) => r.role === 'Image' && r.state === 'Ready');
     const store = ref && (await findImageStore(tx, ref.storeId));
     if (!ref || !store) throw new ConflictError('BACKUP_MISSING', `snapshot ${s.id} has no usable backup in an image store`, { snapshotId: s.id });
-    return { ref, storePath: store.path };
+    return { ref, storePath: store.path, chain: await restoreChain(tx, s.id) };
+  }
+
+  /**
+   * A restore that found a member of its chain not matching its checksum (storage BackupCorruptError, nothing
+   * created or changed): the member is marked faulty with its dependants (best effort), and the request refused
+   * with BACKUP_CORRUPT. Any other error passes as it is.
+   */
+  async function restoreRefused(err: unknown, snapshotId: string, chain: RestoreMember[] | undefined): Promise<never> {
+    if (!(err instanceof BackupCorruptError)) throw err;
+    const member = chain?.find((m) => m.snapshotId === err.snapshotId);
+    if (member) {
+      await recordBackupFault(pool, logger, { snapshotId: member.snapshotId, checksum: member.checksum, fault: err.fault, foundBy: 'restore' }).catch((e: unknown) =>
+        logger.error({ err: e }, 'recording the faulty backup failed'),
+      );
+    }
+    throw new ConflictError('BACKUP_CORRUPT', err.message, { snapshotId, faultySnapshotId: err.snapshotId });
   }
 
   return {
@@ -504,7 +528,12 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
       const token = randomUUID();
       type Begun =
         | { done: VolumeView }
-        | { volume: VolumeRecord; snapshot: SnapshotRecord; pending: Extract<PendingVolumeOperation, { op: 'revert-from-backup' }> };
+        | {
+            volume: VolumeRecord;
+            snapshot: SnapshotRecord;
+            pending: Extract<PendingVolumeOperation, { op: 'revert-from-backup' }>;
+            chain: RestoreMember[];
+          };
       const begun = await withLockedSnapshot<Begun>(caller, id, 'revert', async (tx, { snapshot, volume, vm }) => {
         // Reverting rewrites V: refused while any snapshot of V is in flight (the table's volume `revert` row).
         assertAllowed({ kind: 'volume', action: 'revert', volumeId: volume.id }, await inFlightSnapshots(tx, { volumeIds: [volume.id] }));
@@ -522,7 +551,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         }
         if (backup) {
           const pending = { op: 'revert-from-backup' as const, token, snapshotId: snapshot.id, storePath: backup.storePath, installPath: backup.ref.installPath, toBytes: snapshot.size };
-          return { volume: await beginVolumeOperation(tx, volume.id, 'Reverting', pending), snapshot, pending };
+          return { volume: await beginVolumeOperation(tx, volume.id, 'Reverting', pending), snapshot, pending, chain: backup.chain };
         }
         // A qcow2 snapshot records the disk size; reverting restores it.
         const reverted = await updateVolume(tx, volume.id, snapshot.size ? { size_bytes: snapshot.size } : {});
@@ -539,19 +568,21 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         return { done: volumeView(reverted) };
       });
       if ('done' in begun) return begun.done;
-      const { volume, snapshot, pending } = begun;
+      const { volume, snapshot, pending, chain } = begun;
       const log = logger.child({ volumeId: volume.id, snapshotId: snapshot.id, operation: 'revert-from-backup', token });
       const driver = driverFor({ drivers }, volume.hypervisor);
       try {
         // No other writer touches the image meanwhile: snapshots, resize, migrate, deletes and reverts of the
         // volume are refused while it is Reverting (VOLUME_BUSY), and storage GC leaves busy volumes alone.
-        await withVolumeHeartbeat(deps, volume.id, token, () => driver.restoreVolumeFromBackup!(pending.storePath, pending.installPath, volume.path));
+        await withVolumeHeartbeat(deps, volume.id, token, () =>
+          driver.restoreVolumeFromBackup!(pending.storePath, pending.installPath, volume.path, chain),
+        );
       } catch (err) {
         log.error({ err }, 'reverting a volume from a backup failed');
         await settleVolumeOperation({ ...deps, drivers }, volume, pending, err instanceof Error ? err.message : String(err), 'failed').catch((settleErr: unknown) =>
           log.error({ err: settleErr, cause: err }, 'settling the failed revert failed; the reconciler will'),
         );
-        throw err;
+        return restoreRefused(err, snapshot.id, chain);
       }
       const ready = await withTransaction(pool, async (tx) => {
         const v = await endVolumeOperation(tx, volume.id, token, { state: 'Ready', ...(pending.toBytes ? { size_bytes: pending.toBytes } : {}) });
@@ -584,7 +615,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
       const begun = await withLockedSnapshot(caller, id, 'create-volume', async (tx, { snapshot, volume: source }) => {
         requireState(snapshot, ['BackedUp'], 'creating a volume');
         driverFor({ drivers }, source.hypervisor);
-        const { ref, storePath } = await imageRef(tx, snapshot);
+        const { ref, storePath, chain } = await imageRef(tx, snapshot);
         const target = input.poolId ? await findStoragePool(tx, input.poolId) : await defaultStoragePool(tx, source.hypervisor);
         if (!target) throw new NotFoundError('storage pool', input.poolId!);
         if (target.hypervisor !== source.hypervisor) {
@@ -610,21 +641,21 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
           },
           pending,
         );
-        return { volume, pending, snapshot, ref, storePath, target };
+        return { volume, pending, snapshot, ref, storePath, target, chain };
       });
-      const { volume, pending, snapshot, ref, storePath, target } = begun;
+      const { volume, pending, snapshot, ref, storePath, target, chain } = begun;
       const log = logger.child({ volumeId: volume.id, snapshotId: snapshot.id, operation: 'create-from-snapshot', token });
       const driver = driverFor({ drivers }, volume.hypervisor);
       let created;
       try {
         // Only reads the backup and writes a file nobody else knows yet: no image lock needed.
-        created = await withVolumeHeartbeat(deps, volume.id, token, () => driver.createVolumeFromBackup(storePath, ref.installPath, target.path, volume.id));
+        created = await withVolumeHeartbeat(deps, volume.id, token, () => driver.createVolumeFromBackup(storePath, ref.installPath, target.path, volume.id, chain));
       } catch (err) {
         log.error({ err }, 'creating a volume from a snapshot failed; removing it');
         await settleVolumeOperation({ ...deps, drivers }, volume, pending, err instanceof Error ? err.message : String(err), 'failed').catch((settleErr: unknown) =>
           log.error({ err: settleErr, cause: err }, 'removing the half-created volume failed; the reconciler will'),
         );
-        throw err;
+        return restoreRefused(err, snapshot.id, chain);
       }
       const ready = await withTransaction(pool, async (tx) => {
         const v = await endVolumeOperation(tx, volume.id, token, { state: 'Ready', path: created.path });

@@ -22,6 +22,7 @@ import {
 } from '../db/volumes.js';
 import type { StorageDrivers } from '../storage/driver.js';
 import { isFileOf, volumePath as kvmVolumePath } from '../storage/paths.js';
+import { restoreChain } from './restore-chain.js';
 import { VOLUME_STALE_AFTER_SECONDS } from './volume-operations.js';
 
 export interface VolumeReconcileDeps {
@@ -179,7 +180,7 @@ export async function settleVolumeOperation(
           // Ready with an ERROR event saying its content is incomplete (revert again).
           if (mode === 'reconcile') {
             if (!driver?.restoreVolumeFromBackup) throw new Error(`no storage driver restoring ${volume.hypervisor} volumes from backups`);
-            await driver.restoreVolumeFromBackup(pending.storePath, pending.installPath, volume.path);
+            await driver.restoreVolumeFromBackup(pending.storePath, pending.installPath, volume.path, await restoreChain(deps.pool, pending.snapshotId));
             const ok = await end(
               { state: 'Ready', ...(pending.toBytes ? { size_bytes: pending.toBytes } : {}) },
               { type: 'SNAPSHOT.REVERT', description: `revert of volume ${volume.name} to snapshot ${pending.snapshotId} from its backup finished by the reconciler (${why})` },

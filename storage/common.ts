@@ -23,6 +23,23 @@ export class VolumeExistsError extends Error {
 }
 
 /**
+ * A backup file read for a restore does not match the sha256 recorded when it was written (or its chain is not
+ * the one on record): nothing was created or changed. The API answers 409 BACKUP_CORRUPT.
+ */
+export class BackupCorruptError extends Error {
+  override name = 'BackupCorruptError';
+  constructor(
+    message: string,
+    /** The snapshot whose backup file is wrong. */
+    readonly snapshotId: string,
+    /** What is wrong with it, in a few words (recorded as the backup's fault). */
+    readonly fault: string,
+  ) {
+    super(message);
+  }
+}
+
+/**
  * Another process holds the image's lock (a qemu-img "write" lock clash, or the cross-process image lock in
  * db/image-locks.ts) for longer than the caller was willing to wait. Nothing was changed, so the operation is
  * safe to retry later: activities should let Temporal retry it (do not mark it non-retryable), and the API
@@ -99,6 +116,34 @@ export async function sha256File(file: string, signal?: AbortSignal): Promise<st
     }
   } finally {
     await fh.close();
+  }
+  return hash.digest('hex');
+}
+
+/**
+ * Copies `src` to the new file `dst` (which must not exist) in one read pass that also hashes it; answers the hex
+ * sha256 of the bytes copied. Restores read their chain this way (storage/kvm.ts stageVerifiedChain).
+ */
+export async function sha256CopyFile(src: string, dst: string, signal?: AbortSignal): Promise<string> {
+  const hash = createHash('sha256');
+  const buf = Buffer.allocUnsafe(HASH_READ_BYTES);
+  const from = await open(src, 'r');
+  try {
+    const to = await open(dst, 'wx', 0o600);
+    try {
+      for (;;) {
+        signal?.throwIfAborted();
+        const { bytesRead } = await from.read(buf, 0, buf.length, null);
+        if (bytesRead === 0) break;
+        const chunk = buf.subarray(0, bytesRead);
+        hash.update(chunk);
+        for (let off = 0; off < bytesRead; ) off += (await to.write(chunk, off, bytesRead - off)).bytesWritten;
+      }
+    } finally {
+      await to.close();
+    }
+  } finally {
+    await from.close();
   }
   return hash.digest('hex');
 }

@@ -3,7 +3,7 @@ import type { Hypervisor } from '../domain/hypervisor.js';
 /** What the snapshot engine needs from a hypervisor's storage (KVM: qcow2 + qemu-img; XenServer: XenAPI). */
 
 /** Thrown by drivers when an image stays locked by another process beyond their retry bound; retryable. */
-export { ImageBusyError } from './common.js';
+export { BackupCorruptError, ImageBusyError } from './common.js';
 
 export interface BackupProgress {
   bytesDone: number;
@@ -35,6 +35,16 @@ export interface BackupParent {
   snapshotId: string;
   /** Install path of the parent's backup file, relative to the same image store root. */
   installPath: string;
+}
+
+/**
+ * One file of the backup chain a restore reads, top first (db/snapshots.ts getBackupChain): where it is and the
+ * sha256 recorded when it was written. A restore verifies every member it reads against it (docs/design.md §14).
+ */
+export interface RestoreMember {
+  snapshotId: string;
+  installPath: string;
+  checksum: string;
 }
 
 export interface CreatedVolume {
@@ -112,14 +122,19 @@ export interface StorageDriver {
   ): Promise<BackupResult>;
   /** Verifies a backup's bytes against its checksum. */
   verifyBackup(imageStoreRoot: string, installPath: string, checksum: string): Promise<boolean>;
-  /** Creates a new volume from a backup in the image store (a delta is read through its chain and flattened). */
-  createVolumeFromBackup(imageStoreRoot: string, installPath: string, poolPath: string, volumeId: string): Promise<CreatedVolume>;
+  /**
+   * Creates a new volume from a backup in the image store (a delta is read through its chain and flattened).
+   * `chain` is the backup's chain, top first (its first member is `installPath`'s): every file read is verified
+   * against its recorded sha256 as it is read, and a mismatch refuses with BackupCorruptError, creating nothing.
+   */
+  createVolumeFromBackup(imageStoreRoot: string, installPath: string, poolPath: string, volumeId: string, chain: RestoreMember[]): Promise<CreatedVolume>;
   /**
    * Rewrites an existing volume with a backup's point-in-time content (a delta read through its chain), keeping
-   * the volume's internal snapshots: a revert whose primary snapshot is gone. Optional: drivers without it refuse
-   * such a revert.
+   * the volume's internal snapshots: a revert whose primary snapshot is gone. `chain` as for
+   * createVolumeFromBackup; a mismatch refuses with BackupCorruptError before the volume is touched. Optional:
+   * drivers without it refuse such a revert.
    */
-  restoreVolumeFromBackup?(imageStoreRoot: string, installPath: string, volumePath: string): Promise<void>;
+  restoreVolumeFromBackup?(imageStoreRoot: string, installPath: string, volumePath: string, chain: RestoreMember[]): Promise<void>;
   /** Removes backup files of a snapshot, including temporary (partial) ones; missing files are not an error. */
   deleteBackupFiles(imageStoreRoot: string, target: BackupTarget): Promise<string[]>;
 }

@@ -7,9 +7,10 @@ import { copyFile, link, mkdir, mkdtemp, readdir, rename, rm, stat, unlink } fro
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import type { BackupParent, BackupProgress, BackupResult, BackupTarget, CreatedVolume, ImageLockRunner, StorageDriver } from './driver.js';
+import type { BackupParent, BackupProgress, BackupResult, BackupTarget, CreatedVolume, ImageLockRunner, RestoreMember, StorageDriver } from './driver.js';
 import {
   assertSize,
+  BackupCorruptError,
   errCode,
   fsyncPath,
   ImageBusyError,
@@ -18,6 +19,7 @@ import {
   removeBackupFiles,
   safeProgress,
   settleAll,
+  sha256CopyFile,
   sha256File,
   sha256Hex,
   KeyedQueue,
@@ -408,40 +410,125 @@ export class KvmStorageDriver implements StorageDriver {
     }
   }
 
-  async createVolumeFromBackup(imageStoreRoot: string, installPath: string, poolPath: string, volumeId: string): Promise<CreatedVolume> {
+  async createVolumeFromBackup(imageStoreRoot: string, installPath: string, poolPath: string, volumeId: string, chain: RestoreMember[]): Promise<CreatedVolume> {
     const src = resolveInstallPath(imageStoreRoot, installPath);
     if (!src.endsWith('.qcow2')) throw new Error(`KVM can only restore qcow2 backups, got ${installPath}`);
     const final = volumeFilePath(poolPath, volumeId);
     await mkdir(path.dirname(final), { recursive: true });
     const tmp = tempPathFor(final);
+    const staged = await this.stageVerifiedChain(imageStoreRoot, installPath, chain, final);
     try {
-      await this.qemu(['convert', '-f', 'qcow2', '-O', 'qcow2', src, tmp]);
-      await fsyncPath(tmp);
-      await publishNoClobber(tmp, final);
+      if (staged.copies.length === 1) {
+        // A full backup is a standalone qcow2 (no backing file, no internal snapshot): its verified copy is the volume.
+        await fsyncPath(staged.copies[0]!);
+        await publishNoClobber(staged.copies[0]!, final);
+      } else {
+        await this.qemu(['convert', '-O', 'qcow2', '--image-opts', staged.imageOpts, tmp]);
+        await fsyncPath(tmp);
+        await publishNoClobber(tmp, final);
+      }
     } finally {
       await rm(tmp, { force: true });
+      await staged.remove();
     }
-    this.log.info({ installPath, volumePath: final }, 'volume created from backup');
+    this.log.info({ installPath, volumePath: final, chainLength: chain.length }, 'volume created from backup (every member verified)');
     return { path: final, format: 'qcow2' };
   }
 
-  async restoreVolumeFromBackup(imageStoreRoot: string, installPath: string, volumePath: string): Promise<void> {
+  async restoreVolumeFromBackup(imageStoreRoot: string, installPath: string, volumePath: string, chain: RestoreMember[]): Promise<void> {
     parseVolumePath(volumePath);
     const src = resolveInstallPath(imageStoreRoot, installPath);
     if (!src.endsWith('.qcow2')) throw new Error(`KVM can only restore qcow2 backups, got ${installPath}`);
-    await this.locked(volumePath, async () => {
-      const { virtualSize: size } = await this.info(src);
-      const { virtualSize } = await this.info(volumePath);
-      // The snapshot recorded the disk's size then; the volume takes it back, as a revert on primary does.
-      if (virtualSize !== size) {
-        await this.mutate(volumePath, ['resize', '-q', '-f', 'qcow2', ...(size < virtualSize ? ['--shrink'] : []), volumePath, String(size)]);
+    // Verified before the volume is touched: a bad member refuses the revert with the volume as it was.
+    const staged = await this.stageVerifiedChain(imageStoreRoot, installPath, chain, volumePath);
+    try {
+      await this.locked(volumePath, async () => {
+        const { virtualSize: size } = await this.info(staged.copies[0]!);
+        const { virtualSize } = await this.info(volumePath);
+        // The snapshot recorded the disk's size then; the volume takes it back, as a revert on primary does.
+        if (virtualSize !== size) {
+          await this.mutate(volumePath, ['resize', '-q', '-f', 'qcow2', ...(size < virtualSize ? ['--shrink'] : []), volumePath, String(size)]);
+        }
+        // -n writes into the existing image's active layer (zeroes where the backup has none), so the volume's
+        // internal snapshots stay; the chain is read from its verified copies.
+        await this.mutate(volumePath, ['convert', '-n', '--image-opts', staged.imageOpts, '-O', 'qcow2', volumePath]);
+        await fsyncPath(volumePath);
+      });
+    } finally {
+      await staged.remove();
+    }
+    this.log.info({ installPath, volumePath, chainLength: chain.length }, 'volume rewritten from backup (every member verified)');
+  }
+
+  /**
+   * Reads a restore's backup chain (docs/design.md §14, "Restoring"): each member file is read once, through a
+   * sha256, into a private copy beside `beside` (a temporary name of the restore's output, so a crash leaves only
+   * what the volume's temporaries' cleanup removes), and refused (BackupCorruptError) at the first whose bytes
+   * differ from the sha256 recorded when it was written, or whose header names another backing file than the next
+   * member on record. qemu-img then reads only those copies, each one's backing given explicitly in `imageOpts`
+   * (the headers' backing names are checked, never followed), so every byte restored was verified. Why copies:
+   * qemu-img reads a qcow2 in no fixed order (metadata first, clusters as the L2 tables lead, unallocated ones
+   * never), so its reads cannot be hashed on the way; hashing the files first and letting qemu-img read the store
+   * after would read every member twice and restore bytes other than those verified (a file can change between the
+   * two reads). The price: the chain's size in temporary space on the target's pool for the restore's duration
+   * (for a full backup the copy becomes the new volume itself).
+   */
+  private async stageVerifiedChain(
+    imageStoreRoot: string,
+    installPath: string,
+    chain: RestoreMember[],
+    beside: string,
+  ): Promise<{ copies: string[]; imageOpts: string; remove: () => Promise<void> }> {
+    if (chain[0]?.installPath !== installPath) throw new Error(`the chain to restore does not start with backup ${installPath}`);
+    const copies: string[] = [];
+    const remove = async () => {
+      for (const c of copies) await rm(c, { force: true }).catch((err: unknown) => this.log.warn({ err, file: c }, 'could not remove a restore\'s temporary copy'));
+    };
+    const dir = path.dirname(resolveInstallPath(imageStoreRoot, installPath));
+    try {
+      for (const [i, m] of chain.entries()) {
+        const file = resolveInstallPath(imageStoreRoot, m.installPath);
+        if (!file.endsWith('.qcow2') || path.dirname(file) !== dir) throw new Error(`backup ${m.installPath} is not a qcow2 backup of the same volume as ${installPath}`);
+        const copy = tempPathFor(beside);
+        copies.push(copy);
+        let digest: string;
+        try {
+          digest = await sha256CopyFile(file, copy);
+        } catch (err) {
+          if (errCode(err) === 'ENOENT' && !(await exists(copy).catch(() => true))) {
+            throw new BackupCorruptError(`the backup of snapshot ${m.snapshotId} is missing from the image store`, m.snapshotId, 'backup file is missing');
+          }
+          throw err;
+        }
+        if (digest !== sha256Hex(m.checksum)) {
+          throw new BackupCorruptError(
+            `the backup of snapshot ${m.snapshotId} does not match its checksum (read sha256:${digest}, recorded ${m.checksum}); nothing was restored`,
+            m.snapshotId,
+            `sha256 mismatch: read sha256:${digest}, recorded ${m.checksum}`,
+          );
+        }
+        const { stdout } = await this.qemu(['info', '-f', 'qcow2', '--output=json', copy]);
+        const backing = (JSON.parse(stdout) as { 'backing-filename'?: string })['backing-filename'] ?? null;
+        const next = chain[i + 1];
+        const expected = next ? path.basename(next.installPath) : null;
+        if (backing !== expected) {
+          throw new BackupCorruptError(
+            `the backup of snapshot ${m.snapshotId} names ${JSON.stringify(backing)} as its backing file, ${JSON.stringify(expected)} on record; nothing was restored`,
+            m.snapshotId,
+            `backing file ${JSON.stringify(backing)}, ${JSON.stringify(expected)} on record`,
+          );
+        }
       }
-      // -n writes into the existing image's active layer (zeroes where the backup has none), so the volume's
-      // internal snapshots stay; the backup chain is read through its relative backing files.
-      await this.mutate(volumePath, ['convert', '-n', '-f', 'qcow2', '-O', 'qcow2', src, volumePath]);
-      await fsyncPath(volumePath);
-    });
-    this.log.info({ installPath, volumePath }, 'volume rewritten from backup');
+    } catch (err) {
+      await remove();
+      throw err;
+    }
+    const esc = (f: string) => f.replaceAll(',', ',,');
+    const imageOpts = copies.map((c, depth) => {
+      const p = 'backing.'.repeat(depth);
+      return `${p}driver=qcow2,${p}file.driver=file,${p}file.filename=${esc(c)}`;
+    }).join(',');
+    return { copies, imageOpts, remove };
   }
 
   async deleteBackupFiles(imageStoreRoot: string, target: BackupTarget): Promise<string[]> {

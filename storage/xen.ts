@@ -10,9 +10,10 @@ import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { BackupProgress, BackupResult, BackupTarget, CreatedVolume, StorageDriver } from './driver.js';
+import type { BackupProgress, BackupResult, BackupTarget, CreatedVolume, RestoreMember, StorageDriver } from './driver.js';
 import {
   assertSize,
+  BackupCorruptError,
   errCode,
   fsyncPath,
   notFound,
@@ -312,9 +313,17 @@ export class XenServerStorageDriver implements StorageDriver {
     }
   }
 
-  async createVolumeFromBackup(imageStoreRoot: string, installPath: string, poolPath: string, volumeId: string): Promise<CreatedVolume> {
+  /**
+   * Imports the backup (always a full one here) into a new VDI, hashing the file's bytes as they are sent (one
+   * read: no pass before the import); a file that does not match its recorded sha256 refuses the restore with
+   * BackupCorruptError and the VDI is destroyed before it was ever tagged as the volume.
+   */
+  async createVolumeFromBackup(imageStoreRoot: string, installPath: string, poolPath: string, volumeId: string, chain: RestoreMember[]): Promise<CreatedVolume> {
     const src = resolveInstallPath(imageStoreRoot, installPath);
     if (!src.endsWith('.vhd')) throw new Error(`XenServer can only restore VHD backups, got ${installPath}`);
+    const member = chain[0];
+    if (chain.length !== 1 || member?.installPath !== installPath) throw new Error(`XenServer backups are full: the chain to restore must be ${installPath} alone`);
+    const expected = sha256Hex(member.checksum);
     const sr = assertUuid(poolPath, 'SR uuid');
     const id = assertUuid(volumeId, 'volumeId');
     const { virtualSize } = await readVhdFooter(src);
@@ -327,11 +336,30 @@ export class XenServerStorageDriver implements StorageDriver {
     // Tagged as the volume only once the import succeeded, so a half-written VDI is never taken for it.
     const ref = await api.call<string>('VDI.create', newVdiRecord(srRef, id, virtualSize, {}));
     try {
-      await api.upload('/import_raw_vdi', { vdi: ref, format: 'vhd' }, src, size, { label: `import of ${installPath}` });
+      let hash = createHash('sha256');
+      const through = () => {
+        hash = createHash('sha256');
+        const h = hash;
+        return new Transform({
+          transform(chunk: Buffer, _enc, cb) {
+            h.update(chunk);
+            cb(null, chunk);
+          },
+        });
+      };
+      await api.upload('/import_raw_vdi', { vdi: ref, format: 'vhd' }, src, size, { label: `import of ${installPath}`, through });
+      const digest = hash.digest('hex');
+      if (digest !== expected) {
+        throw new BackupCorruptError(
+          `the backup of snapshot ${member.snapshotId} does not match its checksum (read sha256:${digest}, recorded ${member.checksum}); nothing was restored`,
+          member.snapshotId,
+          `sha256 mismatch: read sha256:${digest}, recorded ${member.checksum}`,
+        );
+      }
       await api.call('VDI.add_to_other_config', ref, VOLUME_KEY, id);
     } catch (err) {
       await this.destroyIfExists(api, ref).catch((e: unknown) => this.log.warn({ err: e, volumeId: id }, 'could not destroy partly imported VDI'));
-      throw withContext(err, `creating volume ${id} from backup ${installPath} failed`);
+      throw err instanceof BackupCorruptError ? err : withContext(err, `creating volume ${id} from backup ${installPath} failed`);
     }
     const created = xenVolumePath(sr, await api.call<string>('VDI.get_uuid', ref));
     this.log.info({ installPath, volumePath: created }, 'volume created from backup');

@@ -6,7 +6,7 @@
 import { createReadStream } from 'node:fs';
 import http, { type IncomingMessage } from 'node:http';
 import https from 'node:https';
-import type { Readable } from 'node:stream';
+import type { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -135,7 +135,12 @@ export class XenApiClient {
     query: Record<string, string>,
     file: string,
     size: number,
-    opts: { label: string; signal?: AbortSignal },
+    opts: {
+      label: string;
+      signal?: AbortSignal;
+      /** A stream the file's bytes pass through on their way (a fresh one for each try of the transfer): a hash, say. */
+      through?: () => Transform;
+    },
   ): Promise<void> {
     await this.transfer(opts, async (session, task) => {
       const req = this.request('PUT', this.handlerPath(handler, query, session, task), {
@@ -143,7 +148,10 @@ export class XenApiClient {
         headers: { 'content-type': 'application/octet-stream', 'content-length': String(size) },
       });
       const response = new Promise<IncomingMessage>((resolve, reject) => req.once('response', resolve).once('error', reject));
-      const sent = pipeline(createReadStream(file), req).then(() => undefined, (err: unknown) => err);
+      const sent = (opts.through ? pipeline(createReadStream(file), opts.through(), req) : pipeline(createReadStream(file), req)).then(
+        () => undefined,
+        (err: unknown) => err,
+      );
       // xapi answers 200 before reading the body and reports the import's outcome through the task.
       const res = await response;
       if (res.statusCode !== 200) req.destroy();

@@ -8,12 +8,13 @@ import { MockActivityEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createSnapshotActivities } from '../../activities/snapshot-activities.js';
 import { installTemporalRuntime } from '../../app/runtime.js';
+import type { Pool } from '../../db/pool.js';
 import { getBackupChain, getSnapshot, getStoreRefs, insertSnapshot, type SnapshotRecord } from '../../db/snapshots.js';
 import { startTestStack, type TestStack } from '../../harness/stack.js';
 import { silentLogger } from '../../observability/logger.js';
 import { checkBackupChain } from '../../storage/chain.js';
-import type { StorageDriver } from '../../storage/driver.js';
-import { ACTIVITY_FAILURE_TYPES } from '../../workflows/definitions.js';
+import type { BackupResult, StorageDriver } from '../../storage/driver.js';
+import { ACTIVITY_FAILURE_TYPES, type BackupAttemptInput } from '../../workflows/definitions.js';
 import { insertAccount, insertVolume, sha256File, writePattern } from '../support/fixtures.js';
 
 const exec = promisify(execFile);
@@ -59,7 +60,11 @@ describe('fenced backup attempts', () => {
     await stack?.stop();
   });
 
-  const activitiesWith = (kvm: StorageDriver) => createSnapshotActivities({ pool: stack.pool, drivers: { KVM: kvm }, logger: silentLogger, progressIntervalMs: 50 });
+  const activitiesWith = (kvm: StorageDriver, pool: Pool = stack.pool) =>
+    createSnapshotActivities({ pool, drivers: { KVM: kvm }, logger: silentLogger, progressIntervalMs: 50 });
+  /** One execution of the backup activity (MockActivityEnvironment.run cannot infer its result type). */
+  const backupIn = (env: MockActivityEnvironment, kvm: StorageDriver, input: BackupAttemptInput) =>
+    env.run(activitiesWith(kvm).backupSnapshotToSecondary, input) as Promise<BackupResult>;
 
   /** A snapshot BackedUp through its workflow. */
   const take = async (volumeId: string): Promise<SnapshotRecord> => {
@@ -117,8 +122,7 @@ describe('fenced backup attempts', () => {
       await aResume.wait;
       return result;
     });
-    const a = new MockActivityEnvironment({ attempt: 1 })
-      .run(activitiesWith(stalling).backupSnapshotToSecondary, { snapshotId: s2.id, attempt: 1, maxAttempts: 3 })
+    const a = backupIn(new MockActivityEnvironment({ attempt: 1 }), stalling, { snapshotId: s2.id, attempt: 1, maxAttempts: 3 })
       .then(
         (result) => ({ ok: true as const, result }),
         (err: unknown) => ({ ok: false as const, err }),
@@ -131,7 +135,7 @@ describe('fenced backup attempts', () => {
     const s3 = await take(vol.volumeId);
 
     // Execution B of the same attempt (Temporal's retry after A's heartbeat timeout) runs to the end: a delta on S3.
-    const b = await new MockActivityEnvironment({ attempt: 2 }).run(activitiesWith(driver).backupSnapshotToSecondary, {
+    const b = await backupIn(new MockActivityEnvironment({ attempt: 2 }), driver, {
       snapshotId: s2.id,
       attempt: 1,
       maxAttempts: 3,
@@ -183,14 +187,13 @@ describe('fenced backup attempts', () => {
       await aResume.wait;
       return driver.backupSnapshot(...args);
     });
-    const a = new MockActivityEnvironment({ attempt: 1 })
-      .run(activitiesWith(stalling).backupSnapshotToSecondary, { snapshotId: s1.id, attempt: 1, maxAttempts: 3 })
+    const a = backupIn(new MockActivityEnvironment({ attempt: 1 }), stalling, { snapshotId: s1.id, attempt: 1, maxAttempts: 3 })
       .then(
         (result) => ({ ok: true as const, result }),
         (err: unknown) => ({ ok: false as const, err }),
       );
     await aBegan.wait;
-    const b = await new MockActivityEnvironment({ attempt: 2 }).run(activitiesWith(driver).backupSnapshotToSecondary, {
+    const b = await backupIn(new MockActivityEnvironment({ attempt: 2 }), driver, {
       snapshotId: s1.id,
       attempt: 1,
       maxAttempts: 3,
@@ -222,7 +225,7 @@ describe('fenced backup attempts', () => {
     const failing = withBackup(driver, async () => {
       throw new Error('image store unusable (injected)');
     });
-    const first = await new MockActivityEnvironment({ attempt: 1 }).run(activitiesWith(failing).backupSnapshotToSecondary, input).catch((e: unknown) => e);
+    const first = await backupIn(new MockActivityEnvironment({ attempt: 1 }), failing, input).catch((e: unknown) => e);
     expect(first).toMatchObject({ type: ACTIVITY_FAILURE_TYPES.copyFailed, nonRetryable: true });
 
     // Temporal times the dead worker's heartbeat out and delivers attempt 1 again, to a healthy worker: the copy
@@ -232,7 +235,7 @@ describe('fenced backup attempts', () => {
       copied.push(args[2].snapshotId);
       return driver.backupSnapshot(...args);
     });
-    const again = await new MockActivityEnvironment({ attempt: 2 }).run(activitiesWith(healthy).backupSnapshotToSecondary, input).catch((e: unknown) => e);
+    const again = await backupIn(new MockActivityEnvironment({ attempt: 2 }), healthy, input).catch((e: unknown) => e);
     expect(again).toBeInstanceOf(ApplicationFailure);
     expect(again).toMatchObject({ type: ACTIVITY_FAILURE_TYPES.copyFailed, nonRetryable: true, message: (first as Error).message });
     expect(copied).toEqual([]);
@@ -244,9 +247,53 @@ describe('fenced backup attempts', () => {
     expect(events.rows).toHaveLength(1);
 
     // Attempt 2 (the workflow's next attempt after backup.retry.interval) copies normally.
-    const result = await new MockActivityEnvironment({ attempt: 1 }).run(activitiesWith(healthy).backupSnapshotToSecondary, { ...input, attempt: 2 });
+    const result = await backupIn(new MockActivityEnvironment({ attempt: 1 }), healthy, { ...input, attempt: 2 });
     expect(copied).toEqual([s.id]);
     expect(await sha256File(join(storePath, result.installPath))).toBe(result.checksum);
     expect(await getSnapshot(stack.pool, s.id)).toMatchObject({ status: 'BackedUp', backupAttempts: 2, lastError: null });
+  });
+
+  it('progress writes of one execution never overlap (a slow database sees one at a time) and none is pending once the backup is recorded', async () => {
+    const vol = await insertVolume(stack.pool, driver, { accountId, sizeBytes: 16 * MiB });
+    await writePattern(vol.path, 0x66, 0, 4 * MiB);
+    const s = await createdOnPrimary(vol.volumeId, 16 * MiB);
+
+    // Every progress write takes three ticks of the progress timer to commit.
+    let inFlight = 0;
+    let most = 0;
+    let writes = 0;
+    const slow = new Proxy(stack.pool, {
+      get(target, prop, receiver) {
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        if (prop !== 'query') return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        return async (text: string, values?: unknown[]) => {
+          if (!text.startsWith('UPDATE snapshots SET backup_bytes_done')) return target.query(text, values);
+          inFlight += 1;
+          writes += 1;
+          most = Math.max(most, inFlight);
+          try {
+            await new Promise((r) => setTimeout(r, 150));
+            return await target.query(text, values);
+          } finally {
+            inFlight -= 1;
+          }
+        };
+      },
+    });
+    // The copy reports progress for about twenty ticks before it runs.
+    const reporting = withBackup(driver, async (...args) => {
+      for (let i = 1; i <= 20; i++) {
+        args[3]?.onProgress?.({ bytesDone: i * 256 * 1024, bytesTotal: 16 * MiB });
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      return driver.backupSnapshot(...args);
+    });
+    const env = new MockActivityEnvironment({ attempt: 1 });
+    const result = (await env.run(activitiesWith(reporting, slow).backupSnapshotToSecondary, { snapshotId: s.id, attempt: 1, maxAttempts: 3 })) as BackupResult;
+    expect(inFlight, 'progress writes still pending after the backup was recorded').toBe(0);
+    expect(writes).toBeGreaterThan(1);
+    expect(most).toBe(1);
+    expect(await getSnapshot(stack.pool, s.id)).toMatchObject({ status: 'BackedUp', backupBytesDone: 16 * MiB });
+    expect(result.checksum).toBeTruthy();
   });
 });

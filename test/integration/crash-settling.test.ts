@@ -297,14 +297,14 @@ describe('settling after interruptions (issue 22: items 2, 3, 6)', () => {
       let seen: { state: string; openTransactions: number } | undefined;
       await patched(
         'restoreVolumeFromBackup',
-        (orig) => async (storeRoot, installPath, volumePath) => {
+        (orig) => async (storeRoot, installPath, volumePath, chain) => {
           const { rows } = await stack.pool.query(
             `SELECT (SELECT state FROM volumes WHERE id = $1) AS state,
                     (SELECT count(*)::int FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%') AS open`,
             [vol.volumeId],
           );
           seen = { state: rows[0].state, openTransactions: rows[0].open };
-          await orig(storeRoot, installPath, volumePath);
+          await orig(storeRoot, installPath, volumePath, chain);
         },
         () => stack.snapshots.revert(caller, snap.id),
       );

@@ -471,11 +471,12 @@ describe('backups', () => {
 
     const pool2 = path.join(dir, 'pool2');
     const newId = randomUUID();
-    const restored = await driver.createVolumeFromBackup(store, r.installPath, pool2, newId);
+    const chain = [{ snapshotId: target.snapshotId, installPath: r.installPath, checksum: r.checksum }];
+    const restored = await driver.createVolumeFromBackup(store, r.installPath, pool2, newId, chain);
     expect(restored).toEqual({ path: path.join(pool2, `${newId}.qcow2`), format: 'qcow2' });
     expect(await readsPattern(restored.path, 0xab, '0', '4M')).toBe(true);
     expect(await virtualSize(restored.path)).toBe(64 * MiB);
-    await expect(driver.createVolumeFromBackup(store, r.installPath, pool2, newId)).rejects.toMatchObject({
+    await expect(driver.createVolumeFromBackup(store, r.installPath, pool2, newId, chain)).rejects.toMatchObject({
       name: 'VolumeExistsError',
     });
     expect(await listFiles(pool2)).toEqual([`${newId}.qcow2`]);

@@ -1,13 +1,13 @@
 /** Incremental (delta) backups of the KVM driver against real qemu-img / qemu-nbd (docs/design.md §14). */
 import { execFile } from 'node:child_process';
 import { createHash, randomUUID } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { BackupResult, BackupTarget } from '../../storage/driver.js';
+import type { BackupResult, BackupTarget, RestoreMember } from '../../storage/driver.js';
 import { createKvmStorageDriver } from '../../storage/kvm.js';
 import { diffSnapshots } from '../../storage/qcow2-diff.js';
 
@@ -46,6 +46,10 @@ async function sameAsSnapshot(volume: string, source: string, snapshotId: string
     await rm(ref, { force: true });
   }
 }
+
+/** The chain a restore of the last backup reads, top first, as the database records it. */
+const chainOf = (...backups: Array<{ target: BackupTarget; result: BackupResult }>): RestoreMember[] =>
+  backups.map((b) => ({ snapshotId: b.target.snapshotId, installPath: b.result.installPath, checksum: b.result.checksum })).reverse();
 
 async function backingOf(file: string): Promise<string | undefined> {
   const { stdout } = await exec('qemu-img', ['info', '-U', '--output=json', file]);
@@ -92,7 +96,7 @@ describe('incremental backups (KVM)', () => {
         expect(result.sizeBytes).toBeLessThan((i === 3 ? 3 : 1) * 1.2 * MiB + MiB);
         expect(await backingOf(file)).toBe(`${backups[i - 1]!.target.snapshotId}.qcow2`);
       }
-      const restored = await driver.createVolumeFromBackup(store, result.installPath, path.join(dir, 'restored'), randomUUID());
+      const restored = await driver.createVolumeFromBackup(store, result.installPath, path.join(dir, 'restored'), randomUUID(), chainOf(...backups.slice(0, i + 1)));
       expect(await backingOf(restored.path)).toBeUndefined(); // flattened
       await exec('qemu-img', ['compare', '-U', '-f', 'qcow2', '-F', 'qcow2', restored.path, expected]);
     }
@@ -137,7 +141,7 @@ describe('incremental backups (KVM)', () => {
     const moved = path.join(dir, 'moved-store');
     await exec('mv', [store, moved]);
     expect(await driver.verifyBackup(moved, rb.installPath, rb.checksum)).toBe(true);
-    const restored = await driver.createVolumeFromBackup(moved, rb.installPath, path.join(dir, 'restored'), randomUUID());
+    const restored = await driver.createVolumeFromBackup(moved, rb.installPath, path.join(dir, 'restored'), randomUUID(), chainOf({ target: a, result: ra }, { target: b, result: rb }));
     expect(await sameAsSnapshot(restored.path, vol, b.snapshotId)).toBe(true);
   });
 
@@ -188,10 +192,56 @@ describe('incremental backups (KVM)', () => {
     await driver.deleteSnapshot(vol, b.snapshotId);
     await qemuIo(vol, 'write -P 0x77 0 32M');
     await driver.resizeVolume(vol, 48 * MiB);
-    await driver.restoreVolumeFromBackup(store, rb.installPath, vol);
+    await driver.restoreVolumeFromBackup(store, rb.installPath, vol, chainOf({ target: a, result: ra }, { target: b, result: rb }));
     await exec('qemu-img', ['compare', '-U', '-f', 'qcow2', '-F', 'qcow2', vol, expected]);
     expect(await driver.hasSnapshot(vol, a.snapshotId)).toBe(true);
     expect(await sameAsSnapshot(vol, vol, a.snapshotId)).toBe(false);
+  });
+
+  it('a restore verifies every member it reads: one rotten byte in the middle of a chain refuses create and revert, creating and changing nothing', async () => {
+    const volumeId = randomUUID();
+    const accountId = randomUUID();
+    const { path: vol } = await driver.createVolume(pool, volumeId, 16 * MiB);
+    await qemuIo(vol, 'write -P 0x61 0 8M');
+    const links: Array<{ target: BackupTarget; result: BackupResult }> = [];
+    for (let i = 0; i < 3; i++) {
+      if (i > 0) await qemuIo(vol, `write -P 0x${(0x62 + i).toString(16)} ${i}M 1M`);
+      const target: BackupTarget = { accountId, volumeId, snapshotId: randomUUID() };
+      await driver.createSnapshot(vol, target.snapshotId);
+      const prev = links.at(-1);
+      const result = await driver.backupSnapshot(vol, store, target, prev ? { parent: { snapshotId: prev.target.snapshotId, installPath: prev.result.installPath } } : {});
+      links.push({ target, result });
+    }
+    const top = links[2]!;
+    const chain = chainOf(...links);
+    // The good chain restores; then the middle member's last byte (its data) rots.
+    const good = await driver.createVolumeFromBackup(store, top.result.installPath, path.join(dir, 'good'), randomUUID(), chain);
+    expect(await sameAsSnapshot(good.path, vol, top.target.snapshotId)).toBe(true);
+    const middle = path.join(store, links[1]!.result.installPath);
+    const bytes = await readFile(middle);
+    bytes.writeUInt8(bytes.readUInt8(bytes.length - 1) ^ 0xff, bytes.length - 1);
+    await writeFile(middle, bytes);
+
+    const target = path.join(dir, 'target');
+    const err = await driver.createVolumeFromBackup(store, top.result.installPath, target, randomUUID(), chain).then(
+      () => new Error('the restore of a rotten chain succeeded'),
+      (e: unknown) => e as Error,
+    );
+    expect(err).toMatchObject({ name: 'BackupCorruptError', snapshotId: links[1]!.target.snapshotId });
+    expect(err.message).toMatch(/does not match its checksum/);
+    expect(await readdir(target).catch(() => [])).toEqual([]);
+
+    // Revert from the chain: refused before the volume is touched.
+    await driver.deleteSnapshot(vol, top.target.snapshotId);
+    await qemuIo(vol, 'write -P 0x77 0 16M');
+    const before = await sha256(vol);
+    await expect(driver.restoreVolumeFromBackup(store, top.result.installPath, vol, chain)).rejects.toMatchObject({ name: 'BackupCorruptError', snapshotId: links[1]!.target.snapshotId });
+    expect(await sha256(vol)).toBe(before);
+    expect(await readdir(pool)).toEqual([path.basename(vol)]);
+    // A member whose header names another backing file than the chain on record is refused too.
+    const wrong = [chain[0]!, chain[2]!];
+    await expect(driver.createVolumeFromBackup(store, top.result.installPath, target, randomUUID(), wrong)).rejects.toMatchObject({ name: 'BackupCorruptError', snapshotId: top.target.snapshotId });
+    expect(await readdir(target).catch(() => [])).toEqual([]);
   });
 
   it('a delta on a parent of another volume is refused', async () => {

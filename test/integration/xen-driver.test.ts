@@ -326,11 +326,26 @@ describe('restore and migrate', () => {
     const { vol, volumeId, snap } = await snapshottedVolume();
     const res = await driver.backupSnapshot(vol, store, target(volumeId, snap));
     const newId = randomUUID();
-    const created = await driver.createVolumeFromBackup(store, res.installPath, srB, newId);
+    const chain = [{ snapshotId: snap, installPath: res.installPath, checksum: res.checksum }];
+    const created = await driver.createVolumeFromBackup(store, res.installPath, srB, newId, chain);
     expect(created.format).toBe('vhd');
     expect(parseXenVolumePath(created.path).srUuid).toBe(srB);
     expect(await sha256(fileOf(created.path))).toBe(await sha256(await snapshotFile(snap)));
-    expect((await failure(driver.createVolumeFromBackup(store, res.installPath, srB, newId))).name).toBe('VolumeExistsError');
+    expect((await failure(driver.createVolumeFromBackup(store, res.installPath, srB, newId, chain))).name).toBe('VolumeExistsError');
+  });
+
+  it('refuses a backup that does not match its checksum, hashed as it is imported, and leaves no VDI behind', async () => {
+    const { vol, volumeId, snap } = await snapshottedVolume();
+    const res = await driver.backupSnapshot(vol, store, target(volumeId, snap));
+    const file = path.join(store, res.installPath);
+    const bytes = await readFile(file);
+    bytes.writeUInt8(bytes.readUInt8(1024) ^ 0xff, 1024);
+    await writeFile(file, bytes);
+    const before = (await sim.vdis()).length;
+    const err = await failure(driver.createVolumeFromBackup(store, res.installPath, srB, randomUUID(), [{ snapshotId: snap, installPath: res.installPath, checksum: res.checksum }]));
+    expect(err.name).toBe('BackupCorruptError');
+    expect(err.message).toMatch(/does not match its checksum/);
+    expect((await sim.vdis()).length).toBe(before);
   });
 
   it('leaves no VDI behind when the import fails', async () => {
@@ -338,7 +353,7 @@ describe('restore and migrate', () => {
     const res = await driver.backupSnapshot(vol, store, target(volumeId, snap));
     const before = (await sim.vdis()).length;
     await sim.setFaults({ failNextImports: 1 });
-    const err = await failure(driver.createVolumeFromBackup(store, res.installPath, srB, randomUUID()));
+    const err = await failure(driver.createVolumeFromBackup(store, res.installPath, srB, randomUUID(), [{ snapshotId: snap, installPath: res.installPath, checksum: res.checksum }]));
     expect(err.message).toMatch(/VDI_IO_ERROR/);
     expect((await sim.vdis()).length).toBe(before);
   });

@@ -1,3 +1,6 @@
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { checkBackupChain, type ChainMember } from '../../storage/chain.js';
 import type { StorageDriver } from '../../storage/driver.js';
@@ -50,9 +53,36 @@ describe('checkBackupChain (docs/design.md §14)', () => {
     expect(await checkBackupChain(driver, '/store', [], { full: true })).toBe('no backup');
   });
 
-  it('the light check verifies the top file only and finds a missing member file', async () => {
+  it('the light check reads no file: it finds a missing member file by its metadata', async () => {
     const { driver, asked } = fakeDriver();
-    expect(await checkBackupChain(driver, '/nonexistent-store', chain, { full: false })).toMatch(new RegExp(`backup file of ${id(2)} is missing`));
-    expect(asked).toEqual([chain[0]!.installPath]);
+    expect(await checkBackupChain(driver, '/nonexistent-store', chain, { full: false })).toMatch(new RegExp(`backup file of ${id(3)} is missing`));
+    expect(asked).toEqual([]);
+  });
+
+  it('the light check of a whole chain hashes no member, not even the top (an incremental never re-reads its parent)', async () => {
+    const store = await mkdtemp(path.join(tmpdir(), 'chain-'));
+    try {
+      for (const m of chain) {
+        await mkdir(path.dirname(path.join(store, m.installPath)), { recursive: true });
+        await writeFile(path.join(store, m.installPath), 'x');
+      }
+      const { driver, asked } = fakeDriver(new Set(chain.map((m) => m.installPath)));
+      expect(await checkBackupChain(driver, store, chain, { full: false })).toBeNull();
+      expect(asked).toEqual([]);
+      // A size that differs from the record is caught without reading the file.
+      await writeFile(path.join(store, chain[1]!.installPath), 'xy');
+      expect(await checkBackupChain(driver, store, chain, { full: false })).toMatch(new RegExp(`backup file of ${id(2)} has 2 bytes, 1 on record`));
+      expect(asked).toEqual([]);
+    } finally {
+      await rm(store, { recursive: true, force: true });
+    }
+  });
+
+  it('a member the scrub marked faulty fails the chain, light or full, naming it', async () => {
+    const { driver, asked } = fakeDriver();
+    const faulty = [member(3, 2, 3), member(2, 1, 2, { fault: 'sha256 mismatch' }), member(1, null, 1)];
+    expect(await checkBackupChain(driver, '/nonexistent-store', faulty, { full: false })).toMatch(new RegExp(`backup of ${id(2)} is marked faulty by the scrub`));
+    expect(await checkBackupChain(driver, '/store', faulty, { full: true })).toMatch(new RegExp(`backup of ${id(2)} is marked faulty`));
+    expect(asked).toEqual([]);
   });
 });
