@@ -202,49 +202,76 @@ describe('snapshots', () => {
 });
 
 /**
- * Holds `file`'s qemu write lock from another process for about `ms` (qemu-io without -r opens it read-write,
+ * Holds `file`'s qemu write lock from another process until released (qemu-io without -r opens it read-write,
  * as a running VM or another volsnap process's qemu-img would); resolves once the lock is taken.
  */
-async function holdWriteLock(file: string, ms: number): Promise<{ done: Promise<void> }> {
-  const child = spawn('qemu-io', ['-f', 'qcow2', '-c', `sleep ${ms}`, file], { stdio: 'ignore' });
+async function holdWriteLock(file: string): Promise<{ held: () => boolean; release: () => Promise<void> }> {
+  const child = spawn('qemu-io', ['-f', 'qcow2', '-c', 'sleep 600000', file], { stdio: 'ignore' });
+  let exited = false;
   const done = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+  void done.then(() => (exited = true));
   // Taken once a second writer is refused.
   for (;;) {
+    if (exited) throw new Error('qemu-io exited before it held the lock');
     const r = await exec('qemu-img', ['snapshot', '-l', file]).then(() => 'open', (e: { stderr?: string }) => e.stderr ?? '');
-    if (/write" lock|lock/i.test(r)) break;
+    if (/lock/i.test(r)) break;
     await new Promise((res) => setTimeout(res, 20));
   }
-  return { done };
+  return {
+    held: () => !exited,
+    release: async () => {
+      child.kill();
+      await done;
+    },
+  };
+}
+
+/** A KVM driver whose log says when it first met the other process's lock (and so is retrying). */
+function driverSeeingTheLock(lockRetryMs?: number) {
+  let saw!: () => void;
+  const retrying = new Promise<void>((r) => (saw = r));
+  const log = pino({ level: 'info' }, {
+    write: (line: string) => {
+      if (line.includes('image locked by another process; retrying')) saw();
+    },
+  });
+  return { driver: createKvmStorageDriver({ logger: log, ...(lockRetryMs ? { lockRetryMs } : {}) }), retrying };
 }
 
 describe('image write lock held by another process', () => {
-  it('retries a snapshot while another process holds the write lock, then succeeds', async () => {
+  it('retries a snapshot while another process holds the write lock, then succeeds once it lets go', async () => {
     const { vol } = await volumeWithPattern(16 * MiB, '1M');
-    const holder = await holdWriteLock(vol, 2000);
+    const holder = await holdWriteLock(vol);
+    const { driver: patient, retrying } = driverSeeingTheLock();
     const snap = randomUUID();
-    const started = Date.now();
-    await driver.createSnapshot(vol, snap, { volumeSizeBytes: 16 * MiB });
-    expect(Date.now() - started).toBeGreaterThan(1000);
+    let finished = false;
+    const taking = patient.createSnapshot(vol, snap, { volumeSizeBytes: 16 * MiB }).then(() => (finished = true));
+    await retrying;
+    // Refused once and waiting: nothing was written while the other process held the lock.
+    expect(finished).toBe(false);
+    expect(await snapshotTags(vol)).toEqual([]);
+    await holder.release();
+    await taking;
     expect(await snapshotTags(vol)).toEqual([snap]);
-    await holder.done;
   });
 
   it('gives up after its bound with ImageBusyError naming only the file, not the command or host paths', async () => {
     const { vol, volumeId } = await volumeWithPattern(16 * MiB, '1M');
-    const impatient = createKvmStorageDriver({ logger, lockRetryMs: 1500 });
-    const holder = await holdWriteLock(vol, 4000);
+    const { driver: impatient } = driverSeeingTheLock(1500);
+    const holder = await holdWriteLock(vol);
     const started = Date.now();
     const err = await impatient.createSnapshot(vol, randomUUID()).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ImageBusyError);
     expect((err as Error).name).toBe('ImageBusyError');
+    // It gave up on its own bound, not because the other process let go (it still holds the lock).
+    expect(holder.held()).toBe(true);
     expect(Date.now() - started).toBeGreaterThanOrEqual(1400);
-    expect(Date.now() - started).toBeLessThan(3500);
     const message = (err as Error).message;
     expect(message).toContain(`${volumeId}.qcow2`);
     expect(message).not.toContain('qemu-img');
     expect(message).not.toContain(dir);
     expect(await snapshotTags(vol)).toEqual([]);
-    await holder.done;
+    await holder.release();
     // Once the other process is gone, the same call goes through.
     const snap = randomUUID();
     await impatient.createSnapshot(vol, snap);
