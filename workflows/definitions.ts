@@ -72,13 +72,21 @@ export interface SnapshotWorkflowStatus {
   volumeId: string;
   state: SnapshotState;
   lastError: string | null;
-  /** Which VM actions on the snapshot's VM may run now, by this snapshot's in-flight state. */
+  /**
+   * The VM the volume was attached to when the snapshot was requested (null: detached). The workflow knows no
+   * later attachment: `vmActions` and `mayRun` answer for this one; the API decides from the live one.
+   */
+  vmId: string | null;
+  /** Which VM actions on that VM may run now, by this snapshot's in-flight state. */
   vmActions: Record<VmAction, Decision> | null;
 }
 
 /** Resolves as soon as the snapshot exists on primary storage (the early return); fails if creation failed. */
 export const snapshotCreatedUpdate = defineUpdate<SnapshotCreated>('snapshotCreated');
-/** "May this operation run now?" answered from the parallel-operation policy table. */
+/**
+ * "May this operation run now?" answered from the parallel-operation policy table, for this snapshot and the
+ * attachment its volume had when it was requested (the API, deciding from live attachments, is the authority).
+ */
 export const mayRunQuery = defineQuery<Decision, [Operation]>('mayRun');
 /** The snapshot's state and the VM actions it currently allows. */
 export const statusQuery = defineQuery<SnapshotWorkflowStatus>('status');

@@ -115,6 +115,7 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
     volumeId: input.volumeId,
     state,
     lastError,
+    vmId: input.vmId,
     vmActions: input.vmId ? vmActionDecisions(input.vmId, self()) : null,
   }));
 

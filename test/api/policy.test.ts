@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mayRunQuery, statusQuery } from '../../workflows/definitions.js';
 import { MiB, startApiHarness, waitFor, type ApiHarness } from './harness.js';
 
 /**
@@ -181,6 +182,25 @@ describe('parallel operations while a snapshot backs up', () => {
     expect(after).toMatchObject({ state: 'Running', hostId: vm.hostId, isoId: isoIds[0] });
     expect(after.volumes.find((v: { type: string }) => v.type === 'ROOT')).toMatchObject({ id: root!.id, sizeBytes: MiB, path: root!.path });
     expect(existsSync(root!.path)).toBe(true);
+  });
+
+  it('a data disk attached to a VM mid-backup: the API decides from the live attachment, the query for the one at request time', async () => {
+    const vm = await createVm('late-attach-vm');
+    const disk = (await call('POST', '/api/v1/volumes', { name: 'late-attach', sizeBytes: MiB })).body;
+    const s = await holdBackup(disk.id);
+    expectDone(await act(vm.id, { action: 'attach-volume', volumeId: disk.id }), 'attach the backing-up disk');
+
+    // The API (the authority): the disk is on the VM now, and it is backing up, so it may not be detached.
+    expect((await allowedActions(vm.id))['detach-volume']).toBe(false);
+    expectRefused(await act(vm.id, { action: 'detach-volume', volumeId: disk.id }), [s], disk.id, 'detach the disk attached mid-backup');
+
+    // The workflow's queries say whose attachment they answer for: none (the disk was detached when requested).
+    const { workflowId } = (await call('GET', `/api/v1/snapshots/${s}`)).body;
+    const handle = h.stack.client.workflow.getHandle(workflowId);
+    expect(await handle.query(statusQuery)).toMatchObject({ snapshotId: s, state: 'BackingUp', vmId: null, vmActions: null });
+    expect(await handle.query(mayRunQuery, { kind: 'vm', action: 'detach-volume', vmId: vm.id, volumeId: disk.id })).toEqual({ allowed: true });
+    // For an operation on the disk itself both answer the same.
+    expect((await handle.query(mayRunQuery, { kind: 'volume', action: 'resize', volumeId: disk.id })).allowed).toBe(false);
   });
 
   it('checking and acting do not race: a forbidden operation either ran before the snapshot or got 409', async () => {
