@@ -106,6 +106,15 @@ class SpawnHelper {
     });
     child.once('exit', (code, signal) => {
       if (helper === this) helper = undefined; // the next command starts a new helper
+      // Killed outright (SIGKILL, OOM), it could not stop its commands, and they would run on orphaned (a
+      // persistent qemu-nbd -t for ever). They are still in its process group (detached: it leads one).
+      if (child.pid) {
+        try {
+          process.kill(-child.pid, 'SIGTERM');
+        } catch {
+          // none left
+        }
+      }
       const exit: Exit = { code: null, signal: null, stdout: '', stderr: '', error: { message: `failed: the spawn helper exited (${signal ?? code})`, code: null } };
       for (const p of this.pending.values()) p.done(exit);
       this.pending.clear();

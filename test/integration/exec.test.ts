@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CommandError, run, spawnHelperPid, useSpawnHelper } from '../../storage/exec.js';
 
@@ -5,6 +6,15 @@ const alive = (pid: number): boolean => {
   try {
     process.kill(pid, 0);
     return true;
+  } catch {
+    return false;
+  }
+};
+
+/** Gone or a zombie (its new parent may never reap it): no longer running. */
+const running = (pid: number): boolean => {
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
   } catch {
     return false;
   }
@@ -64,6 +74,20 @@ describe('run() through the spawn helper', () => {
     const second = Number(stdout.trim());
     expect(second).not.toBe(first);
     expect(second).toBe(spawnHelperPid());
+  });
+
+  it('a helper killed outright takes the commands it started with it (none is left orphaned)', async () => {
+    const helperPid = spawnHelperPid()!;
+    let said!: (pid: number) => void;
+    const pid = new Promise<number>((r) => (said = r));
+    // A long command, as a persistent `qemu-nbd -t` is: it says its pid, then waits.
+    const long = run('sh', ['-c', 'echo $$; exec sleep 300'], { onStdout: (c) => said(Number(c.trim())) });
+    const child = await pid;
+    expect(running(child)).toBe(true);
+    process.kill(helperPid, 'SIGKILL');
+    await expect(long).rejects.toThrow(/failed: the spawn helper exited/);
+    for (let i = 0; running(child) && i < 500; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(running(child), `command ${child} still running after its helper died`).toBe(false);
   });
 });
 
