@@ -11,6 +11,7 @@ import { getSnapshot, getStoreRefs } from '../../db/snapshots.js';
 import { startTestStack, type TestStack } from '../../harness/stack.js';
 import { silentLogger } from '../../observability/logger.js';
 import type { Caller } from '../../services/caller.js';
+import { recordBackupFault } from '../../services/backup-faults.js';
 import { runStorageGcNow } from '../../services/storage-gc.js';
 import type { StorageDriver } from '../../storage/driver.js';
 import { eventually, insertAccount, insertVolume, sha256File, writePattern } from '../support/fixtures.js';
@@ -169,19 +170,35 @@ describe('incremental backups', () => {
     }
   });
 
-  it('a parent backup that fails verification forces a full backup, and says why', async () => {
+  // An incremental backup re-reads no member of its parent chain (issue 22 item 1): what it checks is the record
+  // (a fault the scrub or a restore marked) and each member's size; bit rot is the scrub's to find.
+  it('a parent backup marked faulty forces a full backup, and says why', async () => {
     const vol = await insertVolume(stack.pool, driver, { accountId, sizeBytes: 16 * MiB });
     await writePattern(vol.path, 0x81, 0, 8 * MiB);
     const s1 = await take(vol.volumeId);
-    // One byte of the parent's backup rots.
-    const fh = await open(backupFile(vol.volumeId, s1.id), 'r+');
-    await fh.write(Buffer.from([0xff]), 0, 1, 4 * MiB);
-    await fh.close();
+    const image = (await getStoreRefs(stack.pool, s1.id)).find((r) => r.role === 'Image')!;
+    // What the scrub does when one byte of the parent's backup has rotted.
+    expect(await recordBackupFault(stack.pool, silentLogger, { snapshotId: s1.id, checksum: image.checksum!, fault: 'does not match its checksum', foundBy: 'scrub' })).not.toBeNull();
     await writePattern(vol.path, 0x82, 0, MiB);
     const s2 = await take(vol.volumeId);
     expect(s2.backup).toMatchObject({ kind: 'full', parentSnapshotId: null, chainLength: 1 });
     const warn = (await stack.pool.query(`SELECT description FROM events WHERE resource_id = $1 AND level = 'WARN'`, [s2.id])).rows;
-    expect(warn.map((w) => w.description).join('\n')).toMatch(/full backup instead of a delta: .*does not match its checksum/);
+    expect(warn.map((w) => w.description).join('\n')).toMatch(/full backup instead of a delta: .*marked faulty by the scrub: does not match its checksum/);
+  });
+
+  it('a parent backup file of the wrong size forces a full backup, and says why', async () => {
+    const vol = await insertVolume(stack.pool, driver, { accountId, sizeBytes: 16 * MiB });
+    await writePattern(vol.path, 0x83, 0, 8 * MiB);
+    const s1 = await take(vol.volumeId);
+    // The parent's backup file was cut short (a store that lost its tail).
+    const fh = await open(backupFile(vol.volumeId, s1.id), 'r+');
+    await fh.truncate(MiB);
+    await fh.close();
+    await writePattern(vol.path, 0x84, 0, MiB);
+    const s2 = await take(vol.volumeId);
+    expect(s2.backup).toMatchObject({ kind: 'full', parentSnapshotId: null, chainLength: 1 });
+    const warn = (await stack.pool.query(`SELECT description FROM events WHERE resource_id = $1 AND level = 'WARN'`, [s2.id])).rows;
+    expect(warn.map((w) => w.description).join('\n')).toMatch(/full backup instead of a delta: .*has \d+ bytes, \d+ on record/);
   });
 
   it('a delta killed mid-copy is retried and never alters its parent', async () => {

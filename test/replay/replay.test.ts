@@ -7,6 +7,14 @@ import { workflowBundle } from '../../app/workers.js';
 
 const DIR = join(import.meta.dirname, 'histories');
 
+/** The parts of a recorded history event (JSON, as `temporal workflow show --output json` writes it) read here. */
+interface HistoryEvent {
+  eventType?: string;
+  activityTaskScheduledEventAttributes?: { activityType?: { name?: string } };
+  timerStartedEventAttributes?: unknown;
+  markerRecordedEventAttributes?: { markerName?: string; details?: Record<string, { payloads?: Array<{ data?: string }> }> };
+}
+
 /** Every recorded history (see test/replay/record-histories.ts), as the replayer takes them. */
 function recordedHistories() {
   return readdirSync(DIR)
@@ -18,16 +26,42 @@ function recordedHistories() {
 describe('replay of recorded snapshot-workflow histories', () => {
   const histories = recordedHistories();
 
-  it('has the recorded scenarios', () => {
-    // Older recordings (kept after a patched change) may sit beside these.
-    expect(histories.map((h) => h.workflowId)).toEqual(expect.arrayContaining([
-      'all-attempts-failed',
-      'async-success',
-      'primary-failure',
-      'query-during-backup',
-      'retry-then-success',
-      'sync-success',
-    ]));
+  it('has the recorded scenarios, each showing what its name says', () => {
+    const current = (id: string) => {
+      const h = histories.find((x) => x.workflowId === id);
+      expect(h, `history ${id}`).toBeDefined();
+      const events = h!.history.events as HistoryEvent[];
+      const scheduled = (name: string) => events.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === name).length;
+      return { close: events.at(-1)?.eventType, backups: scheduled('backupSnapshotToSecondary'), compensations: scheduled('deletePrimarySnapshot'), events };
+    };
+    const completed = 'EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED';
+    const failed = 'EVENT_TYPE_WORKFLOW_EXECUTION_FAILED';
+    for (const id of ['sync-success', 'async-success', 'query-during-backup']) {
+      expect(current(id), id).toMatchObject({ close: completed, compensations: 0 });
+      expect(current(id).backups, id).toBeGreaterThanOrEqual(1);
+    }
+    const retried = current('retry-then-success');
+    expect(retried).toMatchObject({ close: completed, compensations: 0 });
+    expect(retried.backups).toBeGreaterThanOrEqual(2);
+    expect(retried.events.some((e) => e.timerStartedEventAttributes), 'a wait between attempts').toBe(true);
+    expect(current('all-attempts-failed')).toMatchObject({ close: failed, compensations: 1 });
+    expect(current('primary-failure')).toMatchObject({ close: failed, backups: 0, compensations: 0 });
+  });
+
+  it('the current recordings take every patch the workflow code has (each new path is replayed)', () => {
+    const source = readFileSync(join(import.meta.dirname, '../../workflows/snapshot-workflow.ts'), 'utf8');
+    const names = [...source.matchAll(/patched\((\w+)\)/g)].map((m) => m[1]!);
+    const ids = names.map((n) => new RegExp(`const ${n} = '([^']+)'`).exec(source)?.[1]);
+    expect(ids.length).toBeGreaterThan(0);
+    expect(ids.every(Boolean), `patch ids of ${names.join(', ')}`).toBe(true);
+    const recorded = new Set(
+      histories
+        .filter((h) => !/-v\d+$/.test(h.workflowId))
+        .flatMap((h) => h.history.events as HistoryEvent[])
+        .filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch')
+        .map((e) => (JSON.parse(Buffer.from(e.markerRecordedEventAttributes!.details!['patch-data']!.payloads![0]!.data!, 'base64').toString()) as { id: string }).id),
+    );
+    for (const id of ids) expect(recorded, `patch ${id}`).toContain(id);
   });
 
   it('replays every history against the current workflow code without non-determinism', async () => {
