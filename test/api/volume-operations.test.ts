@@ -6,8 +6,12 @@ import { silentLogger } from '../../observability/logger.js';
 import type { StorageDriver } from '../../storage/driver.js';
 import { MiB, startApiHarness, waitFor, type ApiHarness } from './harness.js';
 
-/** How long the test's migrate copy takes (the driver is slowed down by this much). */
-const COPY_MS = 4000;
+/** A promise to wait on and the function that settles it: an ordering barrier, not a timer. */
+function barrier(): { wait: Promise<void>; open: () => void } {
+  let open!: () => void;
+  const wait = new Promise<void>((r) => (open = r));
+  return { wait, open };
+}
 
 /**
  * Long storage work (volume migrate) runs outside the transaction that holds the VM and volume row locks: VM
@@ -20,6 +24,8 @@ describe('volume operations outside row locks', () => {
   let poolIds: string[];
   let poolPaths: string[];
   let driver: StorageDriver;
+  /** While set, a migrate's copy says it began and waits for `release` (as a multi-GiB copy would take long). */
+  let held: { began: ReturnType<typeof barrier>; release: ReturnType<typeof barrier> } | null = null;
 
   const call = (method: string, path: string, body?: unknown) => h.call(method, path, { key, ...(body !== undefined ? { body } : {}) });
 
@@ -37,11 +43,14 @@ describe('volume operations outside row locks', () => {
     poolIds = pools.map((p: { id: string }) => p.id);
     poolPaths = pools.map((p: { path: string }) => p.path);
     expect(poolIds.length).toBeGreaterThanOrEqual(2);
-    // A slow copy, deterministically: the real migrate runs after a pause (as a multi-GiB copy would take).
+    // A long copy, deterministically: the real migrate runs once the test lets it.
     driver = h.stack.drivers.KVM!;
     const migrate = driver.migrateVolume.bind(driver);
     driver.migrateVolume = async (...args) => {
-      await new Promise((r) => setTimeout(r, COPY_MS));
+      if (held) {
+        held.began.open();
+        await held.release.wait;
+      }
       return migrate(...args);
     };
   });
@@ -53,20 +62,18 @@ describe('volume operations outside row locks', () => {
     const vm = await createVm('migrating-vm');
     const data = vm.volumes.find((v) => v.type === 'DATADISK')!;
     const target = poolIds.find((p) => p !== data.poolId)!;
-    const started = Date.now();
-    const migrating = call('POST', `/api/v1/volumes/${data.id}/migrate`, { poolId: target });
-    await waitFor(async () => (await call('GET', `/api/v1/volumes/${data.id}`)).body.state === 'Migrating', 2000, 'the volume to be Migrating').catch(() => undefined);
+    held = { began: barrier(), release: barrier() };
+    let copied = false;
+    const migrating = call('POST', `/api/v1/volumes/${data.id}/migrate`, { poolId: target }).then((r) => ((copied = true), r));
+    await held.began.wait;
+    expect((await call('GET', `/api/v1/volumes/${data.id}`)).body.state).toBe('Migrating');
 
-    const t0 = Date.now();
+    // Answered while the copy is still held: a VM action does not wait behind it.
     const reboot = await call('POST', `/api/v1/vms/${vm.id}/actions`, { action: 'reboot' });
-    const rebootMs = Date.now() - t0;
     expect(reboot.status, JSON.stringify(reboot.body)).toBe(200);
-    expect(rebootMs).toBeLessThan(COPY_MS / 4);
 
     // Conflicting requests are refused at once, not queued behind the copy.
-    const t1 = Date.now();
     const resize = await call('POST', `/api/v1/volumes/${data.id}/resize`, { sizeBytes: 2 * MiB });
-    expect(Date.now() - t1).toBeLessThan(COPY_MS / 4);
     expect(resize.status, JSON.stringify(resize.body)).toBe(409);
     expect(resize.body.error.code).toBe('VOLUME_BUSY');
     expect(resize.body.error.details).toMatchObject({ volumeId: data.id, state: 'Migrating' });
@@ -79,10 +86,13 @@ describe('volume operations outside row locks', () => {
     const allowed = (await call('GET', `/api/v1/vms/${vm.id}/allowed-actions`)).body.actions;
     expect(allowed.find((a: { action: string }) => a.action === 'reboot').allowed).toBe(true);
     expect(allowed.find((a: { action: string }) => a.action === 'detach-volume').allowed).toBe(false);
+    // All of that answered before the copy could end.
+    expect(copied).toBe(false);
 
+    held.release.open();
+    held = null;
     const done = await migrating;
     expect(done.status, JSON.stringify(done.body)).toBe(200);
-    expect(Date.now() - started).toBeGreaterThanOrEqual(COPY_MS);
     expect(done.body).toMatchObject({ id: data.id, state: 'Ready', poolId: target });
     expect(done.body).not.toHaveProperty('path');
     expect(existsSync((await h.call('GET', `/api/v1/volumes/${data.id}`)).body.path)).toBe(true);

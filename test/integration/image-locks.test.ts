@@ -11,6 +11,22 @@ import { freePort } from '../../harness/ports.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** A promise to wait on and the function that settles it: an ordering barrier, not a timer. */
+function barrier(): { wait: Promise<void>; open: () => void } {
+  let open!: () => void;
+  const wait = new Promise<void>((r) => (open = r));
+  return { wait, open };
+}
+
+/** Waits until some session waits for an advisory lock it has not been granted (the server's lock table says so). */
+async function someoneWaits(db: Pool): Promise<void> {
+  for (;;) {
+    const { rows } = await db.query(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`);
+    if (rows[0].n > 0) return;
+    await sleep(10);
+  }
+}
+
 /**
  * The cross-process image lock on a real PostgreSQL: two pools stand for two volsnap processes (an API and a
  * worker) on one database.
@@ -47,25 +63,26 @@ describe('withImageLock', () => {
     const vol = randomUUID();
     const other = randomUUID();
     const log: string[] = [];
+    const aHolds = barrier();
+    const aMayEnd = barrier();
     const first = withImageLock(a, vol, async () => {
       log.push('a:start');
-      await sleep(600);
+      aHolds.open();
+      await aMayEnd.wait;
       log.push('a:end');
     });
-    await sleep(100);
-    const started = Date.now();
+    await aHolds.wait;
     const second = withImageLock(b, vol, async () => {
       log.push('b:start');
       log.push('b:end');
     });
-    // Meanwhile a different volume's lock is free at once.
-    let otherWait = -1;
-    await withImageLock(b, other, async () => {
-      otherWait = Date.now() - started;
-    });
-    expect(otherWait).toBeLessThan(300);
+    // B queues in the server behind A (the lock table shows it waiting)...
+    await someoneWaits(a);
+    // ...while a different volume's lock is free at once: taken with A still holding its own.
+    await withImageLock(b, other, async () => void log.push('other'));
+    aMayEnd.open();
     await Promise.all([first, second]);
-    expect(log).toEqual(['a:start', 'a:end', 'b:start', 'b:end']);
+    expect(log).toEqual(['a:start', 'other', 'a:end', 'b:start', 'b:end']);
     // Every lock was given back with its client.
     const held = await a.query(`SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory'`);
     expect(held.rows[0].n).toBe(0);
@@ -75,13 +92,15 @@ describe('withImageLock', () => {
   it('gives up after its bound with ImageBusyError and does not run fn; the holder is unaffected', async () => {
     const vol = randomUUID();
     let release!: () => void;
-    const holding = withImageLock(a, vol, () => new Promise<void>((r) => (release = r)));
-    await sleep(100);
+    const holds = barrier();
+    const holding = withImageLock(a, vol, () => new Promise<void>((r) => ((release = r), holds.open())));
+    await holds.wait;
     let ran = false;
     const started = Date.now();
     const err = await withImageLock(b, vol, async () => void (ran = true), { timeoutMs: 400 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ImageBusyError);
     expect((err as Error).message).toMatch(/busy/);
+    // A lower bound only (the server's lock_timeout): it did not give up before its bound.
     expect(Date.now() - started).toBeGreaterThanOrEqual(350);
     expect(ran).toBe(false);
     release();
