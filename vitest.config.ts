@@ -7,6 +7,8 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 180_000,
     include: ['test/**/*.test.ts'],
+    // libvirt (the hypervisor tier's) is a machine-wide daemon: one for the run, not one per file.
+    globalSetup: ['test/support/libvirt-global-setup.ts'],
     // Two cores: integration files each start PostgreSQL and a Temporal server, so keep parallelism low.
     maxWorkers: 2,
     fileParallelism: true,

@@ -114,7 +114,9 @@ export async function startKept(spec: KeptProcessSpec): Promise<KeptProcess> {
       res(exitInfo ?? { code: null, signal: null });
     });
   });
-  await pid;
+  // The unref'd keeper cannot hold the loop open while its caller awaits the start: this does, until then.
+  const awaitingStart = setInterval(() => undefined, 60_000);
+  await pid.finally(() => clearInterval(awaitingStart));
   return {
     get pid() {
       return current;

@@ -8,8 +8,11 @@
 #   - CloudMonkey 5 (PyPI cloudmonkey, Python 2.7 only), pinned, into .tools/cloudmonkey-py2 when a Python 2.7
 #     is found (test/client drives it when present; skip with VOLSNAP_SKIP_CLOUDMONKEY=1)
 #   - npm dependencies from the lockfile
-#   - the Temporal server and temporal-sql-tool of the version docker-compose.yml pins, built once with Go into
-#     .tools/temporal-server/<version> (npm run cluster, test/cluster; skip with VOLSNAP_SKIP_CLUSTER=1)
+#   - libvirt (libvirtd, virtlogd, virsh) and QEMU's system emulator through apt when missing: npm start runs
+#     VMs as libvirt domains (docs/design.md §15); busybox-static and xorriso build the test guest and its ISOs
+#   - only with VOLSNAP_BUILD_CLUSTER=1 (CI sets it): the Temporal server and temporal-sql-tool of the version
+#     docker-compose.yml pins, built with Go into .tools/temporal-server/<version> (~5 min). npm run cluster and
+#     test/cluster build it on first use otherwise; npm start never needs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +31,11 @@ as_root() {
 
 apt_packages=()
 command -v qemu-img >/dev/null && command -v qemu-io >/dev/null || apt_packages+=(qemu-utils)
+for tool in libvirtd:libvirt-daemon-system virsh:libvirt-clients qemu-system-x86_64:qemu-system-x86 \
+  xorriso:xorriso; do
+  command -v "${tool%%:*}" >/dev/null || [ -x "/usr/sbin/${tool%%:*}" ] || apt_packages+=("${tool#*:}")
+done
+dpkg -s busybox-static >/dev/null 2>&1 || apt_packages+=(busybox-static)
 if [ "${VOLSNAP_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null; then apt_packages+=(chromium); fi
 if [ ${#apt_packages[@]} -gt 0 ]; then
   log "installing ${apt_packages[*]} with apt"
@@ -76,7 +84,7 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   log "installing npm dependencies"
   npm ci --no-audit --no-fund
 fi
-if [ "${VOLSNAP_SKIP_CLUSTER:-0}" != 1 ]; then
+if [ "${VOLSNAP_BUILD_CLUSTER:-0}" = 1 ]; then
   if command -v go >/dev/null; then
     node --import tsx scripts/cluster.ts --build-only
   else

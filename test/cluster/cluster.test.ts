@@ -226,6 +226,29 @@ describe('cluster: the compose topology on a Temporal cluster persisted in Postg
     await verifyBackedUp(await settled(s.id));
   });
 
+  it('16 snapshots of one volume requested at once all back up on their only attempt (issue 22 item 0)', async () => {
+    const { root } = await newVm('vm-sixteen');
+    expect((await call('PUT', '/api/v1/configurations/backup.max.attempts', { value: 1 })).status).toBe(200);
+    try {
+      const pattern = patternSeq++;
+      await writePattern(root.path, pattern, 0, DATA);
+      const answers = await Promise.all(
+        Array.from({ length: 16 }, () => call<SnapshotJson>('POST', `/api/v1/volumes/${root.id}/snapshots`, { asyncBackup: true })),
+      );
+      for (const res of answers) {
+        expect(res.status, JSON.stringify(res.json)).toBe(201);
+        taken.push({ id: res.json.id, pattern, expect: 'BackedUp' });
+      }
+      const done = await Promise.all(answers.map((res) => settled(res.json.id, 240_000)));
+      for (const s of done) {
+        await verifyBackedUp(s);
+        expect(s.backup.attempts, `attempts of ${s.id}`).toBe(1);
+      }
+    } finally {
+      await call('PUT', '/api/v1/configurations/backup.max.attempts', { value: 3 });
+    }
+  });
+
   it('the policy holds while a backup runs (workflow query through the cluster) and lifts after it', async () => {
     const { vmId, root } = await newVm('vm-policy');
     const s = await snapshot(root, true);
