@@ -25,7 +25,7 @@ import type { AppOpenAPI } from './types.js';
 import { mountUi } from './ui.js';
 
 /** The slice of the running stack the HTTP API uses; GC and metrics are mounted when the stack has them. */
-export type AppStack = Pick<Stack, 'pool' | 'snapshots' | 'drivers' | 'health' | 'logger'> & Partial<Pick<Stack, 'storageGc' | 'metrics' | 'env' | 'links'>>;
+export type AppStack = Pick<Stack, 'pool' | 'snapshots' | 'drivers' | 'health' | 'logger'> & Partial<Pick<Stack, 'storageGc' | 'backupScrub' | 'metrics' | 'env' | 'links'>>;
 
 /** Request bodies above this are refused with 413 before they are parsed. */
 export const MAX_BODY_BYTES = 1024 * 1024;
@@ -109,7 +109,7 @@ export function createApp(stack: AppStack, opts: AppOptions = {}): AppOpenAPI {
   mountUi(app, undefined, stack.links);
   app.route('/', healthRouter(stack));
   if (stack.metrics) app.get('/metrics', metricsHandler(stack.pool, stack.metrics));
-  app.route('/', storageRouter(stack.storageGc));
+  app.route('/', storageRouter(stack.storageGc, stack.backupScrub));
   for (const router of [accounts, configurations, catalogs, vms, volumes, snapshots, events]) app.route('/', router);
   // The CloudStack dialect: its own signature check (not the bearer key) and its own envelopes.
   app.route('/', cloudstack.router);

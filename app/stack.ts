@@ -4,6 +4,7 @@ import type { Client, Connection } from '@temporalio/client';
 import type { NativeConnection } from '@temporalio/worker';
 import type { Logger } from 'pino';
 import { createSnapshotActivities } from '../activities/snapshot-activities.js';
+import { createBackupScrubActivities } from '../activities/backup-scrub-activities.js';
 import { createStorageGcActivities } from '../activities/storage-gc-activities.js';
 import type { Env } from '../config/env.js';
 import { seedCatalog, type XenServerCatalog } from '../db/catalog.js';
@@ -15,6 +16,7 @@ import { ensureAdminCloudStackKeys } from '../services/cloudstack/keys.js';
 import { volumeIdOfSnapshot } from '../db/snapshots.js';
 import { ensureAdminAccount } from '../services/accounts.js';
 import { createSnapshotService, type SnapshotService } from '../services/snapshots.js';
+import { createBackupScrubService, type BackupScrubService } from '../services/backup-scrub.js';
 import { createStorageGcService, type StorageGcService } from '../services/storage-gc.js';
 import { settleInterruptedDeletes } from '../services/snapshot-delete.js';
 import { reconcileStuckVolumes } from '../services/volume-reconcile.js';
@@ -45,6 +47,8 @@ export interface Stack {
   workers: RunningWorkers | null;
   /** Storage GC: run now (POST /api/v1/storage/gc), update the schedule when storage.cleanup.interval changes. */
   storageGc: StorageGcService;
+  /** The backup scrub: run now (POST /api/v1/storage/scrub), re-time its schedule when backup.scrub.interval changes. */
+  backupScrub: BackupScrubService;
   /** This process's Prometheus registry (GET /metrics: observability/metrics.ts metricsHandler). */
   metrics: VolsnapMetrics;
   /** Database and Temporal answer, and the task queues have pollers. */
@@ -132,6 +136,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
     );
     const metrics = processMetrics();
     const storageGc = createStorageGcService({ client, taskQueue: env.TEMPORAL_TASK_QUEUE, logger });
+    const backupScrub = createBackupScrubService({ client, taskQueue: env.TEMPORAL_TASK_QUEUE, logger });
     let workers: RunningWorkers | null = null;
     let workerConnection: NativeConnection | null = null;
     if (roles.includes('worker')) {
@@ -146,7 +151,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
         backupPoolSize: settings['backup.pool.size'],
         shutdownGraceSeconds: env.WORKER_SHUTDOWN_GRACE_SECONDS,
         logger,
-        extraActivities: createStorageGcActivities({ pool, drivers, logger, client }),
+        extraActivities: { ...createStorageGcActivities({ pool, drivers, logger, client }), ...createBackupScrubActivities({ pool, logger }) },
         activityInterceptors: [activityLogContext((id) => volumeIdOfSnapshot(pool, id))],
       });
       closers.push(async () => {
@@ -157,6 +162,9 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
       await storageGc
         .ensureSchedule(settings['storage.cleanup.interval'])
         .catch((err) => logger.error({ err }, 'could not create or update the storage GC schedule'));
+      await backupScrub
+        .ensureSchedule(settings['backup.scrub.interval'])
+        .catch((err) => logger.error({ err }, 'could not create or update the backup scrub schedule'));
     }
 
     const links = {
@@ -192,7 +200,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
       return { ok: Object.values(checks).every(Boolean), checks };
     };
 
-    return { env, logger, pool, client, connection, drivers, snapshots, devServer, links, workers, storageGc, metrics, health, close };
+    return { env, logger, pool, client, connection, drivers, snapshots, devServer, links, workers, storageGc, backupScrub, metrics, health, close };
   } catch (err) {
     await close();
     throw err;

@@ -66,6 +66,21 @@ export const SETTINGS = {
     default: 3600,
     description: 'Seconds between storage garbage collection runs',
   },
+  'backup.scrub.interval': {
+    schema: wholeNumber(0, 2_592_000),
+    default: 86_400,
+    description: 'Seconds between backup scrub runs, which re-hash stored backups against their checksums; 0 turns the scrub off',
+  },
+  'backup.scrub.rate': {
+    schema: wholeNumber(1, 100_000),
+    default: 64,
+    description: 'MiB per second the backup scrub reads at most, so it does not starve backups and restores of the image store',
+  },
+  'backup.scrub.reverify': {
+    schema: wholeNumber(60, 31_536_000),
+    default: 604_800,
+    description: 'Seconds after which a backup the scrub found matching its checksum is re-hashed',
+  },
 } as const;
 
 export type SettingName = keyof typeof SETTINGS;

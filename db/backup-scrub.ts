@@ -78,6 +78,10 @@ export async function markScrubFault(
     `WITH RECURSIVE bad AS (
        UPDATE snapshot_store_ref SET fault = $3, last_updated = now()
         WHERE snapshot_id = $1 AND store_role = 'Image' AND checksum = $2 AND state = 'Ready' AND fault IS NULL
+          -- A file a delete or GC is removing is not a fault: its snapshot is going (Destroying), or it is Destroyed
+          -- with no backup depending on it any more (GC releases exactly those).
+          AND EXISTS (SELECT 1 FROM snapshots s WHERE s.id = $1 AND (s.status NOT IN ('Destroying', 'Destroyed') OR EXISTS (
+                SELECT 1 FROM snapshot_store_ref d WHERE d.parent_snapshot_id = $1 AND d.store_role = 'Image' AND d.state <> 'Destroyed')))
         RETURNING snapshot_id
      ), dep AS (
        SELECT r.snapshot_id, 1 AS depth FROM snapshot_store_ref r JOIN bad ON r.parent_snapshot_id = bad.snapshot_id

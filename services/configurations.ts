@@ -6,6 +6,7 @@ import { withTransaction, type Pool } from '../db/pool.js';
 import { listSettings, lockSetting, updateSetting, type SettingRow } from '../db/settings.js';
 import { NotFoundError, ValidationError } from '../domain/errors.js';
 import type { Caller } from './caller.js';
+import type { BackupScrubService } from './backup-scrub.js';
 import type { StorageGcService } from './storage-gc.js';
 
 /** Runtime configuration (docs/design.md §7): read by anyone, changed by admins. */
@@ -14,6 +15,8 @@ export function createConfigurationService(deps: {
   logger: Logger;
   /** Re-times the storage GC schedule when `storage.cleanup.interval` changes. */
   storageGc?: Pick<StorageGcService, 'ensureSchedule'>;
+  /** Re-times (or pauses) the backup scrub schedule when `backup.scrub.interval` changes. */
+  backupScrub?: Pick<BackupScrubService, 'ensureSchedule'>;
 }) {
   const { pool, logger } = deps;
   return {
@@ -43,6 +46,9 @@ export function createConfigurationService(deps: {
       if (name === 'storage.cleanup.interval' && deps.storageGc) {
         // The value is stored either way; a worker re-applies it to the schedule when it starts.
         await deps.storageGc.ensureSchedule(row.value).catch((err: unknown) => logger.warn({ err }, 'updating the storage GC schedule failed'));
+      }
+      if (name === 'backup.scrub.interval' && deps.backupScrub) {
+        await deps.backupScrub.ensureSchedule(row.value).catch((err: unknown) => logger.warn({ err }, 'updating the backup scrub schedule failed'));
       }
       return row;
     },

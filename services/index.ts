@@ -8,6 +8,7 @@ import { createConfigurationService } from './configurations.js';
 import { createEventBus } from './event-bus.js';
 import { createEventService } from './events.js';
 import type { SnapshotService } from './snapshots.js';
+import type { BackupScrubService } from './backup-scrub.js';
 import type { StorageGcService } from './storage-gc.js';
 import { createVmService } from './vms.js';
 import { createVolumeService } from './volumes.js';
@@ -19,6 +20,7 @@ export interface ServiceStack {
   drivers: Partial<Record<Hypervisor, StorageDriver>>;
   snapshots: SnapshotService;
   storageGc?: StorageGcService;
+  backupScrub?: BackupScrubService;
 }
 
 /** Builds every service the HTTP API uses over one stack. */
@@ -26,7 +28,11 @@ export function createServices(stack: ServiceStack) {
   const deps = { pool: stack.pool, drivers: stack.drivers, logger: stack.logger };
   return {
     accounts: createAccountService(deps),
-    configurations: createConfigurationService({ ...deps, ...(stack.storageGc ? { storageGc: stack.storageGc } : {}) }),
+    configurations: createConfigurationService({
+      ...deps,
+      ...(stack.storageGc ? { storageGc: stack.storageGc } : {}),
+      ...(stack.backupScrub ? { backupScrub: stack.backupScrub } : {}),
+    }),
     catalogs: createCatalogService(deps),
     vms: createVmService(deps),
     volumes: createVolumeService(deps),

@@ -2,6 +2,7 @@
 import { createHash } from 'node:crypto';
 import { open, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { isFileOf } from './paths.js';
 import type { BackupProgress } from './driver.js';
 
@@ -99,20 +100,37 @@ export async function fsyncPath(p: string): Promise<void> {
 
 const HASH_READ_BYTES = 4 * 1024 * 1024;
 
+/** How a background reader (the backup scrub) paces a hash and reports its progress. */
+export interface HashPace {
+  /** At most this many bytes per second on average (none: as fast as the disk goes). */
+  bytesPerSecond?: number;
+  /** Called after each read with the bytes read so far. */
+  onRead?: (bytesRead: number) => void;
+}
+
 /**
  * Hex sha256 of a file's bytes. Reads into one reused 4 MiB buffer: a read stream's per-chunk machinery cost
  * about three times the hashing itself on multi-GiB backups (bench/README.md, P3).
  */
-export async function sha256File(file: string, signal?: AbortSignal): Promise<string> {
+export async function sha256File(file: string, signal?: AbortSignal, opts: HashPace = {}): Promise<string> {
   const hash = createHash('sha256');
   const buf = Buffer.allocUnsafe(HASH_READ_BYTES);
   const fh = await open(file, 'r');
+  const started = Date.now();
+  let total = 0;
   try {
     for (;;) {
       signal?.throwIfAborted();
       const { bytesRead } = await fh.read(buf, 0, buf.length, null);
       if (bytesRead === 0) break;
       hash.update(buf.subarray(0, bytesRead));
+      total += bytesRead;
+      opts.onRead?.(total);
+      if (opts.bytesPerSecond) {
+        // Ahead of the pace: wait until the bytes read so far are due.
+        const aheadMs = (total / opts.bytesPerSecond) * 1000 - (Date.now() - started);
+        if (aheadMs > 1) await sleep(aheadMs, undefined, signal ? { signal } : undefined);
+      }
     }
   } finally {
     await fh.close();

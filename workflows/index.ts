@@ -1,3 +1,4 @@
 /** Every workflow the worker registers. */
 export { snapshotWorkflow } from './snapshot-workflow.js';
 export { storageGcWorkflow } from './storage-gc-workflow.js';
+export { backupScrubWorkflow } from './backup-scrub-workflow.js';

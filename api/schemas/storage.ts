@@ -37,3 +37,14 @@ export const StorageGcResultSchema = z
     reconcilerRan: z.boolean(),
   })
   .openapi('StorageGcResult');
+
+/** What one backup scrub run found (workflows/backup-scrub-workflow.ts BackupScrubResult). */
+export const BackupScrubResultSchema = z
+  .object({
+    trigger: z.enum(['schedule', 'manual']),
+    verified: z.number().int().openapi({ description: 'Backups that matched their recorded checksum' }),
+    bytesRead: z.number().int(),
+    faulty: z.array(z.object({ snapshotId: z.string(), fault: z.string(), dependants: z.array(z.string()) })),
+    failures: z.array(z.object({ snapshotId: z.string(), error: z.string() })),
+  })
+  .openapi('BackupScrubResult');

@@ -20,7 +20,12 @@ const DESIGN_DEFAULTS = {
   'storage.cleanup.interval': 3600,
   'backup.incremental': 1,
   'snapshot.delta.max': 16,
+  'backup.scrub.interval': 86_400,
+  'backup.scrub.rate': 64,
+  'backup.scrub.reverify': 604_800,
 };
+/** Settings where 0 means off. */
+const ZERO_MEANS_OFF: SettingName[] = ['backup.scrub.interval'];
 /** The switches (0/1); every other setting is a whole number. */
 const SWITCHES: SettingName[] = ['backup.incremental'];
 const NUMBERS = SETTING_NAMES.filter((n) => !SWITCHES.includes(n));
@@ -58,7 +63,14 @@ describe('parseSetting', () => {
   });
 
   const BAD: unknown[] = [0, '0', -1, '-1', '-300', 1.5, '2.5', 'abc', 'three', '', '   ', null, Number.NaN, Infinity, '1e999'];
-  const cases = NUMBERS.flatMap((name) => BAD.map((value) => ({ name, value })));
+  const cases = NUMBERS.flatMap((name) =>
+    BAD.filter((v) => !(ZERO_MEANS_OFF.includes(name) && (v === 0 || v === '0'))).map((value) => ({ name, value })),
+  );
+
+  it.each(ZERO_MEANS_OFF)('%s accepts 0 (off)', (name) => {
+    expect(parseSetting(name, 0)).toBe(0);
+    expect(parseSetting(name, '0')).toBe(0);
+  });
 
   it.each(cases)('$name rejects $value', ({ name, value }) => {
     expect(() => parseSetting(name, value)).toThrow();
@@ -73,6 +85,9 @@ describe('parseSetting', () => {
     ['storage.cleanup.interval', 9],
     ['snapshot.delta.max', 0],
     ['snapshot.delta.max', 1001],
+    ['backup.scrub.interval', 2_592_001],
+    ['backup.scrub.rate', 100_001],
+    ['backup.scrub.reverify', 59],
   ] as Array<[SettingName, number]>)('%s rejects out-of-range %s', (name, value) => {
     expect(() => parseSetting(name, value)).toThrow();
     expect(() => parseSetting(name, String(value))).toThrow();
@@ -95,6 +110,9 @@ describe('backupRetryFrom', () => {
         'storage.cleanup.interval': 99,
         'backup.incremental': 0,
         'snapshot.delta.max': 3,
+        'backup.scrub.interval': 0,
+        'backup.scrub.rate': 1,
+        'backup.scrub.reverify': 60,
       }),
     ).toEqual({ maxAttempts: 7, retryIntervalSeconds: 45 });
   });

@@ -1,6 +1,6 @@
 import { createRoute } from '@hono/zod-openapi';
 import { errorResponses, jsonContent } from '../../schemas/common.js';
-import { StorageGcResultSchema } from '../../schemas/storage.js';
+import { BackupScrubResultSchema, StorageGcResultSchema } from '../../schemas/storage.js';
 
 export const runGc = createRoute({
   path: '/api/v1/storage/gc',
@@ -12,3 +12,15 @@ export const runGc = createRoute({
 });
 
 export type RunGcRoute = typeof runGc;
+
+export const runScrub = createRoute({
+  path: '/api/v1/storage/scrub',
+  method: 'post',
+  tags: ['Storage'],
+  summary: 'Run the backup scrub now (admin) and answer what it found',
+  description:
+    'Re-hashes every stored backup not found matching within backup.scrub.reverify against the checksum recorded when it was ' +
+    'written, at backup.scrub.rate; a mismatch is marked as a fault on the backup and every backup whose chain holds it, ' +
+    'with an ERROR event for each. Waits for the run.',
+  responses: { 200: jsonContent(BackupScrubResultSchema, 'What the run found'), ...errorResponses(401, 403) },
+});
