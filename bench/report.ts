@@ -202,8 +202,20 @@ export function renderMarkdown(r: BenchReport): string {
     out.push(`First backup: ${p5.first.kind}, ${fmtBytes(p5.first.bytesWritten)} in ${p5.first.seconds} s.`, '');
     out.push(
       table(
-        ['change', 'changed', 'backup', 'chain', 'bytes written', '÷ changed', 'incremental s', 'full of the same snapshot', 'full s', 'time ÷ full'],
-        p5.steps.map((x) => [x.label, fmtBytes(x.changedBytes), x.kind, String(x.chainLength), fmtBytes(x.bytesWritten), String(x.bytesRatioToChanged), String(x.incrementalSeconds), fmtBytes(x.fullBytes), String(x.fullSeconds), String(x.timeRatioToFull)]),
+        ['change', 'changed', 'backup', 'chain', 'bytes written', '÷ changed', 'read from store', 'incremental s', 'full of the same snapshot', 'full s', 'time ÷ full'],
+        p5.steps.map((x) => [
+          x.label,
+          fmtBytes(x.changedBytes),
+          x.kind,
+          String(x.chainLength),
+          fmtBytes(x.bytesWritten),
+          String(x.bytesRatioToChanged),
+          x.storeReadBytes == null ? 'n/a' : fmtBytes(x.storeReadBytes),
+          String(x.incrementalSeconds),
+          fmtBytes(x.fullBytes),
+          String(x.fullSeconds),
+          String(x.timeRatioToFull),
+        ]),
       ),
     );
     out.push(
