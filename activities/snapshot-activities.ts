@@ -26,6 +26,7 @@ import {
 } from '../db/snapshots.js';
 import { findVolumeLocation, type VolumeLocation } from '../db/volumes.js';
 import { IllegalSnapshotTransitionError, canTransition } from '../domain/snapshot-states.js';
+import { pausePoint } from '../observability/pause-points.js';
 import { checkBackupChain } from '../storage/chain.js';
 import type { BackupParent, BackupResult, StorageDriver, StorageDrivers } from '../storage/driver.js';
 import { CommandError } from '../storage/exec.js';
@@ -320,6 +321,7 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
         storeRef: { snapshotId, role: 'Primary', storeId: volume.poolId, installPath: `${volume.path}@${snapshotId}`, state: 'Ready', sizeBytes, checksum: null },
       });
       log.info({ sizeBytes }, 'snapshot created on primary storage');
+      await pausePoint('created-on-primary', snapshot.volumeId, { snapshotId });
       return { sizeBytes };
     },
 
@@ -390,6 +392,8 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
           .finally(() => (recording = undefined));
       }, progressIntervalMs);
       let result: BackupResult;
+      // Held by a fault test (observability/pause-points.ts) from the first progress until it lets the copy publish.
+      let copyingHeld: Promise<void> | undefined;
       try {
         result = await driver.backupSnapshot(
           volume.path,
@@ -399,11 +403,17 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
             signal: ctx.cancellationSignal,
             onProgress: (p) => {
               latest = p;
+              if (!copyingHeld && p.bytesDone > 0 && p.bytesDone < p.bytesTotal) {
+                copyingHeld = pausePoint(parent ? 'copying-delta' : 'copying', snapshot.volumeId, { snapshotId, bytesDone: p.bytesDone });
+              }
             },
             ...(parent ? { parent: { snapshotId: parent.snapshotId, installPath: parent.installPath } } : {}),
             lock: (fn) => withImageLock(pool, snapshot.volumeId, fn, { logger: log }),
             token,
-            publish: (commit) => whileOwningBackup(pool, snapshotId, token, commit),
+            publish: async (commit) => {
+              await copyingHeld;
+              return whileOwningBackup(pool, snapshotId, token, commit);
+            },
           },
         );
       } catch (err) {
@@ -429,6 +439,7 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
         // None may land after the result below (it would overwrite the final progress).
         await recording;
       }
+      await pausePoint('copied', snapshot.volumeId, { snapshotId });
       let completed: Awaited<ReturnType<typeof completeBackup>>;
       try {
         // The Ready ref (exactly the file this execution hashed and renamed into place) and BackedUp commit
@@ -504,6 +515,7 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
         details: { snapshotId, volumeId: snapshot.volumeId },
       });
       log.warn('primary snapshot deleted (compensation)');
+      await pausePoint('compensated', snapshot.volumeId, { snapshotId });
       return { deleted: true };
     },
 

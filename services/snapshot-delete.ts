@@ -11,6 +11,7 @@ import { defaultImageStore } from '../db/catalog.js';
 import { findImageStore } from '../db/catalog-queries.js';
 import { withImageLock } from '../db/image-locks.js';
 import { withTransaction, type Pool } from '../db/pool.js';
+import { pausePoint } from '../observability/pause-points.js';
 import {
   destroyingSnapshotIds,
   getSnapshot,
@@ -68,6 +69,7 @@ export async function finishSnapshotDelete(
   }
   const driver = deps.drivers[volume.hypervisor];
   if (!driver) throw new Error(`no storage driver for ${volume.hypervisor}`);
+  await pausePoint('delete-intent', volume.id, { snapshotId });
 
   // Under the image lock: apart from the other writers of the image and from another finisher of this delete.
   const storage = await withImageLock(
@@ -98,6 +100,7 @@ export async function finishSnapshotDelete(
   );
   if (!storage) return none('not-ours', await getSnapshot(pool, snapshotId));
 
+  await pausePoint('delete-storage-done', volume.id, { snapshotId });
   const { backupKept } = storage;
   const committed = await withTransaction(pool, async (tx) => {
     const moved = await transitionSnapshot(tx, snapshotId, 'Destroyed', {

@@ -52,6 +52,7 @@ import {
   type SnapshotWorkflowInput,
 } from '../workflows/definitions.js';
 import type { snapshotWorkflow } from '../workflows/snapshot-workflow.js';
+import { pausePoint } from '../observability/pause-points.js';
 import { recordBackupFault } from './backup-faults.js';
 import { restoreChain } from './restore-chain.js';
 import { ownerScope, type Caller } from './caller.js';
@@ -306,6 +307,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
   async function requestOnce(req: ScopedRequest): Promise<RequestOutcome> {
     const { snapshot, input, replay, labels } = await allocate(req);
     const log = logger.child({ snapshotId: snapshot.id, volumeId: snapshot.volumeId, workflowId: snapshot.workflowId });
+    await pausePoint('allocated', snapshot.volumeId, { snapshotId: snapshot.id });
     const startWorkflowOperation = new WithStartWorkflowOperation<typeof snapshotWorkflow>('snapshotWorkflow', {
       workflowId: snapshot.workflowId,
       taskQueue: deps.taskQueue,

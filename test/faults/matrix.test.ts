@@ -17,6 +17,8 @@ import {
   STEPS,
   TERMINAL_BOUND_MS,
   activityTwiceCase,
+  deleteFaultCase,
+  deltaFaultCase,
   imageLockCase,
   imageStoreUnusableCase,
   processFaultCase,
@@ -55,6 +57,10 @@ const CASES: FaultCase[] = [
   activityTwiceCase('Error'),
   workflowResetCase('BackedUp', { subset: true }),
   workflowResetCase('Error'),
+  deltaFaultCase('changed clusters', { subset: true }),
+  deltaFaultCase('rebase'),
+  deleteFaultCase('delete-intent'),
+  deleteFaultCase('delete-storage-done', { subset: true }),
 ];
 
 /** FAULTS_ONLY=<regex> narrows the run to matching "fault × step" names (for working on one case). */

@@ -15,6 +15,9 @@
  *   Error.
  * - `outcome`: the case's expected end state, when it has one.
  * - `no-leaked-primary`: a Primary store ref marked Destroyed has no tag left on its volume.
+ * - `chain-intact`: a BackedUp delta's parent backup is Ready and its file exists (the restore needs it).
+ * - `deleted-leaves-nothing`: a Destroyed snapshot has no tag on its volume and no backup file, unless a backup
+ *   that is not Destroyed depends on it.
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -40,8 +43,8 @@ export interface SnapshotExpectation {
   snapshotId: string;
   /** Copy failures the case injected (each must cost exactly one attempt). */
   copyFailures: number;
-  /** The end state the case expects; 'either' when the caller was never told "created". */
-  outcome: 'BackedUp' | 'Error' | 'either';
+  /** The end state the case expects; 'either' when the caller was never told "created"; Destroyed: deleted. */
+  outcome: 'BackedUp' | 'Error' | 'either' | 'Destroyed';
 }
 
 interface SnapshotRow {
@@ -61,6 +64,7 @@ interface RefRow {
   install_path: string;
   state: string;
   checksum: string | null;
+  parent_snapshot_id: string | null;
 }
 
 async function sha256Hex(file: string): Promise<string> {
@@ -162,7 +166,7 @@ export class Auditor {
     for (const vol of opts.volumeIds) for (const id of await this.snapshotIdsOfVolume(vol)) ids.add(id);
     const rows = await this.snapshots([...ids]);
     const { rows: refs } = await this.pool.query<RefRow>(
-      'SELECT snapshot_id, store_role, store_id, install_path, state, checksum FROM snapshot_store_ref WHERE snapshot_id = ANY($1::uuid[])',
+      'SELECT snapshot_id, store_role, store_id, install_path, state, checksum, parent_snapshot_id FROM snapshot_store_ref WHERE snapshot_id = ANY($1::uuid[])',
       [[...ids]],
     );
     const stores = await this.imageStoreRoots();
@@ -214,13 +218,31 @@ export class Auditor {
         if (tags?.includes(s.id)) v.push({ invariant: 'no-leaked-primary', snapshotId: s.id, detail: 'Primary ref Destroyed but the tag is still on the volume' });
       }
 
+      if (s.status === 'BackedUp' && image?.parent_snapshot_id) {
+        const parent = refs.find((r) => r.snapshot_id === image.parent_snapshot_id && r.store_role === 'Image');
+        const root = parent && stores.get(parent.store_id);
+        if (!parent || parent.state !== 'Ready' || !root || !existsSync(join(root, parent.install_path))) {
+          v.push({ invariant: 'chain-intact', snapshotId: s.id, detail: `parent ${image.parent_snapshot_id}: ref ${parent?.state ?? 'missing'}` });
+        }
+      }
+      if (s.status === 'Destroyed') {
+        const tags = existsSync(s.volume_path) ? await tagsOf(s.volume_path) : [];
+        if (tags?.includes(s.id)) v.push({ invariant: 'deleted-leaves-nothing', snapshotId: s.id, detail: 'its tag is still on the volume' });
+        const needed = refs.some((r) => r.parent_snapshot_id === s.id && r.store_role === 'Image' && r.state !== 'Destroyed');
+        for (const root of stores.values()) {
+          const file = join(root, 'snapshots', s.account_id, s.volume_id, `${s.id}.qcow2`);
+          if (!needed && existsSync(file)) v.push({ invariant: 'deleted-leaves-nothing', snapshotId: s.id, detail: `backup file left: ${file}` });
+        }
+      }
+
       const e = expected.get(s.id);
       if (e && (TERMINAL as readonly string[]).includes(s.status)) {
-        const ok = s.status === 'BackedUp' ? 'BackedUp' : 'Error';
+        const ok = s.status === 'BackedUp' ? 'BackedUp' : s.status === 'Destroyed' && e.outcome === 'Destroyed' ? 'Destroyed' : 'Error';
         if (e.outcome !== 'either' && e.outcome !== ok) {
           v.push({ invariant: 'outcome', snapshotId: s.id, detail: `expected ${e.outcome}, got ${s.status}${s.last_error ? ` (${s.last_error})` : ''}` });
         }
-        const want = ok === 'BackedUp' ? e.copyFailures + 1 : e.copyFailures;
+        // A deleted snapshot was BackedUp first.
+        const want = ok === 'Error' ? e.copyFailures : e.copyFailures + 1;
         if (s.backup_attempts !== want) {
           v.push({ invariant: 'attempts-count-copy-failures', snapshotId: s.id, detail: `backup_attempts ${s.backup_attempts}, expected ${want} (${e.copyFailures} injected failure(s), ${s.status})` });
         }

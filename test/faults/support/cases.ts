@@ -3,16 +3,22 @@
  * drives one snapshot (or two) of its own volume through the real service, injects its fault, lets the service
  * recover the way an operator would (or waits for it to recover by itself), and hands the auditor what to check.
  */
-import { spawn } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
+import { execFile, spawn } from 'node:child_process';
+import { createHash, randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { Client, Connection } from '@temporalio/client';
 import proto from '@temporalio/proto';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { createSnapshotActivities } from '../../../activities/snapshot-activities.js';
 import { silentLogger } from '../../../observability/logger.js';
 import { KvmStorageDriver } from '../../../storage/kvm.js';
-import type { Auditor, SnapshotExpectation, Violation } from './auditor.js';
-import { sleep, type ServiceDriver } from './driver.js';
+import { qcowTags, type Auditor, type SnapshotExpectation, type Violation } from './auditor.js';
+import { MiB, sleep, type ServiceDriver } from './driver.js';
+
+const exec = promisify(execFile);
 
 export type Step = 'allocated' | 'created on primary' | 'copying' | 'copied, not committed' | 'compensating';
 export const STEPS: Step[] = ['allocated', 'created on primary', 'copying', 'copied, not committed', 'compensating'];
@@ -145,6 +151,40 @@ async function recoverFromProcessFault(ctx: CaseContext, fault: ProcessFault, vo
   }
 }
 
+/** The service's pause point (observability/pause-points.ts) where each step is held. */
+const STEP_POINTS: Record<Step, string> = {
+  allocated: 'allocated',
+  'created on primary': 'created-on-primary',
+  copying: 'copying',
+  'copied, not committed': 'copied',
+  compensating: 'compensated',
+};
+
+/** What is not as the step says, read while the service holds there; null when all is. */
+async function stepMismatch(ctx: CaseContext, step: Step, id: string, vol: { accountId: string; volumeId: string }): Promise<string | null> {
+  const { svc } = ctx;
+  const { rows } = await svc.pool.query(
+    `SELECT s.status, (SELECT state FROM snapshot_store_ref WHERE snapshot_id = s.id AND store_role = 'Primary') AS primary_state
+       FROM snapshots s WHERE s.id = $1`,
+    [id],
+  );
+  const status: string | undefined = rows[0]?.status;
+  const files = svc.backupFiles(vol.accountId, vol.volumeId, id);
+  const want = (ok: boolean, what: string) => (ok ? null : what);
+  switch (step) {
+    case 'allocated':
+      return want(status === 'Allocated', `the row is ${status}`);
+    case 'created on primary':
+      return want(status === 'CreatedOnPrimary', `the row is ${status}`);
+    case 'copying':
+      return want(status === 'BackingUp' && files.temp && !files.final, `row ${status}, temporary file ${files.temp}, final file ${files.final}`);
+    case 'copied, not committed':
+      return want(status === 'BackingUp' && files.final, `row ${status}, final file ${files.final}`);
+    case 'compensating':
+      return want(status === 'BackingUp' && rows[0]?.primary_state === 'Destroyed', `row ${status}, Primary ref ${rows[0]?.primary_state}`);
+  }
+}
+
 export function processFaultCase(fault: ProcessFault, step: Step, extra: Partial<FaultCase> = {}): FaultCase {
   return {
     fault,
@@ -160,83 +200,20 @@ export function processFaultCase(fault: ProcessFault, step: Step, extra: Partial
         await svc.setConfig('backup.max.attempts', 2);
         restoreStore = await svc.breakImageStore();
       }
-      let hold: { status: string; release(): Promise<void> } | null = null;
+      const point = STEP_POINTS[step];
+      svc.arm(point, vol.volumeId);
       let reached = '?';
       const request = svc.requestSnapshot(vol.volumeId, name);
       try {
-        const row = await svc.until(() => svc.statusOf(vol.volumeId).catch(() => undefined), 30_000, 'the snapshot row');
-        const id = row.id;
-        switch (step) {
-          case 'allocated':
-            // The row is committed Allocated before the workflow starts; holding its lock keeps it there.
-            hold = await svc.holdRow(id);
-            reached = hold.status;
-            break;
-          case 'created on primary': {
-            const seen = await svc.until(
-              async () => {
-                const s = await svc.statusOf(vol.volumeId);
-                return s && !['Allocated', 'Creating'].includes(s.status) ? s.status : undefined;
-              },
-              30_000,
-              'CreatedOnPrimary',
-            );
-            hold = await svc.holdRow(id);
-            reached = seen === 'CreatedOnPrimary' && hold.status === 'CreatedOnPrimary' ? 'CreatedOnPrimary (held)' : `${hold.status} (CreatedOnPrimary missed)`;
-            break;
-          }
-          case 'copying':
-            await svc.until(() => (svc.backupFiles(vol.accountId, vol.volumeId, id).temp ? true : undefined), 60_000, 'a temporary backup file');
-            reached = 'BackingUp, temporary file being written';
-            break;
-          case 'copied, not committed': {
-            await svc.until(() => (svc.backupFiles(vol.accountId, vol.volumeId, id).temp ? true : undefined), 60_000, 'a temporary backup file');
-            // Hold the row so that the BackedUp transition waits; then wait for the rename.
-            hold = await svc.holdRow(id);
-            await svc.until(() => (svc.backupFiles(vol.accountId, vol.volumeId, id).final ? true : undefined), 60_000, 'the renamed backup file');
-            reached = hold.status === 'BackingUp' ? 'final file renamed, row BackingUp (held)' : `${hold.status} (missed)`;
-            break;
-          }
-          case 'compensating': {
-            // Attempt 2 starts with attempt 1's last_error still on the row: wait for attempt 2's own failure event
-            // (written after its last_error), or the hold below could block that write and the compensation with it.
-            await svc.until(
-              async () => {
-                const s = await svc.statusOf(vol.volumeId);
-                if (!s || s.status !== 'BackingUp') return undefined;
-                const { rows } = await svc.pool.query(
-                  `SELECT 1 FROM events WHERE resource_type = 'Snapshot' AND resource_id = $1 AND type = 'SNAPSHOT.BACKUP'
-                      AND (details->>'attempt')::int >= 2 AND description LIKE 'backup attempt % failed%'`,
-                  [id],
-                );
-                return rows.length ? true : undefined;
-              },
-              60_000,
-              'the last copy failure',
-            );
-            // The copy failure is recorded before it reaches Temporal: a fault now would only lose the report. Hold the
-            // row (markSnapshotError waits for it) until the compensation has deleted the primary snapshot.
-            hold = await svc.holdRow(id);
-            const deleted = await svc
-              .until(
-                async () => {
-                  const { rows } = await svc.pool.query(`SELECT 1 FROM snapshot_store_ref WHERE snapshot_id = $1 AND store_role = 'Primary' AND state = 'Destroyed'`, [id]);
-                  return rows.length ? true : undefined;
-                },
-                20_000,
-                'the compensation deleting the primary snapshot',
-              )
-              .catch(() => false);
-            reached =
-              hold.status === 'BackingUp' && deleted
-                ? 'primary deleted by the compensation, row still BackingUp (held)'
-                : `${hold.status}, ${deleted ? 'primary deleted' : 'compensation not seen within 20 s'} (missed)`;
-            break;
-          }
-        }
+        const at = await svc.reached(point, vol.volumeId, compensating ? 90_000 : 60_000);
+        const id = String(at.snapshotId);
+        // The service holds at the point; what the step says must be true now, or the case is not the one it claims.
+        const miss = await stepMismatch(ctx, step, id, vol);
+        reached = miss ? `${point} (held), but ${miss} (missed)` : `${point} (held)`;
+        if (miss) ctx.violations.push({ invariant: 'step-reached', snapshotId: id, detail: miss });
         await injectProcessFault(ctx, fault);
       } finally {
-        await hold?.release();
+        svc.release(point, vol.volumeId);
       }
       if (restoreStore) await restoreStore();
       const answer = await Promise.race([request, sleep(1000).then(() => null)]);
@@ -256,6 +233,135 @@ export function processFaultCase(fault: ProcessFault, step: Step, extra: Partial
       };
     },
   };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Deltas and deletes, killed at their own steps
+
+/** A snapshot of the volume taken to BackedUp (asyncBackup), for a case's setup. */
+async function backedUpSnapshot(ctx: CaseContext, volumeId: string, name: string): Promise<string> {
+  const answer = await ctx.svc.requestSnapshot(volumeId, name);
+  if (answer.status !== 201) throw new Error(`setup: POST snapshot answered ${answer.status}`);
+  const id = answer.json.id;
+  await ctx.svc.until(
+    async () => {
+      const { rows } = await ctx.svc.pool.query('SELECT status FROM snapshots WHERE id = $1', [id]);
+      const st = rows[0]?.status;
+      if (st && st !== 'BackedUp' && !['Allocated', 'Creating', 'CreatedOnPrimary', 'BackingUp'].includes(st)) throw new Error(`setup: snapshot ended ${st}`);
+      return st === 'BackedUp' ? true : undefined;
+    },
+    120_000,
+    'the setup snapshot to be backed up',
+  );
+  return id;
+}
+
+/**
+ * SIGKILL of the whole service while a delta is being written: by changed clusters (a 1 GiB volume with eight
+ * separate changes, where copying ranges is cheaper) or by rebasing onto the parent backup (a 64 MiB volume with
+ * as many changes, where a rebase is). After the restart the delta is written again on the same parent, the
+ * parent is untouched, and both verify.
+ */
+export function deltaFaultCase(method: 'changed clusters' | 'rebase', extra: Partial<FaultCase> = {}): FaultCase {
+  return {
+    fault: 'SIGKILL + restart',
+    step: `writing a delta (${method})`,
+    ...extra,
+    async run(ctx) {
+      const { svc } = ctx;
+      const name = `delta-${method === 'rebase' ? 'rebase' : 'ranges'}-${randomUUID().slice(0, 4)}`;
+      const vol = await svc.createDataVolume(name, method === 'rebase' ? 64 * MiB : 1024 * MiB);
+      const parentId = await backedUpSnapshot(ctx, vol.volumeId, `${name}-base`);
+      const parentFile = join(svc.secondaryDir, 'snapshots', vol.accountId, vol.volumeId, `${parentId}.qcow2`);
+      const parentBefore = await sha256(parentFile);
+      for (let i = 0; i < 8; i++) await exec('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x${(0x30 + i).toString(16)} ${i * 6 * MiB} ${MiB}`, vol.path]);
+      const logFrom = svc.logSize();
+      svc.arm('copying-delta', vol.volumeId);
+      const request = svc.requestSnapshot(vol.volumeId, `${name}-delta`);
+      let reached: string;
+      try {
+        const at = await svc.reached('copying-delta', vol.volumeId);
+        const id = String(at.snapshotId);
+        const files = svc.backupFiles(vol.accountId, vol.volumeId, id);
+        const log = readFileSync(svc.logFile, 'utf8').slice(logFrom);
+        const how = log.split('\n').find((l) => l.includes('writing a delta') && l.includes(id));
+        const miss = !files.temp || files.final ? `temporary file ${files.temp}, final file ${files.final}` : !how?.includes(`"method":"${method}"`) ? `not by ${method}: ${how ?? 'no delta logged'}` : null;
+        reached = miss ? `delta held, but ${miss} (missed)` : `delta by ${method} held mid-write (${String(at.bytesDone)} bytes reported)`;
+        if (miss) ctx.violations.push({ invariant: 'step-reached', snapshotId: id, detail: miss });
+        process.kill(-svc.proc!.child.pid!, 'SIGKILL');
+      } finally {
+        svc.release('copying-delta', vol.volumeId);
+      }
+      const answer = await Promise.race([request, sleep(1000).then(() => null)]);
+      await recoverFromProcessFault(ctx, 'SIGKILL + restart', vol.volumeId);
+      const ids = await ctx.auditor.snapshotIdsOfVolume(vol.volumeId);
+      await ctx.auditor.waitTerminal(ids, Date.now() + TERMINAL_BOUND_MS);
+      if ((await sha256(parentFile)) !== parentBefore) ctx.violations.push({ invariant: 'parent-untouched', snapshotId: parentId, detail: 'the parent backup file changed' });
+      const { rows } = await svc.pool.query(
+        `SELECT snapshot_id, parent_snapshot_id FROM snapshot_store_ref WHERE store_role = 'Image' AND snapshot_id = ANY($1::uuid[]) AND snapshot_id <> $2`,
+        [ids, parentId],
+      );
+      if (rows[0] && rows[0].parent_snapshot_id !== parentId) ctx.notes.push(`the delta was written again as ${rows[0].parent_snapshot_id ? 'a delta' : 'a full backup'}`);
+      const told = answer && answer.status === 201;
+      return {
+        volumeIds: [vol.volumeId],
+        reached,
+        expectations: ids.map((snapshotId) => ({ snapshotId, copyFailures: 0, outcome: snapshotId === parentId || told ? ('BackedUp' as const) : ('either' as const) })),
+      };
+    },
+  };
+}
+
+/**
+ * SIGKILL of the whole service in a phase of a user's delete of a BackedUp snapshot: right after the intent
+ * (Destroying) is committed, or after the files are gone and before Destroyed is. The restarted service finishes
+ * the delete at start-up: Destroyed, its tag and its backup gone, nothing else touched.
+ */
+export function deleteFaultCase(phase: 'delete-intent' | 'delete-storage-done', extra: Partial<FaultCase> = {}): FaultCase {
+  return {
+    fault: 'SIGKILL + restart',
+    step: phase === 'delete-intent' ? 'delete: Destroying committed, nothing removed' : 'delete: files removed, Destroyed not committed',
+    ...extra,
+    async run(ctx) {
+      const { svc } = ctx;
+      const name = `${phase}-${randomUUID().slice(0, 4)}`;
+      const vol = await svc.createDataVolume(name);
+      const keptId = await backedUpSnapshot(ctx, vol.volumeId, `${name}-kept`);
+      await exec('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x77 0 ${MiB}`, vol.path]);
+      const id = await backedUpSnapshot(ctx, vol.volumeId, `${name}-deleted`);
+      svc.arm(phase, vol.volumeId);
+      const answer = svc.deleteSnapshot(id);
+      let reached: string;
+      try {
+        await svc.reached(phase, vol.volumeId);
+        const { rows } = await svc.pool.query('SELECT status FROM snapshots WHERE id = $1', [id]);
+        const files = svc.backupFiles(vol.accountId, vol.volumeId, id);
+        const tags = await qcowTags(vol.path);
+        const removed = !files.final && !tags?.includes(id);
+        const ok = rows[0]?.status === 'Destroying' && (phase === 'delete-intent' ? !removed : removed);
+        const state = `row ${rows[0]?.status}, backup file ${files.final ? 'present' : 'gone'}, tag ${tags?.includes(id) ? 'present' : 'gone'}`;
+        reached = ok ? `${phase} (held): ${state}` : `${phase} (held), but ${state} (missed)`;
+        if (!ok) ctx.violations.push({ invariant: 'step-reached', snapshotId: id, detail: state });
+        process.kill(-svc.proc!.child.pid!, 'SIGKILL');
+      } finally {
+        svc.release(phase, vol.volumeId);
+      }
+      ctx.notes.push(`DELETE answered ${await Promise.race([answer.then((a) => String(a.status)), sleep(1000).then(() => 'nothing')])}`);
+      await recoverFromProcessFault(ctx, 'SIGKILL + restart', vol.volumeId);
+      return {
+        volumeIds: [vol.volumeId],
+        reached,
+        expectations: [
+          { snapshotId: keptId, copyFailures: 0, outcome: 'BackedUp' },
+          { snapshotId: id, copyFailures: 0, outcome: 'Destroyed' },
+        ],
+      };
+    },
+  };
+}
+
+async function sha256(file: string): Promise<string> {
+  return createHash('sha256').update(await readFile(file)).digest('hex');
 }
 
 // ---------------------------------------------------------------------------------------------------------------

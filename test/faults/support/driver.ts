@@ -5,7 +5,7 @@
  * row locks that hold a snapshot at a step) and the reads that find the moment to inject them.
  */
 import { execFile } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -81,6 +81,10 @@ export class ServiceDriver {
   get temporalAddress(): string {
     return `127.0.0.1:${this.env.TEMPORAL_PORT}`;
   }
+  /** Where the service's pause points (observability/pause-points.ts) are armed, reached and released. */
+  get pausePointsDir(): string {
+    return join(this.dataDir, 'pause-points');
+  }
   get secondaryDir(): string {
     return join(this.dataDir, 'secondary');
   }
@@ -94,7 +98,9 @@ export class ServiceDriver {
       TEMPORAL_UI_PORT: String(await freePort()),
       ADMIN_API_KEY: ADMIN_KEY,
       BACKUP_RATE_LIMIT_BYTES_PER_SEC: String(RATE),
+      VOLSNAP_PAUSE_POINTS_DIR: this.pausePointsDir,
     };
+    mkdirSync(this.pausePointsDir, { recursive: true });
     this.pool = new pg.Pool({ connectionString: this.databaseUrl, max: 4 });
     this.pool.on('error', () => undefined);
   }
@@ -198,12 +204,12 @@ export class ServiceDriver {
   }
 
   /** A VM with a 64 MiB data disk holding DATA_BYTES of data (so its backup takes a few seconds at RATE). */
-  async createDataVolume(name: string): Promise<{ vmId: string; volumeId: string; path: string; accountId: string }> {
+  async createDataVolume(name: string, sizeBytes = 64 * MiB): Promise<{ vmId: string; volumeId: string; path: string; accountId: string }> {
     const r = await this.call<{ id: string; accountId: string; volumes: Array<{ id: string; type: string; path: string }> }>('POST', '/api/v1/vms', {
       name,
       hypervisor: 'KVM',
       rootDiskSizeBytes: 64 * MiB,
-      dataDisks: [{ name: `${name}-data`, sizeBytes: 64 * MiB }],
+      dataDisks: [{ name: `${name}-data`, sizeBytes }],
     });
     if (r.status !== 201) throw new Error(`POST /vms: ${r.status} ${JSON.stringify(r.json)}`);
     const data = r.json.volumes.find((v) => v.type === 'DATADISK')!;
@@ -251,6 +257,41 @@ export class ServiceDriver {
       if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
       await sleep(3);
     }
+  }
+
+  /**
+   * Arms a pause point of the service for a volume: the service holds there when it gets to it (once), until
+   * `release`. The step is reached by the service's own code path, not by timing.
+   */
+  arm(point: string, volumeId: string): void {
+    writeFileSync(join(this.pausePointsDir, `${point}@${volumeId}.armed`), '');
+  }
+
+  /** Waits until the service holds at the armed point; answers what it wrote there. A point not reached throws. */
+  async reached(point: string, volumeId: string, timeoutMs = 60_000): Promise<Record<string, unknown>> {
+    const file = join(this.pausePointsDir, `${point}@${volumeId}.reached`);
+    return this.until(
+      () => {
+        try {
+          const text = readFileSync(file, 'utf8');
+          return text ? (JSON.parse(text) as Record<string, unknown>) : undefined;
+        } catch {
+          return undefined;
+        }
+      },
+      timeoutMs,
+      `the service to reach pause point ${point}`,
+    );
+  }
+
+  /** Lets a service held at the point go on (harmless when the process holding it is gone). */
+  release(point: string, volumeId: string): void {
+    writeFileSync(join(this.pausePointsDir, `${point}@${volumeId}.go`), '');
+  }
+
+  /** DELETE a snapshot; the answer (or the error) is in the promise. */
+  deleteSnapshot(snapshotId: string): Promise<{ status: number; json: unknown } | { status: 0; error: string }> {
+    return this.call('DELETE', `/api/v1/snapshots/${snapshotId}`).catch((err: unknown) => ({ status: 0 as const, error: String(err) }));
   }
 
   /**
