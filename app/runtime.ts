@@ -17,6 +17,16 @@ function rememberVolume(snapshotId: string, volumeId: string): void {
 }
 let sdkMetricsUrl: string | null = null;
 
+/** What the SDK says when a worker has no workflows (node_modules/@temporalio/worker, Worker.workflow$). */
+const NO_WORKFLOWS_MESSAGE = 'No workflows registered, not polling for workflow tasks';
+/** Task queues whose workers have activities only, on purpose (the backup worker's). */
+const activityOnlyQueues = new Set<string>();
+
+/** Declares `taskQueue`'s worker activity-only: the SDK's "no workflows registered" warning for it is expected. */
+export function declareActivityOnlyQueue(taskQueue: string): void {
+  activityOnlyQueues.add(taskQueue);
+}
+
 const LEVELS = { TRACE: 'trace', DEBUG: 'debug', INFO: 'info', WARN: 'warn', ERROR: 'error' } as const;
 
 
@@ -65,6 +75,12 @@ export function installTemporalRuntime(logger: Logger, metricsBind?: string | fa
     if (fields.err === undefined && error && typeof error === 'object' && typeof error.message === 'string') {
       fields.err = error;
       delete fields.error;
+    }
+    // The backup worker has activities only, by design (app/workers.ts says so when the workers start): the
+    // SDK's warning that it polls no workflow tasks is expected there, not a problem. Kept at debug.
+    if (message === NO_WORKFLOWS_MESSAGE && fields.taskQueue !== undefined && activityOnlyQueues.has(String(fields.taskQueue))) {
+      sdkLog.debug(fields, `${message} (an activity-only worker, as intended)`);
+      return;
     }
     sdkLog[LEVELS[entry.level]](fields, message);
   });

@@ -75,7 +75,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
     }
     let databaseUrl = env.DATABASE_URL;
     if (!databaseUrl) {
-      const db: EmbeddedDatabase = await startEmbeddedPostgres(join(env.dataDir, 'postgres'), env.EMBEDDED_PG_PORT, logger);
+      const db: EmbeddedDatabase = await startEmbeddedPostgres(join(env.dataDir, 'postgres'), env.EMBEDDED_PG_PORT, logger, { ownedRoot: env.dataDir });
       closers.push(() => db.stop());
       databaseUrl = db.url;
     }

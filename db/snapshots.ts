@@ -40,7 +40,8 @@ export interface StoreRefRecord {
   role: 'Primary' | 'Image';
   storeId: string;
   installPath: string;
-  state: 'Allocated' | 'Creating' | 'Ready' | 'Destroyed';
+  /** Failed: an Image ref whose attempt never finished, on a snapshot that went to Error (storage GC removes it). */
+  state: 'Allocated' | 'Creating' | 'Ready' | 'Failed' | 'Destroyed';
   sizeBytes: number | null;
   checksum: string | null;
   /** Image refs: the snapshot whose backup this one is a delta on; null for a full backup. */
@@ -273,6 +274,18 @@ export async function transitionSnapshot(
   const refAt = FIXED + cols.length;
   const ref = opts.storeRef ? `ref AS (${UPSERT_STORE_REF_SQL((i) => `$${refAt + i + 1}`)}),
      ` : '';
+  // Entering Error, an unfinished Image ref (its attempt never wrote a Ready backup) becomes Failed in the same
+  // statement: no Error snapshot shows a copy still "Creating" until storage GC cleans it. A Ready one (a delete
+  // that failed) keeps its state. Not when this statement writes the Image ref itself (one row, one write).
+  const failRefs =
+    to === 'Error' && opts.storeRef?.role !== 'Image'
+      ? `failed AS (
+       UPDATE snapshot_store_ref r SET state = 'Failed', last_updated = now() FROM upd
+        WHERE r.snapshot_id = upd.id AND r.store_role = 'Image' AND r.state IN ('Allocated', 'Creating')
+       RETURNING r.snapshot_id
+     ),
+     `
+      : '';
   const { rows } = await db.query(
     `WITH ${ref}cur AS (SELECT * FROM snapshots WHERE id = $1 FOR UPDATE),
      upd AS (
@@ -280,7 +293,7 @@ export async function transitionSnapshot(
          FROM cur WHERE s.id = cur.id AND cur.status = ANY($3::text[])
        RETURNING s.*
      ),
-     ev AS (
+     ${failRefs}ev AS (
        INSERT INTO events (type, level, account_id, resource_type, resource_id, description, details)
        SELECT $4, $5, upd.account_id, 'Snapshot', upd.id, replace($6, '{name}', upd.name),
               $7::jsonb || jsonb_build_object('snapshotId', upd.id, 'volumeId', upd.volume_id, 'from', cur.status, 'to', upd.status)

@@ -34,7 +34,8 @@ export function createEventService(deps: { pool: Pool }) {
         return {
           ...r,
           ...(kind ? { kind: kind.kind, parentSnapshotId: kind.parentSnapshotId } : {}),
-          lastError: r.lastError === null ? null : publicErrorMessage(r.lastError),
+          // Admins see host paths whole, as in events; other accounts shortened (api/redact.ts).
+          lastError: r.lastError === null || caller.role === 'admin' ? r.lastError : publicErrorMessage(r.lastError),
         };
       });
     },

@@ -370,8 +370,11 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
     return { snapshot: latest!, refs, replay };
   }
 
-  async function view(s: SnapshotRecord): Promise<SnapshotView> {
-    return snapshotView(s, await getStoreRefs(pool, s.id));
+  /** Admins see host paths in the last error whole; other callers shortened (services/views.ts). */
+  const hostPaths = (caller: Caller) => caller.role === 'admin';
+
+  async function view(caller: Caller, s: SnapshotRecord): Promise<SnapshotView> {
+    return snapshotView(s, await getStoreRefs(pool, s.id), Date.now(), hostPaths(caller));
   }
 
   /** Locks the snapshot (VM, volume first), checks the policy table for `action` on it, then runs `fn`. */
@@ -454,14 +457,14 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         if (!refs.some((r) => r.role === 'Primary')) throw new SnapshotCreationFailedError(snapshot.lastError ?? 'creating the snapshot on primary storage failed', snapshot.id);
         if (!snapshot.asyncBackup) throw new SnapshotBackupFailedError(snapshot);
       }
-      return { snapshot: snapshotView(snapshot, refs), replay };
+      return { snapshot: snapshotView(snapshot, refs, Date.now(), hostPaths(caller)), replay };
     },
 
     /** Oldest first; `limit` and `after` (the previous page's last id) page through them. */
     async list(caller: Caller, filter: { volumeId?: string; vmId?: string; state?: SnapshotState; q?: string; after?: string; limit?: number } = {}): Promise<SnapshotView[]> {
       const snapshots = await listSnapshots(pool, ownerScope(caller), filter);
       const refs = await getStoreRefsOf(pool, snapshots.map((s) => s.id));
-      return snapshots.map((s) => snapshotView(s, refs.get(s.id) ?? []));
+      return snapshots.map((s) => snapshotView(s, refs.get(s.id) ?? [], Date.now(), hostPaths(caller)));
     },
 
     /**
@@ -474,14 +477,14 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
     ): Promise<{ count: number; items: SnapshotView[] }> {
       const { count, snapshots } = await searchSnapshots(pool, { ...q, ownerId: ownerScope(caller) ?? q.ownerId });
       const refs = await getStoreRefsOf(pool, snapshots.map((s) => s.id));
-      return { count, items: snapshots.map((s) => snapshotView(s, refs.get(s.id) ?? [])) };
+      return { count, items: snapshots.map((s) => snapshotView(s, refs.get(s.id) ?? [], Date.now(), hostPaths(caller))) };
     },
 
     async get(caller: Caller, id: string): Promise<SnapshotView> {
       const s = await getSnapshot(pool, id);
       const owner = ownerScope(caller);
       if (!s || (owner !== null && s.accountId !== owner)) throw new NotFoundError('snapshot', id);
-      return view(s);
+      return view(caller, s);
     },
 
     /**
@@ -515,7 +518,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         }
         throw err;
       }
-      return view((await getSnapshot(pool, snapshot.id))!);
+      return view(caller, (await getSnapshot(pool, snapshot.id))!);
     },
 
     /**

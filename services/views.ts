@@ -71,16 +71,20 @@ export function vmView(vm: VmRecord, volumes: VolumeRecord[]): VmView {
  */
 const SILENT_COPY_MS = 20_000;
 
-function backupLastError(s: SnapshotRecord, nowMs: number): string | null {
+function backupLastError(s: SnapshotRecord, nowMs: number, hostPaths: boolean): string | null {
   const silentMs = nowMs - Date.parse(s.updatedAt);
   if (s.status === 'BackingUp' && s.nextAttemptAt === null && !s.lastError?.includes('interrupted') && silentMs > SILENT_COPY_MS) {
     return `attempt ${s.backupAttempts} interrupted: no progress for ${Math.round(silentMs / 1000)} s (its worker stopped?); resuming on the next worker`;
   }
-  return s.lastError === null ? null : publicErrorMessage(s.lastError);
+  if (s.lastError === null) return null;
+  return hostPaths ? s.lastError : publicErrorMessage(s.lastError);
 }
 
-/** A snapshot as docs/design.md §8 specifies it. */
-export function snapshotView(s: SnapshotRecord, refs: StoreRefRecord[], nowMs = Date.now()): SnapshotView {
+/**
+ * A snapshot as docs/design.md §8 specifies it. `hostPaths`: the caller is an admin, who sees paths in
+ * `lastError` whole, as in events; anyone else sees them shortened to their last segment (api/redact.ts).
+ */
+export function snapshotView(s: SnapshotRecord, refs: StoreRefRecord[], nowMs = Date.now(), hostPaths = false): SnapshotView {
   const image = refs.find((r) => r.role === 'Image' && r.state !== 'Destroyed') ?? refs.find((r) => r.role === 'Image');
   return {
     id: s.id,
@@ -99,7 +103,7 @@ export function snapshotView(s: SnapshotRecord, refs: StoreRefRecord[], nowMs = 
       retryIntervalSeconds: s.backupRetryInterval,
       bytesDone: Number(s.backupBytesDone),
       bytesTotal: Number(s.backupBytesTotal),
-      lastError: backupLastError(s, nowMs),
+      lastError: backupLastError(s, nowMs, hostPaths),
       nextAttemptAt: s.nextAttemptAt,
       kind: image ? (image.parentSnapshotId ? 'incremental' : 'full') : null,
       parentSnapshotId: image?.parentSnapshotId ?? null,

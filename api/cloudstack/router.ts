@@ -70,7 +70,8 @@ export function createCloudStackApi(deps: CloudStackApiDeps): { router: Hono<App
         throw new CloudStackError(ApiErrorCode.API_LIMIT_EXCEED, CsErrorCode.ServerApiException, `The given user has reached his/her account api limit, please retry after ${wait * 1000} ms.`);
       }
       const spec = COMMANDS_BY_NAME.get(command.toLowerCase());
-      if (!spec || (spec.admin && caller.role !== 'admin')) throw unknownCommand(command);
+      if (!spec) throw unknownCommand(command);
+      if (spec.admin && caller.role !== 'admin') throw unknownCommand(command, { hint: false });
       const lower = lowerCaseParams(params);
       const p = parseParams(spec.name, spec.params, lower);
       const log = c.var.log.child({ accountId, command: spec.name });

@@ -34,7 +34,9 @@ export const SnapshotSchema = z
         role: z.enum(['Primary', 'Image']),
         storeId: z.string(),
         installPath: z.string().optional().openapi({ description: 'Where the copy lives (admins only)' }),
-        state: z.enum(['Allocated', 'Creating', 'Ready', 'Destroyed']),
+        state: z.enum(['Allocated', 'Creating', 'Ready', 'Failed', 'Destroyed']).openapi({
+          description: 'Failed: an Image copy whose backup never finished, on a snapshot in Error (storage GC removes it)',
+        }),
         sizeBytes: z.number().int().nullable(),
         checksum: z.string().nullable(),
         parentSnapshotId: z.string().nullable(),

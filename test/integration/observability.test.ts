@@ -106,6 +106,18 @@ describe('observability', () => {
     }
   });
 
+  it('start-up: the workers say what each is for, and the activity-only backup worker raises no "no workflows" warning', async () => {
+    // After the test above: the backup worker has run a copy, so it set up its pollers (and the SDK said whatever it
+    // says then) before.
+    await flushLogger(logger);
+    const lines = readLog();
+    const running = lines.find((l) => typeof l.msg === 'string' && l.msg.startsWith('workers running:'));
+    expect(running?.msg).toMatch(/backup copies only: activities, no workflows/);
+    expect(running?.level).toBe(30);
+    const warned = lines.filter((l) => l.level >= 40 && /No workflows registered/.test(String(l.msg)));
+    expect(warned).toEqual([]);
+  });
+
   it('lines the storage driver writes inside an activity carry the activity identity too', async () => {
     const vol = await insertVolume(stack.pool, stack.drivers.KVM!, { accountId, sizeBytes: 8 * MiB });
     const { snapshot } = await stack.snapshots.requestSnapshot({ accountId, volumeId: vol.volumeId, asyncBackup: false });

@@ -46,3 +46,17 @@ describe('snapshot view: a copy whose worker went away', () => {
     expect(snapshotView({ ...base, status: 'BackedUp' }, [], at(600)).backup.lastError).toBeNull();
   });
 });
+
+describe('snapshot view: host paths in the last error', () => {
+  const failed = { ...base, status: 'Error' as const, lastError: 'copy failed: ENOTDIR: not a directory, mkdir /var/lib/volsnap/secondary/snapshots/x' };
+
+  it('an admin reads them whole, as in the events', () => {
+    expect(snapshotView(failed, [], at(5), true).backup.lastError).toBe(failed.lastError);
+  });
+
+  it('anyone else reads them shortened to their last segment', () => {
+    const shown = snapshotView(failed, [], at(5), false).backup.lastError!;
+    expect(shown).toBe('copy failed: ENOTDIR: not a directory, mkdir …/x');
+    expect(shown).not.toContain('/var/lib');
+  });
+});

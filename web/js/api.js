@@ -95,6 +95,8 @@ export function createApi(key, { onUnauthorized, onAvailability } = {}) {
     vmAction: (id, body) => call('POST', `/api/v1/vms/${seg(id)}/actions`, body),
     /** Who is signed in: the account of the key, and the key's id. */
     account: () => call('GET', '/api/v1/accounts/me'),
+    /** Every account (admins only). */
+    listAccounts: () => call('GET', '/api/v1/accounts'),
     listVolumes: (query) => listAll('/api/v1/volumes', 'after', query),
     listSnapshots: (query) => listAll('/api/v1/snapshots', 'after', query),
     deleteSnapshot: (id) => call('DELETE', `/api/v1/snapshots/${seg(id)}`),

@@ -1,5 +1,5 @@
 import { formatTime } from './format.js';
-import { addEvents, applyProgress, isInFlight, state, upsertSnapshot, vmIdOfSnapshot } from './store.js';
+import { addEvents, applyProgress, isAdmin, isInFlight, state, upsertSnapshot, vmIdOfSnapshot } from './store.js';
 import { toast } from './toasts.js';
 
 /**
@@ -46,7 +46,15 @@ export function createLive({ api, view, onError }) {
 
   const refreshAll = serial(async () => {
     // Deleted volumes too: their snapshots (a destroyed VM's disks, say) still name them.
-    const [vms, volumes, gone, snapshots] = await Promise.all([api.listVms(), api.listVolumes(), api.listVolumes({ state: 'Destroyed' }), api.listSnapshots()]);
+    const [vms, volumes, gone, snapshots, accounts] = await Promise.all([
+      api.listVms(),
+      api.listVolumes(),
+      api.listVolumes({ state: 'Destroyed' }),
+      api.listSnapshots(),
+      // The admin sees every account's objects: their tables and cards name the account.
+      isAdmin() ? api.listAccounts() : Promise.resolve(null),
+    ]);
+    if (accounts) state.accounts = new Map(accounts.map((a) => [a.id, a.name]));
     state.vms = new Map(vms.map((v) => [v.id, v]));
     state.volumes = new Map([...gone, ...volumes].map((v) => [v.id, v]));
     const fresh = new Map(snapshots.map((s) => [s.id, s]));

@@ -206,9 +206,16 @@ function showProblem(err) {
   problem.hidden = false;
 }
 
-async function signIn(key) {
+/** Why the page signs out on a 401: a key never accepted was wrong; one that worked was revoked or disabled since. */
+const WRONG_KEY = 'That API key was not accepted: no account has it. Check the key and try again.';
+const SAVED_KEY_REJECTED = 'The API key this tab had saved is no longer accepted (revoked, or its account disabled). Sign in again.';
+const KEY_REJECTED = 'The API key is no longer accepted (revoked, or its account disabled). Sign in again.';
+
+async function signIn(key, { saved = false } = {}) {
+  let signedIn = false;
+  const rejected = () => signOut(signedIn ? KEY_REJECTED : saved ? SAVED_KEY_REJECTED : WRONG_KEY);
   const api = createApi(key, {
-    onUnauthorized: () => signOut('The API key was not accepted. Sign in again.'),
+    onUnauthorized: rejected,
     onAvailability: (up) => ctx.api === api && setAvailability(up),
   });
   ctx.api = api;
@@ -222,6 +229,7 @@ async function signIn(key) {
     loadErrorSentences(),
   ]);
   if (ctx.api !== api) return;
+  signedIn = true;
   state.catalogs = { isos, offerings, hosts };
   state.account = account;
   state.config = config;
@@ -256,7 +264,7 @@ async function signIn(key) {
       // The stream dropped: ask the API, which tells whether the service itself is down (banner, retries).
       if (status === 'reconnecting') void ctx.live?.refreshAll();
     },
-    onUnauthorized: () => signOut('The API key was not accepted. Sign in again.'),
+    onUnauthorized: rejected,
   });
 }
 
@@ -308,7 +316,7 @@ setInterval(() => {
 
 const saved = sessionStorage.getItem(KEY_STORAGE);
 if (saved) {
-  signIn(saved).catch((err) => {
+  signIn(saved, { saved: true }).catch((err) => {
     if (err?.status !== 401) {
       signOut();
       byId('sign-in-error').textContent = `Could not sign in. ${explain(err).sentence}`;

@@ -1,6 +1,6 @@
 import { byId, h, replacePreserving } from './dom.js';
 import { formatBytes, formatCountdown, formatDateTime, formatTime, percent } from './format.js';
-import { detachedVolumes, isInFlight, snapshotsOfVolume, state, vmIdOfSnapshot, volumesOfVm } from './store.js';
+import { accountName, detachedVolumes, isAdmin, isInFlight, snapshotsOfVolume, state, vmIdOfSnapshot, volumesOfVm } from './store.js';
 
 export const ACTION_LABELS = {
   start: 'Start',
@@ -143,6 +143,7 @@ export function createView({ onTakeSnapshot, onAction, onSnapshotChanged, isBusy
         h(
           'dl',
           { class: 'facts' },
+          isAdmin() ? fact('Account', accountName(vm.accountId)) : null,
           fact('Hypervisor', vm.hypervisor),
           fact('Offering', nameOf(offerings, vm.serviceOfferingId) ?? '—'),
           fact('Host', nameOf(hosts, vm.hostId) ?? '—'),

@@ -15,7 +15,17 @@ export const state = {
   /** The signed-in account ({id, name, role}) and the page's configuration (/ui/config.json). */
   account: null,
   config: null,
+  /** Admins only: account id -> name (GET /api/v1/accounts), for the account column. */
+  accounts: new Map(),
 };
+
+export const isAdmin = () => state.account?.role === 'admin';
+
+/** An account's name as the admin knows it (an account created since the last refresh: its id's start). */
+export function accountName(id) {
+  if (!id) return '—';
+  return state.accounts.get(id) ?? `${id.slice(0, 8)}…`;
+}
 
 /** Adds events not yet known, keeping the most recent 2000. */
 export function addEvents(list) {
@@ -33,6 +43,7 @@ export function resetState() {
   state.catalogs = { isos: [], offerings: [], hosts: [] };
   state.events = [];
   state.account = null;
+  state.accounts = new Map();
 }
 
 /** Stores a snapshot unless we already hold a newer version of it. Returns whether anything changed. */
@@ -82,8 +93,14 @@ export function volumesOfVm(vmId) {
     .sort((a, b) => (a.type === b.type ? (a.deviceId ?? 0) - (b.deviceId ?? 0) : a.type === 'ROOT' ? -1 : 1));
 }
 
+/**
+ * Volumes that exist and are attached to no VM. The store also holds deleted volumes (their snapshots still name
+ * them): those are not detached, they are gone, and offering "Take snapshot" on one fails with 404.
+ */
 export function detachedVolumes() {
-  return [...state.volumes.values()].filter((v) => v.vmId === null).sort((a, b) => a.name.localeCompare(b.name));
+  return [...state.volumes.values()]
+    .filter((v) => v.vmId === null && v.state !== 'Destroyed')
+    .sort((a, b) => a.name.localeCompare(b.name));
 }
 
 /** The VM a snapshot's volume belongs to (if any). */

@@ -5,36 +5,44 @@ import { byId, h, replacePreserving } from './dom.js';
  * built once; each render replaces only the body and the pager, keeping focus by `data-key`. Sorting and paging
  * run here over what the API returned; filters that the API offers are applied by the caller's loader.
  *
- * columns: [{ key, label, sort?: row => value, cell: row => Node|string, className? }]
+ * columns: [{ key, label, sort?: row => value, cell: row => Node|string, className?, when?: () => boolean }]
+ * A column with `when` is shown only while it answers true (the account column, for admins): the header is
+ * rebuilt when the set of shown columns changes.
  */
-export function createTable({ mount, caption, columns, rowKey, pageSize = 20, initialSort, emptyText, onRowOpen }) {
+export function createTable({ mount, caption, columns: allColumns, rowKey, pageSize = 20, initialSort, emptyText, onRowOpen }) {
   const root = byId(mount);
   let rows = [];
-  let sort = initialSort ?? { key: columns[0].key, dir: 'asc' };
+  let sort = initialSort ?? { key: allColumns[0].key, dir: 'asc' };
   let page = 0;
   const ids = `${mount}-t`;
+  const shownColumns = () => allColumns.filter((c) => !c.when || c.when());
+  let columns = shownColumns();
 
   const sortButtons = new Map();
-  const thead = h(
-    'thead',
-    {},
-    h(
-      'tr',
-      {},
-      columns.map((c) => {
-        if (!c.sort) return h('th', { scope: 'col', class: c.className }, c.label);
-        const btn = h('button', { type: 'button', class: 'sort', 'data-key': `${ids}:sort:${c.key}` }, c.label, h('span', { class: 'sort-mark', 'aria-hidden': 'true' }));
-        btn.addEventListener('click', () => {
-          sort = sort.key === c.key ? { key: c.key, dir: sort.dir === 'asc' ? 'desc' : 'asc' } : { key: c.key, dir: 'asc' };
-          page = 0;
-          render();
-        });
-        const th = h('th', { scope: 'col', class: c.className }, btn);
-        sortButtons.set(c.key, th);
-        return th;
-      }),
-    ),
-  );
+  const head = () => {
+    sortButtons.clear();
+    return h(
+      'thead',
+      { id: `${ids}-head` },
+      h(
+        'tr',
+        {},
+        columns.map((c) => {
+          if (!c.sort) return h('th', { scope: 'col', class: c.className }, c.label);
+          const btn = h('button', { type: 'button', class: 'sort', 'data-key': `${ids}:sort:${c.key}` }, c.label, h('span', { class: 'sort-mark', 'aria-hidden': 'true' }));
+          btn.addEventListener('click', () => {
+            sort = sort.key === c.key ? { key: c.key, dir: sort.dir === 'asc' ? 'desc' : 'asc' } : { key: c.key, dir: 'asc' };
+            page = 0;
+            render();
+          });
+          const th = h('th', { scope: 'col', class: c.className }, btn);
+          sortButtons.set(c.key, th);
+          return th;
+        }),
+      ),
+    );
+  };
+  const thead = head();
   const tbody = h('tbody', { id: `${ids}-body` });
   const table = h('table', { class: 'data', id: ids }, h('caption', { class: 'visually-hidden' }, caption), thead, tbody);
   const pager = h('div', { class: 'pager', id: `${ids}-pager` });
@@ -55,6 +63,11 @@ export function createTable({ mount, caption, columns, rowKey, pageSize = 20, in
   }
 
   function render() {
+    const nowShown = shownColumns();
+    if (nowShown.map((c) => c.key).join() !== columns.map((c) => c.key).join()) {
+      columns = nowShown;
+      replacePreserving(byId(`${ids}-head`), head());
+    }
     for (const [key, th] of sortButtons) {
       th.setAttribute('aria-sort', key === sort.key ? (sort.dir === 'asc' ? 'ascending' : 'descending') : 'none');
       th.querySelector('.sort-mark').textContent = key === sort.key ? (sort.dir === 'asc' ? ' ▲' : ' ▼') : '';

@@ -6,7 +6,18 @@ import { byId, h } from './dom.js';
  */
 
 const shown = new Set();
-const TTL = { info: 8000, success: 8000, warning: 15000 };
+// Short: the news is also on the page (the snapshot's row, its detail); errors stay until dismissed.
+const TTL = { info: 5000, success: 5000, warning: 8000 };
+
+/**
+ * The page keeps room below its content for the notifications (--toasts-height on the root): whatever they
+ * cover at the bottom (the detail's copies table) can be scrolled above them.
+ */
+function keepRoomForToasts(region) {
+  if (region.dataset.observed) return;
+  region.dataset.observed = 'true';
+  new ResizeObserver(() => document.documentElement.style.setProperty('--toasts-height', `${region.offsetHeight}px`)).observe(region);
+}
 
 export function toast(message, { kind = 'info', key, detail } = {}) {
   if (key !== undefined) {
@@ -14,6 +25,7 @@ export function toast(message, { kind = 'info', key, detail } = {}) {
     shown.add(key);
   }
   const region = byId('toasts');
+  keepRoomForToasts(region);
   const close = () => item.remove();
   const item = h(
     'div',

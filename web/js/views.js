@@ -1,7 +1,7 @@
 import { byId, h } from './dom.js';
 import { explainText } from './errors.js';
 import { formatBytes, formatCountdown, formatDateTime, percent } from './format.js';
-import { isInFlight, state } from './store.js';
+import { accountName, isAdmin, isInFlight, state } from './store.js';
 import { createTable } from './table.js';
 
 /**
@@ -13,12 +13,22 @@ export const volumeName = (id) => state.volumes.get(id)?.name ?? null;
 export const vmName = (id) => (id ? (state.vms.get(id)?.name ?? null) : null);
 const link = (href, text, label) => h('a', { href, 'data-key': `link:${href}`, ...(label ? { 'aria-label': label } : {}) }, text);
 const stateBadge = (s) => h('span', { class: ['state', `state-${s}`] }, s);
+/** The account column: admins only (they see every account's objects; two "web-1" VMs are told apart by it). */
+const accountColumn = { key: 'account', label: 'Account', when: isAdmin, sort: (x) => accountName(x.accountId), cell: (x) => accountName(x.accountId) };
 const time = (iso) => (iso ? h('time', { datetime: iso }, formatDateTime(iso)) : '—');
 
 /** The backup copy's size: what was written to the image store (physical), not the disk's virtual size. */
 export function physicalSize(s) {
-  const image = s.storeRefs?.find((r) => r.role === 'Image' && r.state !== 'Destroyed');
+  const image = s.storeRefs?.find((r) => r.role === 'Image' && r.state !== 'Destroyed' && r.state !== 'Failed');
   return image?.sizeBytes ?? null;
+}
+
+/** What the detail says in place of a physical size when there is none. */
+function noBackupText(s) {
+  if (s.state !== 'Error') return 'not backed up yet';
+  // Its primary copy never existed: creation failed, there was nothing to back up.
+  const created = s.storeRefs?.some((r) => r.role === 'Primary') || s.backup.attempts > 0;
+  return created ? 'none: the backup failed' : 'none: the snapshot could not be created';
 }
 /** The disk's virtual size when the snapshot was taken. */
 export const virtualSize = (s) => s.backup?.bytesTotal || null;
@@ -70,6 +80,7 @@ export function createViews({ api, onSnapshotAction, loadSnapshots }) {
     initialSort: { key: 'created', dir: 'desc' },
     columns: [
       { key: 'name', label: 'Name', sort: (v) => v.name, cell: (v) => link(`#/snapshots?volume=${v.id}`, v.name, `${v.name}: its snapshots`) },
+      accountColumn,
       { key: 'type', label: 'Type', sort: (v) => v.type, cell: (v) => v.type },
       { key: 'state', label: 'State', sort: (v) => v.state, cell: (v) => stateBadge(v.state) },
       { key: 'vm', label: 'VM', sort: (v) => vmName(v.vmId) ?? '', cell: (v) => vmName(v.vmId) ?? (v.vmId ? '—' : 'detached') },
@@ -106,7 +117,15 @@ export function createViews({ api, onSnapshotAction, loadSnapshots }) {
     initialSort: { key: 'created', dir: 'desc' },
     columns: [
       { key: 'name', label: 'Name', sort: (s) => s.name, cell: (s) => link(`#/snapshots/${s.id}`, s.name, `Snapshot ${s.name}: details and actions`) },
-      { key: 'state', label: 'State', sort: (s) => s.state, cell: (s) => (isInFlight(s) ? h('span', {}, stateBadge(s.state), ' ', h('span', { class: 'muted' }, progressText(s))) : stateBadge(s.state)) },
+      accountColumn,
+      {
+        key: 'state',
+        label: 'State',
+        sort: (s) => s.state,
+        // The live progress text under the badge, in a column of fixed width: the other columns do not move as it changes.
+        cell: (s) => (isInFlight(s) ? h('span', {}, stateBadge(s.state), h('span', { class: 'muted live-text' }, progressText(s))) : stateBadge(s.state)),
+        className: 'state-cell',
+      },
       { key: 'volume', label: 'Volume', sort: (s) => volumeName(s.volumeId) ?? '', cell: (s) => volumeName(s.volumeId) ?? '(deleted volume)' },
       { key: 'vm', label: 'VM', sort: (s) => vmName(s.vmId) ?? '', cell: (s) => vmName(s.vmId) ?? (s.vmId ? '(deleted VM)' : 'detached') },
       { key: 'physical', label: 'Physical size', sort: (s) => physicalSize(s) ?? -1, cell: (s) => (physicalSize(s) === null ? '—' : formatBytes(physicalSize(s))), className: 'num' },
@@ -161,6 +180,7 @@ export function createViews({ api, onSnapshotAction, loadSnapshots }) {
       { key: 'level', label: 'Level', sort: (e) => e.level, cell: (e) => h('span', { class: ['level', `level-${e.level}`] }, e.level) },
       { key: 'type', label: 'Type', sort: (e) => e.type, cell: (e) => e.type },
       { key: 'resource', label: 'Resource', sort: (e) => e.resourceType, cell: (e) => resourceCell(e) },
+      accountColumn,
       { key: 'description', label: 'Description', cell: (e) => h('span', { class: 'wrap' }, e.description) },
     ],
   });
@@ -194,6 +214,7 @@ export function createViews({ api, onSnapshotAction, loadSnapshots }) {
     initialSort: { key: 'created', dir: 'asc' },
     columns: [
       { key: 'name', label: 'Snapshot', sort: (s) => s.name, cell: (s) => link(`#/snapshots/${s.id}`, s.name, `Snapshot ${s.name}: details`) },
+      accountColumn,
       { key: 'volume', label: 'Volume', sort: (s) => volumeName(s.volumeId) ?? '', cell: (s) => `${volumeName(s.volumeId) ?? '—'}${vmName(s.vmId) ? ` (VM ${vmName(s.vmId)})` : ''}` },
       { key: 'state', label: 'State', sort: (s) => s.state, cell: (s) => stateBadge(s.state) },
       {
@@ -208,8 +229,9 @@ export function createViews({ api, onSnapshotAction, loadSnapshots }) {
               'aria-label': `Backup progress of ${s.name}`,
               ...(s.state === 'BackingUp' && s.backup.bytesTotal > 0 ? { max: s.backup.bytesTotal, value: s.backup.bytesDone } : {}),
             }),
-            h('span', {}, progressText(s)),
+            h('span', { class: 'live-text' }, progressText(s)),
           ),
+        className: 'progress-cell',
       },
       { key: 'attempt', label: 'Attempt', sort: (s) => s.backup.attempts, cell: (s) => (s.backup.attempts ? `${s.backup.attempts} of ${s.backup.maxAttempts}` : '—') },
       { key: 'retry', label: 'Next retry', sort: (s) => s.backup.nextAttemptAt ?? '', cell: (s) => countdown(s.backup.nextAttemptAt) },
@@ -279,11 +301,12 @@ export function createViews({ api, onSnapshotAction, loadSnapshots }) {
           'dl',
           { class: 'detail-facts' },
           fact('State', s.state),
+          admin ? fact('Account', accountName(s.accountId)) : null,
           fact('Volume', `${volumeName(s.volumeId) ?? '(deleted volume)'}`),
           fact('VM', vmName(s.vmId) ?? (s.vmId ? '(deleted VM)' : 'none (detached volume)')),
           fact('Created', time(s.createdAt)),
           fact('Backup', s.asyncBackup ? 'asynchronous (the snapshot was ready before its backup)' : 'synchronous (the request waited for the backup)'),
-          fact('Physical size (backup written)', physical === null ? 'not backed up yet' : formatBytes(physical)),
+          fact('Physical size (backup written)', physical === null ? noBackupText(s) : formatBytes(physical)),
           fact('Virtual size (disk)', virtualSize(s) === null ? '—' : formatBytes(virtualSize(s))),
           s.backupType ? fact('Backup type', String(s.backupType)) : null,
           s.parentId ? fact('Parent snapshot', state.snapshots.get(s.parentId) ? link(`#/snapshots/${s.parentId}`, state.snapshots.get(s.parentId).name) : s.parentId) : null,
