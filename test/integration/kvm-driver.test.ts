@@ -1,7 +1,7 @@
 /** KvmStorageDriver against real qemu-img on qcow2 files in a temp dir. */
 import { execFile, spawn } from 'node:child_process';
 import { createHash, randomUUID } from 'node:crypto';
-import { readdirSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -210,12 +210,16 @@ async function holdWriteLock(file: string): Promise<{ held: () => boolean; relea
   let exited = false;
   const done = new Promise<void>((resolve) => child.on('exit', () => resolve()));
   void done.then(() => (exited = true));
-  // Taken once a second writer is refused.
-  for (;;) {
+  // Taken once the kernel lists the holder's lock on byte 101 (qemu's "write" permission). Probing by opening
+  // the image (qemu-img) would race the holder's own open and could make it the one refused.
+  const inode = `:${statSync(file).ino} `;
+  const holdsWrite = (line: string) => {
+    const [start = NaN, end = NaN] = line.trim().split(/\s+/).slice(-2).map(Number);
+    return line.includes(inode) && start <= 101 && 101 <= end;
+  };
+  while (!readFileSync('/proc/locks', 'utf8').split('\n').some(holdsWrite)) {
     if (exited) throw new Error('qemu-io exited before it held the lock');
-    const r = await exec('qemu-img', ['snapshot', '-l', file]).then(() => 'open', (e: { stderr?: string }) => e.stderr ?? '');
-    if (/lock/i.test(r)) break;
-    await new Promise((res) => setTimeout(res, 20));
+    await new Promise((res) => setTimeout(res, 10));
   }
   return {
     held: () => !exited,
