@@ -37,3 +37,19 @@ export async function freePortBetween(low: number, high: number, taken: Set<numb
   }
   throw new Error(`no free port between ${low} and ${high}`);
 }
+
+const RESTARTABLE_LOW = 10_000;
+const RESTARTABLE_BAND = 1_500;
+const restartableTaken = new Set<number>();
+
+/**
+ * A port for a server that a test stops and starts again on the same port (a service restart, a fault). It
+ * lies below the kernel's ephemeral range, so no other process's `listen(0)` or outgoing connection can be handed
+ * it while the server is down (a `freePort()` port can be, and the restart then finds it "in use by another
+ * process"), and in a band of its own per vitest worker, so tests running side by side never pick the same one.
+ */
+export function restartablePort(): Promise<number> {
+  const worker = Number(process.env.VITEST_POOL_ID ?? process.env.VITEST_WORKER_ID ?? 0) % 6;
+  const low = RESTARTABLE_LOW + worker * RESTARTABLE_BAND;
+  return freePortBetween(low, low + RESTARTABLE_BAND - 1, restartableTaken);
+}

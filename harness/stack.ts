@@ -5,7 +5,7 @@ import { loadEnv, type Env } from '../config/env.js';
 import { silentLogger, type Logger } from '../observability/logger.js';
 import { startStack, type Role, type Stack } from '../app/stack.js';
 import { installTemporalRuntime } from '../app/runtime.js';
-import { freePort } from './ports.js';
+import { restartablePort } from './ports.js';
 
 export interface TestStack extends Stack {
   dataDir: string;
@@ -24,9 +24,9 @@ export async function startTestStack(
   chmodSync(dataDir, 0o755);
   const env: Env = loadEnv({
     VOLSNAP_DATA_DIR: dataDir,
-    EMBEDDED_PG_PORT: String(await freePort()),
-    TEMPORAL_PORT: String(await freePort()),
-    TEMPORAL_UI_PORT: String(await freePort()),
+    EMBEDDED_PG_PORT: String(await restartablePort()),
+    TEMPORAL_PORT: String(await restartablePort()),
+    TEMPORAL_UI_PORT: String(await restartablePort()),
     PORT: '0',
     LOG_LEVEL: 'silent',
     ...opts.env,

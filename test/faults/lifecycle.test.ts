@@ -17,7 +17,7 @@ import { createSnapshotService } from '../../services/snapshots.js';
 import { KvmStorageDriver } from '../../storage/kvm.js';
 import { connectClient } from '../../temporal/connection.js';
 import { eventually, insertAccount, insertVolume, sha256File, writePattern } from '../support/fixtures.js';
-import { freePort } from '../../harness/ports.js';
+import { restartablePort } from '../../harness/ports.js';
 import { spawnService, waitForHttp200, type ServiceProcess } from '../../harness/service-process.js';
 
 const MiB = 1024 * 1024;
@@ -25,10 +25,10 @@ const MiB = 1024 * 1024;
 async function serviceEnv(dataDir: string, extra: Record<string, string> = {}) {
   return {
     VOLSNAP_DATA_DIR: dataDir,
-    PORT: String(await freePort()),
-    EMBEDDED_PG_PORT: String(await freePort()),
-    TEMPORAL_PORT: String(await freePort()),
-    TEMPORAL_UI_PORT: String(await freePort()),
+    PORT: String(await restartablePort()),
+    EMBEDDED_PG_PORT: String(await restartablePort()),
+    TEMPORAL_PORT: String(await restartablePort()),
+    TEMPORAL_UI_PORT: String(await restartablePort()),
     ...extra,
   };
 }

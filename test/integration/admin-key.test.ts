@@ -6,7 +6,7 @@ import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { freePort } from '../../harness/ports.js';
+import { restartablePort } from '../../harness/ports.js';
 import { spawnService, waitForHttp200, type ServiceProcess } from '../../harness/service-process.js';
 
 /** Every file under `dir`, recursively. */
@@ -26,13 +26,13 @@ describe('the generated admin key (real service process)', () => {
   });
 
   it('is written to a 0600 file in the data dir, works, and appears in no log', async () => {
-    const port = await freePort();
+    const port = await restartablePort();
     const env: Record<string, string> = {
       VOLSNAP_DATA_DIR: dataDir,
       PORT: String(port),
-      EMBEDDED_PG_PORT: String(await freePort()),
-      TEMPORAL_PORT: String(await freePort()),
-      TEMPORAL_UI_PORT: String(await freePort()),
+      EMBEDDED_PG_PORT: String(await restartablePort()),
+      TEMPORAL_PORT: String(await restartablePort()),
+      TEMPORAL_UI_PORT: String(await restartablePort()),
       ADMIN_API_KEY: '',
     };
     service = spawnService('worker/main.ts', env, stdoutLog);

@@ -12,7 +12,7 @@ import { createSnapshotService } from '../../services/snapshots.js';
 import { KvmStorageDriver } from '../../storage/kvm.js';
 import { connectClient } from '../../temporal/connection.js';
 import { eventually, holdsPattern, insertAccount, insertVolume, sha256File, writePattern } from '../support/fixtures.js';
-import { freePort } from '../../harness/ports.js';
+import { restartablePort } from '../../harness/ports.js';
 import { spawnService, waitForHttp200 } from '../../harness/service-process.js';
 import { startTestStack, type TestStack } from '../../harness/stack.js';
 
@@ -54,10 +54,10 @@ describe('crash and restart (real processes)', () => {
     chmodSync(dataDir, 0o755);
     const env = {
       VOLSNAP_DATA_DIR: dataDir,
-      PORT: String(await freePort()),
-      EMBEDDED_PG_PORT: String(await freePort()),
-      TEMPORAL_PORT: String(await freePort()),
-      TEMPORAL_UI_PORT: String(await freePort()),
+      PORT: String(await restartablePort()),
+      EMBEDDED_PG_PORT: String(await restartablePort()),
+      TEMPORAL_PORT: String(await restartablePort()),
+      TEMPORAL_UI_PORT: String(await restartablePort()),
       BACKUP_RATE_LIMIT_BYTES_PER_SEC: RATE,
     };
     const log = join(dataDir, 'service-stdout.log');

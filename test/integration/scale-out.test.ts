@@ -24,7 +24,7 @@ import { connectClient } from '../../temporal/connection.js';
 import { startDevServer, type DevServer } from '../../temporal/dev-server.js';
 import { SEARCH_ATTRIBUTES } from '../../workflows/definitions.js';
 import { eventually, holdsPattern, sha256File, writePattern } from '../support/fixtures.js';
-import { freePort } from '../../harness/ports.js';
+import { restartablePort } from '../../harness/ports.js';
 import { spawnService, waitForHttp200, type ServiceProcess } from '../../harness/service-process.js';
 
 const MiB = 1024 * 1024;
@@ -77,7 +77,7 @@ describe('scale-out: two APIs and two workers on an external Temporal and Postgr
     chmodSync(tmp, 0o755);
     dataDir = join(tmp, 'volsnap');
     mkdirSync(join(tmp, 'logs'), { recursive: true });
-    const [pgPort, temporalPort] = [await freePort(), await freePort()];
+    const [pgPort, temporalPort] = [await restartablePort(), await restartablePort()];
     // Started here, not by the service: the service only gets their addresses.
     [db, temporal] = await Promise.all([
       startEmbeddedPostgres(join(tmp, 'external-postgres'), pgPort),
@@ -96,7 +96,7 @@ describe('scale-out: two APIs and two workers on an external Temporal and Postgr
       TEMPORAL_NAMESPACE: 'default',
       ADMIN_API_KEY: ADMIN_KEY,
     };
-    const apiPorts = [await freePort(), await freePort()];
+    const apiPorts = [await restartablePort(), await restartablePort()];
     // All four at once: migrations, seeding and registrations race.
     apis = apiPorts.map((port, i) => ({
       url: `http://127.0.0.1:${port}`,

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
-import { freePort } from '../../../harness/ports.js';
+import { restartablePort } from '../../../harness/ports.js';
 import { spawnService, waitForHttp200, type ServiceProcess } from '../../../harness/service-process.js';
 
 const exec = promisify(execFile);
@@ -92,10 +92,10 @@ export class ServiceDriver {
   async init(): Promise<void> {
     this.env = {
       VOLSNAP_DATA_DIR: this.dataDir,
-      PORT: String(await freePort()),
-      EMBEDDED_PG_PORT: String(await freePort()),
-      TEMPORAL_PORT: String(await freePort()),
-      TEMPORAL_UI_PORT: String(await freePort()),
+      PORT: String(await restartablePort()),
+      EMBEDDED_PG_PORT: String(await restartablePort()),
+      TEMPORAL_PORT: String(await restartablePort()),
+      TEMPORAL_UI_PORT: String(await restartablePort()),
       ADMIN_API_KEY: ADMIN_KEY,
       BACKUP_RATE_LIMIT_BYTES_PER_SEC: String(RATE),
       VOLSNAP_PAUSE_POINTS_DIR: this.pausePointsDir,
