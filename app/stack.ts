@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Client, Connection } from '@temporalio/client';
 import type { NativeConnection } from '@temporalio/worker';
@@ -7,7 +7,10 @@ import { createSnapshotActivities } from '../activities/snapshot-activities.js';
 import { createBackupScrubActivities } from '../activities/backup-scrub-activities.js';
 import { createStorageGcActivities } from '../activities/storage-gc-activities.js';
 import type { Env } from '../config/env.js';
-import { seedCatalog, type XenServerCatalog } from '../db/catalog.js';
+import { connectLocalKvmHost, seedCatalog, type XenServerCatalog } from '../db/catalog.js';
+import { ensureLibvirt, SYSTEM_URI } from '../compute/libvirt-daemon.js';
+import { createComputeRegistry, type ComputeRegistry } from '../compute/registry.js';
+import { createVmPowerSync } from '../services/vm-power-sync.js';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../db/embedded.js';
 import { migrate } from '../db/migrate.js';
 import { createPool, ping, type Pool } from '../db/pool.js';
@@ -40,6 +43,10 @@ export interface Stack {
   client: Client;
   connection: Connection;
   drivers: StorageDrivers;
+  /** The KVM hosts' compute (libvirt); null with KVM_COMPUTE=none, when KVM VMs are records only. */
+  compute: ComputeRegistry | null;
+  /** Where the VMs' serial consoles are written. */
+  consoleDir: string;
   snapshots: SnapshotService;
   devServer: DevServer | null;
   /** Where the console and the Temporal Web UI are reached, for links between them. */
@@ -123,6 +130,8 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
       drivers.XenServer = xen;
       closers.push(() => xen.close());
     }
+    const consoleDir = join(env.dataDir, 'consoles');
+    const compute = env.KVM_COMPUTE === 'libvirt' ? await startCompute(env, logger, pool, consoleDir, closers) : null;
     // A process that died between the two commits of a migrate/resize/new-volume left its volume busy: settle
     // the ones whose heartbeat is stale (live operations in other processes keep theirs fresh).
     await reconcileStuckVolumes({ pool, drivers, logger }).then(
@@ -165,6 +174,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
       await backupScrub
         .ensureSchedule(settings['backup.scrub.interval'])
         .catch((err) => logger.error({ err }, 'could not create or update the backup scrub schedule'));
+      if (compute) startPowerSync(env, logger, pool, compute, closers);
     }
 
     const links = {
@@ -200,11 +210,55 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
       return { ok: Object.values(checks).every(Boolean), checks };
     };
 
-    return { env, logger, pool, client, connection, drivers, snapshots, devServer, links, workers, storageGc, backupScrub, metrics, health, close };
+    return { env, logger, pool, client, connection, drivers, compute, consoleDir, snapshots, devServer, links, workers, storageGc, backupScrub, metrics, health, close };
   } catch (err) {
     await close();
     throw err;
   }
+}
+
+/**
+ * The local libvirt (started when nothing answers at its URI) and the compute registry over it. A libvirt that
+ * cannot run does not stop the service: storage and XenServer go on, and KVM VM actions are refused with
+ * HYPERVISOR_UNAVAILABLE while the reason is logged here.
+ */
+async function startCompute(env: Env, logger: Logger, pool: Pool, consoleDir: string, closers: Array<() => Promise<void>>): Promise<ComputeRegistry> {
+  const uri = env.LIBVIRT_URI ?? SYSTEM_URI;
+  let reason: string | null = null;
+  try {
+    const daemon = await ensureLibvirt({ uri, logDir: join(env.dataDir, 'logs', 'libvirt'), logger });
+    closers.push(() => daemon.stop());
+  } catch (err) {
+    reason = err instanceof Error ? err.message : String(err);
+    logger.error({ err, uri }, 'libvirt is unavailable: KVM VMs cannot start until it is (set KVM_COMPUTE=none to keep them as records only)');
+  }
+  mkdirSync(consoleDir, { recursive: true });
+  const workDir = join(env.dataDir, 'libvirt-xml');
+  mkdirSync(workDir, { recursive: true });
+  const connected = await connectLocalKvmHost(pool, uri);
+  if (connected.changed) logger.info({ host: 'kvm-host-1', uri, previous: connected.previous }, 'KVM host connected to this libvirt');
+  return createComputeRegistry({ local: { uri, available: reason === null, reason }, workDir, logger, stopTimeoutMs: env.VM_STOP_TIMEOUT_SECONDS * 1000 });
+}
+
+/** The VM power-state sync, once now and then every VM_POWER_SYNC_SECONDS, on worker processes. */
+function startPowerSync(env: Env, logger: Logger, pool: Pool, compute: ComputeRegistry, closers: Array<() => Promise<void>>): void {
+  if (env.VM_POWER_SYNC_SECONDS === 0) return;
+  const sync = createVmPowerSync({ pool, logger, compute, staleMs: env.VM_ACTION_STALE_SECONDS * 1000 });
+  let running: Promise<unknown> | null = null;
+  const round = () => {
+    if (running) return;
+    running = sync
+      .syncOnce()
+      .catch((err: unknown) => logger.error({ err }, 'VM power-state sync failed; the next round retries'))
+      .finally(() => (running = null));
+  };
+  round();
+  const timer = setInterval(round, env.VM_POWER_SYNC_SECONDS * 1000);
+  timer.unref();
+  closers.push(async () => {
+    clearInterval(timer);
+    await running;
+  });
 }
 
 /** XenServer storage, when a pool master and its credentials are configured. */

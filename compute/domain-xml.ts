@@ -13,8 +13,8 @@ export interface DomainSpec {
   memoryMb: number;
   /** `kvm` when the probe found KVM working on this host, else `qemu` (TCG). */
   accelerator: 'kvm' | 'qemu';
-  /** The VM's volumes in device order: vda, vdb, ... */
-  disks: Array<{ volumeId: string; path: string }>;
+  /** The VM's volumes: device id N is target vd(a+N) (a hot-plugged disk keeps its target); without ids, list order. */
+  disks: Array<{ volumeId: string; path: string; deviceId?: number }>;
   /** The ISO in the CD-ROM, or null for an empty drive (the drive is always there, so media can change live). */
   isoPath: string | null;
   /** Where the serial console is written. */
@@ -62,7 +62,7 @@ export function domainXml(spec: DomainSpec): string {
   const boot = spec.boot
     ? [`    <kernel>${e(spec.boot.kernel)}</kernel>`, `    <initrd>${e(spec.boot.initrd)}</initrd>`, `    <cmdline>${e(spec.boot.cmdline)}</cmdline>`]
     : [`    <boot dev='hd'/>`];
-  const disks = spec.disks.map((d, i) => diskXml(d.path, diskTarget(i), d.volumeId).replace(/^/gm, '    '));
+  const disks = spec.disks.map((d, i) => diskXml(d.path, diskTarget(d.deviceId ?? i), d.volumeId).replace(/^/gm, '    '));
   return [
     `<domain type='${spec.accelerator}'>`,
     `  <name>${domainName(spec.vmId)}</name>`,

@@ -49,6 +49,22 @@ export const EnvSchema = z.object({
   XENSERVER_SR_UUIDS: optionalString,
   /** PEM CA certificate for a host with a self-signed certificate. */
   XENSERVER_CA_FILE: optionalString,
+  /**
+   * How KVM VMs run: `libvirt`, as domains on their host's libvirt; `none`, as catalog records whose actions
+   * change only their rows (storage-only use, and the test tiers that do not test hosts).
+   */
+  KVM_COMPUTE: z.enum(['libvirt', 'none']).default('libvirt'),
+  /**
+   * The libvirt that runs the KVM host's VMs (docs/design.md §15). Unset: `qemu:///system`, started by the
+   * service when nothing answers there (root only).
+   */
+  LIBVIRT_URI: optionalString,
+  /** How long a stop waits for the guest to shut down (ACPI) before it powers the VM off. */
+  VM_STOP_TIMEOUT_SECONDS: z.coerce.number().int().min(0).max(3600).default(60),
+  /** How often a worker compares VMs' recorded power states with their hosts (0: never). */
+  VM_POWER_SYNC_SECONDS: z.coerce.number().int().min(0).max(86_400).default(15),
+  /** A VM still Starting or Stopping after this long is settled from its host's state (its caller died). */
+  VM_ACTION_STALE_SECONDS: z.coerce.number().int().min(10).max(86_400).default(120),
   /** Caps each backup copy's read rate so background backups do not starve the VMs' I/O (unset: no cap). */
   BACKUP_RATE_LIMIT_BYTES_PER_SEC: z.coerce.number().int().positive().optional(),
   /**

@@ -14,6 +14,8 @@ export interface HostRecord {
   name: string;
   hypervisor: Hypervisor;
   address: string;
+  /** The host's libvirt URI (KVM), or null: not connected, so no VM starts there. */
+  uri: string | null;
 }
 
 export interface ServiceOfferingRecord {
@@ -46,21 +48,22 @@ export async function findStoragePool(db: Queryable, id: string): Promise<Storag
 }
 
 export async function listHosts(db: Queryable): Promise<HostRecord[]> {
-  const { rows } = await db.query<HostRecord>(`SELECT id, name, hypervisor, address FROM hosts ${ORDER}`);
+  const { rows } = await db.query<HostRecord>(`SELECT id, name, hypervisor, address, uri FROM hosts ${ORDER}`);
   return rows;
 }
 
 export async function findHost(db: Queryable, id: string): Promise<HostRecord | undefined> {
-  const { rows } = await db.query<HostRecord>('SELECT id, name, hypervisor, address FROM hosts WHERE id = $1', [id]);
+  const { rows } = await db.query<HostRecord>('SELECT id, name, hypervisor, address, uri FROM hosts WHERE id = $1', [id]);
   return rows[0];
 }
 
-/** The host of `hypervisor` with the fewest live VMs: where a new VM goes. */
+/** The host of `hypervisor` with the fewest live VMs, connected (KVM: with a libvirt URI) ones first: where a new VM goes. */
 export async function leastLoadedHost(db: Queryable, hypervisor: Hypervisor): Promise<HostRecord | undefined> {
   const { rows } = await db.query<HostRecord>(
-    `SELECT h.id, h.name, h.hypervisor, h.address FROM hosts h
+    `SELECT h.id, h.name, h.hypervisor, h.address, h.uri FROM hosts h
        LEFT JOIN virtual_machines vm ON vm.host_id = h.id AND vm.state <> 'Destroyed'
-      WHERE h.hypervisor = $1 GROUP BY h.id ORDER BY count(vm.id), h.created, h.name LIMIT 1`,
+      WHERE h.hypervisor = $1 GROUP BY h.id
+      ORDER BY (h.hypervisor = 'KVM' AND h.uri IS NULL), count(vm.id), h.created, h.name LIMIT 1`,
     [hypervisor],
   );
   return rows[0];

@@ -72,3 +72,17 @@ export async function defaultImageStore(db: Queryable): Promise<ImageStore> {
   if (!rows[0]) throw new Error('no image store is configured');
   return rows[0];
 }
+
+/**
+ * Connects the seeded local KVM host to this server's libvirt (docs/design.md §15): kept current, as the
+ * storage paths are, so a changed LIBVIRT_URI takes effect at the next start. Returns the URI it had.
+ */
+export async function connectLocalKvmHost(db: Queryable, uri: string): Promise<{ changed: boolean; previous: string | null }> {
+  const { rows } = await db.query<{ previous: string | null }>(
+    `UPDATE hosts h SET uri = $1 FROM (SELECT id, uri AS previous FROM hosts WHERE name = 'kvm-host-1') old
+      WHERE h.id = old.id RETURNING old.previous`,
+    [uri],
+  );
+  const previous = rows[0]?.previous ?? null;
+  return { changed: rows.length > 0 && previous !== uri, previous };
+}

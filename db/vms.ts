@@ -2,7 +2,11 @@ import type { Queryable } from './pool.js';
 
 export type { Hypervisor } from '../domain/hypervisor.js';
 import type { Hypervisor } from '../domain/hypervisor.js';
-export type VmState = 'Running' | 'Stopped' | 'Destroyed';
+export const VM_STATES = ['Starting', 'Running', 'Stopping', 'Stopped', 'Destroyed'] as const;
+export type VmState = (typeof VM_STATES)[number];
+
+/** The states a VM action passes through while its hypervisor call runs (committed before it, left after it). */
+export const TRANSITIONAL_VM_STATES = ['Starting', 'Stopping'] as const;
 
 /** A `virtual_machines` row. */
 export interface VmRecord {
@@ -14,6 +18,10 @@ export interface VmRecord {
   serviceOfferingId: string | null;
   isoId: string | null;
   hostId: string | null;
+  /** When the VM entered its state (a transitional state older than its bound is settled from libvirt). */
+  stateSince: string;
+  /** The hypervisor's text for the last action that failed, or null. */
+  lastError: string | null;
   createdAt: string;
   updatedAt: string;
 }
@@ -29,6 +37,8 @@ export function toVmRecord(r: Record<string, any>): VmRecord {
     serviceOfferingId: r.service_offering_id,
     isoId: r.iso_id,
     hostId: r.host_id,
+    stateSince: new Date(r.state_since).toISOString(),
+    lastError: r.last_error ?? null,
     createdAt: new Date(r.created).toISOString(),
     updatedAt: new Date(r.updated).toISOString(),
   };
@@ -63,14 +73,15 @@ export interface NewVm {
   hypervisor: Hypervisor;
   serviceOfferingId: string;
   hostId: string;
+  /** Running for a VM without a hypervisor to start (XenServer's rows); Stopped for one started afterwards. */
+  state: 'Running' | 'Stopped';
 }
 
-/** Inserts a Running VM. */
 export async function insertVm(db: Queryable, vm: NewVm): Promise<VmRecord> {
   const { rows } = await db.query(
     `INSERT INTO virtual_machines (id, account_id, name, hypervisor, state, service_offering_id, host_id)
-     VALUES ($1, $2, $3, $4, 'Running', $5, $6) RETURNING *`,
-    [vm.id, vm.accountId, vm.name, vm.hypervisor, vm.serviceOfferingId, vm.hostId],
+     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *`,
+    [vm.id, vm.accountId, vm.name, vm.hypervisor, vm.state, vm.serviceOfferingId, vm.hostId],
   );
   return toVmRecord(rows[0]);
 }
@@ -79,12 +90,38 @@ export async function insertVm(db: Queryable, vm: NewVm): Promise<VmRecord> {
 export async function updateVm(
   db: Queryable,
   id: string,
-  set: Partial<Record<'state' | 'iso_id' | 'service_offering_id' | 'host_id', unknown>>,
+  set: Partial<Record<'state' | 'iso_id' | 'service_offering_id' | 'host_id' | 'last_error', unknown>>,
 ): Promise<VmRecord> {
   const cols = Object.keys(set);
+  const since = 'state' in set ? 'state_since = CASE WHEN state = $2 THEN state_since ELSE now() END, ' : '';
+  // $2 is the new state: state_since moves only when the state changes (the CASE reads the old row).
+  const order = 'state' in set ? ['state', ...cols.filter((c) => c !== 'state')] : cols;
   const { rows } = await db.query(
-    `UPDATE virtual_machines SET ${cols.map((c, i) => `${c} = $${i + 2}, `).join('')}updated = now() WHERE id = $1 RETURNING *`,
-    [id, ...cols.map((c) => set[c as keyof typeof set])],
+    `UPDATE virtual_machines SET ${since}${order.map((c, i) => `${c} = $${i + 2}, `).join('')}updated = now() WHERE id = $1 RETURNING *`,
+    [id, ...order.map((c) => set[c as keyof typeof set])],
   );
   return toVmRecord(rows[0]);
+}
+
+/** A KVM VM's row with its host's libvirt URI (null: the host is not connected). */
+export type KvmVmOnHost = VmRecord & { hostUri: string | null };
+
+/** KVM VMs in a transitional state since before `olderThanMs` ago: their action's process is presumed dead. */
+export async function staleTransitionalVms(db: Queryable, olderThanMs: number): Promise<KvmVmOnHost[]> {
+  const { rows } = await db.query(
+    `SELECT vm.*, h.uri AS host_uri FROM virtual_machines vm LEFT JOIN hosts h ON h.id = vm.host_id
+      WHERE vm.state IN ('Starting', 'Stopping') AND vm.hypervisor = 'KVM' AND vm.removed IS NULL
+        AND vm.state_since < now() - make_interval(secs => $1::double precision / 1000)`,
+    [olderThanMs],
+  );
+  return rows.map((r) => ({ ...toVmRecord(r), hostUri: r.host_uri ?? null }));
+}
+
+/** The KVM VMs not destroyed, whose row says whether a domain runs, with their host's URI. */
+export async function liveKvmVms(db: Queryable): Promise<KvmVmOnHost[]> {
+  const { rows } = await db.query(
+    `SELECT vm.*, h.uri AS host_uri FROM virtual_machines vm LEFT JOIN hosts h ON h.id = vm.host_id
+      WHERE vm.state <> 'Destroyed' AND vm.hypervisor = 'KVM' AND vm.removed IS NULL`,
+  );
+  return rows.map((r) => ({ ...toVmRecord(r), hostUri: r.host_uri ?? null }));
 }

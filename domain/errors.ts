@@ -28,6 +28,7 @@ export const ERROR_CODES = {
   VOLUME_NOT_ATTACHED: { status: 409, description: 'the volume is not attached to that VM' },
   ISO_ALREADY_ATTACHED: { status: 409, description: 'the VM already has an ISO attached' },
   NO_HOST: { status: 409, description: 'no host can run the VM' },
+  HYPERVISOR_ERROR: { status: 409, description: 'the hypervisor refused or failed the VM action; the message has its reason and the VM is as the response\'s details say' },
   NO_STORAGE_POOL: { status: 409, description: 'no storage pool is configured for the hypervisor' },
   ACCOUNT_EXISTS: { status: 409, description: 'an account with that name exists' },
   VOLUME_OPERATION_ABANDONED: { status: 409, description: 'the volume operation took too long and was undone; retry' },
@@ -44,6 +45,7 @@ export const ERROR_CODES = {
   NOT_IMPLEMENTED: { status: 501, description: 'this process does not offer the operation' },
   SERVICE_UNAVAILABLE: { status: 503, description: 'the service is stopping, or a dependency (database, Temporal) is not answering; retry after Retry-After seconds' },
   TEMPORAL_UNAVAILABLE: { status: 503, description: 'Temporal or its workers did not answer in time; retry' },
+  HYPERVISOR_UNAVAILABLE: { status: 503, description: 'the VM\'s host cannot be reached (libvirt is not running there, or the host is not connected); nothing changed' },
 } as const satisfies Record<string, { status: number; description: string }>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
@@ -79,6 +81,7 @@ export const ERROR_SENTENCES = {
   VOLUME_NOT_ATTACHED: 'The volume is not attached to that VM.',
   ISO_ALREADY_ATTACHED: 'The VM already has an ISO attached. Detach it first.',
   NO_HOST: 'No host can run this VM right now.',
+  HYPERVISOR_ERROR: 'The host could not do this to the VM. The message says why.',
   NO_STORAGE_POOL: 'No storage is configured for this hypervisor.',
   ACCOUNT_EXISTS: 'An account with that name already exists.',
   VOLUME_OPERATION_ABANDONED: 'The volume operation took too long and was undone. Try again.',
@@ -95,6 +98,7 @@ export const ERROR_SENTENCES = {
   NOT_IMPLEMENTED: 'This operation is not available here.',
   SERVICE_UNAVAILABLE: 'The service is unavailable right now; retrying.',
   TEMPORAL_UNAVAILABLE: 'The service is unavailable right now; retrying.',
+  HYPERVISOR_UNAVAILABLE: 'The VM\'s host cannot be reached right now. Nothing was changed.',
 } as const satisfies Record<ErrorCode, string>;
 
 export class NotFoundError extends Error {
@@ -163,7 +167,7 @@ export class SnapshotCreationFailedError extends Error {
 export class ServiceUnavailableError extends Error {
   override readonly name = 'ServiceUnavailableError';
   constructor(
-    readonly code: Extract<ErrorCode, 'SERVICE_UNAVAILABLE' | 'TEMPORAL_UNAVAILABLE'>,
+    readonly code: Extract<ErrorCode, 'SERVICE_UNAVAILABLE' | 'TEMPORAL_UNAVAILABLE' | 'HYPERVISOR_UNAVAILABLE'>,
     message: string,
     readonly details: Record<string, unknown> = {},
     readonly retryAfterSeconds = 5,

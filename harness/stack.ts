@@ -6,6 +6,7 @@ import { silentLogger, type Logger } from '../observability/logger.js';
 import { startStack, type Role, type Stack } from '../app/stack.js';
 import { installTemporalRuntime } from '../app/runtime.js';
 import { restartablePort } from './ports.js';
+import { liveKvmVms } from '../db/vms.js';
 
 export interface TestStack extends Stack {
   dataDir: string;
@@ -29,6 +30,8 @@ export async function startTestStack(
     TEMPORAL_UI_PORT: String(await restartablePort()),
     PORT: '0',
     LOG_LEVEL: 'silent',
+    KVM_COMPUTE: process.env.KVM_COMPUTE ?? 'none',
+    VM_STOP_TIMEOUT_SECONDS: '5',
     ...opts.env,
   });
   // Without it the SDK's default runtime takes over: it logs to the console, and a script run by tsx (e.g.
@@ -39,6 +42,11 @@ export async function startTestStack(
     ...stack,
     dataDir,
     async stop() {
+      // Domains outlive the service, as on a real host: a test's VMs are powered off with its stack.
+      if (stack.compute?.local.available) {
+        const driver = stack.compute.reachable()[0]!;
+        for (const vm of await liveKvmVms(stack.pool)) await driver.stop(vm.id, { forced: true }).catch(() => undefined);
+      }
       await stack.close();
       if (!opts.dataDir) rmSync(dataDir, { recursive: true, force: true });
     },

@@ -4,12 +4,17 @@ import type { Pool, Queryable } from '../db/pool.js';
 import type { Hypervisor } from '../db/vms.js';
 import { ConflictError, ValidationError } from '../domain/errors.js';
 import type { StorageDriver } from '../storage/driver.js';
+import type { ComputeRegistry } from '../compute/registry.js';
 
 /** What the VM, volume and snapshot services need: the database, the storage drivers, a logger. */
 export interface ServiceDeps {
   pool: Pool;
   drivers: Partial<Record<Hypervisor, StorageDriver>>;
   logger: Logger;
+  /** The hosts' compute drivers (KVM over libvirt); without it KVM VM actions change only their rows. */
+  compute?: ComputeRegistry;
+  /** Where the VMs' serial consoles are written (one log file per VM). */
+  consoleDir?: string;
 }
 
 /** The storage driver of `hypervisor`; a hypervisor without one (XenServer, for now) is refused as bad input. */

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import type { ComputeRegistry } from '../compute/registry.js';
 import type { Pool } from '../db/pool.js';
 import type { Hypervisor } from '../db/vms.js';
 import type { StorageDriver } from '../storage/driver.js';
@@ -21,11 +22,20 @@ export interface ServiceStack {
   snapshots: SnapshotService;
   storageGc?: StorageGcService;
   backupScrub?: BackupScrubService;
+  /** The KVM hosts' compute; null or absent: KVM VMs are records only (KVM_COMPUTE=none). */
+  compute?: ComputeRegistry | null;
+  consoleDir?: string;
 }
 
 /** Builds every service the HTTP API uses over one stack. */
 export function createServices(stack: ServiceStack) {
-  const deps = { pool: stack.pool, drivers: stack.drivers, logger: stack.logger };
+  const deps = {
+    pool: stack.pool,
+    drivers: stack.drivers,
+    logger: stack.logger,
+    ...(stack.compute ? { compute: stack.compute } : {}),
+    ...(stack.consoleDir ? { consoleDir: stack.consoleDir } : {}),
+  };
   return {
     accounts: createAccountService(deps),
     configurations: createConfigurationService({

@@ -61,7 +61,9 @@ export function volumeView(v: VolumeRecord): VolumeView {
 
 /** A VM with its attached volumes. */
 export function vmView(vm: VmRecord, volumes: VolumeRecord[]): VmView {
-  return { ...vm, volumes: volumes.filter((v) => v.vmId === vm.id).map(volumeView) };
+  // libvirt's text names host paths: shortened for users (events keep it whole, for admins).
+  const lastError = vm.lastError === null ? null : publicErrorMessage(vm.lastError);
+  return { ...vm, lastError, volumes: volumes.filter((v) => v.vmId === vm.id).map(volumeView) };
 }
 
 /**

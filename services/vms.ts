@@ -4,7 +4,11 @@ import { recordEvent } from '../db/events.js';
 import { lockVm, lockVmVolumes, lockVolumeWithVm } from '../db/locks.js';
 import type { PoolClient } from '../db/pool.js';
 import { inFlightSnapshots } from '../db/snapshots.js';
-import { findVm, insertVm, listVms, updateVm, type Hypervisor, type VmRecord, type VmState } from '../db/vms.js';
+import { findVm, insertVm, listVms, updateVm, TRANSITIONAL_VM_STATES, type Hypervisor, type VmRecord, type VmState } from '../db/vms.js';
+import { withTransaction } from '../db/pool.js';
+import type { ComputeDriver } from '../compute/driver.js';
+import { diskTarget } from '../compute/domain-xml.js';
+import { domainSpecOf } from './vm-domain.js';
 import {
   destroyPrimaryRefsOfVolume,
   insertVolume,
@@ -15,7 +19,7 @@ import {
   type PendingImageDelete,
   type VolumeRecord,
 } from '../db/volumes.js';
-import { ConflictError, NotFoundError } from '../domain/errors.js';
+import { ConflictError, NotFoundError, publicErrorMessage } from '../domain/errors.js';
 import { decideBusy, vmActionDecisions, VM_ACTIONS, type BusyVolume, type Decision, type InFlightSnapshot, type VmAction } from '../domain/policy.js';
 import type { StorageDriver } from '../storage/driver.js';
 import { ownerScope, type Caller } from './caller.js';
@@ -32,11 +36,14 @@ export interface CreateVmInput {
   serviceOffering?: string;
   rootDiskSizeBytes: number;
   dataDisks?: Array<{ name?: string; sizeBytes: number }>;
+  /** Start it once created (CloudStack's startvm); default true. */
+  start?: boolean;
 }
 
 /** A VM action with its parameters (docs/design.md §8). */
 export type VmActionRequest =
-  | { action: 'start' | 'stop' | 'reboot' | 'destroy' | 'reinstall' | 'detach-iso' }
+  | { action: 'start' | 'reboot' | 'destroy' | 'reinstall' | 'detach-iso' }
+  | { action: 'stop'; forced?: boolean }
   | { action: 'attach-iso'; isoId: string }
   | { action: 'attach-volume' | 'detach-volume'; volumeId: string }
   | { action: 'change-service-offering'; serviceOfferingId: string }
@@ -64,6 +71,13 @@ const EVENT_TYPES: Record<VmAction, string> = {
   'change-service-offering': 'VM.UPGRADE',
   migrate: 'VM.MIGRATE',
 };
+
+/** What an action asks of the hypervisor once its first phase is committed. */
+type HypervisorStep =
+  | { kind: 'start' }
+  | { kind: 'stop'; forced: boolean }
+  | { kind: 'reboot' }
+  | { kind: 'attach' | 'detach'; volume: VolumeRecord; target: string };
 
 const invalidState = (message: string, details: Record<string, unknown>) => new ConflictError('INVALID_STATE', message, details);
 
@@ -98,15 +112,123 @@ export function createVmService(deps: ServiceDeps) {
     return volume;
   }
 
-  async function actionEvent(tx: PoolClient, vm: VmRecord, action: VmAction, description: string, details: Record<string, unknown> = {}) {
+  async function actionEvent(
+    tx: PoolClient,
+    vm: VmRecord,
+    action: VmAction,
+    description: string,
+    details: Record<string, unknown> = {},
+    level: 'INFO' | 'ERROR' = 'INFO',
+  ) {
     await recordEvent(tx, {
       type: EVENT_TYPES[action],
+      level,
       accountId: vm.accountId,
       resourceType: 'VirtualMachine',
       resourceId: vm.id,
       description,
       details: { vmId: vm.id, action, ...details },
     });
+  }
+
+  /** The compute driver of a KVM VM's host; null for a VM whose actions change only its row (XenServer). */
+  async function computeOf(vm: VmRecord): Promise<ComputeDriver | null> {
+    if (vm.hypervisor !== 'KVM' || !deps.compute) return null;
+    const host = vm.hostId ? await findHost(pool, vm.hostId) : undefined;
+    if (!host) throw new ConflictError('NO_HOST', `VM ${vm.id} has no host`, { vmId: vm.id });
+    return deps.compute.forHost(host);
+  }
+
+  async function actOnce(caller: Caller, id: string, req: VmActionRequest, compute: ComputeDriver | null): Promise<VmView> {
+    const imageDeletes: Array<{ volume: VolumeRecord; intent: PendingImageDelete }> = [];
+    const steps: HypervisorStep[] = [];
+    let updated = await withStorageTransaction(pool, logger, async (tx, onRollback) => {
+      imageDeletes.length = 0;
+      steps.length = 0;
+      const vm = await lockVm(tx, id, ownerScope(caller));
+      return perform(tx, onRollback, caller, vm, req, imageDeletes, compute, steps);
+    });
+    // Committed: the images of the volumes it destroyed go now, each under its image lock.
+    for (const { volume, intent } of imageDeletes) {
+      await deleteVolumeImage(deps, volume, intent).catch((err: unknown) =>
+        logger.error({ err, vmId: id, volumeId: volume.id, path: intent.path }, 'deleting the image of a destroyed volume failed; storage GC removes it'),
+      );
+    }
+    for (const step of steps) updated = await runHypervisorStep(updated, step, compute!);
+    logger.info({ vmId: id, action: req.action, accountId: caller.accountId, state: updated.state }, 'VM action done');
+    return view(updated);
+  }
+
+  /** Commits a hypervisor step's result under the VM's lock; `expect`: the state the first phase committed. */
+  async function settle(vmId: string, expect: VmState | null, fn: (tx: PoolClient, vm: VmRecord) => Promise<VmRecord>): Promise<VmRecord> {
+    return withTransaction(pool, async (tx) => {
+      const vm = await lockVm(tx, vmId, null);
+      // Settled meanwhile (by the power sync, after this process was presumed dead): its answer stands.
+      if (expect && vm.state !== expect) return vm;
+      return fn(tx, vm);
+    });
+  }
+
+  /** The hypervisor's text for the user: paths shortened (admins read them whole in the log and events). */
+  const hypervisorText = (err: unknown) => publicErrorMessage(err instanceof Error ? err.message : String(err));
+
+  async function runHypervisorStep(vm: VmRecord, step: HypervisorStep, compute: ComputeDriver): Promise<VmRecord> {
+    const log = logger.child({ vmId: vm.id, host: compute.uri, step: step.kind });
+    const failed = async (err: unknown, action: VmAction, state: VmState, what: string, undo?: (tx: PoolClient) => Promise<void>) => {
+      const text = err instanceof Error ? err.message : String(err);
+      log.error({ err }, `${what} failed`);
+      const after = await settle(vm.id, step.kind === 'start' || step.kind === 'stop' ? vm.state : null, async (tx, row) => {
+        await undo?.(tx);
+        await actionEvent(tx, row, action, `${what} failed: ${text}`, { error: text }, 'ERROR');
+        return updateVm(tx, row.id, { state, last_error: text });
+      });
+      throw new ConflictError('HYPERVISOR_ERROR', `${what} failed: ${hypervisorText(err)}`, { vmId: vm.id, state: after.state });
+    };
+    switch (step.kind) {
+      case 'start': {
+        const started = await compute
+          .start(await domainSpecOf(pool, vm, deps.consoleDir ?? '.'))
+          .catch((err: unknown) => failed(err, 'start', 'Stopped', `starting VM ${vm.name}`));
+        return settle(vm.id, 'Starting', async (tx, row) => {
+          await actionEvent(tx, row, 'start', `VM ${vm.name} started on ${compute.uri}`, { result: started });
+          return updateVm(tx, row.id, { state: 'Running' });
+        });
+      }
+      case 'stop': {
+        const stopped = await compute.stop(vm.id, { forced: step.forced }).catch(async (err: unknown) => {
+          // Whatever libvirt said, its truth decides what the row says now.
+          const power = await compute.powerState(vm.id).catch(() => 'other' as const);
+          return failed(err, 'stop', power === 'absent' ? 'Stopped' : 'Running', `stopping VM ${vm.name}`);
+        });
+        const how = stopped === 'shut-down' ? 'shut down by its guest' : stopped === 'powered-off' ? 'powered off' : 'already stopped on its host';
+        return settle(vm.id, 'Stopping', async (tx, row) => {
+          await actionEvent(tx, row, 'stop', `VM ${vm.name} stopped (${how})`, { result: stopped, forced: step.forced });
+          return updateVm(tx, row.id, { state: 'Stopped' });
+        });
+      }
+      case 'reboot':
+        await compute.reboot(vm.id).catch((err: unknown) => failed(err, 'reboot', vm.state, `rebooting VM ${vm.name}`));
+        return settle(vm.id, null, async (tx, row) => {
+          await actionEvent(tx, row, 'reboot', `VM ${vm.name} rebooted`);
+          return updateVm(tx, row.id, {});
+        });
+      case 'attach':
+        await compute
+          .attachDisk(vm.id, { path: step.volume.path, target: step.target, volumeId: step.volume.id })
+          .catch((err: unknown) =>
+            failed(err, 'attach-volume', vm.state, `hot-plugging volume ${step.volume.name} into VM ${vm.name}`, async (tx) => {
+              await updateVolume(tx, step.volume.id, { vm_id: null, device_id: null });
+            }),
+          );
+        return vm;
+      case 'detach':
+        await compute.detachDisk(vm.id, step.target).catch((err: unknown) =>
+          failed(err, 'detach-volume', vm.state, `hot-unplugging volume ${step.volume.name} from VM ${vm.name}`, async (tx) => {
+            await updateVolume(tx, step.volume.id, { vm_id: vm.id, device_id: step.volume.deviceId });
+          }),
+        );
+        return vm;
+    }
   }
 
   /** Locks the volume an attach/detach names (after the VM, per the lock order). */
@@ -128,6 +250,8 @@ export function createVmService(deps: ServiceDeps) {
     vm: VmRecord,
     req: VmActionRequest,
     imageDeletes: Array<{ volume: VolumeRecord; intent: PendingImageDelete }>,
+    compute: ComputeDriver | null,
+    hypervisorSteps: HypervisorStep[],
   ): Promise<VmRecord> {
     const target = req.action === 'attach-volume' || req.action === 'detach-volume' ? await lockTargetVolume(tx, vm, req.volumeId, caller) : undefined;
     const attached = await lockVmVolumes(tx, vm.id);
@@ -137,6 +261,10 @@ export function createVmService(deps: ServiceDeps) {
     // A disk of this VM (or the one attached/detached) Migrating/Resizing: refused at once if it conflicts.
     assertNotBusy(op, toBusy([...attached, ...(target ? [target] : [])]));
     if (vm.state === 'Destroyed') throw invalidState(`VM ${vm.id} is Destroyed`, { vmId: vm.id, state: vm.state });
+    if ((TRANSITIONAL_VM_STATES as readonly string[]).includes(vm.state)) {
+      throw invalidState(`VM ${vm.id} is ${vm.state}; retry when it is ${vm.state === 'Starting' ? 'Running' : 'Stopped'}`, { vmId: vm.id, state: vm.state });
+    }
+    const live = compute !== null && vm.state === 'Running';
     const requireState = (state: VmState) => {
       if (vm.state !== state) throw invalidState(`VM ${vm.id} is ${vm.state}; ${req.action} needs it ${state}`, { vmId: vm.id, state: vm.state });
     };
@@ -144,14 +272,27 @@ export function createVmService(deps: ServiceDeps) {
     switch (req.action) {
       case 'start':
         requireState('Stopped');
+        if (compute) {
+          // Committed first; libvirt is asked after COMMIT and the result committed after that (act).
+          hypervisorSteps.push({ kind: 'start' });
+          return updateVm(tx, vm.id, { state: 'Starting', last_error: null });
+        }
         await actionEvent(tx, vm, req.action, `VM ${vm.name} started`);
         return updateVm(tx, vm.id, { state: 'Running' });
       case 'stop':
         requireState('Running');
+        if (compute) {
+          hypervisorSteps.push({ kind: 'stop', forced: req.forced === true });
+          return updateVm(tx, vm.id, { state: 'Stopping', last_error: null });
+        }
         await actionEvent(tx, vm, req.action, `VM ${vm.name} stopped`);
         return updateVm(tx, vm.id, { state: 'Stopped' });
       case 'reboot':
         requireState('Running');
+        if (compute) {
+          hypervisorSteps.push({ kind: 'reboot' });
+          return vm;
+        }
         await actionEvent(tx, vm, req.action, `VM ${vm.name} rebooted`);
         return updateVm(tx, vm.id, {});
       case 'destroy': {
@@ -212,6 +353,8 @@ export function createVmService(deps: ServiceDeps) {
         }
         const deviceId = Math.max(0, ...attached.map((v) => v.deviceId ?? 0)) + 1;
         await updateVolume(tx, volume.id, { vm_id: vm.id, device_id: deviceId });
+        // Hot-plugged after COMMIT; undone (detached again) if libvirt refuses.
+        if (live) hypervisorSteps.push({ kind: 'attach', volume: { ...volume, vmId: vm.id, deviceId }, target: diskTarget(deviceId) });
         await actionEvent(tx, vm, req.action, `volume ${volume.name} attached to VM ${vm.name}`, { volumeId: volume.id, deviceId });
         return updateVm(tx, vm.id, {});
       }
@@ -220,12 +363,15 @@ export function createVmService(deps: ServiceDeps) {
         if (volume.vmId !== vm.id) throw new ConflictError('VOLUME_NOT_ATTACHED', `volume ${volume.id} is not attached to VM ${vm.id}`, { volumeId: volume.id, vmId: vm.id });
         if (volume.type === 'ROOT') throw invalidState(`the ROOT volume cannot be detached`, { volumeId: volume.id, vmId: vm.id });
         await updateVolume(tx, volume.id, { vm_id: null, device_id: null });
+        if (live) hypervisorSteps.push({ kind: 'detach', volume, target: diskTarget(volume.deviceId ?? 0) });
         await actionEvent(tx, vm, req.action, `volume ${volume.name} detached from VM ${vm.name}`, { volumeId: volume.id });
         return updateVm(tx, vm.id, {});
       }
       case 'change-service-offering': {
         const offering = await findServiceOffering(tx, req.serviceOfferingId);
         if (!offering) throw new NotFoundError('service offering', req.serviceOfferingId);
+        // No live scaling: CloudStack's reason for a running VM.
+        if (live) throw invalidState(`Unable to upgrade virtual machine ${vm.name} in state Running; make sure the virtual machine is stopped`, { vmId: vm.id, state: vm.state });
         await actionEvent(tx, vm, req.action, `VM ${vm.name} changed to service offering ${offering.name}`, { serviceOfferingId: offering.id, previous: vm.serviceOfferingId });
         return updateVm(tx, vm.id, { service_offering_id: offering.id });
       }
@@ -236,6 +382,8 @@ export function createVmService(deps: ServiceDeps) {
           throw new ConflictError('HYPERVISOR_MISMATCH', `host ${host.name} runs ${host.hypervisor}; VM ${vm.id} needs ${vm.hypervisor}`, { hostId: host.id, vmId: vm.id });
         }
         if (host.id === vm.hostId) throw invalidState(`VM ${vm.id} already runs on host ${host.name}`, { vmId: vm.id, hostId: host.id });
+        // Live migration between libvirt hosts is not offered yet: a running VM is stopped first.
+        if (live) throw invalidState(`VM ${vm.name} is Running; stop it before migrating it to host ${host.name} (live migration is not offered)`, { vmId: vm.id, state: vm.state });
         await actionEvent(tx, vm, req.action, `VM ${vm.name} migrated to host ${host.name}`, { hostId: host.id, previous: vm.hostId });
         return updateVm(tx, vm.id, { host_id: host.id });
       }
@@ -243,7 +391,10 @@ export function createVmService(deps: ServiceDeps) {
   }
 
   return {
-    /** Creates a VM (Running) with its ROOT and data disks as images in the hypervisor's first storage pool. */
+    /**
+     * Creates a VM with its ROOT and data disks as images in the hypervisor's first storage pool, and starts it
+     * (KVM: a libvirt domain on its host) unless `start` is false. XenServer VMs are rows, Running.
+     */
     async create(caller: Caller, input: CreateVmInput): Promise<VmView> {
       const driver = driverFor(deps, input.hypervisor);
       const offering = input.serviceOffering
@@ -252,9 +403,13 @@ export function createVmService(deps: ServiceDeps) {
       if (!offering) throw new NotFoundError('service offering', input.serviceOffering ?? '(default)');
       const host = await leastLoadedHost(pool, input.hypervisor);
       if (!host) throw new ConflictError('NO_HOST', `no ${input.hypervisor} host is available`, { hypervisor: input.hypervisor });
+      // Asked before anything is created: a host that cannot start it refuses now, with nothing to undo.
+      const start = input.start !== false;
+      const compute = input.hypervisor === 'KVM' && deps.compute ? (start ? deps.compute.forHost(host) : null) : null;
+      const managed = input.hypervisor === 'KVM' && deps.compute !== undefined;
       const vm = await withStorageTransaction(pool, logger, async (tx, onRollback) => {
         const id = randomUUID();
-        await insertVm(tx, { id, accountId: caller.accountId, name: input.name, hypervisor: input.hypervisor, serviceOfferingId: offering.id, hostId: host.id });
+        await insertVm(tx, { id, accountId: caller.accountId, name: input.name, hypervisor: input.hypervisor, serviceOfferingId: offering.id, hostId: host.id, state: managed || !start ? 'Stopped' : 'Running' });
         const common = { accountId: caller.accountId, vmId: id, hypervisor: input.hypervisor };
         await createDisk(tx, onRollback, driver, { ...common, name: `${input.name}-ROOT`, type: 'ROOT', sizeBytes: input.rootDiskSizeBytes, deviceId: 0 });
         for (const [i, disk] of (input.dataDisks ?? []).entries()) {
@@ -270,6 +425,9 @@ export function createVmService(deps: ServiceDeps) {
         });
         return id;
       });
+      // As CloudStack's deployVirtualMachine with startvm: the VM exists once committed; a start that fails leaves
+      // it Stopped with the hypervisor's reason (HYPERVISOR_ERROR names it), to start again or destroy.
+      if (compute) return actOnce(caller, vm, { action: 'start' }, compute);
       return view((await findVm(pool, vm, null))!);
     },
 
@@ -286,24 +444,28 @@ export function createVmService(deps: ServiceDeps) {
       return view(vm);
     },
 
-    /** Runs a VM action: locks the VM and the volumes involved, checks the policy and acts, in one transaction. */
+    /**
+     * Runs a VM action: locks the VM and the volumes involved, checks the policy and commits what it decides, in
+     * one transaction. An action that reaches the hypervisor (KVM: libvirt) is two-phase: the transitional state
+     * (Starting, Stopping) or the new attachment is committed first, libvirt is called after COMMIT and outside
+     * every row lock, and its result is committed after; a process that dies in between leaves the transitional
+     * state, which vm-power-sync settles from libvirt's truth. Destroy and reinstall stop a running VM first.
+     */
     async act(caller: Caller, id: string, req: VmActionRequest): Promise<VmView> {
-      const imageDeletes: Array<{ volume: VolumeRecord; intent: PendingImageDelete }> = [];
-      const updated = await withStorageTransaction(pool, logger, async (tx, onRollback) => {
-        imageDeletes.length = 0;
-        const vm = await lockVm(tx, id, ownerScope(caller));
-        return perform(tx, onRollback, caller, vm, req, imageDeletes);
-      });
-      // Committed: the images of the volumes it destroyed go now, each under its image lock.
-      for (const { volume, intent } of imageDeletes) {
-        await deleteVolumeImage(deps, volume, intent).catch((err: unknown) =>
-          logger.error({ err, vmId: id, volumeId: volume.id, path: intent.path }, 'deleting the image of a destroyed volume failed; storage GC removes it'),
-        );
+      const before = await findVm(pool, id, ownerScope(caller));
+      if (!before) throw new NotFoundError('VM', id);
+      const compute = await computeOf(before);
+      const wasRunning = before.state === 'Running';
+      if (compute && wasRunning && (req.action === 'destroy' || req.action === 'reinstall')) {
+        await actOnce(caller, id, { action: 'stop', forced: true }, compute);
       }
-      logger.info({ vmId: id, action: req.action, accountId: caller.accountId }, 'VM action done');
-      return view(updated);
+      const done = await actOnce(caller, id, req, compute);
+      if (compute && wasRunning && req.action === 'reinstall') {
+        // As CloudStack's restoreVirtualMachine: a VM that ran runs again, on its fresh ROOT volume.
+        return actOnce(caller, id, { action: 'start' }, compute);
+      }
+      return done;
     },
-
     /** Which VM actions the parallel-operation policy allows now, with reasons (the same table the actions use). */
     async allowedActions(caller: Caller, id: string): Promise<{ vmId: string; inFlightSnapshots: InFlightSnapshot[]; actions: AllowedAction[] }> {
       const vm = await findVm(pool, id, ownerScope(caller));

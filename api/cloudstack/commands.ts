@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import { findAsyncJob, listAsyncJobs, searchEvents, snapshotIdByIdempotencyKey } from '../../services/cloudstack/store.js';
 import type { Pool } from '../../db/pool.js';
 import type { VmState } from '../../db/vms.js';
+import { VmStateSchema } from '../schemas/vm.js';
 import { ownerScope, type Caller } from '../../services/caller.js';
 import type { Services } from '../../services/index.js';
 import type { VmActionRequest } from '../../services/vms.js';
@@ -316,8 +317,7 @@ export const COMMANDS: CommandSpec[] = [
         deployInput(p);
       },
       run: async (ctx, p) => {
-        let vm = await ctx.services.vms.create(ctx.caller, deployInput(p));
-        if (b(p, 'startvm') === false) vm = await ctx.services.vms.act(ctx.caller, vm.id, { action: 'stop' });
+        const vm = await ctx.services.vms.create(ctx.caller, { ...deployInput(p), start: b(p, 'startvm') !== false });
         return vmResult(ctx, vm);
       },
     },
@@ -328,7 +328,7 @@ export const COMMANDS: CommandSpec[] = [
     params: [P.id('the ID of the virtual machine', false), { name: 'ids', type: 'list', description: 'the IDs of the virtual machines' }, P.str('name', 'name of the virtual machine'), P.str('state', 'state of the virtual machine'), P.uuid('hostid', 'the host ID'), P.uuid('zoneid', 'the availability zone ID'), LISTALL, ...PAGING],
     sync: async (ctx, p) => {
       const state = s(p, 'state');
-      const stateFilter = state ? (['Running', 'Stopped', 'Destroyed'].find((x) => x.toLowerCase() === state.toLowerCase()) as VmState | undefined) : undefined;
+      const stateFilter = state ? (VmStateSchema.options.find((x) => x.toLowerCase() === state.toLowerCase()) as VmState | undefined) : undefined;
       if (state && !stateFilter) return {};
       const scope = listScope(ctx.caller, b(p, 'listall'), Boolean(s(p, 'id')));
       let vms = byIds(await ctx.services.vms.list(ctx.caller, stateFilter ? { state: stateFilter } : {}), p);
@@ -346,7 +346,7 @@ export const COMMANDS: CommandSpec[] = [
     },
   },
   vmAction('startVirtualMachine', `${USER}.vm.StartVMCmd`, 'Starts a virtual machine.', 'id', () => ({ action: 'start' }), [P.uuid('hostid', 'destination host (ignored)')]),
-  vmAction('stopVirtualMachine', `${USER}.vm.StopVMCmd`, 'Stops a virtual machine.', 'id', () => ({ action: 'stop' }), [P.bool('forced', 'force stop the VM')]),
+  vmAction('stopVirtualMachine', `${USER}.vm.StopVMCmd`, 'Stops a virtual machine.', 'id', (p) => ({ action: 'stop', forced: b(p, 'forced') === true }), [P.bool('forced', 'power the VM off at once instead of asking its guest to shut down')]),
   vmAction('rebootVirtualMachine', `${USER}.vm.RebootVMCmd`, 'Reboots a virtual machine.', 'id', () => ({ action: 'reboot' })),
   vmAction('destroyVirtualMachine', `${USER}.vm.DestroyVMCmd`, 'Destroys a virtual machine: its ROOT volume is deleted, data disks are detached.', 'id', () => ({ action: 'destroy' }), [P.bool('expunge', 'expunge at once (always, here)')]),
   vmAction('restoreVirtualMachine', `${USER}.vm.RestoreVMCmd`, 'Restore a VM to original template/ISO or new template/ISO (a fresh ROOT volume).', 'virtualmachineid', () => ({ action: 'reinstall' }), [P.uuid('templateid', 'an optional template Id (must be the VM\'s own)')]),

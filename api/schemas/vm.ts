@@ -3,7 +3,9 @@ import { VM_ACTIONS } from '../../domain/policy.js';
 import { HypervisorSchema, NameSchema, PageLimitSchema, SizeBytesSchema, TimestampSchema, uuid } from './common.js';
 import { VolumeSchema } from './volume.js';
 
-export const VmStateSchema = z.enum(['Running', 'Stopped', 'Destroyed']);
+export const VmStateSchema = z.enum(['Starting', 'Running', 'Stopping', 'Stopped', 'Destroyed']).openapi({
+  description: 'Starting and Stopping: the host is being asked (KVM: libvirt); the row says what the host reported last',
+});
 
 export const VmSchema = z
   .object({
@@ -15,6 +17,8 @@ export const VmSchema = z
     serviceOfferingId: z.string().nullable(),
     isoId: z.string().nullable(),
     hostId: z.string().nullable(),
+    stateSince: TimestampSchema,
+    lastError: z.string().nullable().openapi({ description: 'Why the last start or stop failed (the hypervisor\'s words), or null' }),
     createdAt: TimestampSchema,
     updatedAt: TimestampSchema,
     volumes: z.array(VolumeSchema).openapi({ description: 'Attached volumes, ROOT first' }),
@@ -31,6 +35,7 @@ export const CreateVmSchema = z
       .array(z.strictObject({ name: NameSchema.optional(), sizeBytes: SizeBytesSchema }), { error: 'must be an array' })
       .max(8, 'at most 8 data disks')
       .optional(),
+    start: z.boolean().optional().openapi({ description: 'Start the VM once created (CloudStack startvm); default true' }),
   })
   .openapi('CreateVirtualMachine');
 
@@ -42,7 +47,10 @@ export const VmActionSchema = z
     'action',
     [
       bare('start'),
-      bare('stop'),
+      z.strictObject({
+        action: z.literal('stop'),
+        forced: z.boolean().optional().openapi({ description: 'Power off at once instead of asking the guest to shut down' }),
+      }),
       bare('reboot'),
       bare('destroy'),
       bare('reinstall'),

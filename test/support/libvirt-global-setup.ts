@@ -9,6 +9,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
+import { run } from '../../storage/exec.js';
 
 let daemon: LibvirtDaemon | undefined;
 
@@ -24,5 +25,13 @@ export async function setup(): Promise<void> {
 }
 
 export async function teardown(): Promise<void> {
+  // A libvirt this run started: the domains its tests left (a failed test's VMs) go with it. QEMU would outlive
+  // libvirtd. A libvirt that was already running is someone's host: left as it was.
+  if (daemon?.started) {
+    const names = await run('virsh', ['-q', '-c', daemon.uri, 'list', '--name']).then((r) => r.stdout.split('\n'), () => []);
+    for (const name of names.map((n) => n.trim()).filter((n) => n.startsWith('volsnap-'))) {
+      await run('virsh', ['-q', '-c', daemon.uri, 'destroy', name]).catch(() => undefined);
+    }
+  }
   await daemon?.stop();
 }

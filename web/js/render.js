@@ -148,6 +148,7 @@ export function createView({ onTakeSnapshot, onAction, onSnapshotChanged, isBusy
           fact('Offering', nameOf(offerings, vm.serviceOfferingId) ?? '—'),
           fact('Host', nameOf(hosts, vm.hostId) ?? '—'),
           fact('ISO', vm.isoId ? nameOf(isos, vm.isoId) ?? vm.isoId : 'none'),
+          vm.lastError ? fact('Last error', vm.lastError) : null,
         ),
       ),
       h(

@@ -1,0 +1,25 @@
+-- Up Migration
+
+-- A KVM host is reached through its libvirt URI (docs/design.md §15); a host without one is known to the
+-- catalog but not connected: VMs are not started on it.
+ALTER TABLE hosts ADD COLUMN uri text;
+
+-- VM actions that reach the hypervisor are two-phase (as volume operations are): the transitional state is
+-- committed before the libvirt call and the result after it; `state_since` dates the transitional state, so a
+-- process that died in between is settled from libvirt's truth, and `last_error` keeps libvirt's text.
+ALTER TABLE virtual_machines DROP CONSTRAINT virtual_machines_state_check;
+ALTER TABLE virtual_machines ADD CONSTRAINT virtual_machines_state_check
+  CHECK (state IN ('Starting', 'Running', 'Stopping', 'Stopped', 'Destroyed'));
+ALTER TABLE virtual_machines ADD COLUMN state_since timestamptz NOT NULL DEFAULT now();
+ALTER TABLE virtual_machines ADD COLUMN last_error text;
+CREATE INDEX virtual_machines_transitional_idx ON virtual_machines(state_since) WHERE state IN ('Starting', 'Stopping');
+
+-- Down Migration
+
+DROP INDEX virtual_machines_transitional_idx;
+UPDATE virtual_machines SET state = 'Stopped' WHERE state IN ('Starting', 'Stopping');
+ALTER TABLE virtual_machines DROP COLUMN last_error;
+ALTER TABLE virtual_machines DROP COLUMN state_since;
+ALTER TABLE virtual_machines DROP CONSTRAINT virtual_machines_state_check;
+ALTER TABLE virtual_machines ADD CONSTRAINT virtual_machines_state_check CHECK (state IN ('Running', 'Stopped', 'Destroyed'));
+ALTER TABLE hosts DROP COLUMN uri;

@@ -1,0 +1,186 @@
+import { execFile } from 'node:child_process';
+import { readdirSync, readlinkSync } from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { domainName } from '../../compute/domain-xml.js';
+import { MiB, startApiHarness, type ApiHarness } from '../api/harness.js';
+
+const exec = promisify(execFile);
+const virsh = async (...args: string[]) => (await exec('virsh', ['-q', '-c', 'qemu:///system', ...args])).stdout.trim();
+const domstate = (vmId: string) => virsh('domstate', domainName(vmId)).catch(() => 'absent');
+
+/** The files a process has open (its /proc fd links). */
+function openFiles(pid: number): string[] {
+  const dir = `/proc/${pid}/fd`;
+  return readdirSync(dir).flatMap((fd) => {
+    try {
+      return [readlinkSync(path.join(dir, fd))];
+    } catch {
+      return [];
+    }
+  });
+}
+
+async function qemuPid(vmId: string): Promise<number> {
+  const { stdout } = await exec('pgrep', ['-f', `guest=${domainName(vmId)}`]);
+  return Number(stdout.trim().split('\n')[0]);
+}
+
+async function eventually<T>(fn: () => Promise<T | undefined>, ms: number, what: string): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+/**
+ * VMs through the real service on the real libvirt and QEMU of this host (the hypervisor tier): what the API
+ * answers is checked against `virsh` and the QEMU process itself. These VMs boot no OS (the firmware finds no
+ * bootable disk and waits), so a stop's guest shutdown is never answered and it powers off at its timeout.
+ */
+describe('VM lifecycle on libvirt, through the API', () => {
+  let h: ApiHarness;
+  const vmIds: string[] = [];
+  const call = (method: string, p: string, body?: unknown) => h.call(method, p, body === undefined ? {} : { body });
+  const act = (vmId: string, body: Record<string, unknown>) => call('POST', `/api/v1/vms/${vmId}/actions`, body);
+
+  beforeAll(async () => {
+    const unavailable = process.env.VOLSNAP_TEST_LIBVIRT_UNAVAILABLE;
+    if (unavailable) throw new Error(`the hypervisor tier needs libvirt: ${unavailable}`);
+    h = await startApiHarness({
+      env: { KVM_COMPUTE: 'libvirt', VM_STOP_TIMEOUT_SECONDS: '2', VM_POWER_SYNC_SECONDS: '1', VM_ACTION_STALE_SECONDS: '10' },
+    });
+  }, 120_000);
+  afterAll(async () => {
+    await h?.stop();
+  });
+
+  async function createVm(name: string, body: Record<string, unknown> = {}) {
+    const res = await call('POST', '/api/v1/vms', { name, hypervisor: 'KVM', rootDiskSizeBytes: 16 * MiB, ...body });
+    expect(res.status, JSON.stringify(res.body)).toBe(201);
+    vmIds.push(res.body.id);
+    return res.body as { id: string; state: string; stateSince: string; lastError: string | null; volumes: Array<{ id: string; path: string; deviceId: number }> };
+  }
+  const get = async (id: string) => (await call('GET', `/api/v1/vms/${id}`)).body;
+  const events = async (vmId: string) =>
+    (await h.stack.pool.query<{ type: string; level: string; description: string }>('SELECT type, level, description FROM events WHERE resource_id = $1 ORDER BY id', [vmId])).rows;
+
+  it('creates a VM as a running domain whose QEMU has its ROOT and data volumes open, in device order', async () => {
+    const vm = await createVm('lc-create', { dataDisks: [{ sizeBytes: 8 * MiB }] });
+    expect(vm.state).toBe('Running');
+    expect(await domstate(vm.id)).toBe('running');
+    const files = openFiles(await qemuPid(vm.id));
+    const paths = vm.volumes.sort((a, b) => a.deviceId - b.deviceId).map((v) => v.path);
+    expect(paths).toHaveLength(2);
+    for (const p of paths) expect(files).toContain(p);
+    const blk = await virsh('domblklist', domainName(vm.id));
+    expect(blk).toMatch(new RegExp(`vda\\s+${paths[0]}`));
+    expect(blk).toMatch(new RegExp(`vdb\\s+${paths[1]}`));
+  });
+
+  it('created with start=false: Stopped, with no domain; start runs it, stop powers it off after the guest ignores the shutdown', async () => {
+    const vm = await createVm('lc-stopped', { start: false });
+    expect(vm.state).toBe('Stopped');
+    expect(await domstate(vm.id)).toBe('absent');
+    const started = await act(vm.id, { action: 'start' });
+    expect(started.status, JSON.stringify(started.body)).toBe(200);
+    expect(started.body.state).toBe('Running');
+    expect(await domstate(vm.id)).toBe('running');
+
+    const stopped = await act(vm.id, { action: 'stop' });
+    expect(stopped.body.state).toBe('Stopped');
+    expect(await domstate(vm.id)).toBe('absent');
+    expect((await events(vm.id)).map((e) => e.description)).toContain('VM lc-stopped stopped (powered off)');
+  });
+
+  it('a forced stop powers off at once; reboot keeps the same domain running', async () => {
+    const vm = await createVm('lc-forced');
+    const pid = await qemuPid(vm.id);
+    expect((await act(vm.id, { action: 'reboot' })).body.state).toBe('Running');
+    expect(await domstate(vm.id)).toBe('running');
+    expect(await qemuPid(vm.id)).toBe(pid);
+    const stopped = await act(vm.id, { action: 'stop', forced: true });
+    expect(stopped.body.state).toBe('Stopped');
+    expect(await domstate(vm.id)).toBe('absent');
+    const { rows } = await h.stack.pool.query(`SELECT details FROM events WHERE resource_id = $1 AND type = 'VM.STOP'`, [vm.id]);
+    expect(rows.map((r) => r.details)).toEqual([expect.objectContaining({ forced: true, result: 'powered-off' })]);
+  });
+
+  it('hot-plugs a volume into a running VM; an unplug the guest does not answer fails and leaves it attached; stopped, it detaches', async () => {
+    const vm = await createVm('lc-hotplug');
+    const disk = (await call('POST', '/api/v1/volumes', { name: 'lc-extra', sizeBytes: 8 * MiB })).body;
+    const attached = await act(vm.id, { action: 'attach-volume', volumeId: disk.id });
+    expect(attached.status, JSON.stringify(attached.body)).toBe(200);
+    const path1 = (await call('GET', `/api/v1/volumes/${disk.id}`)).body.path;
+    expect(await virsh('domblklist', domainName(vm.id))).toContain(path1);
+    expect(openFiles(await qemuPid(vm.id))).toContain(path1);
+
+    // No OS here to answer the PCI unplug: libvirt's request times out, and the row keeps what the domain has.
+    const refused = await act(vm.id, { action: 'detach-volume', volumeId: disk.id });
+    expect(refused.status).toBe(409);
+    expect(refused.body.error).toMatchObject({ code: 'HYPERVISOR_ERROR', details: { vmId: vm.id, state: 'Running' } });
+    expect(refused.body.error.message).toContain('did not release disk vdb');
+    expect((await call('GET', `/api/v1/volumes/${disk.id}`)).body).toMatchObject({ vmId: vm.id, deviceId: 1 });
+    expect(await virsh('domblklist', domainName(vm.id))).toContain(path1);
+
+    expect((await act(vm.id, { action: 'stop', forced: true })).body.state).toBe('Stopped');
+    const detached = await act(vm.id, { action: 'detach-volume', volumeId: disk.id });
+    expect(detached.status, JSON.stringify(detached.body)).toBe(200);
+    expect((await call('GET', `/api/v1/volumes/${disk.id}`)).body).toMatchObject({ vmId: null });
+    // Started again, its domain is built without the disk.
+    expect((await act(vm.id, { action: 'start' })).body.state).toBe('Running');
+    expect(await virsh('domblklist', domainName(vm.id))).not.toContain(path1);
+  });
+
+  it('refuses to change the offering of, or migrate, a running VM, and changes nothing', async () => {
+    const vm = await createVm('lc-refused');
+    const before = await get(vm.id);
+    const offerings = (await call('GET', '/api/v1/service-offerings')).body as Array<{ id: string }>;
+    const other = offerings.find((o) => o.id !== before.serviceOfferingId)!;
+    const res = await act(vm.id, { action: 'change-service-offering', serviceOfferingId: other.id });
+    expect(res.status).toBe(409);
+    expect(res.body.error.message).toMatch(/running|stop/i);
+    expect(await get(vm.id)).toMatchObject({ serviceOfferingId: before.serviceOfferingId, state: 'Running' });
+    expect(await domstate(vm.id)).toBe('running');
+  });
+
+  it('destroy of a running VM powers it off first; nothing of its domain is left', async () => {
+    const vm = await createVm('lc-destroy');
+    const res = await act(vm.id, { action: 'destroy' });
+    expect(res.status, JSON.stringify(res.body)).toBe(200);
+    expect(res.body.state).toBe('Destroyed');
+    expect(await domstate(vm.id)).toBe('absent');
+  });
+
+  it('a VM an operator powers off on the host is recorded Stopped by the power sync, with a warning event', async () => {
+    const vm = await createVm('lc-outside');
+    await virsh('destroy', domainName(vm.id));
+    const after = await eventually(async () => {
+      const v = await get(vm.id);
+      return v.state === 'Stopped' ? v : undefined;
+    }, 20_000, 'the power sync to record the VM Stopped');
+    expect(Date.parse(after.stateSince)).toBeGreaterThan(Date.parse(vm.stateSince));
+    const warned = (await events(vm.id)).find((e) => e.type === 'VM.STOP' && e.level === 'WARN');
+    expect(warned?.description).toBe('VM lc-outside was found stopped on its host; volsnap did not stop it');
+    // And it starts again from its row.
+    expect((await act(vm.id, { action: 'start' })).body.state).toBe('Running');
+  });
+
+  it('a VM left Starting by a process that died is settled from libvirt once the action is stale', async () => {
+    const vm = await createVm('lc-stale');
+    // As a process that committed Starting and died before committing the result would leave it.
+    await h.stack.pool.query(`UPDATE virtual_machines SET state = 'Starting', state_since = now() - interval '1 hour' WHERE id = $1`, [vm.id]);
+    expect((await act(vm.id, { action: 'stop' })).status).toBe(409);
+    const after = await eventually(async () => {
+      const v = await get(vm.id);
+      return v.state === 'Running' ? v : undefined;
+    }, 20_000, 'the power sync to settle the VM Running');
+    expect(after.state).toBe('Running');
+    const settled = (await events(vm.id)).find((e) => e.type === 'VM.START' && e.level === 'WARN');
+    expect(settled?.description).toBe('VM lc-stale was left Starting by an action whose process stopped; its host says it is running');
+  });
+});
