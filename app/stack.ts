@@ -11,6 +11,7 @@ import { connectLocalKvmHost, seedCatalog, type XenServerCatalog } from '../db/c
 import { ensureLibvirt, SYSTEM_URI } from '../compute/libvirt-daemon.js';
 import { createComputeRegistry, type ComputeRegistry } from '../compute/registry.js';
 import { createVmPowerSync } from '../services/vm-power-sync.js';
+import { liveImageResolver } from '../services/live-images.js';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../db/embedded.js';
 import { migrate } from '../db/migrate.js';
 import { createPool, ping, type Pool } from '../db/pool.js';
@@ -122,16 +123,20 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
     closers.push(() => connection.close());
     if (!devServer) await ensureSearchAttributes(connection, env.TEMPORAL_NAMESPACE, logger);
 
+    const consoleDir = join(env.dataDir, 'consoles');
+    const compute = env.KVM_COMPUTE === 'libvirt' ? await startCompute(env, logger, pool, consoleDir, closers) : null;
     const drivers: Stack['drivers'] = {
-      KVM: new KvmStorageDriver({ logger, backupRateLimitBytesPerSec: env.BACKUP_RATE_LIMIT_BYTES_PER_SEC }),
+      KVM: new KvmStorageDriver({
+        logger,
+        backupRateLimitBytesPerSec: env.BACKUP_RATE_LIMIT_BYTES_PER_SEC,
+        ...(compute ? { liveImages: liveImageResolver(pool, compute) } : {}),
+      }),
     };
     const xen = xenServerDriver(env, logger);
     if (xen) {
       drivers.XenServer = xen;
       closers.push(() => xen.close());
     }
-    const consoleDir = join(env.dataDir, 'consoles');
-    const compute = env.KVM_COMPUTE === 'libvirt' ? await startCompute(env, logger, pool, consoleDir, closers) : null;
     // A process that died between the two commits of a migrate/resize/new-volume left its volume busy: settle
     // the ones whose heartbeat is stale (live operations in other processes keep theirs fresh).
     await reconcileStuckVolumes({ pool, drivers, logger }).then(

@@ -34,6 +34,14 @@ export interface ComputeDriver {
   list(): Promise<Map<string, PowerState>>;
   /** The QEMU process of the running domain, or null. */
   qemuPid(vmId: string): Promise<number | null>;
+  /**
+   * Takes an internal snapshot `tag` of the running domain's disk image `file` through QEMU itself (QMP
+   * blockdev-snapshot-internal-sync): the guest runs on; the image's write lock is QEMU's, so qemu-img cannot.
+   * 'no-domain' when no running domain of the VM has the file open.
+   */
+  snapshotDiskLive(vmId: string, file: string, tag: string): Promise<'taken' | 'no-domain'>;
+  /** Deletes internal snapshot `tag` of the running domain's disk image `file` through QEMU; as above. */
+  deleteDiskSnapshotLive(vmId: string, file: string, tag: string): Promise<'deleted' | 'no-domain'>;
 }
 
 /** A libvirt call that failed; `message` is libvirt's own error text. */

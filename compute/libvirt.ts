@@ -132,6 +132,39 @@ export class LibvirtComputeDriver implements ComputeDriver {
     return pid ? Number(pid.trim()) : null;
   }
 
+  async snapshotDiskLive(vmId: string, file: string, tag: string): Promise<'taken' | 'no-domain'> {
+    const node = await this.formatNodeOf(vmId, file);
+    if (!node) return 'no-domain';
+    await this.qmp(vmId, 'blockdev-snapshot-internal-sync', { device: node, name: tag });
+    this.log.info({ vmId, file, tag, node }, 'internal snapshot taken by the running QEMU');
+    return 'taken';
+  }
+
+  async deleteDiskSnapshotLive(vmId: string, file: string, tag: string): Promise<'deleted' | 'no-domain'> {
+    const node = await this.formatNodeOf(vmId, file);
+    if (!node) return 'no-domain';
+    await this.qmp(vmId, 'blockdev-snapshot-delete-internal-sync', { device: node, name: tag });
+    this.log.info({ vmId, file, tag, node }, 'internal snapshot deleted by the running QEMU');
+    return 'deleted';
+  }
+
+  /** The qcow2 (format) node QEMU opened `file` as, in the running domain; null without one. */
+  private async formatNodeOf(vmId: string, file: string): Promise<string | null> {
+    const blocks = (await this.qmp(vmId, 'query-block', {}).catch((err: unknown) => (isNoDomain(err) ? null : Promise.reject(err)))) as
+      | Array<{ inserted?: { file?: string; 'node-name'?: string } }>
+      | null;
+    const hit = blocks?.find((b) => b.inserted?.file === file);
+    return hit?.inserted?.['node-name'] ?? null;
+  }
+
+  /** One QMP command to the domain's QEMU through libvirt; its `return`, or a LibvirtError with QEMU's text. */
+  private async qmp(vmId: string, execute: string, args: Record<string, unknown>): Promise<unknown> {
+    const out = await this.virsh(['qemu-monitor-command', domainName(vmId), JSON.stringify({ execute, arguments: args })]);
+    const reply = JSON.parse(out) as { return?: unknown; error?: { desc?: string } };
+    if (reply.error) throw new LibvirtError(`QEMU refused ${execute}: ${reply.error.desc ?? 'unknown error'}`);
+    return reply.return;
+  }
+
   private async withXmlFile<T>(xml: string, fn: (file: string) => Promise<T>): Promise<T> {
     await mkdir(this.workDir, { recursive: true });
     const file = path.join(this.workDir, `domain-${randomUUID()}.xml`);

@@ -312,3 +312,15 @@ export async function busyVolumes(
   );
   return rows.map((r) => ({ volumeId: r.id, state: r.state, volumeType: r.type, vmId: r.vm_id, sourceSnapshotId: r.source_snapshot_id }));
 }
+
+/** The KVM VM a live volume's image belongs to, with its state and host URI (the live-image resolver). */
+export async function vmOfImage(db: Queryable, path: string): Promise<{ vmId: string; state: string; hostName: string; hostUri: string | null } | undefined> {
+  const { rows } = await db.query(
+    `SELECT vm.id AS vm_id, vm.state, h.name AS host_name, h.uri AS host_uri
+       FROM volumes v JOIN virtual_machines vm ON vm.id = v.vm_id JOIN hosts h ON h.id = vm.host_id
+      WHERE v.path = $1 AND v.removed IS NULL AND vm.removed IS NULL AND vm.hypervisor = 'KVM'`,
+    [path],
+  );
+  const r = rows[0];
+  return r ? { vmId: r.vm_id, state: r.state, hostName: r.host_name, hostUri: r.host_uri ?? null } : undefined;
+}

@@ -544,7 +544,9 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         assertAllowed({ kind: 'volume', action: 'revert', volumeId: volume.id }, await inFlightSnapshots(tx, { volumeIds: [volume.id] }));
         requireState(snapshot, ['BackedUp'], 'revert');
         if (volume.removedAt || volume.state !== 'Ready') throw new ConflictError('INVALID_STATE', `volume ${volume.id} is ${volume.state}`, { volumeId: volume.id });
-        if (vm && vm.state === 'Running') throw new ConflictError('INVALID_STATE', `VM ${vm.id} is Running; stop it before reverting its volume`, { vmId: vm.id, state: vm.state });
+        if (vm && (vm.state === 'Running' || vm.state === 'Starting' || vm.state === 'Stopping')) {
+          throw new ConflictError('INVALID_STATE', `VM ${vm.id} is ${vm.state}; stop it before reverting its volume`, { vmId: vm.id, state: vm.state });
+        }
         const driver = driverFor({ drivers }, volume.hypervisor);
         const primary = (await getStoreRefs(tx, snapshot.id)).find((r) => r.role === 'Primary' && r.state === 'Ready');
         const onPrimary = primary !== undefined && (await driver.hasSnapshot(volume.path, snapshot.id));

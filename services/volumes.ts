@@ -59,8 +59,17 @@ export function createVolumeService(deps: ServiceDeps) {
     fn: (tx: PoolClient, volume: VolumeRecord, onRollback: OnRollback) => Promise<T>,
   ): Promise<T> {
     return withStorageTransaction(pool, logger, async (tx, onRollback) => {
-      const { volume } = await lockVolumeWithVm(tx, id, ownerScope(caller));
+      const { volume, vm } = await lockVolumeWithVm(tx, id, ownerScope(caller));
       const op = { kind: 'volume', action, volumeId: volume.id } as const;
+      // A running QEMU holds the image: no live resize or storage migration here (CloudStack's KVM needs the VM
+      // stopped for a migration too). A VM that is records only (KVM_COMPUTE=none) has no QEMU.
+      if ((action === 'resize' || action === 'migrate') && deps.compute && vm?.hypervisor === 'KVM' && vm.state !== 'Stopped') {
+        throw new ConflictError('INVALID_STATE', `volume ${volume.id} is attached to VM ${vm.name}, which is ${vm.state}; stop the VM before ${action === 'resize' ? 'resizing' : 'migrating'} the volume`, {
+          volumeId: volume.id,
+          vmId: vm.id,
+          state: vm.state,
+        });
+      }
       assertAllowed(op, await inFlightSnapshots(tx, { volumeIds: [volume.id] }));
       // A volume whose storage work runs (Migrating, Resizing) answers 409 VOLUME_BUSY at once.
       if (isTransitionalVolumeState(volume.state)) assertNotBusy(op, await busyVolumes(tx, { volumeIds: [volume.id] }));

@@ -61,7 +61,23 @@ export interface KvmDriverOptions {
    * volsnap process) holds the image's write lock, before it fails with ImageBusyError; default 30 s.
    */
   lockRetryMs?: number;
+  /**
+   * Finds the running VM whose QEMU holds an image (docs/design.md §15): a snapshot of its table is then taken
+   * or deleted by that QEMU, as qemu-img cannot while QEMU has the write lock. Without it: qemu-img only.
+   */
+  liveImages?: LiveImageResolver;
 }
+
+/** An image a running QEMU holds, and the snapshot-table changes that QEMU can make to it. */
+export interface LiveImage {
+  /** Which VM's QEMU, for the log. */
+  vmId: string;
+  /** false: the domain went away meanwhile (qemu-img can act now). */
+  createSnapshot(tag: string): Promise<boolean>;
+  deleteSnapshot(tag: string): Promise<boolean>;
+}
+
+export type LiveImageResolver = (volumePath: string) => Promise<LiveImage | null>;
 
 interface ImageInfo {
   virtualSize: number;
@@ -80,6 +96,7 @@ export class KvmStorageDriver implements StorageDriver {
   private readonly log: DriverLogger;
   private readonly rateLimit: number | undefined;
   private readonly lockRetryMs: number;
+  private readonly liveImages: LiveImageResolver | undefined;
   /** Per-image queue: qemu-img mutations take the image's write lock, so in-process ones must not overlap. */
   private readonly locks = new KeyedQueue();
 
@@ -90,6 +107,7 @@ export class KvmStorageDriver implements StorageDriver {
     this.log = opts.logger ?? noopLogger;
     this.rateLimit = opts.backupRateLimitBytesPerSec;
     this.lockRetryMs = opts.lockRetryMs ?? 30_000;
+    this.liveImages = opts.liveImages;
   }
 
   async createVolume(poolPath: string, volumeId: string, sizeBytes: number): Promise<CreatedVolume> {
@@ -176,14 +194,16 @@ export class KvmStorageDriver implements StorageDriver {
     parseVolumePath(volumePath);
     const tag = assertUuid(snapshotId, 'snapshotId');
     return this.locked(volumePath, async () => {
+      const create = ['snapshot', '-q', '--image-opts', '-c', tag, qcow2Opts(volumePath)];
+      const live = (img: LiveImage) => img.createSnapshot(tag);
       if (fresh) {
         // One qemu-img process instead of two on the time-to-created path (bench/README.md, P1).
-        await this.mutate(volumePath, ['snapshot', '-q', '--image-opts', '-c', tag, qcow2Opts(volumePath)]);
+        await this.mutate(volumePath, create, live);
         return { sizeBytes: fresh.volumeSizeBytes };
       }
       const info = await this.info(volumePath);
       // qemu-img happily creates a second snapshot with the same tag, so idempotency needs this check.
-      if (!info.snapshotNames.includes(tag)) await this.mutate(volumePath, ['snapshot', '-q', '--image-opts', '-c', tag, qcow2Opts(volumePath)]);
+      if (!info.snapshotNames.includes(tag)) await this.mutate(volumePath, create, live);
       return { sizeBytes: info.virtualSize };
     });
   }
@@ -194,7 +214,9 @@ export class KvmStorageDriver implements StorageDriver {
     await this.locked(volumePath, async () => {
       // `-d` removes one snapshot per call; duplicates (e.g. made by hand) must all go.
       const count = (await this.info(volumePath)).snapshotNames.filter((n) => n === tag).length;
-      for (let i = 0; i < count; i++) await this.mutate(volumePath, ['snapshot', '-q', '--image-opts', '-d', tag, qcow2Opts(volumePath)]);
+      for (let i = 0; i < count; i++) {
+        await this.mutate(volumePath, ['snapshot', '-q', '--image-opts', '-d', tag, qcow2Opts(volumePath)], (img) => img.deleteSnapshot(tag));
+      }
     });
   }
 
@@ -565,9 +587,10 @@ export class KvmStorageDriver implements StorageDriver {
    * running VM, qemu-io, a qemu-img in another volsnap process) it is retried with backoff for up to
    * `lockRetryMs`; then it fails with ImageBusyError, whose message carries only the image's file name (the
    * command line, with host paths, goes to the log only). qemu-img refuses before changing anything when the
-   * lock is taken, so a retry is safe.
+   * lock is taken, so a retry is safe. `live`: the same change made by the QEMU of a running VM, when the lock
+   * is that QEMU's (the live-image resolver finds it); it answers false when the VM stopped meanwhile.
    */
-  private async mutate(volumePath: string, args: string[]): Promise<void> {
+  private async mutate(volumePath: string, args: string[], live?: (img: LiveImage) => Promise<boolean>): Promise<void> {
     const deadline = Date.now() + this.lockRetryMs;
     for (let delay = 50, attempt = 1; ; attempt++) {
       try {
@@ -575,6 +598,8 @@ export class KvmStorageDriver implements StorageDriver {
         return;
       } catch (err) {
         if (!(err instanceof CommandError) || !isWriteLockClash(err.stderr)) throw err;
+        const img = live && this.liveImages ? await this.liveImages(volumePath) : null;
+        if (img && (await live!(img))) return;
         const left = deadline - Date.now();
         if (left <= 0) {
           this.log.warn({ err, volumePath, attempts: attempt }, 'image still locked by another process; giving up');

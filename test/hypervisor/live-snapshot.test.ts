@@ -1,0 +1,89 @@
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { domainName } from '../../compute/domain-xml.js';
+import { MiB, startApiHarness, waitFor, type ApiHarness } from '../api/harness.js';
+
+const exec = promisify(execFile);
+const virsh = async (...args: string[]) => (await exec('virsh', ['-q', '-c', 'qemu:///system', ...args])).stdout.trim();
+const snapshotTags = async (file: string) =>
+  ((JSON.parse((await exec('qemu-img', ['info', '-U', '--output=json', file])).stdout).snapshots ?? []) as Array<{ name: string }>).map((s) => s.name);
+
+/**
+ * Snapshots of a running VM's disk (the hypervisor tier): its QEMU holds the image's write lock, so the
+ * snapshot is taken and deleted by that QEMU (QMP), while the guest runs on, and backed up from the image with
+ * shared access. The backup holds exactly what the disk held; the VM never stops.
+ */
+describe('snapshots of a running VM on libvirt', () => {
+  let h: ApiHarness;
+  const call = (method: string, p: string, body?: unknown) => h.call(method, p, body === undefined ? {} : { body });
+
+  beforeAll(async () => {
+    const unavailable = process.env.VOLSNAP_TEST_LIBVIRT_UNAVAILABLE;
+    if (unavailable) throw new Error(`the hypervisor tier needs libvirt: ${unavailable}`);
+    h = await startApiHarness({ env: { KVM_COMPUTE: 'libvirt', VM_STOP_TIMEOUT_SECONDS: '2', VM_POWER_SYNC_SECONDS: '0' } });
+  }, 120_000);
+  afterAll(async () => {
+    await h?.stop();
+  });
+
+  it('takes, backs up, restores from and deletes a snapshot of a running VM’s data disk, with the VM running throughout', async () => {
+    const created = await call('POST', '/api/v1/vms', { name: 'live', hypervisor: 'KVM', rootDiskSizeBytes: 16 * MiB, dataDisks: [{ sizeBytes: 16 * MiB }], start: false });
+    expect(created.status, JSON.stringify(created.body)).toBe(201);
+    const vm = created.body;
+    const data = vm.volumes.find((v: { type: string }) => v.type === 'DATADISK');
+    // What the disk holds before the VM runs (no QEMU holds it yet).
+    await exec('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 0 4M', data.path]);
+    expect((await call('POST', `/api/v1/vms/${vm.id}/actions`, { action: 'start' })).body.state).toBe('Running');
+    const pid = (await virsh('domid', domainName(vm.id))).trim();
+    // QEMU holds the write lock now: qemu-img could not have taken this snapshot.
+    await expect(exec('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x11 0 4k', data.path])).rejects.toThrow(/write" lock/);
+
+    const res = await call('POST', `/api/v1/volumes/${data.id}/snapshots`, { name: 'live-1', asyncBackup: true });
+    expect(res.status, JSON.stringify(res.body)).toBe(201);
+    expect(await snapshotTags(data.path)).toContain(res.body.id);
+    const done = await waitFor(async () => {
+      const s = (await call('GET', `/api/v1/snapshots/${res.body.id}`)).body;
+      return s.state === 'BackedUp' || s.state === 'Error' ? s : undefined;
+    }, 60_000, 'the backup');
+    expect(done.state, JSON.stringify(done)).toBe('BackedUp');
+    expect(await virsh('domstate', domainName(vm.id))).toBe('running');
+    expect((await virsh('domid', domainName(vm.id))).trim()).toBe(pid);
+
+    // The backup holds the disk as it was: a volume made from it reads the pattern back.
+    const restored = await call('POST', `/api/v1/snapshots/${res.body.id}/volumes`, { name: 'from-live' });
+    expect(restored.status, JSON.stringify(restored.body)).toBe(201);
+    const restoredPath = (await call('GET', `/api/v1/volumes/${restored.body.id}`)).body.path;
+    const read = await exec('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x5a 0 4M', restoredPath]);
+    expect(read.stdout).not.toMatch(/Pattern verification failed/);
+
+    // A second one is backed up as a delta on the first (read through qemu-nbd with shared access), and restores.
+    const second = await call('POST', `/api/v1/volumes/${data.id}/snapshots`, { name: 'live-2', asyncBackup: true });
+    expect(second.status, JSON.stringify(second.body)).toBe(201);
+    const secondDone = await waitFor(async () => {
+      const s = (await call('GET', `/api/v1/snapshots/${second.body.id}`)).body;
+      return s.state === 'BackedUp' || s.state === 'Error' ? s : undefined;
+    }, 60_000, 'the second backup');
+    expect(secondDone.state, JSON.stringify(secondDone)).toBe('BackedUp');
+    expect(secondDone.backup).toMatchObject({ kind: 'incremental', parentSnapshotId: res.body.id });
+    const fromSecond = await call('POST', `/api/v1/snapshots/${second.body.id}/volumes`, { name: 'from-live-2' });
+    const secondPath = (await call('GET', `/api/v1/volumes/${fromSecond.body.id}`)).body.path;
+    expect((await exec('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x5a 0 4M', secondPath])).stdout).not.toMatch(/Pattern verification failed/);
+
+    // Reverting a running VM's disk is refused; deleting the snapshot is done by QEMU, the VM still running.
+    expect((await call('POST', `/api/v1/snapshots/${res.body.id}/revert`)).status).toBe(409);
+    const deleted = await call('DELETE', `/api/v1/snapshots/${res.body.id}`);
+    expect([200, 202, 204]).toContain(deleted.status);
+    await waitFor(async () => ((await snapshotTags(data.path)).includes(res.body.id) ? undefined : true), 30_000, 'the tag to go');
+    expect(await virsh('domstate', domainName(vm.id))).toBe('running');
+  });
+
+  it('refuses to resize a running VM’s disk, and changes nothing', async () => {
+    const vm = (await call('POST', '/api/v1/vms', { name: 'live-refuse', hypervisor: 'KVM', rootDiskSizeBytes: 16 * MiB })).body;
+    const root = vm.volumes[0];
+    const resized = await call('POST', `/api/v1/volumes/${root.id}/resize`, { sizeBytes: 32 * MiB });
+    expect(resized.status).toBe(409);
+    expect(resized.body.error.message).toMatch(/stop the VM before resizing/);
+    expect((await call('GET', `/api/v1/volumes/${root.id}`)).body).toMatchObject({ sizeBytes: 16 * MiB, state: 'Ready' });
+  });
+});
