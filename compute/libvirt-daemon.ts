@@ -77,6 +77,11 @@ export async function ensureLibvirt(opts: { uri?: string | undefined; logDir: st
     }
   } catch (err) {
     await stop();
+    // Another process on this machine (a second service, a cluster's other worker) started it meanwhile.
+    if (await libvirtAnswers(uri)) {
+      log.info('using the libvirt another process started meanwhile');
+      return none;
+    }
     throw err;
   }
   for (const p of kept) {

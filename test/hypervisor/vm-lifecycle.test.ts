@@ -170,6 +170,17 @@ describe('VM lifecycle on libvirt, through the API', () => {
     expect((await act(vm.id, { action: 'start' })).body.state).toBe('Running');
   });
 
+  it('a VM whose QEMU process is killed is recorded Stopped by the power sync, and starts again', async () => {
+    const vm = await createVm('lc-killed');
+    process.kill(await qemuPid(vm.id), 'SIGKILL');
+    await eventually(async () => ((await get(vm.id)).state === 'Stopped' ? true : undefined), 20_000, 'the power sync to record the VM Stopped');
+    const warned = (await events(vm.id)).filter((e) => e.type === 'VM.STOP' && e.level === 'WARN');
+    expect(warned).toHaveLength(1);
+    expect(warned[0]!.description).toMatch(/^VM lc-killed (crashed|was found stopped) on its host; volsnap did not stop it$/);
+    expect((await act(vm.id, { action: 'start' })).body.state).toBe('Running');
+    expect(await domstate(vm.id)).toBe('running');
+  });
+
   it('a VM left Starting by a process that died is settled from libvirt once the action is stale', async () => {
     const vm = await createVm('lc-stale');
     // As a process that committed Starting and died before committing the result would leave it.
