@@ -22,7 +22,12 @@ export async function domainSpecOf(db: Queryable, vm: VmRecord, consoleDir: stri
     accelerator: 'qemu',
     disks: volumes.map((v) => ({ volumeId: v.id, path: v.path, deviceId: v.deviceId ?? 0 })),
     isoPath: null,
-    consoleLog: path.join(consoleDir, `${vm.id}.log`),
+    consoleLog: consoleLogOf(consoleDir, vm.id),
     user: { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 },
   };
+}
+
+/** The VM's serial console log file. */
+export function consoleLogOf(consoleDir: string, vmId: string): string {
+  return path.join(consoleDir, `${vmId}.log`);
 }

@@ -8,7 +8,8 @@ import { findVm, insertVm, listVms, updateVm, TRANSITIONAL_VM_STATES, type Hyper
 import { withTransaction } from '../db/pool.js';
 import type { ComputeDriver } from '../compute/driver.js';
 import { diskTarget } from '../compute/domain-xml.js';
-import { domainSpecOf } from './vm-domain.js';
+import { consoleLogOf, domainSpecOf } from './vm-domain.js';
+import { tailFile } from './file-tail.js';
 import {
   destroyPrimaryRefsOfVolume,
   insertVolume,
@@ -465,6 +466,13 @@ export function createVmService(deps: ServiceDeps) {
         return actOnce(caller, id, { action: 'start' }, compute);
       }
       return done;
+    },
+    /** The last `lines` lines of the VM's serial console log (written by QEMU while its domain runs). */
+    async consoleTail(caller: Caller, id: string, lines: number): Promise<{ vmId: string; lines: string[]; truncated: boolean; updatedAt: string | null }> {
+      const vm = await findVm(pool, id, ownerScope(caller));
+      if (!vm) throw new NotFoundError('VM', id);
+      if (!deps.consoleDir) return { vmId: vm.id, lines: [], truncated: false, updatedAt: null };
+      return { vmId: vm.id, ...(await tailFile(consoleLogOf(deps.consoleDir, vm.id), lines)) };
     },
     /** Which VM actions the parallel-operation policy allows now, with reasons (the same table the actions use). */
     async allowedActions(caller: Caller, id: string): Promise<{ vmId: string; inFlightSnapshots: InFlightSnapshot[]; actions: AllowedAction[] }> {

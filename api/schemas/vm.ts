@@ -88,3 +88,22 @@ export const VmListQuerySchema = z.object({
   limit: PageLimitSchema,
   after: uuid('Cursor: the id of the previous page\'s last VM (its X-Next-Cursor)').optional(),
 });
+
+export const VmConsoleQuerySchema = z.object({
+  lines: z.coerce
+    .number({ error: 'must be a number' })
+    .int('must be an integer')
+    .min(1, 'must be at least 1')
+    .max(1000, 'must be at most 1000')
+    .default(100)
+    .openapi({ description: 'How many of the last lines (default 100, at most 1000)' }),
+});
+
+export const VmConsoleSchema = z
+  .object({
+    vmId: z.string(),
+    lines: z.array(z.string()).openapi({ description: "The last lines of the VM's serial console, oldest first" }),
+    truncated: z.boolean().openapi({ description: 'Earlier lines exist' }),
+    updatedAt: TimestampSchema.nullable().openapi({ description: 'When the console last wrote; null if it never has' }),
+  })
+  .openapi('VirtualMachineConsole');

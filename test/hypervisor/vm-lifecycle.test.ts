@@ -136,6 +136,17 @@ describe('VM lifecycle on libvirt, through the API', () => {
     expect(await virsh('domblklist', domainName(vm.id))).not.toContain(path1);
   });
 
+  it('shows an admin the tail of the console QEMU writes; a user may not read it', async () => {
+    const vm = await createVm('lc-console');
+    const res = await call('GET', `/api/v1/vms/${vm.id}/console?lines=20`);
+    expect(res.status, JSON.stringify(res.body)).toBe(200);
+    expect(res.body).toMatchObject({ vmId: vm.id, lines: expect.any(Array), truncated: expect.any(Boolean) });
+    // libvirt opened the file for the serial port when the domain started.
+    expect(res.body.updatedAt).not.toBeNull();
+    const user = await h.createUser('lc-console-user');
+    expect((await h.call('GET', `/api/v1/vms/${vm.id}/console`, { key: user.key })).status).toBe(403);
+  });
+
   it('refuses to change the offering of, or migrate, a running VM, and changes nothing', async () => {
     const vm = await createVm('lc-refused');
     const before = await get(vm.id);

@@ -1,6 +1,7 @@
 import { page } from '../../paging.js';
 import type { AppRouteHandler } from '../../types.js';
-import type { ActRoute, AllowedActionsRoute, CreateRoute, GetRoute, ListRoute } from './vms.routes.js';
+import { assertAdmin } from '../../middleware/auth.js';
+import type { ActRoute, AllowedActionsRoute, ConsoleRoute, CreateRoute, GetRoute, ListRoute } from './vms.routes.js';
 
 export const create: AppRouteHandler<CreateRoute> = async (c) =>
   c.json(await c.var.services.vms.create(c.var.caller, c.req.valid('json')), 201);
@@ -19,3 +20,9 @@ export const allowedActions: AppRouteHandler<AllowedActionsRoute> = async (c) =>
 
 export const act: AppRouteHandler<ActRoute> = async (c) =>
   c.json(await c.var.services.vms.act(c.var.caller, c.req.valid('param').id, c.req.valid('json')), 200);
+
+// Admin only: a guest's console may print anything (keys, addresses) and names no account boundary.
+export const consoleTail: AppRouteHandler<ConsoleRoute> = async (c) => {
+  assertAdmin(c);
+  return c.json(await c.var.services.vms.consoleTail(c.var.caller, c.req.valid('param').id, c.req.valid('query').lines), 200);
+};

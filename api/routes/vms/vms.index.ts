@@ -8,4 +8,5 @@ export default createRouter()
   .openapi(routes.list, handlers.list)
   .openapi(routes.get, handlers.get)
   .openapi(routes.allowedActions, handlers.allowedActions)
-  .openapi(routes.act, handlers.act);
+  .openapi(routes.act, handlers.act)
+  .openapi(routes.consoleTail, handlers.consoleTail);

@@ -1,6 +1,6 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { errorResponses, IdParamsSchema, jsonBody, jsonContent, PageHeadersSchema } from '../../schemas/common.js';
-import { AllowedActionsSchema, CreateVmSchema, VmActionSchema, VmListQuerySchema, VmSchema } from '../../schemas/vm.js';
+import { AllowedActionsSchema, CreateVmSchema, VmActionSchema, VmConsoleQuerySchema, VmConsoleSchema, VmListQuerySchema, VmSchema } from '../../schemas/vm.js';
 
 const tags = ['Virtual machines'];
 
@@ -50,7 +50,17 @@ export const act = createRoute({
   responses: { 200: jsonContent(VmSchema, 'The VM after the action'), ...errorResponses(400, 401, 404, 409, 413) },
 });
 
+export const consoleTail = createRoute({
+  path: '/api/v1/vms/{id}/console',
+  method: 'get',
+  tags,
+  summary: "The tail of a KVM VM's serial console log (admin)",
+  request: { params: IdParamsSchema, query: VmConsoleQuerySchema },
+  responses: { 200: jsonContent(VmConsoleSchema, 'The last lines'), ...errorResponses(400, 401, 403, 404) },
+});
+
 export type CreateRoute = typeof create;
+export type ConsoleRoute = typeof consoleTail;
 export type ListRoute = typeof list;
 export type GetRoute = typeof get;
 export type AllowedActionsRoute = typeof allowedActions;
