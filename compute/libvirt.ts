@@ -22,6 +22,13 @@ export interface LibvirtDriverOptions {
 }
 
 const NO_DOMAIN = /failed to get domain|Domain not found|no domain with matching/i;
+/** How long a call waits for a libvirtd that is restarting. */
+const RECONNECT_MS = 20_000;
+/** Nothing reached libvirt: any call may be sent again. */
+const NOT_CONNECTED = /failed to connect to the hypervisor|Failed to connect socket/i;
+/** The connection dropped during the call: only reads are sent again. */
+const CONNECTION_LOST = /end of file|Cannot recv data|Connection reset by peer|Broken pipe|client socket is closed/i;
+const READ_ONLY = new Set(['domstate', 'domblklist', 'list', 'dumpxml', 'version', 'domid', 'dominfo']);
 
 export class LibvirtComputeDriver implements ComputeDriver {
   readonly uri: string;
@@ -43,7 +50,12 @@ export class LibvirtComputeDriver implements ComputeDriver {
     if (state === 'running' || state === 'paused') return 'already-running';
     // A crashed or otherwise dead transient domain still named: gone before it is created again.
     if (state !== 'absent') await this.virsh(['destroy', domainName(spec.vmId)]).catch(ignoreNoDomain);
-    await this.withXmlFile(domainXml(spec), (file) => this.virsh(['create', file]));
+    await this.withXmlFile(domainXml(spec), (file) => this.virsh(['create', file])).catch(async (err: unknown) => {
+      // libvirtd went away mid-call: the domain may have been created. Its state, once libvirt answers, says.
+      if (!(err instanceof LibvirtError) || !CONNECTION_LOST.test(err.message)) throw err;
+      const now = await this.powerState(spec.vmId);
+      if (now !== 'running' && now !== 'paused') throw err;
+    });
     this.log.info({ vmId: spec.vmId, accelerator: spec.accelerator }, 'domain started');
     return 'started';
   }
@@ -61,7 +73,7 @@ export class LibvirtComputeDriver implements ComputeDriver {
       if (asked && (await until(gone, opts.timeoutMs ?? this.stopTimeoutMs))) return 'shut-down';
       this.log.warn({ vmId }, 'the guest did not shut down in time; powering it off');
     }
-    const off = await this.virsh(['destroy', name]).then(
+    const off = await this.change(['destroy', name], async () => (await this.powerState(vmId)) === 'absent').then(
       () => true,
       (err: unknown) => (isNoDomain(err) ? false : Promise.reject(err)),
     );
@@ -72,22 +84,26 @@ export class LibvirtComputeDriver implements ComputeDriver {
     // ACPI: libvirt powers the guest down and starts it again in the same QEMU (its "fake reboot"). A guest
     // that ignores ACPI is reset instead, as a real host's reset button would.
     const name = domainName(vmId);
-    await this.virsh(['reboot', name, '--mode', 'acpi']).catch(async (err: unknown) => {
+    const running = async () => (await this.powerState(vmId)) === 'running';
+    await this.change(['reboot', name, '--mode', 'acpi'], running).catch(async (err: unknown) => {
       if (isNoDomain(err)) throw new LibvirtError(`VM ${vmId} is not running`);
       this.log.warn({ err, vmId }, 'ACPI reboot refused; resetting the domain');
-      await this.virsh(['reset', name]);
+      await this.change(['reset', name], running);
     });
   }
 
   async attachDisk(vmId: string, disk: { path: string; target: string; volumeId: string }): Promise<void> {
     if ((await this.disks(vmId)).has(disk.target)) return;
-    await this.withXmlFile(diskXml(disk.path, disk.target, disk.volumeId), (file) => this.virsh(['attach-device', domainName(vmId), file, '--live']));
+    await this.withXmlFile(diskXml(disk.path, disk.target, disk.volumeId), (file) =>
+      this.change(['attach-device', domainName(vmId), file, '--live'], async () => (await this.disks(vmId)).has(disk.target)),
+    );
   }
 
   async detachDisk(vmId: string, target: string): Promise<void> {
     if (!(await this.disks(vmId)).has(target)) return;
     // libvirt waits a few seconds for the guest to release the device; a slow guest may take longer.
-    await this.virsh(['detach-disk', domainName(vmId), target, '--live']);
+    // A request lost with its connection is checked by the wait below like any other.
+    await this.change(['detach-disk', domainName(vmId), target, '--live'], async () => true);
     if (!(await until(async () => !(await this.disks(vmId)).has(target), 30_000))) {
       throw new LibvirtError(`the guest of VM ${vmId} did not release disk ${target}`);
     }
@@ -176,11 +192,37 @@ export class LibvirtComputeDriver implements ComputeDriver {
     }
   }
 
+  /**
+   * A change whose connection may drop midway (libvirtd restarting): then `done` decides from the domain's
+   * state, read once libvirt answers again, whether it happened; if not, the error stands.
+   */
+  private async change(args: string[], done: () => Promise<boolean>): Promise<string> {
+    return this.virsh(args).catch(async (err: unknown) => {
+      if (!(err instanceof LibvirtError) || !CONNECTION_LOST.test(err.message) || !(await done().catch(() => false))) throw err;
+      this.log.warn({ command: args[0], err: err.message }, 'libvirt restarted during a change that took effect');
+      return '';
+    });
+  }
+
+  /**
+   * One virsh call. libvirtd restarts (an upgrade, its keeper after a crash) while domains run on: a call that
+   * could not connect is retried for up to RECONNECT_MS, as nothing reached libvirt; a read that lost its
+   * connection midway is retried too. A change whose connection dropped midway is not (it may have happened):
+   * its caller decides from the domain's state.
+   */
   private async virsh(args: string[]): Promise<string> {
-    try {
-      return (await run(this.virshBin, ['-q', '-c', this.uri, ...args])).stdout;
-    } catch (err) {
-      throw libvirtError(err);
+    const read = READ_ONLY.has(args[0]!) || (args[0] === 'qemu-monitor-command' && args[2]?.includes('"query-'));
+    const deadline = Date.now() + RECONNECT_MS;
+    for (let delay = 200, attempt = 1; ; attempt++, delay = Math.min(delay * 2, 2000)) {
+      try {
+        return (await run(this.virshBin, ['-q', '-c', this.uri, ...args])).stdout;
+      } catch (err) {
+        const e = libvirtError(err);
+        const retry = NOT_CONNECTED.test(e.message) || (read && CONNECTION_LOST.test(e.message));
+        if (!retry || Date.now() >= deadline) throw e;
+        if (attempt === 1) this.log.warn({ command: args[0], err: e.message }, 'libvirt is not answering; retrying while it restarts');
+        await new Promise((r) => setTimeout(r, delay));
+      }
     }
   }
 }

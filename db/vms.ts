@@ -8,6 +8,13 @@ export type VmState = (typeof VM_STATES)[number];
 /** The states a VM action passes through while its hypervisor call runs (committed before it, left after it). */
 export const TRANSITIONAL_VM_STATES = ['Starting', 'Stopping'] as const;
 
+/** A disk hot-plug on a running VM between its two commits. */
+export interface PendingDiskChange {
+  op: 'attach' | 'detach';
+  volumeId: string;
+  target: string;
+}
+
 /** A `virtual_machines` row. */
 export interface VmRecord {
   id: string;
@@ -22,6 +29,9 @@ export interface VmRecord {
   stateSince: string;
   /** The hypervisor's text for the last action that failed, or null. */
   lastError: string | null;
+  /** A hot-plug in flight (committed before libvirt is called, cleared after), and since when. */
+  pendingDisk: PendingDiskChange | null;
+  pendingDiskSince: string | null;
   createdAt: string;
   updatedAt: string;
 }
@@ -39,6 +49,8 @@ export function toVmRecord(r: Record<string, any>): VmRecord {
     hostId: r.host_id,
     stateSince: new Date(r.state_since).toISOString(),
     lastError: r.last_error ?? null,
+    pendingDisk: r.pending_disk ?? null,
+    pendingDiskSince: r.pending_disk_since ? new Date(r.pending_disk_since).toISOString() : null,
     createdAt: new Date(r.created).toISOString(),
     updatedAt: new Date(r.updated).toISOString(),
   };
@@ -90,15 +102,17 @@ export async function insertVm(db: Queryable, vm: NewVm): Promise<VmRecord> {
 export async function updateVm(
   db: Queryable,
   id: string,
-  set: Partial<Record<'state' | 'iso_id' | 'service_offering_id' | 'host_id' | 'last_error', unknown>>,
+  set: Partial<Record<'state' | 'iso_id' | 'service_offering_id' | 'host_id' | 'last_error' | 'pending_disk', unknown>>,
 ): Promise<VmRecord> {
   const cols = Object.keys(set);
+  // pending_disk is dated with it (null clears both); jsonb goes in as text.
+  const pendingSince = 'pending_disk' in set ? `pending_disk_since = CASE WHEN $${cols.length + 2}::text IS NULL THEN NULL ELSE now() END, ` : '';
   const since = 'state' in set ? 'state_since = CASE WHEN state = $2 THEN state_since ELSE now() END, ' : '';
   // $2 is the new state: state_since moves only when the state changes (the CASE reads the old row).
   const order = 'state' in set ? ['state', ...cols.filter((c) => c !== 'state')] : cols;
   const { rows } = await db.query(
-    `UPDATE virtual_machines SET ${since}${order.map((c, i) => `${c} = $${i + 2}, `).join('')}updated = now() WHERE id = $1 RETURNING *`,
-    [id, ...order.map((c) => set[c as keyof typeof set])],
+    `UPDATE virtual_machines SET ${since}${pendingSince}${order.map((c, i) => `${c} = $${i + 2}, `).join('')}updated = now() WHERE id = $1 RETURNING *`,
+    [id, ...order.map((c) => jsonParam(c, set[c as keyof typeof set])), ...(pendingSince ? [jsonParam('pending_disk', set.pending_disk)] : [])],
   );
   return toVmRecord(rows[0]);
 }
@@ -124,4 +138,8 @@ export async function liveKvmVms(db: Queryable): Promise<KvmVmOnHost[]> {
       WHERE vm.state <> 'Destroyed' AND vm.hypervisor = 'KVM' AND vm.removed IS NULL`,
   );
   return rows.map((r) => ({ ...toVmRecord(r), hostUri: r.host_uri ?? null }));
+}
+
+function jsonParam(col: string, value: unknown): unknown {
+  return col === 'pending_disk' && value !== null && value !== undefined ? JSON.stringify(value) : value;
 }

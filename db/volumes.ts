@@ -324,3 +324,9 @@ export async function vmOfImage(db: Queryable, path: string): Promise<{ vmId: st
   const r = rows[0];
   return r ? { vmId: r.vm_id, state: r.state, hostName: r.host_name, hostUri: r.host_uri ?? null } : undefined;
 }
+
+/** The live volume whose image is `path`, if any. */
+export async function liveVolumeByPath(db: Queryable, path: string): Promise<VolumeRecord | undefined> {
+  const { rows } = await db.query(`SELECT * FROM volumes WHERE path = $1 AND removed IS NULL AND state <> 'Destroyed'`, [path]);
+  return rows[0] ? toVolumeRecord(rows[0]) : undefined;
+}

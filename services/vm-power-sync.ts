@@ -9,13 +9,17 @@ import type { Logger } from 'pino';
 import type { ComputeDriver, PowerState } from '../compute/driver.js';
 import type { ComputeRegistry } from '../compute/registry.js';
 import { recordEvent, type EventLevel } from '../db/events.js';
-import { lockVm } from '../db/locks.js';
+import { lockVm, lockVmVolumes } from '../db/locks.js';
+import { liveVolumeByPath, updateVolume, volumesOfVms, type VolumeRecord } from '../db/volumes.js';
+import { CDROM_TARGET } from '../compute/domain-xml.js';
 import { withTransaction, type Pool } from '../db/pool.js';
 import { liveKvmVms, staleTransitionalVms, updateVm, type KvmVmOnHost, type VmState } from '../db/vms.js';
 
 export interface PowerSyncResult {
   /** VMs whose row changed, with the state it changed to. */
   changed: Array<{ vmId: string; from: VmState; to: VmState }>;
+  /** Volumes whose attachment was recorded as the running domain has it. */
+  disks: Array<{ vmId: string; volumeId: string; now: 'attached' | 'detached' }>;
   /** Domains named as volsnap's whose VM has no live row (left alone for an operator, logged). */
   unknownDomains: string[];
 }
@@ -54,7 +58,7 @@ export function createVmPowerSync(deps: PowerSyncDeps) {
   }
 
   async function syncOnce(): Promise<PowerSyncResult> {
-    const result: PowerSyncResult = { changed: [], unknownDomains: [] };
+    const result: PowerSyncResult = { changed: [], disks: [], unknownDomains: [] };
     const drivers = new Map<string, ComputeDriver>(deps.compute.reachable().map((d) => [d.uri, d]));
     if (drivers.size === 0) return result;
     // Rows first, domains after: a VM that was Running when read had its domain started before, so a domain
@@ -99,6 +103,15 @@ export function createVmPowerSync(deps: PowerSyncDeps) {
       // Shutting down or another passing state: the next round sees where it ends.
     }
 
+    for (const vm of live) {
+      const power = powerOf(vm);
+      if (vm.state !== 'Running' || power === null || !UP.has(power)) continue;
+      if (vm.pendingDisk && Date.now() - Date.parse(vm.pendingDiskSince!) < deps.staleMs) continue;
+      await syncDisks(vm, drivers.get(vm.hostUri!)!, result).catch((err: unknown) =>
+        log.warn({ err, vmId: vm.id }, 'comparing a VM\'s disks with its domain failed; the next round retries'),
+      );
+    }
+
     const known = new Set(live.map((vm) => vm.id));
     for (const [uri, listed] of domains) {
       for (const vmId of listed.keys()) {
@@ -108,6 +121,54 @@ export function createVmPowerSync(deps: PowerSyncDeps) {
       }
     }
     return result;
+  }
+
+  /**
+   * Records the running domain's disks as the VM's attachments: the domain is the truth (an operator's
+   * `virsh detach-disk`, or a hot-plug whose process died between its two commits, marked pending and now stale).
+   * ROOT stays attached whatever; a domain disk that is another VM's volume is left for an operator.
+   */
+  async function syncDisks(vm: KvmVmOnHost, driver: ComputeDriver, result: PowerSyncResult): Promise<void> {
+    const onHost = await driver.disks(vm.id);
+    const rows = (await volumesOfVms(deps.pool, [vm.id])).filter((v) => v.vmId === vm.id && v.state !== 'Destroyed');
+    const paths = new Map([...onHost].filter(([target]) => target !== CDROM_TARGET).map(([target, file]) => [file, target]));
+    const gone = rows.filter((v) => v.type !== 'ROOT' && !paths.has(v.path));
+    const extra = [...paths].filter(([file]) => !rows.some((v) => v.path === file));
+    if (gone.length === 0 && extra.length === 0 && !vm.pendingDisk) return;
+    const found: Array<{ volume: VolumeRecord; target: string }> = [];
+    for (const [file, target] of extra) {
+      const volume = await liveVolumeByPath(deps.pool, file);
+      if (volume && volume.vmId === null && volume.type === 'DATADISK') found.push({ volume, target });
+      else if (volume && volume.vmId !== vm.id) log.error({ vmId: vm.id, volumeId: volume.id, target, attachedTo: volume.vmId }, 'a running domain has a volume the rows give to another VM; left for an operator');
+    }
+    await withTransaction(deps.pool, async (tx) => {
+      const row = await lockVm(tx, vm.id, null).catch(() => null);
+      // Every attach and detach writes the VM row: unchanged since it was read, the rows read then still hold.
+      if (!row || row.state !== 'Running' || row.updatedAt !== vm.updatedAt) return;
+      await lockVmVolumes(tx, vm.id);
+      const event = (volumeId: string, type: string, description: string) =>
+        recordEvent(tx, {
+          type,
+          level: 'WARN',
+          accountId: vm.accountId,
+          resourceType: 'VirtualMachine',
+          resourceId: vm.id,
+          description,
+          details: { vmId: vm.id, volumeId, by: 'power-sync', pendingDisk: vm.pendingDisk },
+        });
+      for (const v of gone) {
+        await updateVolume(tx, v.id, { vm_id: null, device_id: null });
+        await event(v.id, 'VOLUME.DETACH', `volume ${v.name} is not attached to VM ${vm.name} on its host; recorded detached`);
+        result.disks.push({ vmId: vm.id, volumeId: v.id, now: 'detached' });
+      }
+      for (const { volume, target } of found) {
+        await updateVolume(tx, volume.id, { vm_id: vm.id, device_id: target.charCodeAt(2) - 97 });
+        await event(volume.id, 'VOLUME.ATTACH', `volume ${volume.name} is attached to VM ${vm.name} on its host (${target}); recorded attached`);
+        result.disks.push({ vmId: vm.id, volumeId: volume.id, now: 'attached' });
+      }
+      if (vm.pendingDisk) await updateVm(tx, vm.id, { pending_disk: null });
+    });
+    for (const d of result.disks.filter((x) => x.vmId === vm.id)) log.warn(d, 'recorded a VM disk as its domain has it');
   }
 
   return { syncOnce };

@@ -179,9 +179,12 @@ export function createVmService(deps: ServiceDeps) {
       const text = err instanceof Error ? err.message : String(err);
       log.error({ err }, `${what} failed`);
       const after = await settle(vm.id, step.kind === 'start' || step.kind === 'stop' ? vm.state : null, async (tx, row) => {
+        const hotplug = step.kind === 'attach' || step.kind === 'detach';
+        // A hot-plug the sync settled meanwhile (this process was presumed dead): its answer stands.
+        if (hotplug && row.pendingDisk?.volumeId !== step.volume.id) return row;
         await undo?.(tx);
         await actionEvent(tx, row, action, `${what} failed: ${text}`, { error: text }, 'ERROR');
-        return updateVm(tx, row.id, { state, last_error: text });
+        return updateVm(tx, row.id, { state, last_error: text, ...(hotplug ? { pending_disk: null } : {}) });
       });
       throw new ConflictError('HYPERVISOR_ERROR', `${what} failed: ${hypervisorText(err)}`, { vmId: vm.id, state: after.state });
     };
@@ -221,14 +224,17 @@ export function createVmService(deps: ServiceDeps) {
               await updateVolume(tx, step.volume.id, { vm_id: null, device_id: null });
             }),
           );
-        return vm;
+        return settle(vm.id, null, async (tx, row) => (row.pendingDisk?.volumeId === step.volume.id ? updateVm(tx, row.id, { pending_disk: null }) : row));
       case 'detach':
-        await compute.detachDisk(vm.id, step.target).catch((err: unknown) =>
-          failed(err, 'detach-volume', vm.state, `hot-unplugging volume ${step.volume.name} from VM ${vm.name}`, async (tx) => {
-            await updateVolume(tx, step.volume.id, { vm_id: vm.id, device_id: step.volume.deviceId });
-          }),
-        );
-        return vm;
+        await compute
+          .detachDisk(vm.id, step.target)
+          .catch((err: unknown) => failed(err, 'detach-volume', vm.state, `hot-unplugging volume ${step.volume.name} from VM ${vm.name}`));
+        return settle(vm.id, null, async (tx, row) => {
+          if (row.pendingDisk?.volumeId !== step.volume.id) return row;
+          await updateVolume(tx, step.volume.id, { vm_id: null, device_id: null });
+          await actionEvent(tx, row, 'detach-volume', `volume ${step.volume.name} detached from VM ${vm.name} (hot-unplugged)`, { volumeId: step.volume.id, target: step.target });
+          return updateVm(tx, row.id, { pending_disk: null });
+        });
     }
   }
 
@@ -264,6 +270,13 @@ export function createVmService(deps: ServiceDeps) {
     if (vm.state === 'Destroyed') throw invalidState(`VM ${vm.id} is Destroyed`, { vmId: vm.id, state: vm.state });
     if ((TRANSITIONAL_VM_STATES as readonly string[]).includes(vm.state)) {
       throw invalidState(`VM ${vm.id} is ${vm.state}; retry when it is ${vm.state === 'Starting' ? 'Running' : 'Stopped'}`, { vmId: vm.id, state: vm.state });
+    }
+    if (vm.pendingDisk) {
+      throw invalidState(`VM ${vm.id} is changing its disks (${vm.pendingDisk.op} of volume ${vm.pendingDisk.volumeId}); retry when that is done`, {
+        vmId: vm.id,
+        state: vm.state,
+        pendingDisk: vm.pendingDisk,
+      });
     }
     const live = compute !== null && vm.state === 'Running';
     const requireState = (state: VmState) => {
@@ -354,17 +367,25 @@ export function createVmService(deps: ServiceDeps) {
         }
         const deviceId = Math.max(0, ...attached.map((v) => v.deviceId ?? 0)) + 1;
         await updateVolume(tx, volume.id, { vm_id: vm.id, device_id: deviceId });
-        // Hot-plugged after COMMIT; undone (detached again) if libvirt refuses.
-        if (live) hypervisorSteps.push({ kind: 'attach', volume: { ...volume, vmId: vm.id, deviceId }, target: diskTarget(deviceId) });
         await actionEvent(tx, vm, req.action, `volume ${volume.name} attached to VM ${vm.name}`, { volumeId: volume.id, deviceId });
-        return updateVm(tx, vm.id, {});
+        if (!live) return updateVm(tx, vm.id, {});
+        // Hot-plugged after COMMIT; undone (detached again) if libvirt refuses. The pending mark keeps the power
+        // sync off the VM's disks meanwhile, and lets it settle them if this process dies in between.
+        const dev = diskTarget(deviceId);
+        hypervisorSteps.push({ kind: 'attach', volume: { ...volume, vmId: vm.id, deviceId }, target: dev });
+        return updateVm(tx, vm.id, { pending_disk: { op: 'attach', volumeId: volume.id, target: dev } });
       }
       case 'detach-volume': {
         const volume = target!;
         if (volume.vmId !== vm.id) throw new ConflictError('VOLUME_NOT_ATTACHED', `volume ${volume.id} is not attached to VM ${vm.id}`, { volumeId: volume.id, vmId: vm.id });
         if (volume.type === 'ROOT') throw invalidState(`the ROOT volume cannot be detached`, { volumeId: volume.id, vmId: vm.id });
+        if (live) {
+          // Still attached until the guest has let it go: the row changes when libvirt confirms (runHypervisorStep).
+          const dev = diskTarget(volume.deviceId ?? 0);
+          hypervisorSteps.push({ kind: 'detach', volume, target: dev });
+          return updateVm(tx, vm.id, { pending_disk: { op: 'detach', volumeId: volume.id, target: dev } });
+        }
         await updateVolume(tx, volume.id, { vm_id: null, device_id: null });
-        if (live) hypervisorSteps.push({ kind: 'detach', volume, target: diskTarget(volume.deviceId ?? 0) });
         await actionEvent(tx, vm, req.action, `volume ${volume.name} detached from VM ${vm.name}`, { volumeId: volume.id });
         return updateVm(tx, vm.id, {});
       }

@@ -19,6 +19,11 @@ export const VmSchema = z
     hostId: z.string().nullable(),
     stateSince: TimestampSchema,
     lastError: z.string().nullable().openapi({ description: 'Why the last start or stop failed (the hypervisor\'s words), or null' }),
+    pendingDisk: z
+      .object({ op: z.enum(['attach', 'detach']), volumeId: z.string(), target: z.string() })
+      .nullable()
+      .openapi({ description: 'A hot-plug in progress on the running VM (its other actions wait for it), or null' }),
+    pendingDiskSince: TimestampSchema.nullable(),
     createdAt: TimestampSchema,
     updatedAt: TimestampSchema,
     volumes: z.array(VolumeSchema).openapi({ description: 'Attached volumes, ROOT first' }),

@@ -13,9 +13,15 @@ ALTER TABLE virtual_machines ADD CONSTRAINT virtual_machines_state_check
 ALTER TABLE virtual_machines ADD COLUMN state_since timestamptz NOT NULL DEFAULT now();
 ALTER TABLE virtual_machines ADD COLUMN last_error text;
 CREATE INDEX virtual_machines_transitional_idx ON virtual_machines(state_since) WHERE state IN ('Starting', 'Stopping');
+-- A hot-plug in flight on a running VM ({op: attach|detach, volumeId, target}): the sync leaves the VM's disks
+-- alone while it is fresh, and settles a stale one from the domain's disks.
+ALTER TABLE virtual_machines ADD COLUMN pending_disk jsonb;
+ALTER TABLE virtual_machines ADD COLUMN pending_disk_since timestamptz;
 
 -- Down Migration
 
+ALTER TABLE virtual_machines DROP COLUMN pending_disk_since;
+ALTER TABLE virtual_machines DROP COLUMN pending_disk;
 DROP INDEX virtual_machines_transitional_idx;
 UPDATE virtual_machines SET state = 'Stopped' WHERE state IN ('Starting', 'Stopping');
 ALTER TABLE virtual_machines DROP COLUMN last_error;

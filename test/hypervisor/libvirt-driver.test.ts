@@ -4,7 +4,7 @@ import { mkdtempSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'n
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { domainName, type DomainSpec } from '../../compute/domain-xml.js';
 import { ensureLibvirt, libvirtAnswers, LibvirtUnavailableError, type LibvirtDaemon } from '../../compute/libvirt-daemon.js';
 import { LibvirtComputeDriver } from '../../compute/libvirt.js';
@@ -39,7 +39,7 @@ describe('libvirt compute driver', () => {
   const vms: string[] = [];
 
   beforeAll(async () => {
-    const unavailable = process.env.VOLSNAP_TEST_LIBVIRT_UNAVAILABLE;
+    const unavailable = inject('libvirtUnavailable');
     if (unavailable) throw new Error(`the hypervisor tier needs libvirt: ${unavailable}`);
     dir = mkdtempSync(path.join(tmpdir(), 'volsnap-hv-'));
     daemon = await ensureLibvirt({ logDir: path.join(dir, 'libvirt'), logger: silentLogger });
@@ -148,7 +148,7 @@ describe('libvirt compute driver', () => {
   });
 
   // Only when this run's keeper runs libvirtd (CI; a host's own libvirtd is not ours to kill).
-  it.runIf(process.env.VOLSNAP_TEST_LIBVIRT_KEPT === '1')('libvirtd killed under a running domain: its keeper starts it again, the domain runs on, the driver reconnects', async () => {
+  it.runIf(inject('libvirtKept'))('libvirtd killed under a running domain: its keeper starts it again, the domain runs on, the driver reconnects', async () => {
     const s = await spec(1);
     await driver.start(s);
     const qemu = (await driver.qemuPid(s.vmId))!;

@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { domainName } from '../../compute/domain-xml.js';
 import { MiB, startApiHarness, waitFor, type ApiHarness } from '../api/harness.js';
 
@@ -19,7 +19,7 @@ describe('snapshots of a running VM on libvirt', () => {
   const call = (method: string, p: string, body?: unknown) => h.call(method, p, body === undefined ? {} : { body });
 
   beforeAll(async () => {
-    const unavailable = process.env.VOLSNAP_TEST_LIBVIRT_UNAVAILABLE;
+    const unavailable = inject('libvirtUnavailable');
     if (unavailable) throw new Error(`the hypervisor tier needs libvirt: ${unavailable}`);
     h = await startApiHarness({ env: { KVM_COMPUTE: 'libvirt', VM_STOP_TIMEOUT_SECONDS: '2', VM_POWER_SYNC_SECONDS: '0' } });
   }, 120_000);

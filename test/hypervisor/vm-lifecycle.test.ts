@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { readdirSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { domainName } from '../../compute/domain-xml.js';
 import { MiB, startApiHarness, type ApiHarness } from '../api/harness.js';
 
@@ -49,7 +49,7 @@ describe('VM lifecycle on libvirt, through the API', () => {
   const act = (vmId: string, body: Record<string, unknown>) => call('POST', `/api/v1/vms/${vmId}/actions`, body);
 
   beforeAll(async () => {
-    const unavailable = process.env.VOLSNAP_TEST_LIBVIRT_UNAVAILABLE;
+    const unavailable = inject('libvirtUnavailable');
     if (unavailable) throw new Error(`the hypervisor tier needs libvirt: ${unavailable}`);
     h = await startApiHarness({
       env: { KVM_COMPUTE: 'libvirt', VM_STOP_TIMEOUT_SECONDS: '2', VM_POWER_SYNC_SECONDS: '1', VM_ACTION_STALE_SECONDS: '10' },
@@ -155,7 +155,12 @@ describe('VM lifecycle on libvirt, through the API', () => {
     const res = await act(vm.id, { action: 'change-service-offering', serviceOfferingId: other.id });
     expect(res.status).toBe(409);
     expect(res.body.error.message).toMatch(/running|stop/i);
-    expect(await get(vm.id)).toMatchObject({ serviceOfferingId: before.serviceOfferingId, state: 'Running' });
+    const hosts = (await call('GET', '/api/v1/hosts')).body as Array<{ id: string; hypervisor: string }>;
+    const otherHost = hosts.find((x) => x.hypervisor === 'KVM' && x.id !== before.hostId)!;
+    const moved = await act(vm.id, { action: 'migrate', hostId: otherHost.id });
+    expect(moved.status).toBe(409);
+    expect(moved.body.error.message).toMatch(/stop it before migrating/);
+    expect(await get(vm.id)).toMatchObject({ serviceOfferingId: before.serviceOfferingId, hostId: before.hostId, state: 'Running' });
     expect(await domstate(vm.id)).toBe('running');
   });
 
@@ -190,6 +195,32 @@ describe('VM lifecycle on libvirt, through the API', () => {
     expect(warned[0]!.description).toMatch(/^VM lc-killed (crashed|was found stopped) on its host; volsnap did not stop it$/);
     expect((await act(vm.id, { action: 'start' })).body.state).toBe('Running');
     expect(await domstate(vm.id)).toBe('running');
+  });
+
+  it('a disk an operator hot-plugs with virsh is recorded attached; a hot-plug whose process died is settled from the domain', async () => {
+    const vm = await createVm('lc-disks');
+    const spare = (await call('POST', '/api/v1/volumes', { name: 'lc-spare', sizeBytes: 8 * MiB })).body;
+    const sparePath = (await call('GET', `/api/v1/volumes/${spare.id}`)).body.path;
+    await virsh('attach-disk', domainName(vm.id), sparePath, 'vdc', '--live', '--driver', 'qemu', '--subdriver', 'qcow2', '--targetbus', 'virtio');
+    const attached = await eventually(async () => {
+      const v = (await call('GET', `/api/v1/volumes/${spare.id}`)).body;
+      return v.vmId === vm.id ? v : undefined;
+    }, 20_000, 'the sync to record the operator\'s disk');
+    expect(attached.deviceId).toBe(2);
+    expect((await events(vm.id)).map((e) => e.description)).toContain(`volume lc-spare is attached to VM lc-disks on its host (vdc); recorded attached`);
+
+    // As a process that committed an attach (row and pending mark) and died before asking libvirt would leave it.
+    const lost = (await call('POST', '/api/v1/volumes', { name: 'lc-lost', sizeBytes: 8 * MiB })).body;
+    await h.stack.pool.query(`UPDATE volumes SET vm_id = $1, device_id = 3 WHERE id = $2`, [vm.id, lost.id]);
+    await h.stack.pool.query(
+      `UPDATE virtual_machines SET pending_disk = $2, pending_disk_since = now() - interval '1 hour', updated = now() WHERE id = $1`,
+      [vm.id, JSON.stringify({ op: 'attach', volumeId: lost.id, target: 'vdd' })],
+    );
+    expect((await act(vm.id, { action: 'reboot' })).status).toBe(409);
+    await eventually(async () => ((await call('GET', `/api/v1/volumes/${lost.id}`)).body.vmId === null ? true : undefined), 20_000, 'the stale attach to be settled');
+    expect((await get(vm.id)).pendingDisk).toBeNull();
+    expect((await events(vm.id)).map((e) => e.description)).toContain(`volume lc-lost is not attached to VM lc-disks on its host; recorded detached`);
+    expect((await act(vm.id, { action: 'reboot' })).status).toBe(200);
   });
 
   it('a VM left Starting by a process that died is settled from libvirt once the action is stale', async () => {

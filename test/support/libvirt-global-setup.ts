@@ -9,28 +9,43 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
+import type { TestProject } from 'vitest/node';
 import { run } from '../../storage/exec.js';
 
 let daemon: LibvirtDaemon | undefined;
 
-export async function setup(): Promise<void> {
+declare module 'vitest' {
+  export interface ProvidedContext {
+    /** This run's keeper runs libvirtd: the restart test may kill it (a host's own libvirtd is not ours to). */
+    libvirtKept: boolean;
+    /** Why libvirt cannot run here (the hypervisor tier fails with it), or null. */
+    libvirtUnavailable: string | null;
+  }
+}
+
+// Test files run in forked workers that do not see this process's env: what they need is provided.
+export async function setup(project: TestProject): Promise<void> {
   const logDir = mkdtempSync(path.join(tmpdir(), 'volsnap-libvirt-'));
   try {
     daemon = await ensureLibvirt({ logDir, logger: pino({ level: 'warn' }) });
-    // The restart test kills libvirtd: only when this run's keeper brings it back.
-    if (daemon.started) process.env.VOLSNAP_TEST_LIBVIRT_KEPT = '1';
+    project.provide('libvirtKept', daemon.started);
+    project.provide('libvirtUnavailable', null);
   } catch (err) {
-    process.env.VOLSNAP_TEST_LIBVIRT_UNAVAILABLE = err instanceof Error ? err.message : String(err);
+    project.provide('libvirtKept', false);
+    project.provide('libvirtUnavailable', err instanceof Error ? err.message : String(err));
   }
 }
 
 export async function teardown(): Promise<void> {
-  // A libvirt this run started: the domains its tests left (a failed test's VMs) go with it. QEMU would outlive
-  // libvirtd. A libvirt that was already running is someone's host: left as it was.
+  // A libvirt this run started: the domains its tests left behind (a failed test's VMs) go with it, as QEMU
+  // would outlive libvirtd. Only those whose disks are in a test's temporary data dir: a developer's own VMs
+  // (under their VOLSNAP_DATA_DIR) may have been running under this libvirt too.
   if (daemon?.started) {
-    const names = await run('virsh', ['-q', '-c', daemon.uri, 'list', '--name']).then((r) => r.stdout.split('\n'), () => []);
-    for (const name of names.map((n) => n.trim()).filter((n) => n.startsWith('volsnap-'))) {
-      await run('virsh', ['-q', '-c', daemon.uri, 'destroy', name]).catch(() => undefined);
+    const virsh = (...args: string[]) => run('virsh', ['-q', '-c', daemon!.uri, ...args]).then((r) => r.stdout, () => '');
+    for (const name of (await virsh('list', '--name')).split('\n').map((n) => n.trim())) {
+      if (!name.startsWith('volsnap-')) continue;
+      const disks = await virsh('domblklist', name);
+      if (disks.includes(path.join(tmpdir(), 'volsnap-'))) await virsh('destroy', name);
     }
   }
   await daemon?.stop();
