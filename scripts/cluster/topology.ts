@@ -154,6 +154,9 @@ export function commonEnvironment(compose: ComposeTopology, dataDir: string, dat
     DATABASE_URL: databaseUrl,
     TEMPORAL_ADDRESS: temporalAddress,
     TEMPORAL_NAMESPACE: namespace,
+    // As compose: KVM VMs are records unless KVM_COMPUTE=libvirt (then this machine's libvirt, or LIBVIRT_URI).
+    KVM_COMPUTE: compose.apiEnvironment.KVM_COMPUTE!,
+    LIBVIRT_URI: compose.apiEnvironment.LIBVIRT_URI ?? '',
   };
 }
 
