@@ -29,6 +29,8 @@ export interface IsoRecord {
   id: string;
   name: string;
   osType: string;
+  /** Whether its image file is on this server (the file's path is not shown). */
+  hasImage: boolean;
 }
 
 const ORDER = 'ORDER BY created, name';
@@ -87,13 +89,19 @@ export async function findServiceOffering(db: Queryable, idOrName: string): Prom
 }
 
 export async function listIsos(db: Queryable): Promise<IsoRecord[]> {
-  const { rows } = await db.query<IsoRecord>(`SELECT id, name, os_type AS "osType" FROM isos ${ORDER}`);
+  const { rows } = await db.query<IsoRecord>(`SELECT id, name, os_type AS "osType", path IS NOT NULL AS "hasImage" FROM isos ${ORDER}`);
   return rows;
 }
 
 export async function findIso(db: Queryable, id: string): Promise<IsoRecord | undefined> {
-  const { rows } = await db.query<IsoRecord>('SELECT id, name, os_type AS "osType" FROM isos WHERE id = $1', [id]);
+  const { rows } = await db.query<IsoRecord>('SELECT id, name, os_type AS "osType", path IS NOT NULL AS "hasImage" FROM isos WHERE id = $1', [id]);
   return rows[0];
+}
+
+/** The image file of an ISO, or null when it has none on this server. */
+export async function isoImagePath(db: Queryable, id: string): Promise<string | null> {
+  const { rows } = await db.query<{ path: string | null }>('SELECT path FROM isos WHERE id = $1', [id]);
+  return rows[0]?.path ?? null;
 }
 
 /** An image store by id. */

@@ -86,3 +86,11 @@ export async function connectLocalKvmHost(db: Queryable, uri: string): Promise<{
   const previous = rows[0]?.previous ?? null;
   return { changed: rows.length > 0 && previous !== uri, previous };
 }
+
+/** Registers (or moves) an ISO whose image file is on this server. */
+export async function registerIsoImage(db: Queryable, name: string, osType: string, path: string): Promise<void> {
+  await db.query(
+    `INSERT INTO isos (id, name, os_type, path) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET path = EXCLUDED.path`,
+    [randomUUID(), name, osType, path],
+  );
+}

@@ -3,7 +3,7 @@
  * live volumes as virtio disks by device id (vda is device 0), a serial console to a log file per VM.
  */
 import path from 'node:path';
-import { findServiceOffering } from '../db/catalog-queries.js';
+import { findServiceOffering, isoImagePath } from '../db/catalog-queries.js';
 import type { Queryable } from '../db/pool.js';
 import type { VmRecord } from '../db/vms.js';
 import { volumesOfVms } from '../db/volumes.js';
@@ -21,7 +21,7 @@ export async function domainSpecOf(db: Queryable, vm: VmRecord, consoleDir: stri
     // TCG until the accelerator probe exists: KVM hung here after the kernel decompressed (docs/design.md §15).
     accelerator: 'qemu',
     disks: volumes.map((v) => ({ volumeId: v.id, path: v.path, deviceId: v.deviceId ?? 0 })),
-    isoPath: null,
+    isoPath: vm.isoId ? await isoImagePath(db, vm.isoId) : null,
     consoleLog: consoleLogOf(consoleDir, vm.id),
     user: { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 },
   };

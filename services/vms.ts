@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { findHost, findIso, findServiceOffering, leastLoadedHost, listServiceOfferings } from '../db/catalog-queries.js';
+import { findHost, findIso, findServiceOffering, isoImagePath, leastLoadedHost, listServiceOfferings } from '../db/catalog-queries.js';
 import { recordEvent } from '../db/events.js';
 import { lockVm, lockVmVolumes, lockVolumeWithVm } from '../db/locks.js';
 import type { PoolClient } from '../db/pool.js';
@@ -78,7 +78,8 @@ type HypervisorStep =
   | { kind: 'start' }
   | { kind: 'stop'; forced: boolean }
   | { kind: 'reboot' }
-  | { kind: 'attach' | 'detach'; volume: VolumeRecord; target: string };
+  | { kind: 'attach' | 'detach'; volume: VolumeRecord; target: string }
+  | { kind: 'media'; isoPath: string | null; previousIsoId: string | null; isoName: string };
 
 const invalidState = (message: string, details: Record<string, unknown>) => new ConflictError('INVALID_STATE', message, details);
 
@@ -225,6 +226,16 @@ export function createVmService(deps: ServiceDeps) {
             }),
           );
         return settle(vm.id, null, async (tx, row) => (row.pendingDisk?.volumeId === step.volume.id ? updateVm(tx, row.id, { pending_disk: null }) : row));
+      case 'media': {
+        const action = step.isoPath ? 'attach-iso' : 'detach-iso';
+        const what = step.isoPath ? `inserting ISO ${step.isoName} into VM ${vm.name}` : `ejecting the ISO of VM ${vm.name}`;
+        await compute.changeMedia(vm.id, step.isoPath).catch((err: unknown) =>
+          failed(err, action, vm.state, what, async (tx) => {
+            await updateVm(tx, vm.id, { iso_id: step.previousIsoId });
+          }),
+        );
+        return vm;
+      }
       case 'detach':
         await compute
           .detachDisk(vm.id, step.target)
@@ -350,12 +361,18 @@ export function createVmService(deps: ServiceDeps) {
         const iso = await findIso(tx, req.isoId);
         if (!iso) throw new NotFoundError('ISO', req.isoId);
         if (vm.isoId) throw new ConflictError('ISO_ALREADY_ATTACHED', `VM ${vm.id} already has ISO ${vm.isoId} attached; detach it first`, { vmId: vm.id, isoId: vm.isoId });
+        // A KVM VM's CD-ROM needs the file: a catalog name without one would boot or run without it, silently.
+        const isoPath = compute ? await isoImagePath(tx, iso.id) : null;
+        if (compute && !isoPath) throw invalidState(`ISO ${iso.name} has no image file on this server; it cannot go into a VM's CD-ROM`, { isoId: iso.id, vmId: vm.id });
         await actionEvent(tx, vm, req.action, `ISO ${iso.name} attached to VM ${vm.name}`, { isoId: iso.id });
+        // Into the running domain's CD-ROM after COMMIT; undone if libvirt refuses.
+        if (live) hypervisorSteps.push({ kind: 'media', isoPath, previousIsoId: null, isoName: iso.name });
         return updateVm(tx, vm.id, { iso_id: iso.id });
       }
       case 'detach-iso':
         if (!vm.isoId) throw invalidState(`VM ${vm.id} has no ISO attached`, { vmId: vm.id });
         await actionEvent(tx, vm, req.action, `ISO detached from VM ${vm.name}`, { isoId: vm.isoId });
+        if (live) hypervisorSteps.push({ kind: 'media', isoPath: null, previousIsoId: vm.isoId, isoName: vm.isoId });
         return updateVm(tx, vm.id, { iso_id: null });
       case 'attach-volume': {
         const volume = target!;

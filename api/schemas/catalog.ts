@@ -1,7 +1,14 @@
 import { z } from '@hono/zod-openapi';
 import { HypervisorSchema } from './common.js';
 
-export const IsoSchema = z.object({ id: z.string(), name: z.string(), osType: z.string() }).openapi('Iso');
+export const IsoSchema = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    osType: z.string(),
+    hasImage: z.boolean().openapi({ description: 'Its image file is on this server: it can go into a running VM' }),
+  })
+  .openapi('Iso');
 export const ServiceOfferingSchema = z
   .object({ id: z.string(), name: z.string(), cpuCount: z.number().int(), memoryMb: z.number().int() })
   .openapi('ServiceOffering');

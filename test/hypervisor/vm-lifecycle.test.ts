@@ -136,6 +136,27 @@ describe('VM lifecycle on libvirt, through the API', () => {
     expect(await virsh('domblklist', domainName(vm.id))).not.toContain(path1);
   });
 
+  it('puts an ISO into a running VM’s CD-ROM and ejects it; an ISO without an image file is refused', async () => {
+    const vm = await createVm('lc-iso');
+    const isos = (await call('GET', '/api/v1/isos')).body as Array<{ id: string; name: string; hasImage: boolean }>;
+    const tools = isos.find((i) => i.name === 'volsnap-tools')!;
+    expect(tools.hasImage).toBe(true);
+    const inserted = await act(vm.id, { action: 'attach-iso', isoId: tools.id });
+    expect(inserted.status, JSON.stringify(inserted.body)).toBe(200);
+    expect(inserted.body.isoId).toBe(tools.id);
+    expect(await virsh('domblklist', domainName(vm.id))).toMatch(/hdc\s+\S*volsnap-tools\.iso/);
+
+    const ejected = await act(vm.id, { action: 'detach-iso' });
+    expect(ejected.body.isoId).toBeNull();
+    expect(await virsh('domblklist', domainName(vm.id))).toMatch(/hdc\s+-/);
+
+    const nameOnly = isos.find((i) => !i.hasImage)!;
+    const refused = await act(vm.id, { action: 'attach-iso', isoId: nameOnly.id });
+    expect(refused.status).toBe(409);
+    expect(refused.body.error.message).toContain('has no image file on this server');
+    expect((await get(vm.id)).isoId).toBeNull();
+  });
+
   it('shows an admin the tail of the console QEMU writes; a user may not read it', async () => {
     const vm = await createVm('lc-console');
     const res = await call('GET', `/api/v1/vms/${vm.id}/console?lines=20`);
