@@ -1,0 +1,143 @@
+import { execFile } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DomainSpec } from '../../compute/domain-xml.js';
+import { ensureLibvirt, type LibvirtDaemon } from '../../compute/libvirt-daemon.js';
+import { LibvirtComputeDriver } from '../../compute/libvirt.js';
+import { testGuest, type GuestBoot } from '../../compute/test-guest.js';
+import { silentLogger } from '../../observability/logger.js';
+import { verifyWorkload, WORKLOAD, WORKLOAD_OFFSET, workloadBlock } from '../support/guest-workload.js';
+
+const exec = promisify(execFile);
+const MiB = 1024 * 1024;
+
+/**
+ * The test guest (scripts/build-guest.sh) under real libvirt and QEMU (TCG): it boots, reports its disks on the
+ * serial console, writes its workload to the data disk, sees a disk hot-plugged and lets it go when it is
+ * unplugged, and powers off when asked over ACPI; the disk it leaves holds a state the verifier accepts.
+ */
+describe('test guest', () => {
+  let daemon: LibvirtDaemon;
+  let dir: string;
+  let driver: LibvirtComputeDriver;
+  let guest: GuestBoot;
+  const vms: string[] = [];
+
+  beforeAll(async () => {
+    const unavailable = process.env.VOLSNAP_TEST_LIBVIRT_UNAVAILABLE;
+    if (unavailable) throw new Error(`the hypervisor tier needs libvirt: ${unavailable}`);
+    const built = testGuest();
+    if (!built) throw new Error('the test guest is not built: run scripts/build-guest.sh (npm run setup does)');
+    guest = built;
+    dir = mkdtempSync(path.join(tmpdir(), 'volsnap-guest-'));
+    daemon = await ensureLibvirt({ logDir: path.join(dir, 'libvirt'), logger: silentLogger });
+    driver = new LibvirtComputeDriver({ uri: daemon.uri, workDir: path.join(dir, 'xml'), logger: silentLogger, stopTimeoutMs: 20_000 });
+  }, 60_000);
+  afterAll(async () => {
+    for (const id of vms) await driver?.stop(id, { forced: true }).catch(() => undefined);
+    await daemon?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  async function image(name: string): Promise<string> {
+    const file = path.join(dir, `${name}.qcow2`);
+    await exec('qemu-img', ['create', '-q', '-f', 'qcow2', file, String(64 * MiB)]);
+    return file;
+  }
+
+  const consoleText = (file: string) => (existsSync(file) ? readFileSync(file, 'latin1') : '');
+
+  /** Waits for `pattern` on the console after character `from`; returns its match. */
+  async function seen(file: string, pattern: RegExp, opts: { from?: number; ms?: number } = {}): Promise<RegExpExecArray> {
+    const deadline = Date.now() + (opts.ms ?? 30_000);
+    for (;;) {
+      const m = pattern.exec(consoleText(file).slice(opts.from ?? 0));
+      if (m) return m;
+      if (Date.now() > deadline) throw new Error(`console never showed ${pattern}; it has:\n${consoleText(file).slice(-2000)}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+
+  it('boots, runs its workload, sees a disk hot-plugged and unplugged, powers off on ACPI; its disk verifies, a corrupted copy does not', async () => {
+    const vmId = randomUUID();
+    vms.push(vmId);
+    const root = await image(`${vmId}-root`);
+    const data = await image(`${vmId}-data`);
+    const consoleLog = path.join(dir, `${vmId}.console.log`);
+    const spec: DomainSpec = {
+      vmId,
+      title: 'test guest',
+      vcpus: 1,
+      memoryMb: 256,
+      accelerator: 'qemu',
+      disks: [
+        { volumeId: randomUUID(), path: root },
+        { volumeId: randomUUID(), path: data },
+      ],
+      isoPath: null,
+      consoleLog,
+      boot: guest,
+      user: { uid: process.getuid!(), gid: process.getgid!() },
+    };
+    const booted = Date.now();
+    expect(await driver.start(spec)).toBe('started');
+    await seen(consoleLog, /volsnap-guest: ready/);
+    expect(consoleText(consoleLog)).toMatch(/volsnap-guest: disks vda vdb\r?\n/);
+    expect(consoleText(consoleLog)).toMatch(/volsnap-guest: workload on vdb from seq=0/);
+    const bootMs = Date.now() - booted;
+
+    // Hot-plug: the guest's virtio-blk finds the new PCI device; unplug: the guest ejects it over ACPI.
+    const extra = await image(`${vmId}-extra`);
+    let mark = consoleText(consoleLog).length;
+    await driver.attachDisk(vmId, { path: extra, target: 'vdc', volumeId: randomUUID() });
+    await seen(consoleLog, /volsnap-guest: disk added vdc/, { from: mark });
+    mark = consoleText(consoleLog).length;
+    await driver.detachDisk(vmId, 'vdc');
+    expect((await driver.disks(vmId)).has('vdc')).toBe(false);
+    await seen(consoleLog, /volsnap-guest: disk removed vdc/, { from: mark });
+
+    // The workload advances (it prints every 50 blocks), past one wave over the region.
+    await seen(consoleLog, /volsnap-guest: wrote seq=100\b/, { ms: 30_000 });
+
+    // ACPI: the guest powers itself off, no forced power-off needed.
+    expect(await driver.stop(vmId)).toBe('shut-down');
+    expect(await driver.powerState(vmId)).toBe('absent');
+    expect(consoleText(consoleLog)).toMatch(/volsnap-guest: power button: powering off/);
+    expect(consoleText(consoleLog)).not.toMatch(/workload: write of seq=\d+ failed/);
+
+    const verdict = await verifyWorkload(data);
+    expect(verdict.problems).toEqual([]);
+    expect(verdict.ok).toBe(true);
+    expect(verdict.maxSeq).toBeGreaterThanOrEqual(100);
+    expect(verdict.written).toBe(WORKLOAD.slots);
+    // The ROOT disk is never written.
+    expect((await verifyWorkload(root)).problems).toEqual(['no workload block written']);
+
+    // A torn block: its header, then something else.
+    const torn = path.join(dir, 'torn.qcow2');
+    copyFileSync(data, torn);
+    await exec('qemu-io', ['-f', 'qcow2', '-c', `write -q -P 0x55 ${WORKLOAD_OFFSET + 3 * WORKLOAD.blockSize + 2048} 2048`, torn]);
+    const tornVerdict = await verifyWorkload(torn);
+    expect(tornVerdict.ok).toBe(false);
+    expect(tornVerdict.problems).toEqual([expect.stringMatching(/^slot 3: seq=\d+: checksum mismatch/)]);
+
+    // A valid block, but a wave older than its neighbours: a state the disk never had.
+    const stale = path.join(dir, 'stale.qcow2');
+    copyFileSync(data, stale);
+    // (Not the highest block's slot: the wave before there is the state just before it was written.)
+    const slot = (verdict.maxSeq - 1) % WORKLOAD.slots;
+    const oldSeq = verdict.maxSeq - 1 - WORKLOAD.slots;
+    const blockFile = path.join(dir, 'old-block');
+    writeFileSync(blockFile, workloadBlock(oldSeq));
+    await exec('qemu-io', ['-f', 'qcow2', '-c', `write -q -s ${blockFile} ${WORKLOAD_OFFSET + slot * WORKLOAD.blockSize} ${WORKLOAD.blockSize}`, stale]);
+    const staleVerdict = await verifyWorkload(stale);
+    expect(staleVerdict.ok).toBe(false);
+    expect(staleVerdict.maxSeq).toBe(verdict.maxSeq);
+    expect(staleVerdict.problems).toEqual([`slot ${slot}: seq=${oldSeq}, not seq=${verdict.maxSeq - 1} (not one instant with seq=${verdict.maxSeq})`]);
+    console.log(`test guest: ready ${bootMs} ms after start; workload reached seq=${verdict.maxSeq}`);
+  }, 90_000);
+});
