@@ -17,9 +17,10 @@ export interface GuestBoot {
   cmdline: string;
 }
 
-/** Where the build script writes the guest: VOLSNAP_GUEST_DIR when set (as for the script), else .tools/guest. */
-export function guestDir(root: string = REPO_ROOT): string {
-  return process.env.VOLSNAP_GUEST_DIR ?? path.join(root, '.tools', 'guest');
+/** Where the build script writes the guest: <root>/.tools/guest; without a root, VOLSNAP_GUEST_DIR when set (as for the script). */
+export function guestDir(root?: string): string {
+  if (root) return path.join(root, '.tools', 'guest');
+  return process.env.VOLSNAP_GUEST_DIR ?? path.join(REPO_ROOT, '.tools', 'guest');
 }
 
 /**

@@ -62,7 +62,7 @@ describe('test guest', () => {
     }
   }
 
-  it('boots, runs its workload, sees a disk hot-plugged and unplugged, powers off on ACPI; its disk verifies, a corrupted copy does not', async () => {
+  it('boots, runs its workload, sees a disk hot-plugged and unplugged, powers off on ACPI; its disk and a live snapshot of it verify, a corrupted copy does not', async () => {
     const vmId = randomUUID();
     vms.push(vmId);
     const root = await image(`${vmId}-root`);
@@ -103,6 +103,10 @@ describe('test guest', () => {
     // The workload advances (it prints every 50 blocks), past one wave over the region.
     await seen(consoleLog, /volsnap-guest: wrote seq=100\b/, { ms: 30_000 });
 
+    // A snapshot the running QEMU takes is one instant of the disk: what backups of a running VM read.
+    expect(await driver.snapshotDiskLive(vmId, data, 'mid')).toBe('taken');
+    await seen(consoleLog, /volsnap-guest: wrote seq=150\b/, { ms: 30_000 });
+
     // ACPI: the guest powers itself off, no forced power-off needed.
     expect(await driver.stop(vmId)).toBe('shut-down');
     expect(await driver.powerState(vmId)).toBe('absent');
@@ -112,8 +116,12 @@ describe('test guest', () => {
     const verdict = await verifyWorkload(data);
     expect(verdict.problems).toEqual([]);
     expect(verdict.ok).toBe(true);
-    expect(verdict.maxSeq).toBeGreaterThanOrEqual(100);
+    expect(verdict.maxSeq).toBeGreaterThanOrEqual(150);
     expect(verdict.written).toBe(WORKLOAD.slots);
+    const mid = await verifyWorkload(data, { snapshot: 'mid' });
+    expect(mid.problems).toEqual([]);
+    expect(mid.maxSeq).toBeGreaterThanOrEqual(100);
+    expect(mid.maxSeq).toBeLessThan(150);
     // The ROOT disk is never written.
     expect((await verifyWorkload(root)).problems).toEqual(['no workload block written']);
 
