@@ -62,27 +62,28 @@ describe('test guest', () => {
     }
   }
 
+  function guestSpec(vmId: string, disks: string[], boot: GuestBoot, memoryMb = 256): DomainSpec {
+    return {
+      vmId,
+      title: 'test guest',
+      vcpus: 1,
+      memoryMb,
+      accelerator: 'qemu',
+      disks: disks.map((p) => ({ volumeId: randomUUID(), path: p })),
+      isoPath: null,
+      consoleLog: path.join(dir, `${vmId}.console.log`),
+      boot,
+      user: { uid: process.getuid!(), gid: process.getgid!() },
+    };
+  }
+
   it('boots, runs its workload, sees a disk hot-plugged and unplugged, powers off on ACPI; its disk and a live snapshot of it verify, a corrupted copy does not', async () => {
     const vmId = randomUUID();
     vms.push(vmId);
     const root = await image(`${vmId}-root`);
     const data = await image(`${vmId}-data`);
-    const consoleLog = path.join(dir, `${vmId}.console.log`);
-    const spec: DomainSpec = {
-      vmId,
-      title: 'test guest',
-      vcpus: 1,
-      memoryMb: 256,
-      accelerator: 'qemu',
-      disks: [
-        { volumeId: randomUUID(), path: root },
-        { volumeId: randomUUID(), path: data },
-      ],
-      isoPath: null,
-      consoleLog,
-      boot: guest,
-      user: { uid: process.getuid!(), gid: process.getgid!() },
-    };
+    const spec = guestSpec(vmId, [root, data], guest);
+    const consoleLog = spec.consoleLog;
     const booted = Date.now();
     expect(await driver.start(spec)).toBe('started');
     await seen(consoleLog, /volsnap-guest: ready/);
@@ -108,7 +109,9 @@ describe('test guest', () => {
     await seen(consoleLog, /volsnap-guest: wrote seq=150\b/, { ms: 30_000 });
 
     // ACPI: the guest powers itself off, no forced power-off needed.
+    const stopping = Date.now();
     expect(await driver.stop(vmId)).toBe('shut-down');
+    const stopMs = Date.now() - stopping;
     expect(await driver.powerState(vmId)).toBe('absent');
     expect(consoleText(consoleLog)).toMatch(/volsnap-guest: power button: powering off/);
     expect(consoleText(consoleLog)).not.toMatch(/workload: write of seq=\d+ failed/);
@@ -146,6 +149,22 @@ describe('test guest', () => {
     expect(staleVerdict.ok).toBe(false);
     expect(staleVerdict.maxSeq).toBe(verdict.maxSeq);
     expect(staleVerdict.problems).toEqual([`slot ${slot}: seq=${oldSeq}, not seq=${verdict.maxSeq - 1} (not one instant with seq=${verdict.maxSeq})`]);
-    console.log(`test guest: ready ${bootMs} ms after start; workload reached seq=${verdict.maxSeq}`);
+    console.log(`test guest: ready ${bootMs} ms after start, shut down in ${stopMs} ms; workload reached seq=${verdict.maxSeq}`);
   }, 90_000);
+
+  it('with volsnap.workload=0 (and 128 MiB) writes nothing to its data disk', async () => {
+    const vmId = randomUUID();
+    vms.push(vmId);
+    const data = await image(`${vmId}-data`);
+    const quiet = testGuest(undefined, { workload: false })!;
+    expect(quiet.cmdline).toBe('console=ttyS0 panic=-1 quiet volsnap.workload=0');
+    const spec = guestSpec(vmId, [await image(`${vmId}-root`), data], quiet, 128);
+    await driver.start(spec);
+    await seen(spec.consoleLog, /volsnap-guest: ready/);
+    expect(consoleText(spec.consoleLog)).toMatch(/volsnap-guest: disks vda vdb\r?\nvolsnap-guest: workload off\r?\nvolsnap-guest: ready/);
+    await new Promise((r) => setTimeout(r, 2000));
+    expect(await driver.stop(vmId)).toBe('shut-down');
+    expect(consoleText(spec.consoleLog)).not.toMatch(/wrote seq=/);
+    expect((await verifyWorkload(data)).problems).toEqual(['no workload block written']);
+  }, 60_000);
 });
