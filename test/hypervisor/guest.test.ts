@@ -77,7 +77,7 @@ describe('test guest', () => {
     };
   }
 
-  it('boots, runs its workload, sees a disk hot-plugged and unplugged, powers off on ACPI; its disk and a live snapshot of it verify, a corrupted copy does not', async () => {
+  it('boots, runs its workload, sees a disk hot-plugged and unplugged, waits out an unplug of its data disk, powers off on ACPI; its disk and a live snapshot of it verify, a corrupted copy does not', async () => {
     const vmId = randomUUID();
     vms.push(vmId);
     const root = await image(`${vmId}-root`);
@@ -100,6 +100,13 @@ describe('test guest', () => {
     await driver.detachDisk(vmId, 'vdc');
     expect((await driver.disks(vmId)).has('vdc')).toBe(false);
     await seen(consoleLog, /volsnap-guest: disk removed vdc/, { from: mark });
+
+    // The data disk unplugged under the workload and plugged back: it waits, then goes on where it was.
+    mark = consoleText(consoleLog).length;
+    await driver.detachDisk(vmId, 'vdb');
+    await seen(consoleLog, /volsnap-guest: workload paused: vdb gone/, { from: mark });
+    await driver.attachDisk(vmId, { path: data, target: 'vdb', volumeId: spec.disks[1]!.volumeId });
+    await seen(consoleLog, /volsnap-guest: workload resumed on vdb at seq=\d+/, { from: mark });
 
     // The workload advances (it prints every 50 blocks), past one wave over the region.
     await seen(consoleLog, /volsnap-guest: wrote seq=100\b/, { ms: 30_000 });
