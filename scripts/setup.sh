@@ -10,6 +10,8 @@
 #   - npm dependencies from the lockfile
 #   - libvirt (libvirtd, virtlogd, virsh) and QEMU's system emulator through apt when missing: npm start runs
 #     VMs as libvirt domains (docs/design.md §15); busybox-static and xorriso build the test guest and its ISOs
+#   - the test guest (scripts/build-guest.sh: Debian's kernel and a busybox initramfs, into .tools/guest), which
+#     the hypervisor tier boots; skipped when up to date (skip it with VOLSNAP_SKIP_GUEST=1)
 #   - only with VOLSNAP_BUILD_CLUSTER=1 (CI sets it): the Temporal server and temporal-sql-tool of the version
 #     docker-compose.yml pins, built with Go into .tools/temporal-server/<version> (~5 min). npm run cluster and
 #     test/cluster build it on first use otherwise; npm start never needs it.
@@ -41,6 +43,12 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
   log "installing ${apt_packages[*]} with apt"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+fi
+
+# After apt: it needs busybox-static, and apt's lists to find the kernel package (a fresh image may have none).
+if [ "${VOLSNAP_SKIP_GUEST:-0}" != 1 ]; then
+  apt-cache show linux-image-amd64 >/dev/null 2>&1 || as_root apt-get update -qq
+  bash scripts/build-guest.sh
 fi
 
 venv=.tools/venv
@@ -80,7 +88,10 @@ if [ "${VOLSNAP_SKIP_CLOUDMONKEY:-0}" != 1 ] && [ -n "$py2" ] && "$py2" -m pip -
   if [ -d "$cmk/cloudmonkey" ]; then echo "$py2" > "$cmk/.python"; fi
 fi
 
-if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+if [ -L node_modules ]; then
+  # Another checkout's (a git worktree's symlink): npm ci would empty that checkout's node_modules through it.
+  log "node_modules is a symlink ($(readlink node_modules)): leaving it alone"
+elif [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   log "installing npm dependencies"
   npm ci --no-audit --no-fund
 fi
