@@ -7,8 +7,10 @@ import { createSnapshotActivities } from '../activities/snapshot-activities.js';
 import { createBackupScrubActivities } from '../activities/backup-scrub-activities.js';
 import { createStorageGcActivities } from '../activities/storage-gc-activities.js';
 import type { Env } from '../config/env.js';
-import { connectLocalKvmHost, registerIsoImage, seedCatalog, type XenServerCatalog } from '../db/catalog.js';
+import { connectLocalKvmHost, registerIsoImage, seedCatalog, setHostAccelerator, type XenServerCatalog } from '../db/catalog.js';
 import { ensureToolsIso, TOOLS_ISO_NAME } from '../compute/iso.js';
+import { testGuest, type GuestBoot } from '../compute/test-guest.js';
+import { chooseAccelerator, type AcceleratorChoice } from '../compute/accelerator.js';
 import { ensureLibvirt, SYSTEM_URI } from '../compute/libvirt-daemon.js';
 import { createComputeRegistry, type ComputeRegistry } from '../compute/registry.js';
 import { createVmPowerSync } from '../services/vm-power-sync.js';
@@ -49,6 +51,8 @@ export interface Stack {
   compute: ComputeRegistry | null;
   /** Where the VMs' serial consoles are written. */
   consoleDir: string;
+  /** What KVM VMs boot directly (the test guest), or undefined: their ROOT disk. */
+  vmBoot: GuestBoot | undefined;
   snapshots: SnapshotService;
   devServer: DevServer | null;
   /** Where the console and the Temporal Web UI are reached, for links between them. */
@@ -126,6 +130,9 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
 
     const consoleDir = join(env.dataDir, 'consoles');
     const compute = env.KVM_COMPUTE === 'libvirt' ? await startCompute(env, logger, pool, consoleDir, closers) : null;
+    const vmBoot = compute && env.VM_BOOT === 'auto' ? testGuest(undefined, { workload: env.VM_GUEST_WORKLOAD === 'on' }) : undefined;
+    if (compute?.local.available) startAcceleratorProbe(env, logger, pool, compute, closers);
+    if (compute) logger.info({ boot: vmBoot ? 'test guest' : 'ROOT disk', workload: vmBoot ? env.VM_GUEST_WORKLOAD : undefined }, 'what KVM VMs boot');
     const drivers: Stack['drivers'] = {
       KVM: new KvmStorageDriver({
         logger,
@@ -216,7 +223,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
       return { ok: Object.values(checks).every(Boolean), checks };
     };
 
-    return { env, logger, pool, client, connection, drivers, compute, consoleDir, snapshots, devServer, links, workers, storageGc, backupScrub, metrics, health, close };
+    return { env, logger, pool, client, connection, drivers, compute, consoleDir, vmBoot, snapshots, devServer, links, workers, storageGc, backupScrub, metrics, health, close };
   } catch (err) {
     await close();
     throw err;
@@ -247,6 +254,41 @@ async function startCompute(env: Env, logger: Logger, pool: Pool, consoleDir: st
   const connected = await connectLocalKvmHost(pool, uri);
   if (connected.changed) logger.info({ host: 'kvm-host-1', uri, previous: connected.previous }, 'KVM host connected to this libvirt');
   return createComputeRegistry({ local: { uri, available: reason === null, reason }, workDir, logger, stopTimeoutMs: env.VM_STOP_TIMEOUT_SECONDS * 1000 });
+}
+
+/**
+ * The local host's accelerator: configured, or probed in the background (a KVM that hangs costs the probe's
+ * deadline, which start-up does not wait for; VMs started meanwhile run under TCG).
+ */
+function startAcceleratorProbe(env: Env, logger: Logger, pool: Pool, compute: ComputeRegistry, closers: Array<() => Promise<void>>): void {
+  const record = async (choice: AcceleratorChoice) => {
+    compute.setLocalAccelerator(choice);
+    await setHostAccelerator(pool, 'kvm-host-1', choice.accelerator, choice.reason).catch((err: unknown) =>
+      logger.warn({ err }, 'could not record the host accelerator'),
+    );
+  };
+  if (env.VM_ACCELERATOR !== 'auto') {
+    void record({ accelerator: env.VM_ACCELERATOR, reason: 'configured (VM_ACCELERATOR)', probedAt: null });
+    return;
+  }
+  const stop = new AbortController();
+  const probing = chooseAccelerator({
+    driver: compute.reachable()[0]!,
+    guest: testGuest(),
+    dir: join(env.dataDir, 'libvirt-probe'),
+    timeoutMs: 60_000,
+    logger,
+    signal: stop.signal,
+  })
+    .then(record)
+    .catch((err: unknown) => {
+      if (!stop.signal.aborted) logger.warn({ err }, 'the accelerator probe failed; VMs run under TCG');
+    });
+  // At shutdown the probe stops at once and destroys its domain; it runs again at the next start.
+  closers.push(async () => {
+    stop.abort();
+    await probing;
+  });
 }
 
 /** The VM power-state sync, once now and then every VM_POWER_SYNC_SECONDS, on worker processes. */

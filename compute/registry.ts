@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import { ServiceUnavailableError } from '../domain/errors.js';
 import type { ComputeDriver } from './driver.js';
 import { LibvirtComputeDriver } from './libvirt.js';
+import { UNPROBED, type Accelerator, type AcceleratorChoice } from './accelerator.js';
 
 export interface ComputeRegistry {
   /** The driver of the host; HYPERVISOR_UNAVAILABLE when it has no URI or its libvirt could not be reached. */
@@ -15,6 +16,10 @@ export interface ComputeRegistry {
   reachable(): ComputeDriver[];
   /** The local libvirt's URI and whether it answered at start-up (with the reason when not). */
   readonly local: { uri: string; available: boolean; reason: string | null };
+  /** What a VM on `host` starts under: the local host's probed accelerator; TCG on others (not probed here). */
+  acceleratorFor(host: { uri: string | null }): Accelerator;
+  /** The local host's accelerator, once probed (or configured). */
+  setLocalAccelerator(choice: AcceleratorChoice): void;
 }
 
 export interface ComputeRegistryOptions {
@@ -31,8 +36,13 @@ export function createComputeRegistry(opts: ComputeRegistryOptions): ComputeRegi
     if (!d) drivers.set(uri, (d = new LibvirtComputeDriver({ uri, workDir: opts.workDir, logger: opts.logger, stopTimeoutMs: opts.stopTimeoutMs })));
     return d;
   };
+  let localAccelerator: AcceleratorChoice = UNPROBED;
   return {
     local: opts.local,
+    acceleratorFor: (host) => (host.uri === opts.local.uri ? localAccelerator.accelerator : 'qemu'),
+    setLocalAccelerator: (choice) => {
+      localAccelerator = choice;
+    },
     forHost(host) {
       if (!host.uri) {
         throw new ServiceUnavailableError('HYPERVISOR_UNAVAILABLE', `host ${host.name} is not connected (it has no libvirt URI); no VM can run there`, { host: host.name }, 30);

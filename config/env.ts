@@ -59,6 +59,19 @@ export const EnvSchema = z.object({
    * service when nothing answers there (root only).
    */
   LIBVIRT_URI: optionalString,
+  /**
+   * What KVM VMs boot: `auto`, the test guest (scripts/build-guest.sh, built by `npm run setup`) when it is
+   * built, else their ROOT disk; `disk`, always their ROOT disk. volsnap's images start blank, so the guest is
+   * their OS for the demo and the hypervisor tier (docs/design.md §15).
+   */
+  VM_BOOT: z.enum(['auto', 'disk']).default('auto'),
+  /**
+   * What KVM VMs run under: `auto`, KVM if a probe guest reaches user space under it in time, else TCG (probed
+   * once per data dir and QEMU build, in the background: TCG until then); `kvm` or `qemu` (TCG) to decide.
+   */
+  VM_ACCELERATOR: z.enum(['auto', 'kvm', 'qemu']).default('auto'),
+  /** Whether the test guest writes its checksummed workload to its data disk (vdb). */
+  VM_GUEST_WORKLOAD: z.enum(['on', 'off']).default('on'),
   /** How long a stop waits for the guest to shut down (ACPI) before it powers the VM off. */
   VM_STOP_TIMEOUT_SECONDS: z.coerce.number().int().min(0).max(3600).default(60),
   /** How often a worker compares VMs' recorded power states with their hosts (0: never). */

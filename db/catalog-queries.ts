@@ -14,8 +14,11 @@ export interface HostRecord {
   name: string;
   hypervisor: Hypervisor;
   address: string;
-  /** The host's libvirt URI (KVM), or null: not connected, so no VM starts there. */
+  /** The host's libvirt URI (KVM), or null: not connected, so no VM starts there. Not shown to users. */
   uri: string | null;
+  /** What its VMs run under, as its probe found (null: not probed), and why. */
+  accelerator: 'kvm' | 'qemu' | null;
+  acceleratorReason: string | null;
 }
 
 export interface ServiceOfferingRecord {
@@ -34,6 +37,7 @@ export interface IsoRecord {
 }
 
 const ORDER = 'ORDER BY created, name';
+const HOST_COLUMNS = 'id, name, hypervisor, address, uri, accelerator, accelerator_reason AS "acceleratorReason"';
 
 /** Storage pools, first-created first (the default pool of a hypervisor is its first). */
 export async function listStoragePools(db: Queryable, hypervisor?: Hypervisor): Promise<StoragePoolRecord[]> {
@@ -50,19 +54,19 @@ export async function findStoragePool(db: Queryable, id: string): Promise<Storag
 }
 
 export async function listHosts(db: Queryable): Promise<HostRecord[]> {
-  const { rows } = await db.query<HostRecord>(`SELECT id, name, hypervisor, address, uri FROM hosts ${ORDER}`);
+  const { rows } = await db.query<HostRecord>(`SELECT ${HOST_COLUMNS} FROM hosts ${ORDER}`);
   return rows;
 }
 
 export async function findHost(db: Queryable, id: string): Promise<HostRecord | undefined> {
-  const { rows } = await db.query<HostRecord>('SELECT id, name, hypervisor, address, uri FROM hosts WHERE id = $1', [id]);
+  const { rows } = await db.query<HostRecord>(`SELECT ${HOST_COLUMNS} FROM hosts WHERE id = $1`, [id]);
   return rows[0];
 }
 
 /** The host of `hypervisor` with the fewest live VMs, connected (KVM: with a libvirt URI) ones first: where a new VM goes. */
 export async function leastLoadedHost(db: Queryable, hypervisor: Hypervisor): Promise<HostRecord | undefined> {
   const { rows } = await db.query<HostRecord>(
-    `SELECT h.id, h.name, h.hypervisor, h.address, h.uri FROM hosts h
+    `SELECT h.id, h.name, h.hypervisor, h.address, h.uri, h.accelerator, h.accelerator_reason AS "acceleratorReason" FROM hosts h
        LEFT JOIN virtual_machines vm ON vm.host_id = h.id AND vm.state <> 'Destroyed'
       WHERE h.hypervisor = $1 GROUP BY h.id
       ORDER BY (h.hypervisor = 'KVM' AND h.uri IS NULL), count(vm.id), h.created, h.name LIMIT 1`,

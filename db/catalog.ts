@@ -94,3 +94,8 @@ export async function registerIsoImage(db: Queryable, name: string, osType: stri
     [randomUUID(), name, osType, path],
   );
 }
+
+/** Records what a host's accelerator probe found. */
+export async function setHostAccelerator(db: Queryable, hostName: string, accelerator: 'kvm' | 'qemu', reason: string): Promise<void> {
+  await db.query('UPDATE hosts SET accelerator = $2, accelerator_reason = $3 WHERE name = $1', [hostName, accelerator, reason]);
+}

@@ -32,6 +32,8 @@ export interface VmRecord {
   /** A hot-plug in flight (committed before libvirt is called, cleared after), and since when. */
   pendingDisk: PendingDiskChange | null;
   pendingDiskSince: string | null;
+  /** The accelerator its domain last started with (kvm, or qemu: TCG); null if it never started on libvirt. */
+  accelerator: 'kvm' | 'qemu' | null;
   createdAt: string;
   updatedAt: string;
 }
@@ -51,6 +53,7 @@ export function toVmRecord(r: Record<string, any>): VmRecord {
     lastError: r.last_error ?? null,
     pendingDisk: r.pending_disk ?? null,
     pendingDiskSince: r.pending_disk_since ? new Date(r.pending_disk_since).toISOString() : null,
+    accelerator: r.accelerator ?? null,
     createdAt: new Date(r.created).toISOString(),
     updatedAt: new Date(r.updated).toISOString(),
   };
@@ -102,7 +105,7 @@ export async function insertVm(db: Queryable, vm: NewVm): Promise<VmRecord> {
 export async function updateVm(
   db: Queryable,
   id: string,
-  set: Partial<Record<'state' | 'iso_id' | 'service_offering_id' | 'host_id' | 'last_error' | 'pending_disk', unknown>>,
+  set: Partial<Record<'state' | 'iso_id' | 'service_offering_id' | 'host_id' | 'last_error' | 'pending_disk' | 'accelerator', unknown>>,
 ): Promise<VmRecord> {
   const cols = Object.keys(set);
   // pending_disk is dated with it (null clears both); jsonb goes in as text.

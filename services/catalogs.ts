@@ -1,4 +1,7 @@
-import { listHosts, listIsos, listServiceOfferings, listStoragePools } from '../db/catalog-queries.js';
+import { listHosts, listIsos, listServiceOfferings, listStoragePools, type HostRecord } from '../db/catalog-queries.js';
+
+/** A host as users see it: whether it is connected, not its libvirt URI. */
+export type HostView = Omit<HostRecord, 'uri'> & { connected: boolean };
 import type { Pool } from '../db/pool.js';
 
 /** The read-only catalogs seeded at first start (db/catalog.ts). */
@@ -7,7 +10,8 @@ export function createCatalogService(deps: { pool: Pool }) {
   return {
     isos: () => listIsos(pool),
     serviceOfferings: () => listServiceOfferings(pool),
-    hosts: () => listHosts(pool),
+    // The libvirt URI stays server-side (it may name users and hosts of a remote transport).
+    hosts: async (): Promise<HostView[]> => (await listHosts(pool)).map(({ uri, ...h }) => ({ ...h, connected: uri !== null })),
     storagePools: () => listStoragePools(pool),
   };
 }

@@ -5,6 +5,7 @@ import type { Hypervisor } from '../db/vms.js';
 import { ConflictError, ValidationError } from '../domain/errors.js';
 import type { StorageDriver } from '../storage/driver.js';
 import type { ComputeRegistry } from '../compute/registry.js';
+import type { GuestBoot } from '../compute/test-guest.js';
 
 /** What the VM, volume and snapshot services need: the database, the storage drivers, a logger. */
 export interface ServiceDeps {
@@ -15,6 +16,8 @@ export interface ServiceDeps {
   compute?: ComputeRegistry;
   /** Where the VMs' serial consoles are written (one log file per VM). */
   consoleDir?: string;
+  /** The kernel KVM VMs boot directly (the test guest), or none: they boot their ROOT disk. */
+  vmBoot?: GuestBoot;
 }
 
 /** The storage driver of `hypervisor`; a hypervisor without one (XenServer, for now) is refused as bad input. */

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import type { ComputeRegistry } from '../compute/registry.js';
+import type { GuestBoot } from '../compute/test-guest.js';
 import type { Pool } from '../db/pool.js';
 import type { Hypervisor } from '../db/vms.js';
 import type { StorageDriver } from '../storage/driver.js';
@@ -25,6 +26,7 @@ export interface ServiceStack {
   /** The KVM hosts' compute; null or absent: KVM VMs are records only (KVM_COMPUTE=none). */
   compute?: ComputeRegistry | null;
   consoleDir?: string;
+  vmBoot?: GuestBoot | undefined;
 }
 
 /** Builds every service the HTTP API uses over one stack. */
@@ -35,6 +37,7 @@ export function createServices(stack: ServiceStack) {
     logger: stack.logger,
     ...(stack.compute ? { compute: stack.compute } : {}),
     ...(stack.consoleDir ? { consoleDir: stack.consoleDir } : {}),
+    ...(stack.vmBoot ? { vmBoot: stack.vmBoot } : {}),
   };
   return {
     accounts: createAccountService(deps),

@@ -8,8 +8,9 @@ import type { Queryable } from '../db/pool.js';
 import type { VmRecord } from '../db/vms.js';
 import { volumesOfVms } from '../db/volumes.js';
 import type { DomainSpec } from '../compute/domain-xml.js';
+import type { GuestBoot } from '../compute/test-guest.js';
 
-export async function domainSpecOf(db: Queryable, vm: VmRecord, consoleDir: string): Promise<DomainSpec> {
+export async function domainSpecOf(db: Queryable, vm: VmRecord, consoleDir: string, accelerator: 'kvm' | 'qemu', boot?: GuestBoot): Promise<DomainSpec> {
   const offering = vm.serviceOfferingId ? await findServiceOffering(db, vm.serviceOfferingId) : undefined;
   const volumes = (await volumesOfVms(db, [vm.id])).filter((v) => v.vmId === vm.id && v.state !== 'Destroyed');
   volumes.sort((a, b) => (a.deviceId ?? 0) - (b.deviceId ?? 0));
@@ -18,12 +19,13 @@ export async function domainSpecOf(db: Queryable, vm: VmRecord, consoleDir: stri
     title: vm.name,
     vcpus: offering?.cpuCount ?? 1,
     memoryMb: offering?.memoryMb ?? 512,
-    // TCG until the accelerator probe exists: KVM hung here after the kernel decompressed (docs/design.md §15).
-    accelerator: 'qemu',
+    // As the host's probe found (compute/accelerator.ts): KVM hung here after the kernel decompressed.
+    accelerator,
     disks: volumes.map((v) => ({ volumeId: v.id, path: v.path, deviceId: v.deviceId ?? 0 })),
     isoPath: vm.isoId ? await isoImagePath(db, vm.isoId) : null,
     consoleLog: consoleLogOf(consoleDir, vm.id),
     user: { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 },
+    boot,
   };
 }
 

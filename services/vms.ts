@@ -191,12 +191,15 @@ export function createVmService(deps: ServiceDeps) {
     };
     switch (step.kind) {
       case 'start': {
+        const host = vm.hostId ? await findHost(pool, vm.hostId) : undefined;
+        const accelerator = host && deps.compute ? deps.compute.acceleratorFor(host) : 'qemu';
         const started = await compute
-          .start(await domainSpecOf(pool, vm, deps.consoleDir ?? '.'))
+          .start(await domainSpecOf(pool, vm, deps.consoleDir ?? '.', accelerator, deps.vmBoot))
           .catch((err: unknown) => failed(err, 'start', 'Stopped', `starting VM ${vm.name}`));
         return settle(vm.id, 'Starting', async (tx, row) => {
-          await actionEvent(tx, row, 'start', `VM ${vm.name} started on ${compute.uri}`, { result: started });
-          return updateVm(tx, row.id, { state: 'Running' });
+          const how = accelerator === 'kvm' ? 'KVM' : 'TCG';
+          await actionEvent(tx, row, 'start', `VM ${vm.name} started on host ${host?.name ?? compute.uri} (${how})`, { result: started, accelerator });
+          return updateVm(tx, row.id, { state: 'Running', accelerator });
         });
       }
       case 'stop': {

@@ -1,4 +1,5 @@
-import type { HostRecord, IsoRecord, ServiceOfferingRecord, StoragePoolRecord } from '../../db/catalog-queries.js';
+import type { IsoRecord, ServiceOfferingRecord, StoragePoolRecord } from '../../db/catalog-queries.js';
+import type { HostView } from '../../services/catalogs.js';
 import type { Hypervisor } from '../../db/vms.js';
 import type { SettingRow } from '../../db/settings.js';
 import type { EventRow } from '../../db/events.js';
@@ -41,7 +42,7 @@ export function csDate(iso: string | null | undefined): string | undefined {
 export interface Lookups {
   accounts: Map<string, string>;
   offerings: Map<string, ServiceOfferingRecord>;
-  hosts: Map<string, HostRecord>;
+  hosts: Map<string, HostView>;
   isos: Map<string, IsoRecord>;
   pools: Map<string, StoragePoolRecord>;
 }
@@ -264,7 +265,7 @@ export function isoResponse(i: IsoRecord) {
   };
 }
 
-export function hostResponse(h: HostRecord) {
+export function hostResponse(h: HostView) {
   return { id: h.id, name: h.name, hypervisor: h.hypervisor, ipaddress: h.address, state: 'Up', resourcestate: 'Enabled', type: 'Routing', ...zone };
 }
 

@@ -12,7 +12,17 @@ export const IsoSchema = z
 export const ServiceOfferingSchema = z
   .object({ id: z.string(), name: z.string(), cpuCount: z.number().int(), memoryMb: z.number().int() })
   .openapi('ServiceOffering');
-export const HostSchema = z.object({ id: z.string(), name: z.string(), hypervisor: HypervisorSchema, address: z.string() }).openapi('Host');
+export const HostSchema = z
+  .object({
+    id: z.string(),
+    name: z.string(),
+    hypervisor: HypervisorSchema,
+    address: z.string(),
+    connected: z.boolean().openapi({ description: 'KVM: the host has a libvirt this server reaches; VMs are placed only on connected hosts' }),
+    accelerator: z.enum(['kvm', 'qemu']).nullable().openapi({ description: 'What its VMs run under (qemu: TCG), as its probe found; null until probed' }),
+    acceleratorReason: z.string().nullable().openapi({ description: 'What the probe saw' }),
+  })
+  .openapi('Host');
 export const StoragePoolSchema = z
   .object({ id: z.string(), name: z.string(), hypervisor: HypervisorSchema, path: z.string() })
   .openapi('StoragePool');

@@ -24,6 +24,7 @@ export const VmSchema = z
       .nullable()
       .openapi({ description: 'A hot-plug in progress on the running VM (its other actions wait for it), or null' }),
     pendingDiskSince: TimestampSchema.nullable(),
+    accelerator: z.enum(['kvm', 'qemu']).nullable().openapi({ description: 'What its QEMU last ran under (qemu: TCG); null if it never started on libvirt' }),
     createdAt: TimestampSchema,
     updatedAt: TimestampSchema,
     volumes: z.array(VolumeSchema).openapi({ description: 'Attached volumes, ROOT first' }),

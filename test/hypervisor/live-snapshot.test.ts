@@ -3,6 +3,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { domainName } from '../../compute/domain-xml.js';
 import { MiB, startApiHarness, waitFor, type ApiHarness } from '../api/harness.js';
+import { verifyWorkload } from '../support/guest-workload.js';
 
 const exec = promisify(execFile);
 const virsh = async (...args: string[]) => (await exec('virsh', ['-q', '-c', 'qemu:///system', ...args])).stdout.trim();
@@ -21,7 +22,8 @@ describe('snapshots of a running VM on libvirt', () => {
   beforeAll(async () => {
     const unavailable = inject('libvirtUnavailable');
     if (unavailable) throw new Error(`the hypervisor tier needs libvirt: ${unavailable}`);
-    h = await startApiHarness({ env: { KVM_COMPUTE: 'libvirt', VM_STOP_TIMEOUT_SECONDS: '2', VM_POWER_SYNC_SECONDS: '0' } });
+    // The test guest boots with its workload on: it writes checksummed, sequence-numbered blocks to vdb.
+    h = await startApiHarness({ env: { KVM_COMPUTE: 'libvirt', VM_ACCELERATOR: 'qemu', VM_GUEST_WORKLOAD: 'on', VM_STOP_TIMEOUT_SECONDS: '2', VM_POWER_SYNC_SECONDS: '0' } });
   }, 120_000);
   afterAll(async () => {
     await h?.stop();
@@ -32,8 +34,8 @@ describe('snapshots of a running VM on libvirt', () => {
     expect(created.status, JSON.stringify(created.body)).toBe(201);
     const vm = created.body;
     const data = vm.volumes.find((v: { type: string }) => v.type === 'DATADISK');
-    // What the disk holds before the VM runs (no QEMU holds it yet).
-    await exec('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 0 4M', data.path]);
+    // What the disk holds before the VM runs (no QEMU holds it yet), away from the guest workload's region (1 MiB).
+    await exec('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 4M 4M', data.path]);
     expect((await call('POST', `/api/v1/vms/${vm.id}/actions`, { action: 'start' })).body.state).toBe('Running');
     const pid = (await virsh('domid', domainName(vm.id))).trim();
     // QEMU holds the write lock now: qemu-img could not have taken this snapshot.
@@ -54,7 +56,7 @@ describe('snapshots of a running VM on libvirt', () => {
     const restored = await call('POST', `/api/v1/snapshots/${res.body.id}/volumes`, { name: 'from-live' });
     expect(restored.status, JSON.stringify(restored.body)).toBe(201);
     const restoredPath = (await call('GET', `/api/v1/volumes/${restored.body.id}`)).body.path;
-    const read = await exec('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x5a 0 4M', restoredPath]);
+    const read = await exec('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x5a 4M 4M', restoredPath]);
     expect(read.stdout).not.toMatch(/Pattern verification failed/);
 
     // A second one is backed up as a delta on the first (read through qemu-nbd with shared access), and restores.
@@ -68,7 +70,7 @@ describe('snapshots of a running VM on libvirt', () => {
     expect(secondDone.backup).toMatchObject({ kind: 'incremental', parentSnapshotId: res.body.id });
     const fromSecond = await call('POST', `/api/v1/snapshots/${second.body.id}/volumes`, { name: 'from-live-2' });
     const secondPath = (await call('GET', `/api/v1/volumes/${fromSecond.body.id}`)).body.path;
-    expect((await exec('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x5a 0 4M', secondPath])).stdout).not.toMatch(/Pattern verification failed/);
+    expect((await exec('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x5a 4M 4M', secondPath])).stdout).not.toMatch(/Pattern verification failed/);
 
     // Reverting a running VM's disk is refused; deleting the snapshot is done by QEMU, the VM still running.
     expect((await call('POST', `/api/v1/snapshots/${res.body.id}/revert`)).status).toBe(409);
@@ -76,6 +78,43 @@ describe('snapshots of a running VM on libvirt', () => {
     expect([200, 202, 204]).toContain(deleted.status);
     await waitFor(async () => ((await snapshotTags(data.path)).includes(res.body.id) ? undefined : true), 30_000, 'the tag to go');
     expect(await virsh('domstate', domainName(vm.id))).toBe('running');
+  });
+
+  it('snapshots taken at random moments while the guest writes are each backed up as a state the disk had, in order', async () => {
+    const vm = (await call('POST', '/api/v1/vms', { name: 'live-writing', hypervisor: 'KVM', rootDiskSizeBytes: 16 * MiB, dataDisks: [{ sizeBytes: 16 * MiB }] })).body;
+    expect(vm.state).toBe('Running');
+    const data = vm.volumes.find((v: { type: string }) => v.type === 'DATADISK');
+    await waitFor(async () => {
+      const tail = (await call('GET', `/api/v1/vms/${vm.id}/console?lines=200`)).body as { lines: string[] };
+      return tail.lines.some((l) => l.includes('volsnap-guest: wrote seq=')) ? true : undefined;
+    }, 90_000, 'the guest workload to write');
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      await new Promise((r) => setTimeout(r, 300 + Math.floor(Math.random() * 1500)));
+      const res = await call('POST', `/api/v1/volumes/${data.id}/snapshots`, { name: `writing-${i}`, asyncBackup: true });
+      expect(res.status, JSON.stringify(res.body)).toBe(201);
+      ids.push(res.body.id);
+    }
+    let previous = -1;
+    for (const id of ids) {
+      const done = await waitFor(async () => {
+        const s = (await call('GET', `/api/v1/snapshots/${id}`)).body;
+        return s.state === 'BackedUp' || s.state === 'Error' ? s : undefined;
+      }, 120_000, `the backup of ${id}`);
+      expect(done.state, JSON.stringify(done)).toBe('BackedUp');
+      // Restored from its backup (a delta chain after the first), the disk is one instant of the workload.
+      const restored = (await call('POST', `/api/v1/snapshots/${id}/volumes`, { name: `from-${id.slice(0, 8)}` })).body;
+      const restoredPath = (await call('GET', `/api/v1/volumes/${restored.id}`)).body.path;
+      const verdict = await verifyWorkload(restoredPath);
+      expect(verdict.problems).toEqual([]);
+      expect(verdict.ok).toBe(true);
+      // Each one a later instant (the guest, starved of CPU, may not have written in between).
+      expect(verdict.maxSeq).toBeGreaterThanOrEqual(previous);
+      previous = verdict.maxSeq;
+    }
+    // The guest wrote on throughout: its disk now is past the last snapshot, and still a state it had.
+    expect(await virsh('domstate', domainName(vm.id))).toBe('running');
+    await waitFor(async () => ((await verifyWorkload(data.path)).maxSeq > previous ? true : undefined), 60_000, 'the guest to write past the last snapshot');
   });
 
   it('refuses to resize a running VM’s disk, and changes nothing', async () => {
