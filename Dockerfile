@@ -26,8 +26,11 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && qemu-img --version
 
+# In a container the API must listen beyond its own loopback (the default outside one); the host decides what to
+# publish.
 ENV NODE_ENV=production \
-    VOLSNAP_DATA_DIR=/var/lib/volsnap
+    VOLSNAP_DATA_DIR=/var/lib/volsnap \
+    HOST=0.0.0.0
 
 WORKDIR /app
 # Code and dependencies stay owned by root: the service user can read them, not change them.

@@ -13,7 +13,11 @@ export const EnvSchema = z.object({
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   VOLSNAP_DATA_DIR: z.string().default('./.data'),
   PORT: port.default(8080),
-  HOST: z.string().default('0.0.0.0'),
+  /**
+   * Where the HTTP API listens. Loopback by default: API keys travel in clear over plain HTTP, so reaching it from
+   * other machines is a choice (HOST=0.0.0.0, behind TLS: docs/security.md). Compose binds all addresses.
+   */
+  HOST: z.string().default('127.0.0.1'),
   ADMIN_API_KEY: optionalString,
   /** The admin's CloudStack key pair (/client/api); both or neither. Without them one is generated once. */
   ADMIN_CLOUDSTACK_API_KEY: optionalString,
