@@ -591,6 +591,12 @@ export class KvmStorageDriver implements StorageDriver {
    * is that QEMU's (the live-image resolver finds it); it answers false when the VM stopped meanwhile.
    */
   private async mutate(volumePath: string, args: string[], live?: (img: LiveImage) => Promise<boolean>): Promise<void> {
+    // A running VM's image: straight to its QEMU, without a qemu-img that would only meet QEMU's lock (one
+    // process fewer on the time-to-created path). The resolver is one indexed query; a stopped VM's is null.
+    if (live && this.liveImages) {
+      const img = await this.liveImages(volumePath);
+      if (img && (await live(img))) return;
+    }
     const deadline = Date.now() + this.lockRetryMs;
     for (let delay = 50, attempt = 1; ; attempt++) {
       try {
