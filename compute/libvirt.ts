@@ -28,6 +28,7 @@ const RECONNECT_MS = 20_000;
 const NOT_CONNECTED = /failed to connect to the hypervisor|Failed to connect socket/i;
 /** The connection dropped during the call: only reads are sent again. */
 const CONNECTION_LOST = /end of file|Cannot recv data|Connection reset by peer|Broken pipe|client socket is closed/i;
+const TRAY_CLOSED = /Tray of the device is not open/i;
 const READ_ONLY = new Set(['domstate', 'domblklist', 'list', 'dumpxml', 'version', 'domid', 'dominfo']);
 
 export class LibvirtComputeDriver implements ComputeDriver {
@@ -111,8 +112,18 @@ export class LibvirtComputeDriver implements ComputeDriver {
 
   async changeMedia(vmId: string, isoPath: string | null): Promise<void> {
     const name = domainName(vmId);
-    if (isoPath) await this.virsh(['change-media', name, CDROM_TARGET, isoPath, '--live', '--force']);
-    else await this.virsh(['change-media', name, CDROM_TARGET, '--eject', '--live', '--force']);
+    const args = isoPath ? ['change-media', name, CDROM_TARGET, isoPath, '--live', '--force'] : ['change-media', name, CDROM_TARGET, '--eject', '--live', '--force'];
+    // A guest probing its CD-ROM (a booting kernel) can close the tray between libvirt's forced open and its
+    // insert: QEMU then refuses the insert. Nothing changed; asked again once the guest has let go.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.virsh(args);
+        return;
+      } catch (err) {
+        if (!(err instanceof LibvirtError) || !TRAY_CLOSED.test(err.message) || attempt >= 20) throw err;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
   }
 
   async powerState(vmId: string): Promise<PowerState> {

@@ -1,12 +1,13 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chooseAccelerator } from '../../compute/accelerator.js';
 import type { ComputeDriver } from '../../compute/driver.js';
 import { LibvirtComputeDriver } from '../../compute/libvirt.js';
 import { testGuest } from '../../compute/test-guest.js';
 import { silentLogger } from '../../observability/logger.js';
+import { requireLibvirt } from '../support/hypervisor.js';
 
 /**
  * The accelerator probe on this host's real libvirt (the hypervisor tier): it boots the test guest under KVM and
@@ -21,8 +22,7 @@ describe('accelerator probe', () => {
   const started: string[] = [];
 
   beforeAll(() => {
-    const unavailable = inject('libvirtUnavailable');
-    if (unavailable) throw new Error(`the hypervisor tier needs libvirt: ${unavailable}`);
+    requireLibvirt();
     if (!testGuest()) throw new Error('the test guest is not built: run `npm run setup` (scripts/build-guest.sh)');
     dir = mkdtempSync(path.join(tmpdir(), 'volsnap-accel-'));
     driver = new LibvirtComputeDriver({ uri: 'qemu:///system', workDir: path.join(dir, 'xml'), logger: silentLogger, stopTimeoutMs: 2000 });

@@ -11,6 +11,7 @@ import { LibvirtComputeDriver } from '../../compute/libvirt.js';
 import { testGuest, type GuestBoot } from '../../compute/test-guest.js';
 import { silentLogger } from '../../observability/logger.js';
 import { verifyWorkload, WORKLOAD, WORKLOAD_OFFSET, workloadBlock } from '../support/guest-workload.js';
+import { requireLibvirt } from '../support/hypervisor.js';
 
 const exec = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -28,8 +29,7 @@ describe('test guest', () => {
   const vms: string[] = [];
 
   beforeAll(async () => {
-    const unavailable = process.env.VOLSNAP_TEST_LIBVIRT_UNAVAILABLE;
-    if (unavailable) throw new Error(`the hypervisor tier needs libvirt: ${unavailable}`);
+    requireLibvirt();
     const built = testGuest();
     if (!built) throw new Error('the test guest is not built: run scripts/build-guest.sh (npm run setup does)');
     guest = built;

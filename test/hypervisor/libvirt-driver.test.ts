@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -9,23 +9,11 @@ import { domainName, type DomainSpec } from '../../compute/domain-xml.js';
 import { ensureLibvirt, libvirtAnswers, LibvirtUnavailableError, type LibvirtDaemon } from '../../compute/libvirt-daemon.js';
 import { LibvirtComputeDriver } from '../../compute/libvirt.js';
 import { silentLogger } from '../../observability/logger.js';
+import { openFiles, requireLibvirt, virsh } from '../support/hypervisor.js';
 
 const exec = promisify(execFile);
 const MiB = 1024 * 1024;
 
-/** The files a process has open (its /proc fd links). */
-function openFiles(pid: number): string[] {
-  const dir = `/proc/${pid}/fd`;
-  return readdirSync(dir).flatMap((fd) => {
-    try {
-      return [readlinkSync(path.join(dir, fd))];
-    } catch {
-      return [];
-    }
-  });
-}
-
-const virsh = async (...args: string[]) => (await exec('virsh', ['-q', '-c', 'qemu:///system', ...args])).stdout.trim();
 
 /**
  * The compute driver against the real libvirt and QEMU of this host (the hypervisor tier): domains are started,
@@ -39,8 +27,7 @@ describe('libvirt compute driver', () => {
   const vms: string[] = [];
 
   beforeAll(async () => {
-    const unavailable = inject('libvirtUnavailable');
-    if (unavailable) throw new Error(`the hypervisor tier needs libvirt: ${unavailable}`);
+    requireLibvirt();
     dir = mkdtempSync(path.join(tmpdir(), 'volsnap-hv-'));
     daemon = await ensureLibvirt({ logDir: path.join(dir, 'libvirt'), logger: silentLogger });
     driver = new LibvirtComputeDriver({ uri: daemon.uri, workDir: path.join(dir, 'xml'), logger: silentLogger, stopTimeoutMs: 2000 });

@@ -1,12 +1,12 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { domainName } from '../../compute/domain-xml.js';
 import { MiB, startApiHarness, waitFor, type ApiHarness } from '../api/harness.js';
 import { verifyWorkload } from '../support/guest-workload.js';
+import { requireLibvirt, virsh } from '../support/hypervisor.js';
 
 const exec = promisify(execFile);
-const virsh = async (...args: string[]) => (await exec('virsh', ['-q', '-c', 'qemu:///system', ...args])).stdout.trim();
 const snapshotTags = async (file: string) =>
   ((JSON.parse((await exec('qemu-img', ['info', '-U', '--output=json', file])).stdout).snapshots ?? []) as Array<{ name: string }>).map((s) => s.name);
 
@@ -20,8 +20,7 @@ describe('snapshots of a running VM on libvirt', () => {
   const call = (method: string, p: string, body?: unknown) => h.call(method, p, body === undefined ? {} : { body });
 
   beforeAll(async () => {
-    const unavailable = inject('libvirtUnavailable');
-    if (unavailable) throw new Error(`the hypervisor tier needs libvirt: ${unavailable}`);
+    requireLibvirt();
     // The test guest boots with its workload on: it writes checksummed, sequence-numbered blocks to vdb.
     h = await startApiHarness({ env: { KVM_COMPUTE: 'libvirt', VM_ACCELERATOR: 'qemu', VM_GUEST_WORKLOAD: 'on', VM_STOP_TIMEOUT_SECONDS: '2', VM_POWER_SYNC_SECONDS: '0' } });
   }, 120_000);
