@@ -160,19 +160,20 @@ export class LibvirtComputeDriver implements ComputeDriver {
   }
 
   async snapshotDiskLive(vmId: string, file: string, tag: string): Promise<'taken' | 'no-domain'> {
-    const node = await this.formatNodeOf(vmId, file);
-    if (!node) return 'no-domain';
-    await this.qmp(vmId, 'blockdev-snapshot-internal-sync', { device: node, name: tag });
-    this.log.info({ vmId, file, tag, node }, 'internal snapshot taken by the running QEMU');
-    return 'taken';
+    return (await this.internalSnapshot('blockdev-snapshot-internal-sync', vmId, file, tag)) ? 'taken' : 'no-domain';
   }
 
   async deleteDiskSnapshotLive(vmId: string, file: string, tag: string): Promise<'deleted' | 'no-domain'> {
+    return (await this.internalSnapshot('blockdev-snapshot-delete-internal-sync', vmId, file, tag)) ? 'deleted' : 'no-domain';
+  }
+
+  /** One internal-snapshot command on the node QEMU opened `file` as; false when no running domain has it. */
+  private async internalSnapshot(execute: string, vmId: string, file: string, tag: string): Promise<boolean> {
     const node = await this.formatNodeOf(vmId, file);
-    if (!node) return 'no-domain';
-    await this.qmp(vmId, 'blockdev-snapshot-delete-internal-sync', { device: node, name: tag });
-    this.log.info({ vmId, file, tag, node }, 'internal snapshot deleted by the running QEMU');
-    return 'deleted';
+    if (!node) return false;
+    await this.qmp(vmId, execute, { device: node, name: tag });
+    this.log.info({ vmId, file, tag, node, command: execute }, 'internal snapshot changed by the running QEMU');
+    return true;
   }
 
   /** The qcow2 (format) node QEMU opened `file` as, in the running domain; null without one. */

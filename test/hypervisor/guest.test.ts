@@ -1,20 +1,15 @@
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import type { DomainSpec } from '../../compute/domain-xml.js';
-import { ensureLibvirt, type LibvirtDaemon } from '../../compute/libvirt-daemon.js';
-import { LibvirtComputeDriver } from '../../compute/libvirt.js';
 import { testGuest, type GuestBoot } from '../../compute/test-guest.js';
-import { silentLogger } from '../../observability/logger.js';
 import { verifyWorkload, WORKLOAD, WORKLOAD_OFFSET, workloadBlock } from '../support/guest-workload.js';
-import { requireLibvirt } from '../support/hypervisor.js';
+import { driverFixture } from '../support/hypervisor.js';
 
 const exec = promisify(execFile);
-const MiB = 1024 * 1024;
 
 /**
  * The test guest (scripts/build-guest.sh) under real libvirt and QEMU (TCG): it boots, reports its disks on the
@@ -22,32 +17,14 @@ const MiB = 1024 * 1024;
  * unplugged, and powers off when asked over ACPI; the disk it leaves holds a state the verifier accepts.
  */
 describe('test guest', () => {
-  let daemon: LibvirtDaemon;
-  let dir: string;
-  let driver: LibvirtComputeDriver;
+  const hv = driverFixture('volsnap-guest-', 20_000);
   let guest: GuestBoot;
-  const vms: string[] = [];
 
-  beforeAll(async () => {
-    requireLibvirt();
+  beforeAll(() => {
     const built = testGuest();
     if (!built) throw new Error('the test guest is not built: run scripts/build-guest.sh (npm run setup does)');
     guest = built;
-    dir = mkdtempSync(path.join(tmpdir(), 'volsnap-guest-'));
-    daemon = await ensureLibvirt({ logDir: path.join(dir, 'libvirt'), logger: silentLogger });
-    driver = new LibvirtComputeDriver({ uri: daemon.uri, workDir: path.join(dir, 'xml'), logger: silentLogger, stopTimeoutMs: 20_000 });
-  }, 60_000);
-  afterAll(async () => {
-    for (const id of vms) await driver?.stop(id, { forced: true }).catch(() => undefined);
-    await daemon?.stop();
-    if (dir) rmSync(dir, { recursive: true, force: true });
   });
-
-  async function image(name: string): Promise<string> {
-    const file = path.join(dir, `${name}.qcow2`);
-    await exec('qemu-img', ['create', '-q', '-f', 'qcow2', file, String(64 * MiB)]);
-    return file;
-  }
 
   const consoleText = (file: string) => (existsSync(file) ? readFileSync(file, 'latin1') : '');
 
@@ -71,7 +48,7 @@ describe('test guest', () => {
       accelerator: 'qemu',
       disks: disks.map((p) => ({ volumeId: randomUUID(), path: p })),
       isoPath: null,
-      consoleLog: path.join(dir, `${vmId}.console.log`),
+      consoleLog: path.join(hv.dir, `${vmId}.console.log`),
       boot,
       user: { uid: process.getuid!(), gid: process.getgid!() },
     };
@@ -79,34 +56,34 @@ describe('test guest', () => {
 
   it('boots, runs its workload, sees a disk hot-plugged and unplugged, waits out an unplug of its data disk, powers off on ACPI; its disk and a live snapshot of it verify, a corrupted copy does not', async () => {
     const vmId = randomUUID();
-    vms.push(vmId);
-    const root = await image(`${vmId}-root`);
-    const data = await image(`${vmId}-data`);
+    hv.track(vmId);
+    const root = await hv.image(`${vmId}-root`);
+    const data = await hv.image(`${vmId}-data`);
     const spec = guestSpec(vmId, [root, data], guest);
     const consoleLog = spec.consoleLog;
     const booted = Date.now();
-    expect(await driver.start(spec)).toBe('started');
+    expect(await hv.driver.start(spec)).toBe('started');
     await seen(consoleLog, /volsnap-guest: ready/);
     expect(consoleText(consoleLog)).toMatch(/volsnap-guest: disks vda vdb\r?\n/);
     expect(consoleText(consoleLog)).toMatch(/volsnap-guest: workload on vdb from seq=0/);
     const bootMs = Date.now() - booted;
 
     // Hot-plug: the guest's virtio-blk finds the new PCI device; unplug: the guest ejects it over ACPI.
-    const extra = await image(`${vmId}-extra`);
+    const extra = await hv.image(`${vmId}-extra`);
     let mark = consoleText(consoleLog).length;
-    await driver.attachDisk(vmId, { path: extra, target: 'vdc', volumeId: randomUUID() });
+    await hv.driver.attachDisk(vmId, { path: extra, target: 'vdc', volumeId: randomUUID() });
     await seen(consoleLog, /volsnap-guest: disk added vdc/, { from: mark });
     mark = consoleText(consoleLog).length;
-    await driver.detachDisk(vmId, 'vdc');
-    expect((await driver.disks(vmId)).has('vdc')).toBe(false);
+    await hv.driver.detachDisk(vmId, 'vdc');
+    expect((await hv.driver.disks(vmId)).has('vdc')).toBe(false);
     await seen(consoleLog, /volsnap-guest: disk removed vdc/, { from: mark });
 
     // The data disk unplugged under the workload and plugged back: it waits, then goes on where it was.
     await seen(consoleLog, /volsnap-guest: wrote seq=50\b/);
     mark = consoleText(consoleLog).length;
-    await driver.detachDisk(vmId, 'vdb');
+    await hv.driver.detachDisk(vmId, 'vdb');
     await seen(consoleLog, /volsnap-guest: workload paused: vdb gone/, { from: mark });
-    await driver.attachDisk(vmId, { path: data, target: 'vdb', volumeId: spec.disks[1]!.volumeId });
+    await hv.driver.attachDisk(vmId, { path: data, target: 'vdb', volumeId: spec.disks[1]!.volumeId });
     const resumed = await seen(consoleLog, /volsnap-guest: workload resumed on vdb at seq=(\d+)/, { from: mark });
     // From what the disk holds: past what it wrote before.
     expect(Number(resumed[1])).toBeGreaterThan(50);
@@ -115,14 +92,14 @@ describe('test guest', () => {
     await seen(consoleLog, /volsnap-guest: wrote seq=100\b/, { ms: 30_000 });
 
     // A snapshot the running QEMU takes is one instant of the disk: what backups of a running VM read.
-    expect(await driver.snapshotDiskLive(vmId, data, 'mid')).toBe('taken');
+    expect(await hv.driver.snapshotDiskLive(vmId, data, 'mid')).toBe('taken');
     await seen(consoleLog, /volsnap-guest: wrote seq=150\b/, { ms: 30_000 });
 
     // ACPI: the guest powers itself off, no forced power-off needed.
     const stopping = Date.now();
-    expect(await driver.stop(vmId)).toBe('shut-down');
+    expect(await hv.driver.stop(vmId)).toBe('shut-down');
     const stopMs = Date.now() - stopping;
-    expect(await driver.powerState(vmId)).toBe('absent');
+    expect(await hv.driver.powerState(vmId)).toBe('absent');
     expect(consoleText(consoleLog)).toMatch(/volsnap-guest: power button: powering off/);
     expect(consoleText(consoleLog)).not.toMatch(/workload: write of seq=\d+ failed/);
 
@@ -139,7 +116,7 @@ describe('test guest', () => {
     expect((await verifyWorkload(root)).problems).toEqual(['no workload block written']);
 
     // A torn block: its header, then something else.
-    const torn = path.join(dir, 'torn.qcow2');
+    const torn = path.join(hv.dir, 'torn.qcow2');
     copyFileSync(data, torn);
     await exec('qemu-io', ['-f', 'qcow2', '-c', `write -q -P 0x55 ${WORKLOAD_OFFSET + 3 * WORKLOAD.blockSize + 2048} 2048`, torn]);
     const tornVerdict = await verifyWorkload(torn);
@@ -147,12 +124,12 @@ describe('test guest', () => {
     expect(tornVerdict.problems).toEqual([expect.stringMatching(/^slot 3: seq=\d+: checksum mismatch/)]);
 
     // A valid block, but a wave older than its neighbours: a state the disk never had.
-    const stale = path.join(dir, 'stale.qcow2');
+    const stale = path.join(hv.dir, 'stale.qcow2');
     copyFileSync(data, stale);
     // (Not the highest block's slot: the wave before there is the state just before it was written.)
     const slot = (verdict.maxSeq - 1) % WORKLOAD.slots;
     const oldSeq = verdict.maxSeq - 1 - WORKLOAD.slots;
-    const blockFile = path.join(dir, 'old-block');
+    const blockFile = path.join(hv.dir, 'old-block');
     writeFileSync(blockFile, workloadBlock(oldSeq));
     await exec('qemu-io', ['-f', 'qcow2', '-c', `write -q -s ${blockFile} ${WORKLOAD_OFFSET + slot * WORKLOAD.blockSize} ${WORKLOAD.blockSize}`, stale]);
     const staleVerdict = await verifyWorkload(stale);
@@ -164,16 +141,16 @@ describe('test guest', () => {
 
   it('with volsnap.workload=0 (and 128 MiB) writes nothing to its data disk', async () => {
     const vmId = randomUUID();
-    vms.push(vmId);
-    const data = await image(`${vmId}-data`);
+    hv.track(vmId);
+    const data = await hv.image(`${vmId}-data`);
     const quiet = testGuest(undefined, { workload: false })!;
     expect(quiet.cmdline).toBe('console=ttyS0 panic=-1 quiet volsnap.workload=0');
-    const spec = guestSpec(vmId, [await image(`${vmId}-root`), data], quiet, 128);
-    await driver.start(spec);
+    const spec = guestSpec(vmId, [await hv.image(`${vmId}-root`), data], quiet, 128);
+    await hv.driver.start(spec);
     await seen(spec.consoleLog, /volsnap-guest: ready/);
     expect(consoleText(spec.consoleLog)).toMatch(/volsnap-guest: disks vda vdb\r?\nvolsnap-guest: workload off\r?\nvolsnap-guest: ready/);
     await new Promise((r) => setTimeout(r, 2000));
-    expect(await driver.stop(vmId)).toBe('shut-down');
+    expect(await hv.driver.stop(vmId)).toBe('shut-down');
     expect(consoleText(spec.consoleLog)).not.toMatch(/wrote seq=/);
     expect((await verifyWorkload(data)).problems).toEqual(['no workload block written']);
   }, 60_000);

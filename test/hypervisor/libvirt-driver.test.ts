@@ -1,18 +1,15 @@
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { describe, expect, inject, it } from 'vitest';
 import { domainName, type DomainSpec } from '../../compute/domain-xml.js';
-import { ensureLibvirt, libvirtAnswers, LibvirtUnavailableError, type LibvirtDaemon } from '../../compute/libvirt-daemon.js';
-import { LibvirtComputeDriver } from '../../compute/libvirt.js';
+import { ensureLibvirt, libvirtAnswers, LibvirtUnavailableError } from '../../compute/libvirt-daemon.js';
 import { silentLogger } from '../../observability/logger.js';
-import { openFiles, requireLibvirt, virsh } from '../support/hypervisor.js';
+import { driverFixture, openFiles, virsh } from '../support/hypervisor.js';
 
 const exec = promisify(execFile);
-const MiB = 1024 * 1024;
 
 
 /**
@@ -21,34 +18,13 @@ const MiB = 1024 * 1024;
  * no OS (the firmware finds no bootable disk and waits): what the guest sees is test/hypervisor/guest.test.ts's.
  */
 describe('libvirt compute driver', () => {
-  let daemon: LibvirtDaemon;
-  let dir: string;
-  let driver: LibvirtComputeDriver;
-  const vms: string[] = [];
-
-  beforeAll(async () => {
-    requireLibvirt();
-    dir = mkdtempSync(path.join(tmpdir(), 'volsnap-hv-'));
-    daemon = await ensureLibvirt({ logDir: path.join(dir, 'libvirt'), logger: silentLogger });
-    driver = new LibvirtComputeDriver({ uri: daemon.uri, workDir: path.join(dir, 'xml'), logger: silentLogger, stopTimeoutMs: 2000 });
-  }, 60_000);
-  afterAll(async () => {
-    for (const id of vms) await driver?.stop(id, { forced: true }).catch(() => undefined);
-    await daemon?.stop();
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  });
-
-  async function image(name: string): Promise<string> {
-    const file = path.join(dir, `${name}.qcow2`);
-    await exec('qemu-img', ['create', '-q', '-f', 'qcow2', file, String(64 * MiB)]);
-    return file;
-  }
+  const hv = driverFixture('volsnap-hv-', 2000);
 
   async function spec(disks: number): Promise<DomainSpec> {
     const vmId = randomUUID();
-    vms.push(vmId);
+    hv.track(vmId);
     const files = [];
-    for (let i = 0; i < disks; i++) files.push({ volumeId: randomUUID(), path: await image(`${vmId}-${i}`) });
+    for (let i = 0; i < disks; i++) files.push({ volumeId: randomUUID(), path: await hv.image(`${vmId}-${i}`) });
     return {
       vmId,
       title: `test ${vmId.slice(0, 8)}`,
@@ -57,99 +33,99 @@ describe('libvirt compute driver', () => {
       accelerator: 'qemu',
       disks: files,
       isoPath: null,
-      consoleLog: path.join(dir, `${vmId}.console.log`),
+      consoleLog: path.join(hv.dir, `${vmId}.console.log`),
       user: { uid: process.getuid!(), gid: process.getgid!() },
     };
   }
 
   it('starts a domain named for the VM whose QEMU has each volume open, in device order; a second start changes nothing', async () => {
     const s = await spec(2);
-    expect(await driver.start(s)).toBe('started');
+    expect(await hv.driver.start(s)).toBe('started');
     expect(await virsh('domstate', domainName(s.vmId))).toBe('running');
     expect(await virsh('domuuid', domainName(s.vmId))).toBe(s.vmId);
     // The CD-ROM is there but empty (virsh lists no source for it).
-    expect([...(await driver.disks(s.vmId))]).toEqual([
+    expect([...(await hv.driver.disks(s.vmId))]).toEqual([
       ['vda', s.disks[0]!.path],
       ['vdb', s.disks[1]!.path],
     ]);
-    const pid = (await driver.qemuPid(s.vmId))!;
+    const pid = (await hv.driver.qemuPid(s.vmId))!;
     expect(pid).toBeGreaterThan(0);
     const open = openFiles(pid);
     for (const d of s.disks) expect(open, `QEMU has ${d.path} open`).toContain(d.path);
-    expect(await driver.start(s)).toBe('already-running');
-    expect(await driver.qemuPid(s.vmId)).toBe(pid);
-    expect((await driver.list()).get(s.vmId)).toBe('running');
+    expect(await hv.driver.start(s)).toBe('already-running');
+    expect(await hv.driver.qemuPid(s.vmId)).toBe(pid);
+    expect((await hv.driver.list()).get(s.vmId)).toBe('running');
   });
 
   it('stop asks the guest first and powers off after the timeout; a forced stop powers off at once; stopping again is a no-op', async () => {
     const s = await spec(1);
-    await driver.start(s);
-    const pid = (await driver.qemuPid(s.vmId))!;
+    await hv.driver.start(s);
+    const pid = (await hv.driver.qemuPid(s.vmId))!;
     // No OS answers ACPI here, so the guest shutdown times out and the domain is powered off.
-    expect(await driver.stop(s.vmId, { timeoutMs: 500 })).toBe('powered-off');
-    expect(await driver.powerState(s.vmId)).toBe('absent');
+    expect(await hv.driver.stop(s.vmId, { timeoutMs: 500 })).toBe('powered-off');
+    expect(await hv.driver.powerState(s.vmId)).toBe('absent');
     expect(() => process.kill(pid, 0)).toThrow();
-    expect(await driver.stop(s.vmId)).toBe('already-stopped');
-    await driver.start(s);
-    expect(await driver.stop(s.vmId, { forced: true })).toBe('powered-off');
-    expect(await driver.powerState(s.vmId)).toBe('absent');
+    expect(await hv.driver.stop(s.vmId)).toBe('already-stopped');
+    await hv.driver.start(s);
+    expect(await hv.driver.stop(s.vmId, { forced: true })).toBe('powered-off');
+    expect(await hv.driver.powerState(s.vmId)).toBe('absent');
   });
 
   it('hot-plugs a disk into a running domain (QEMU opens it) and changes the CD-ROM media', async () => {
     const s = await spec(1);
-    await driver.start(s);
-    const extra = await image(`${s.vmId}-extra`);
-    await driver.attachDisk(s.vmId, { path: extra, target: 'vdb', volumeId: randomUUID() });
-    expect((await driver.disks(s.vmId)).get('vdb')).toBe(extra);
-    expect(openFiles((await driver.qemuPid(s.vmId))!)).toContain(extra);
+    await hv.driver.start(s);
+    const extra = await hv.image(`${s.vmId}-extra`);
+    await hv.driver.attachDisk(s.vmId, { path: extra, target: 'vdb', volumeId: randomUUID() });
+    expect((await hv.driver.disks(s.vmId)).get('vdb')).toBe(extra);
+    expect(openFiles((await hv.driver.qemuPid(s.vmId))!)).toContain(extra);
     // Attaching what is attached already is a no-op (a retried request).
-    await driver.attachDisk(s.vmId, { path: extra, target: 'vdb', volumeId: randomUUID() });
+    await hv.driver.attachDisk(s.vmId, { path: extra, target: 'vdb', volumeId: randomUUID() });
 
-    const iso = path.join(dir, 'test.iso');
-    const src = mkdtempSync(path.join(dir, 'iso-'));
+    const iso = path.join(hv.dir, 'test.iso');
+    const src = mkdtempSync(path.join(hv.dir, 'iso-'));
     writeFileSync(path.join(src, 'HELLO.TXT'), 'volsnap\n');
     await exec('xorriso', ['-as', 'mkisofs', '-quiet', '-V', 'VOLSNAPTEST', '-o', iso, src]);
-    await driver.changeMedia(s.vmId, iso);
-    expect((await driver.disks(s.vmId)).get('hdc')).toBe(iso);
-    await driver.changeMedia(s.vmId, null);
-    expect((await driver.disks(s.vmId)).has('hdc')).toBe(false);
-    await driver.stop(s.vmId, { forced: true });
+    await hv.driver.changeMedia(s.vmId, iso);
+    expect((await hv.driver.disks(s.vmId)).get('hdc')).toBe(iso);
+    await hv.driver.changeMedia(s.vmId, null);
+    expect((await hv.driver.disks(s.vmId)).has('hdc')).toBe(false);
+    await hv.driver.stop(s.vmId, { forced: true });
   });
 
   it('a domain an operator destroyed behind its back reads as stopped', async () => {
     const s = await spec(1);
-    await driver.start(s);
+    await hv.driver.start(s);
     await virsh('destroy', domainName(s.vmId));
-    expect(await driver.powerState(s.vmId)).toBe('absent');
-    expect((await driver.list()).has(s.vmId)).toBe(false);
+    expect(await hv.driver.powerState(s.vmId)).toBe('absent');
+    expect((await hv.driver.list()).has(s.vmId)).toBe(false);
   });
 
   it('failures carry libvirt\'s own error text', async () => {
     const s = await spec(1);
-    s.disks[0]!.path = path.join(dir, 'no-such-image.qcow2');
-    const err = await driver.start(s).catch((e: unknown) => e);
+    s.disks[0]!.path = path.join(hv.dir, 'no-such-image.qcow2');
+    const err = await hv.driver.start(s).catch((e: unknown) => e);
     expect(err).toMatchObject({ name: 'LibvirtError' });
     expect((err as Error).message).toMatch(/no-such-image\.qcow2/);
     expect((err as Error).message).not.toMatch(/virsh -q -c/);
-    expect(await driver.powerState(s.vmId)).toBe('absent');
+    expect(await hv.driver.powerState(s.vmId)).toBe('absent');
   });
 
   // Only when this run's keeper runs libvirtd (CI; a host's own libvirtd is not ours to kill).
-  it.runIf(inject('libvirtKept'))('libvirtd killed under a running domain: its keeper starts it again, the domain runs on, the driver reconnects', async () => {
+  it.runIf(inject('libvirtKept'))('libvirtd killed under a running domain: its keeper starts it again, the domain runs on, the hv.driver reconnects', async () => {
     const s = await spec(1);
-    await driver.start(s);
-    const qemu = (await driver.qemuPid(s.vmId))!;
+    await hv.driver.start(s);
+    const qemu = (await hv.driver.qemuPid(s.vmId))!;
     const libvirtd = Number((await exec('pidof', ['libvirtd'])).stdout.trim().split(' ')[0]);
     process.kill(libvirtd, 'SIGKILL');
-    for (let i = 0; i < 300 && !(await libvirtAnswers(daemon.uri)); i++) await new Promise((r) => setTimeout(r, 100));
+    for (let i = 0; i < 300 && !(await libvirtAnswers(hv.daemon.uri)); i++) await new Promise((r) => setTimeout(r, 100));
     expect(Number((await exec('pidof', ['libvirtd'])).stdout.trim().split(' ')[0])).not.toBe(libvirtd);
-    expect(await driver.powerState(s.vmId)).toBe('running');
-    expect(await driver.qemuPid(s.vmId)).toBe(qemu);
-    expect(await driver.stop(s.vmId, { forced: true })).toBe('powered-off');
+    expect(await hv.driver.powerState(s.vmId)).toBe('running');
+    expect(await hv.driver.qemuPid(s.vmId)).toBe(qemu);
+    expect(await hv.driver.stop(s.vmId, { forced: true })).toBe('powered-off');
   });
 
   it('a libvirt URI that does not answer is a clear start-up error', async () => {
-    const err = await ensureLibvirt({ uri: 'qemu+tcp://127.0.0.1:1/system', logDir: path.join(dir, 'none'), logger: silentLogger }).catch((e: unknown) => e);
+    const err = await ensureLibvirt({ uri: 'qemu+tcp://127.0.0.1:1/system', logDir: path.join(hv.dir, 'none'), logger: silentLogger }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(LibvirtUnavailableError);
     expect((err as Error).message).toBe('libvirt does not answer at qemu+tcp://127.0.0.1:1/system (LIBVIRT_URI)');
   });

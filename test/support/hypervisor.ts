@@ -1,9 +1,13 @@
-/** What the hypervisor tier's files share: libvirt's availability for the run, and reading a domain from outside. */
+/** What the hypervisor tier's files share: libvirt's availability, a driver per file, reading a domain from outside. */
 import { execFile } from 'node:child_process';
-import { readdirSync, readlinkSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { inject } from 'vitest';
+import { afterAll, beforeAll, inject } from 'vitest';
+import { ensureLibvirt, type LibvirtDaemon } from '../../compute/libvirt-daemon.js';
+import { LibvirtComputeDriver } from '../../compute/libvirt.js';
+import { silentLogger } from '../../observability/logger.js';
 
 const exec = promisify(execFile);
 
@@ -28,4 +32,47 @@ export function openFiles(pid: number): string[] {
       return [];
     }
   });
+}
+
+/**
+ * A compute driver on this run's libvirt for one test file, with a scratch dir for its images and consoles:
+ * the domains it tracks are powered off and the dir removed when the file ends.
+ */
+export function driverFixture(prefix: string, stopTimeoutMs: number) {
+  let daemon: LibvirtDaemon | undefined;
+  let dir = '';
+  let driver: LibvirtComputeDriver | undefined;
+  const vms: string[] = [];
+  beforeAll(async () => {
+    requireLibvirt();
+    dir = mkdtempSync(path.join(tmpdir(), prefix));
+    daemon = await ensureLibvirt({ logDir: path.join(dir, 'libvirt'), logger: silentLogger });
+    driver = new LibvirtComputeDriver({ uri: daemon.uri, workDir: path.join(dir, 'xml'), logger: silentLogger, stopTimeoutMs });
+  }, 60_000);
+  afterAll(async () => {
+    for (const id of vms) await driver?.stop(id, { forced: true }).catch(() => undefined);
+    await daemon?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+  return {
+    get driver(): LibvirtComputeDriver {
+      return driver!;
+    },
+    get daemon(): LibvirtDaemon {
+      return daemon!;
+    },
+    get dir(): string {
+      return dir;
+    },
+    /** Powers the VM's domain off when the file ends. */
+    track(vmId: string): void {
+      vms.push(vmId);
+    },
+    /** A fresh 64 MiB qcow2 in the scratch dir. */
+    async image(name: string): Promise<string> {
+      const file = path.join(dir, `${name}.qcow2`);
+      await exec('qemu-img', ['create', '-q', '-f', 'qcow2', file, String(64 * 1024 * 1024)]);
+      return file;
+    },
+  };
 }
