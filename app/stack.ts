@@ -7,13 +7,17 @@ import { createSnapshotActivities } from '../activities/snapshot-activities.js';
 import { createBackupScrubActivities } from '../activities/backup-scrub-activities.js';
 import { createStorageGcActivities } from '../activities/storage-gc-activities.js';
 import type { Env } from '../config/env.js';
-import { connectLocalKvmHost, registerIsoImage, seedCatalog, setHostAccelerator, type XenServerCatalog } from '../db/catalog.js';
+import { connectKvmHost, registerIsoImage, seedCatalog, setHostAccelerator, type XenServerCatalog } from '../db/catalog.js';
 import { ensureToolsIso, TOOLS_ISO_NAME } from '../compute/iso.js';
-import { testGuest, type GuestBoot } from '../compute/test-guest.js';
+import { testGuest } from '../compute/test-guest.js';
 import { chooseAccelerator, type AcceleratorChoice } from '../compute/accelerator.js';
 import { ensureLibvirt, SYSTEM_URI } from '../compute/libvirt-daemon.js';
 import { createComputeRegistry, type ComputeRegistry } from '../compute/registry.js';
+import { hostTaskQueue } from '../compute/host-queue.js';
+import { createHostActivities, createVmStepActivities } from '../activities/vm-step-activities.js';
 import { createVmPowerSync } from '../services/vm-power-sync.js';
+import { hostQueueVmSteps, type VmStepDispatcher } from '../services/vm-step-dispatch.js';
+import { createVmStepRunner } from '../services/vm-steps.js';
 import { liveImageResolver } from '../services/live-images.js';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../db/embedded.js';
 import { migrate } from '../db/migrate.js';
@@ -47,12 +51,15 @@ export interface Stack {
   client: Client;
   connection: Connection;
   drivers: StorageDrivers;
-  /** The KVM hosts' compute (libvirt); null with KVM_COMPUTE=none, when KVM VMs are records only. */
+  /**
+   * This process's host compute (libvirt): on worker processes with KVM_COMPUTE=libvirt, which are KVM host
+   * KVM_HOST; null elsewhere (an API process reaches hosts through their task queues, `vmSteps`).
+   */
   compute: ComputeRegistry | null;
+  /** Where KVM VM actions' hypervisor steps go: their hosts' task queues; null with KVM_COMPUTE=none. */
+  vmSteps: VmStepDispatcher | null;
   /** Where the VMs' serial consoles are written. */
   consoleDir: string;
-  /** What KVM VMs boot directly (the test guest), or undefined: their ROOT disk. */
-  vmBoot: GuestBoot | undefined;
   snapshots: SnapshotService;
   devServer: DevServer | null;
   /** Where the console and the Temporal Web UI are reached, for links between them. */
@@ -129,7 +136,9 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
     if (!devServer) await ensureSearchAttributes(connection, env.TEMPORAL_NAMESPACE, logger);
 
     const consoleDir = join(env.dataDir, 'consoles');
-    const compute = env.KVM_COMPUTE === 'libvirt' ? await startCompute(env, logger, pool, consoleDir, closers) : null;
+    // A worker process with libvirt is a KVM host (KVM_HOST): its compute serves that host's task queue.
+    const isHost = env.KVM_COMPUTE === 'libvirt' && roles.includes('worker');
+    const compute = isHost ? await startCompute(env, logger, pool, consoleDir, closers) : null;
     const vmBoot = compute && env.VM_BOOT === 'auto' ? testGuest(undefined, { workload: env.VM_GUEST_WORKLOAD === 'on' }) : undefined;
     if (compute?.local.available) startAcceleratorProbe(env, logger, pool, compute, closers);
     if (compute) logger.info({ boot: vmBoot ? 'test guest' : 'ROOT disk', workload: vmBoot ? env.VM_GUEST_WORKLOAD : undefined }, 'what KVM VMs boot');
@@ -164,17 +173,26 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
     if (roles.includes('worker')) {
       workerConnection = await connectWorker(env, target);
       const settings = await readSettings(pool);
+      const snapshotActivities = createSnapshotActivities({ pool, drivers, logger, metrics: metrics.backupHooks });
+      const runner = compute ? createVmStepRunner({ pool, logger, compute, consoleDir, vmBoot }) : null;
       workers = await startWorkers({
         connection: workerConnection,
         namespace: env.TEMPORAL_NAMESPACE,
         taskQueue: env.TEMPORAL_TASK_QUEUE,
         backupTaskQueue: env.TEMPORAL_BACKUP_TASK_QUEUE,
-        activities: createSnapshotActivities({ pool, drivers, logger, metrics: metrics.backupHooks }),
+        activities: snapshotActivities,
         backupPoolSize: settings['backup.pool.size'],
         shutdownGraceSeconds: env.WORKER_SHUTDOWN_GRACE_SECONDS,
         logger,
-        extraActivities: { ...createStorageGcActivities({ pool, drivers, logger, client }), ...createBackupScrubActivities({ pool, logger }) },
+        extraActivities: {
+          ...createStorageGcActivities({ pool, drivers, logger, client }),
+          ...createBackupScrubActivities({ pool, logger }),
+          ...createVmStepActivities(pool),
+        },
         activityInterceptors: [activityLogContext((id) => volumeIdOfSnapshot(pool, id))],
+        ...(runner
+          ? { host: { name: env.KVM_HOST, taskQueue: hostTaskQueue(env.TEMPORAL_TASK_QUEUE, env.KVM_HOST), activities: createHostActivities(runner) } }
+          : {}),
       });
       closers.push(async () => {
         await workers!.shutdown();
@@ -223,7 +241,12 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
       return { ok: Object.values(checks).every(Boolean), checks };
     };
 
-    return { env, logger, pool, client, connection, drivers, compute, consoleDir, vmBoot, snapshots, devServer, links, workers, storageGc, backupScrub, metrics, health, close };
+    const vmSteps =
+      env.KVM_COMPUTE === 'libvirt'
+        ? hostQueueVmSteps({ client, pool, taskQueue: env.TEMPORAL_TASK_QUEUE, hostTimeoutSeconds: env.VM_HOST_TIMEOUT_SECONDS })
+        : null;
+
+    return { env, logger, pool, client, connection, drivers, compute, vmSteps, consoleDir, snapshots, devServer, links, workers, storageGc, backupScrub, metrics, health, close };
   } catch (err) {
     await close();
     throw err;
@@ -251,8 +274,8 @@ async function startCompute(env: Env, logger: Logger, pool: Pool, consoleDir: st
   const iso = await ensureToolsIso(join(env.dataDir, 'isos'));
   if ('path' in iso) await registerIsoImage(pool, TOOLS_ISO_NAME, 'Other (64-bit)', iso.path);
   else logger.warn({ reason: iso.reason }, `could not build the ${TOOLS_ISO_NAME} ISO (xorriso); ISOs cannot go into running VMs`);
-  const connected = await connectLocalKvmHost(pool, uri);
-  if (connected.changed) logger.info({ host: 'kvm-host-1', uri, previous: connected.previous }, 'KVM host connected to this libvirt');
+  const connected = await connectKvmHost(pool, env.KVM_HOST, uri);
+  if (connected.changed) logger.info({ host: env.KVM_HOST, uri, previous: connected.previous }, 'KVM host connected to this libvirt');
   return createComputeRegistry({ local: { uri, available: reason === null, reason }, workDir, logger, stopTimeoutMs: env.VM_STOP_TIMEOUT_SECONDS * 1000 });
 }
 
@@ -263,7 +286,7 @@ async function startCompute(env: Env, logger: Logger, pool: Pool, consoleDir: st
 function startAcceleratorProbe(env: Env, logger: Logger, pool: Pool, compute: ComputeRegistry, closers: Array<() => Promise<void>>): void {
   const record = async (choice: AcceleratorChoice) => {
     compute.setLocalAccelerator(choice);
-    await setHostAccelerator(pool, 'kvm-host-1', choice.accelerator, choice.reason).catch((err: unknown) =>
+    await setHostAccelerator(pool, env.KVM_HOST, choice.accelerator, choice.reason).catch((err: unknown) =>
       logger.warn({ err }, 'could not record the host accelerator'),
     );
   };

@@ -33,6 +33,8 @@ export interface WorkerOptions {
   extraActivities?: Record<string, (...args: any[]) => Promise<unknown>>;
   /** Activity interceptors for both workers (e.g. the log context of app/runtime.ts). */
   activityInterceptors?: ActivityInterceptorsFactory[];
+  /** The host worker of the KVM host this process is (its libvirt steps), on that host's own task queue. */
+  host?: { name: string; taskQueue: string; activities: Record<string, (...args: any[]) => Promise<unknown>> };
 }
 
 export interface RunningWorkers {
@@ -74,7 +76,20 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
     maxConcurrentActivityTaskExecutions: opts.backupPoolSize,
     ...(opts.activityInterceptors ? { interceptors: { activity: opts.activityInterceptors } } : {}),
   });
-  const runs = [main, backup].map((w) =>
+  let host: Worker | undefined;
+  if (opts.host) {
+    declareActivityOnlyQueue(opts.host.taskQueue);
+    host = await Worker.create({
+      ...shutdown,
+      connection: opts.connection,
+      namespace: opts.namespace,
+      taskQueue: opts.host.taskQueue,
+      activities: opts.host.activities,
+      ...(opts.activityInterceptors ? { interceptors: { activity: opts.activityInterceptors } } : {}),
+    });
+  }
+  const all = host ? [main, backup, host] : [main, backup];
+  const runs = all.map((w) =>
     w.run().catch((err) => {
       opts.logger.error({ err, taskQueue: w.options.taskQueue }, 'worker stopped with an error');
       throw err;
@@ -88,19 +103,21 @@ export async function startWorkers(opts: WorkerOptions): Promise<RunningWorkers>
       roles: {
         [opts.taskQueue]: 'workflows and short activities',
         [opts.backupTaskQueue]: `backup copies only (activities, no workflows; at most ${opts.backupPoolSize} at once)`,
+        ...(opts.host ? { [opts.host.taskQueue]: `host ${opts.host.name}: its VMs' libvirt steps and live snapshots` } : {}),
       },
     },
-    `workers running: ${opts.taskQueue} (workflows and short activities), ${opts.backupTaskQueue} (backup copies only: activities, no workflows)`,
+    `workers running: ${opts.taskQueue} (workflows and short activities), ${opts.backupTaskQueue} (backup copies only: activities, no workflows)` +
+      (opts.host ? `, ${opts.host.taskQueue} (host ${opts.host.name})` : ''),
   );
   const done = Promise.allSettled(runs).then(() => undefined);
   let stopped: Promise<void> | undefined;
   return {
-    workers: [main, backup],
+    workers: all,
     done,
     shutdown() {
       stopped ??= (async () => {
         opts.logger.info({ graceSeconds: opts.shutdownGraceSeconds }, 'workers draining: no new tasks; running ones may finish');
-        for (const w of [main, backup]) if (w.getState() === 'RUNNING') w.shutdown();
+        for (const w of all) if (w.getState() === 'RUNNING') w.shutdown();
         await done;
         opts.logger.info('workers stopped');
       })();

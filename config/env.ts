@@ -64,6 +64,16 @@ export const EnvSchema = z.object({
    */
   LIBVIRT_URI: optionalString,
   /**
+   * The KVM host a worker process is (docs/design.md §15): it connects that host's row to LIBVIRT_URI and serves
+   * its task queue (`<TEMPORAL_TASK_QUEUE>-host-<name>`). A name not in the catalog is added as a KVM host.
+   */
+  KVM_HOST: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'a host name: lower-case letters, digits and dashes')
+    .default('kvm-host-1'),
+  /** How long a VM action's hypervisor step waits for its host's worker to take it before it is undone (503). */
+  VM_HOST_TIMEOUT_SECONDS: z.coerce.number().int().min(1).max(600).default(30),
+  /**
    * What KVM VMs boot: `auto`, the test guest (scripts/build-guest.sh, built by `npm run setup`) when it is
    * built, else their ROOT disk; `disk`, always their ROOT disk. volsnap's images start blank, so the guest is
    * their OS for the demo and the hypervisor tier (docs/design.md §15).

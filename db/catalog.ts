@@ -74,17 +74,33 @@ export async function defaultImageStore(db: Queryable): Promise<ImageStore> {
 }
 
 /**
- * Connects the seeded local KVM host to this server's libvirt (docs/design.md §15): kept current, as the
- * storage paths are, so a changed LIBVIRT_URI takes effect at the next start. Returns the URI it had.
+ * Connects a worker's KVM host (KVM_HOST, the seeded kvm-host-1 by default) to its libvirt (docs/design.md §15):
+ * kept current, as the storage paths are, so a changed LIBVIRT_URI takes effect at the next start. Returns the
+ * URI it had.
  */
-export async function connectLocalKvmHost(db: Queryable, uri: string): Promise<{ changed: boolean; previous: string | null }> {
-  const { rows } = await db.query<{ previous: string | null }>(
-    `UPDATE hosts h SET uri = $1 FROM (SELECT id, uri AS previous FROM hosts WHERE name = 'kvm-host-1') old
-      WHERE h.id = old.id RETURNING old.previous`,
-    [uri],
+export async function connectKvmHost(db: Queryable, name: string, uri: string): Promise<{ changed: boolean; previous: string | null }> {
+  // A host not in the catalog is added (a second host worker, say); its address is its URI's host part.
+  await db.query(
+    `INSERT INTO hosts (id, name, hypervisor, address) VALUES ($1, $2, 'KVM', $3) ON CONFLICT (name) DO NOTHING`,
+    [randomUUID(), name, hostAddressOf(uri)],
   );
-  const previous = rows[0]?.previous ?? null;
-  return { changed: rows.length > 0 && previous !== uri, previous };
+  const { rows } = await db.query<{ previous: string | null; hypervisor: string }>(
+    `UPDATE hosts h SET uri = $2 FROM (SELECT id, uri AS previous, hypervisor FROM hosts WHERE name = $1) old
+      WHERE h.id = old.id AND old.hypervisor = 'KVM' RETURNING old.previous, old.hypervisor`,
+    [name, uri],
+  );
+  if (rows.length === 0) throw new Error(`host ${name} (KVM_HOST) is not a KVM host in the catalog`);
+  const previous = rows[0]!.previous ?? null;
+  return { changed: previous !== uri, previous };
+}
+
+/** The address part of a libvirt URI (qemu+ssh://user@host/system → host); 127.0.0.1 for a local one. */
+function hostAddressOf(uri: string): string {
+  try {
+    return new URL(uri).hostname || '127.0.0.1';
+  } catch {
+    return '127.0.0.1';
+  }
 }
 
 /** Registers (or moves) an ISO whose image file is on this server. */

@@ -4,20 +4,17 @@ import type { Pool, Queryable } from '../db/pool.js';
 import type { Hypervisor } from '../db/vms.js';
 import { ConflictError, ValidationError } from '../domain/errors.js';
 import type { StorageDriver } from '../storage/driver.js';
-import type { ComputeRegistry } from '../compute/registry.js';
-import type { GuestBoot } from '../compute/test-guest.js';
+import type { VmStepDispatcher } from './vm-step-dispatch.js';
 
 /** What the VM, volume and snapshot services need: the database, the storage drivers, a logger. */
 export interface ServiceDeps {
   pool: Pool;
   drivers: Partial<Record<Hypervisor, StorageDriver>>;
   logger: Logger;
-  /** The hosts' compute drivers (KVM over libvirt); without it KVM VM actions change only their rows. */
-  compute?: ComputeRegistry;
+  /** Where KVM VM actions' hypervisor steps run (their hosts); without it KVM VM actions change only their rows. */
+  vmSteps?: VmStepDispatcher;
   /** Where the VMs' serial consoles are written (one log file per VM). */
   consoleDir?: string;
-  /** The kernel KVM VMs boot directly (the test guest), or none: they boot their ROOT disk. */
-  vmBoot?: GuestBoot;
 }
 
 /** The storage driver of `hypervisor`; a hypervisor without one (XenServer, for now) is refused as bad input. */

@@ -1,6 +1,4 @@
 import type { Logger } from 'pino';
-import type { ComputeRegistry } from '../compute/registry.js';
-import type { GuestBoot } from '../compute/test-guest.js';
 import type { Pool } from '../db/pool.js';
 import type { Hypervisor } from '../db/vms.js';
 import type { StorageDriver } from '../storage/driver.js';
@@ -13,6 +11,7 @@ import type { SnapshotService } from './snapshots.js';
 import type { BackupScrubService } from './backup-scrub.js';
 import type { StorageGcService } from './storage-gc.js';
 import { createVmService } from './vms.js';
+import type { VmStepDispatcher } from './vm-step-dispatch.js';
 import { createVolumeService } from './volumes.js';
 
 /** What the API's services are built from: a slice of the running stack. */
@@ -23,10 +22,9 @@ export interface ServiceStack {
   snapshots: SnapshotService;
   storageGc?: StorageGcService;
   backupScrub?: BackupScrubService;
-  /** The KVM hosts' compute; null or absent: KVM VMs are records only (KVM_COMPUTE=none). */
-  compute?: ComputeRegistry | null;
+  /** Where KVM VM steps run (their hosts); null or absent: KVM VMs are records only (KVM_COMPUTE=none). */
+  vmSteps?: VmStepDispatcher | null;
   consoleDir?: string;
-  vmBoot?: GuestBoot | undefined;
 }
 
 /** Builds every service the HTTP API uses over one stack. */
@@ -35,9 +33,8 @@ export function createServices(stack: ServiceStack) {
     pool: stack.pool,
     drivers: stack.drivers,
     logger: stack.logger,
-    ...(stack.compute ? { compute: stack.compute } : {}),
+    ...(stack.vmSteps ? { vmSteps: stack.vmSteps } : {}),
     ...(stack.consoleDir ? { consoleDir: stack.consoleDir } : {}),
-    ...(stack.vmBoot ? { vmBoot: stack.vmBoot } : {}),
   };
   return {
     accounts: createAccountService(deps),

@@ -5,10 +5,11 @@ import { lockVm, lockVmVolumes, lockVolumeWithVm } from '../db/locks.js';
 import type { PoolClient } from '../db/pool.js';
 import { inFlightSnapshots } from '../db/snapshots.js';
 import { findVm, insertVm, listVms, updateVm, TRANSITIONAL_VM_STATES, type Hypervisor, type VmRecord, type VmState } from '../db/vms.js';
-import { withTransaction } from '../db/pool.js';
-import type { ComputeDriver } from '../compute/driver.js';
 import { diskTarget } from '../compute/domain-xml.js';
-import { consoleLogOf, domainSpecOf } from './vm-domain.js';
+import { consoleLogOf } from './vm-domain.js';
+import { recordVmEvent } from './vm-events.js';
+import type { VmHostRef } from './vm-step-dispatch.js';
+import type { VmStep } from './vm-steps.js';
 import { tailFile } from './file-tail.js';
 import {
   destroyPrimaryRefsOfVolume,
@@ -20,7 +21,7 @@ import {
   type PendingImageDelete,
   type VolumeRecord,
 } from '../db/volumes.js';
-import { ConflictError, NotFoundError, publicErrorMessage } from '../domain/errors.js';
+import { ConflictError, NotFoundError } from '../domain/errors.js';
 import { decideBusy, vmActionDecisions, VM_ACTIONS, type BusyVolume, type Decision, type InFlightSnapshot, type VmAction } from '../domain/policy.js';
 import type { StorageDriver } from '../storage/driver.js';
 import { ownerScope, type Caller } from './caller.js';
@@ -58,29 +59,6 @@ export interface AllowedAction {
   volumeId: string | null;
 }
 
-/** CloudStack's event type for each VM action. */
-const EVENT_TYPES: Record<VmAction, string> = {
-  start: 'VM.START',
-  stop: 'VM.STOP',
-  reboot: 'VM.REBOOT',
-  destroy: 'VM.DESTROY',
-  reinstall: 'VM.RESTORE',
-  'attach-iso': 'ISO.ATTACH',
-  'detach-iso': 'ISO.DETACH',
-  'attach-volume': 'VOLUME.ATTACH',
-  'detach-volume': 'VOLUME.DETACH',
-  'change-service-offering': 'VM.UPGRADE',
-  migrate: 'VM.MIGRATE',
-};
-
-/** What an action asks of the hypervisor once its first phase is committed. */
-type HypervisorStep =
-  | { kind: 'start' }
-  | { kind: 'stop'; forced: boolean }
-  | { kind: 'reboot' }
-  | { kind: 'attach' | 'detach'; volume: VolumeRecord; target: string }
-  | { kind: 'media'; isoPath: string | null; previousIsoId: string | null; isoName: string };
-
 const invalidState = (message: string, details: Record<string, unknown>) => new ConflictError('INVALID_STATE', message, details);
 
 /** Virtual machines: creation with their disks on primary storage, actions under the parallel-operation policy. */
@@ -114,41 +92,23 @@ export function createVmService(deps: ServiceDeps) {
     return volume;
   }
 
-  async function actionEvent(
-    tx: PoolClient,
-    vm: VmRecord,
-    action: VmAction,
-    description: string,
-    details: Record<string, unknown> = {},
-    level: 'INFO' | 'ERROR' = 'INFO',
-  ) {
-    await recordEvent(tx, {
-      type: EVENT_TYPES[action],
-      level,
-      accountId: vm.accountId,
-      resourceType: 'VirtualMachine',
-      resourceId: vm.id,
-      description,
-      details: { vmId: vm.id, action, ...details },
-    });
-  }
-
-  /** The compute driver of a KVM VM's host; null for a VM whose actions change only its row (XenServer). */
-  async function computeOf(vm: VmRecord): Promise<ComputeDriver | null> {
-    if (vm.hypervisor !== 'KVM' || !deps.compute) return null;
+  /** The host a KVM VM's actions reach (checked connected); null for a VM whose actions change only its row. */
+  async function hostOf(vm: VmRecord): Promise<VmHostRef | null> {
+    if (vm.hypervisor !== 'KVM' || !deps.vmSteps) return null;
     const host = vm.hostId ? await findHost(pool, vm.hostId) : undefined;
     if (!host) throw new ConflictError('NO_HOST', `VM ${vm.id} has no host`, { vmId: vm.id });
-    return deps.compute.forHost(host);
+    deps.vmSteps.check(host);
+    return host;
   }
 
-  async function actOnce(caller: Caller, id: string, req: VmActionRequest, compute: ComputeDriver | null): Promise<VmView> {
+  async function actOnce(caller: Caller, id: string, req: VmActionRequest, host: VmHostRef | null): Promise<VmView> {
     const imageDeletes: Array<{ volume: VolumeRecord; intent: PendingImageDelete }> = [];
-    const steps: HypervisorStep[] = [];
+    const steps: VmStep[] = [];
     let updated = await withStorageTransaction(pool, logger, async (tx, onRollback) => {
       imageDeletes.length = 0;
       steps.length = 0;
       const vm = await lockVm(tx, id, ownerScope(caller));
-      return perform(tx, onRollback, caller, vm, req, imageDeletes, compute, steps);
+      return perform(tx, onRollback, caller, vm, req, imageDeletes, host !== null, steps);
     });
     // Committed: the images of the volumes it destroyed go now, each under its image lock.
     for (const { volume, intent } of imageDeletes) {
@@ -156,100 +116,13 @@ export function createVmService(deps: ServiceDeps) {
         logger.error({ err, vmId: id, volumeId: volume.id, path: intent.path }, 'deleting the image of a destroyed volume failed; storage GC removes it'),
       );
     }
-    for (const step of steps) updated = await runHypervisorStep(updated, step, compute!);
+    // The second phase, on the VM's host: libvirt, then the result committed there.
+    for (const step of steps) {
+      await deps.vmSteps!.run(id, host!, step);
+      updated = (await findVm(pool, id, null)) ?? updated;
+    }
     logger.info({ vmId: id, action: req.action, accountId: caller.accountId, state: updated.state }, 'VM action done');
     return view(updated);
-  }
-
-  /** Commits a hypervisor step's result under the VM's lock; `expect`: the state the first phase committed. */
-  async function settle(vmId: string, expect: VmState | null, fn: (tx: PoolClient, vm: VmRecord) => Promise<VmRecord>): Promise<VmRecord> {
-    return withTransaction(pool, async (tx) => {
-      const vm = await lockVm(tx, vmId, null);
-      // Settled meanwhile (by the power sync, after this process was presumed dead): its answer stands.
-      if (expect && vm.state !== expect) return vm;
-      return fn(tx, vm);
-    });
-  }
-
-  /** The hypervisor's text for the user: paths shortened (admins read them whole in the log and events). */
-  const hypervisorText = (err: unknown) => publicErrorMessage(err instanceof Error ? err.message : String(err));
-
-  async function runHypervisorStep(vm: VmRecord, step: HypervisorStep, compute: ComputeDriver): Promise<VmRecord> {
-    const log = logger.child({ vmId: vm.id, host: compute.uri, step: step.kind });
-    const failed = async (err: unknown, action: VmAction, state: VmState, what: string, undo?: (tx: PoolClient) => Promise<void>) => {
-      const text = err instanceof Error ? err.message : String(err);
-      log.error({ err }, `${what} failed`);
-      const after = await settle(vm.id, step.kind === 'start' || step.kind === 'stop' ? vm.state : null, async (tx, row) => {
-        const hotplug = step.kind === 'attach' || step.kind === 'detach';
-        // A hot-plug the sync settled meanwhile (this process was presumed dead): its answer stands.
-        if (hotplug && row.pendingDisk?.volumeId !== step.volume.id) return row;
-        await undo?.(tx);
-        await actionEvent(tx, row, action, `${what} failed: ${text}`, { error: text }, 'ERROR');
-        return updateVm(tx, row.id, { state, last_error: text, ...(hotplug ? { pending_disk: null } : {}) });
-      });
-      throw new ConflictError('HYPERVISOR_ERROR', `${what} failed: ${hypervisorText(err)}`, { vmId: vm.id, state: after.state });
-    };
-    switch (step.kind) {
-      case 'start': {
-        const host = vm.hostId ? await findHost(pool, vm.hostId) : undefined;
-        const accelerator = host && deps.compute ? deps.compute.acceleratorFor(host) : 'qemu';
-        const started = await compute
-          .start(await domainSpecOf(pool, vm, deps.consoleDir ?? '.', accelerator, deps.vmBoot))
-          .catch((err: unknown) => failed(err, 'start', 'Stopped', `starting VM ${vm.name}`));
-        return settle(vm.id, 'Starting', async (tx, row) => {
-          const how = accelerator === 'kvm' ? 'KVM' : 'TCG';
-          await actionEvent(tx, row, 'start', `VM ${vm.name} started on host ${host?.name ?? compute.uri} (${how})`, { result: started, accelerator });
-          return updateVm(tx, row.id, { state: 'Running', accelerator });
-        });
-      }
-      case 'stop': {
-        const stopped = await compute.stop(vm.id, { forced: step.forced }).catch(async (err: unknown) => {
-          // Whatever libvirt said, its truth decides what the row says now.
-          const power = await compute.powerState(vm.id).catch(() => 'other' as const);
-          return failed(err, 'stop', power === 'absent' ? 'Stopped' : 'Running', `stopping VM ${vm.name}`);
-        });
-        const how = stopped === 'shut-down' ? 'shut down by its guest' : stopped === 'powered-off' ? 'powered off' : 'already stopped on its host';
-        return settle(vm.id, 'Stopping', async (tx, row) => {
-          await actionEvent(tx, row, 'stop', `VM ${vm.name} stopped (${how})`, { result: stopped, forced: step.forced });
-          return updateVm(tx, row.id, { state: 'Stopped' });
-        });
-      }
-      case 'reboot':
-        await compute.reboot(vm.id).catch((err: unknown) => failed(err, 'reboot', vm.state, `rebooting VM ${vm.name}`));
-        return settle(vm.id, null, async (tx, row) => {
-          await actionEvent(tx, row, 'reboot', `VM ${vm.name} rebooted`);
-          return updateVm(tx, row.id, {});
-        });
-      case 'attach':
-        await compute
-          .attachDisk(vm.id, { path: step.volume.path, target: step.target, volumeId: step.volume.id })
-          .catch((err: unknown) =>
-            failed(err, 'attach-volume', vm.state, `hot-plugging volume ${step.volume.name} into VM ${vm.name}`, async (tx) => {
-              await updateVolume(tx, step.volume.id, { vm_id: null, device_id: null });
-            }),
-          );
-        return settle(vm.id, null, async (tx, row) => (row.pendingDisk?.volumeId === step.volume.id ? updateVm(tx, row.id, { pending_disk: null }) : row));
-      case 'media': {
-        const action = step.isoPath ? 'attach-iso' : 'detach-iso';
-        const what = step.isoPath ? `inserting ISO ${step.isoName} into VM ${vm.name}` : `ejecting the ISO of VM ${vm.name}`;
-        await compute.changeMedia(vm.id, step.isoPath).catch((err: unknown) =>
-          failed(err, action, vm.state, what, async (tx) => {
-            await updateVm(tx, vm.id, { iso_id: step.previousIsoId });
-          }),
-        );
-        return vm;
-      }
-      case 'detach':
-        await compute
-          .detachDisk(vm.id, step.target)
-          .catch((err: unknown) => failed(err, 'detach-volume', vm.state, `hot-unplugging volume ${step.volume.name} from VM ${vm.name}`));
-        return settle(vm.id, null, async (tx, row) => {
-          if (row.pendingDisk?.volumeId !== step.volume.id) return row;
-          await updateVolume(tx, step.volume.id, { vm_id: null, device_id: null });
-          await actionEvent(tx, row, 'detach-volume', `volume ${step.volume.name} detached from VM ${vm.name} (hot-unplugged)`, { volumeId: step.volume.id, target: step.target });
-          return updateVm(tx, row.id, { pending_disk: null });
-        });
-    }
   }
 
   /** Locks the volume an attach/detach names (after the VM, per the lock order). */
@@ -271,8 +144,8 @@ export function createVmService(deps: ServiceDeps) {
     vm: VmRecord,
     req: VmActionRequest,
     imageDeletes: Array<{ volume: VolumeRecord; intent: PendingImageDelete }>,
-    compute: ComputeDriver | null,
-    hypervisorSteps: HypervisorStep[],
+    managed: boolean,
+    hypervisorSteps: VmStep[],
   ): Promise<VmRecord> {
     const target = req.action === 'attach-volume' || req.action === 'detach-volume' ? await lockTargetVolume(tx, vm, req.volumeId, caller) : undefined;
     const attached = await lockVmVolumes(tx, vm.id);
@@ -292,7 +165,7 @@ export function createVmService(deps: ServiceDeps) {
         pendingDisk: vm.pendingDisk,
       });
     }
-    const live = compute !== null && vm.state === 'Running';
+    const live = managed && vm.state === 'Running';
     const requireState = (state: VmState) => {
       if (vm.state !== state) throw invalidState(`VM ${vm.id} is ${vm.state}; ${req.action} needs it ${state}`, { vmId: vm.id, state: vm.state });
     };
@@ -300,28 +173,28 @@ export function createVmService(deps: ServiceDeps) {
     switch (req.action) {
       case 'start':
         requireState('Stopped');
-        if (compute) {
+        if (managed) {
           // Committed first; libvirt is asked after COMMIT and the result committed after that (act).
           hypervisorSteps.push({ kind: 'start' });
           return updateVm(tx, vm.id, { state: 'Starting', last_error: null });
         }
-        await actionEvent(tx, vm, req.action, `VM ${vm.name} started`);
+        await recordVmEvent(tx, vm, req.action, `VM ${vm.name} started`);
         return updateVm(tx, vm.id, { state: 'Running' });
       case 'stop':
         requireState('Running');
-        if (compute) {
+        if (managed) {
           hypervisorSteps.push({ kind: 'stop', forced: req.forced === true });
           return updateVm(tx, vm.id, { state: 'Stopping', last_error: null });
         }
-        await actionEvent(tx, vm, req.action, `VM ${vm.name} stopped`);
+        await recordVmEvent(tx, vm, req.action, `VM ${vm.name} stopped`);
         return updateVm(tx, vm.id, { state: 'Stopped' });
       case 'reboot':
         requireState('Running');
-        if (compute) {
+        if (managed) {
           hypervisorSteps.push({ kind: 'reboot' });
           return vm;
         }
-        await actionEvent(tx, vm, req.action, `VM ${vm.name} rebooted`);
+        await recordVmEvent(tx, vm, req.action, `VM ${vm.name} rebooted`);
         return updateVm(tx, vm.id, {});
       case 'destroy': {
         const roots = attached.filter((v) => v.type === 'ROOT');
@@ -334,7 +207,7 @@ export function createVmService(deps: ServiceDeps) {
           imageDeletes.push({ volume: await markVolumeDestroyed(tx, root.id, intent), intent });
           await destroyPrimaryRefsOfVolume(tx, root.id);
         }
-        await actionEvent(tx, vm, req.action, `VM ${vm.name} destroyed; ROOT volume deleted, data disks detached`, {
+        await recordVmEvent(tx, vm, req.action, `VM ${vm.name} destroyed; ROOT volume deleted, data disks detached`, {
           destroyedVolumeIds: roots.map((v) => v.id),
           detachedVolumeIds: attached.filter((d) => d.type === 'DATADISK').map((d) => d.id),
         });
@@ -357,7 +230,7 @@ export function createVmService(deps: ServiceDeps) {
           sizeBytes: old.sizeBytes,
           deviceId: 0,
         });
-        await actionEvent(tx, vm, req.action, `VM ${vm.name} reinstalled with a fresh ROOT volume`, { oldVolumeId: old.id, volumeId: fresh.id });
+        await recordVmEvent(tx, vm, req.action, `VM ${vm.name} reinstalled with a fresh ROOT volume`, { oldVolumeId: old.id, volumeId: fresh.id });
         return updateVm(tx, vm.id, {});
       }
       case 'attach-iso': {
@@ -365,16 +238,16 @@ export function createVmService(deps: ServiceDeps) {
         if (!iso) throw new NotFoundError('ISO', req.isoId);
         if (vm.isoId) throw new ConflictError('ISO_ALREADY_ATTACHED', `VM ${vm.id} already has ISO ${vm.isoId} attached; detach it first`, { vmId: vm.id, isoId: vm.isoId });
         // A KVM VM's CD-ROM needs the file: a catalog name without one would boot or run without it, silently.
-        const isoPath = compute ? await isoImagePath(tx, iso.id) : null;
-        if (compute && !isoPath) throw invalidState(`ISO ${iso.name} has no image file on this server; it cannot go into a VM's CD-ROM`, { isoId: iso.id, vmId: vm.id });
-        await actionEvent(tx, vm, req.action, `ISO ${iso.name} attached to VM ${vm.name}`, { isoId: iso.id });
+        const isoPath = managed ? await isoImagePath(tx, iso.id) : null;
+        if (managed && !isoPath) throw invalidState(`ISO ${iso.name} has no image file on this server; it cannot go into a VM's CD-ROM`, { isoId: iso.id, vmId: vm.id });
+        await recordVmEvent(tx, vm, req.action, `ISO ${iso.name} attached to VM ${vm.name}`, { isoId: iso.id });
         // Into the running domain's CD-ROM after COMMIT; undone if libvirt refuses.
         if (live) hypervisorSteps.push({ kind: 'media', isoPath, previousIsoId: null, isoName: iso.name });
         return updateVm(tx, vm.id, { iso_id: iso.id });
       }
       case 'detach-iso':
         if (!vm.isoId) throw invalidState(`VM ${vm.id} has no ISO attached`, { vmId: vm.id });
-        await actionEvent(tx, vm, req.action, `ISO detached from VM ${vm.name}`, { isoId: vm.isoId });
+        await recordVmEvent(tx, vm, req.action, `ISO detached from VM ${vm.name}`, { isoId: vm.isoId });
         if (live) hypervisorSteps.push({ kind: 'media', isoPath: null, previousIsoId: vm.isoId, isoName: vm.isoId });
         return updateVm(tx, vm.id, { iso_id: null });
       case 'attach-volume': {
@@ -387,12 +260,12 @@ export function createVmService(deps: ServiceDeps) {
         }
         const deviceId = Math.max(0, ...attached.map((v) => v.deviceId ?? 0)) + 1;
         await updateVolume(tx, volume.id, { vm_id: vm.id, device_id: deviceId });
-        await actionEvent(tx, vm, req.action, `volume ${volume.name} attached to VM ${vm.name}`, { volumeId: volume.id, deviceId });
+        await recordVmEvent(tx, vm, req.action, `volume ${volume.name} attached to VM ${vm.name}`, { volumeId: volume.id, deviceId });
         if (!live) return updateVm(tx, vm.id, {});
         // Hot-plugged after COMMIT; undone (detached again) if libvirt refuses. The pending mark keeps the power
         // sync off the VM's disks meanwhile, and lets it settle them if this process dies in between.
         const dev = diskTarget(deviceId);
-        hypervisorSteps.push({ kind: 'attach', volume: { ...volume, vmId: vm.id, deviceId }, target: dev });
+        hypervisorSteps.push({ kind: 'attach', volume: { id: volume.id, name: volume.name, path: volume.path }, target: dev });
         return updateVm(tx, vm.id, { pending_disk: { op: 'attach', volumeId: volume.id, target: dev } });
       }
       case 'detach-volume': {
@@ -402,11 +275,11 @@ export function createVmService(deps: ServiceDeps) {
         if (live) {
           // Still attached until the guest has let it go: the row changes when libvirt confirms (runHypervisorStep).
           const dev = diskTarget(volume.deviceId ?? 0);
-          hypervisorSteps.push({ kind: 'detach', volume, target: dev });
+          hypervisorSteps.push({ kind: 'detach', volume: { id: volume.id, name: volume.name, path: volume.path }, target: dev });
           return updateVm(tx, vm.id, { pending_disk: { op: 'detach', volumeId: volume.id, target: dev } });
         }
         await updateVolume(tx, volume.id, { vm_id: null, device_id: null });
-        await actionEvent(tx, vm, req.action, `volume ${volume.name} detached from VM ${vm.name}`, { volumeId: volume.id });
+        await recordVmEvent(tx, vm, req.action, `volume ${volume.name} detached from VM ${vm.name}`, { volumeId: volume.id });
         return updateVm(tx, vm.id, {});
       }
       case 'change-service-offering': {
@@ -414,7 +287,7 @@ export function createVmService(deps: ServiceDeps) {
         if (!offering) throw new NotFoundError('service offering', req.serviceOfferingId);
         // No live scaling: CloudStack's reason for a running VM.
         if (live) throw invalidState(`Unable to upgrade virtual machine ${vm.name} in state Running; make sure the virtual machine is stopped`, { vmId: vm.id, state: vm.state });
-        await actionEvent(tx, vm, req.action, `VM ${vm.name} changed to service offering ${offering.name}`, { serviceOfferingId: offering.id, previous: vm.serviceOfferingId });
+        await recordVmEvent(tx, vm, req.action, `VM ${vm.name} changed to service offering ${offering.name}`, { serviceOfferingId: offering.id, previous: vm.serviceOfferingId });
         return updateVm(tx, vm.id, { service_offering_id: offering.id });
       }
       case 'migrate': {
@@ -426,7 +299,7 @@ export function createVmService(deps: ServiceDeps) {
         if (host.id === vm.hostId) throw invalidState(`VM ${vm.id} already runs on host ${host.name}`, { vmId: vm.id, hostId: host.id });
         // Live migration between libvirt hosts is not offered yet: a running VM is stopped first.
         if (live) throw invalidState(`VM ${vm.name} is Running; stop it before migrating it to host ${host.name} (live migration is not offered)`, { vmId: vm.id, state: vm.state });
-        await actionEvent(tx, vm, req.action, `VM ${vm.name} migrated to host ${host.name}`, { hostId: host.id, previous: vm.hostId });
+        await recordVmEvent(tx, vm, req.action, `VM ${vm.name} migrated to host ${host.name}`, { hostId: host.id, previous: vm.hostId });
         return updateVm(tx, vm.id, { host_id: host.id });
       }
     }
@@ -447,8 +320,8 @@ export function createVmService(deps: ServiceDeps) {
       if (!host) throw new ConflictError('NO_HOST', `no ${input.hypervisor} host is available`, { hypervisor: input.hypervisor });
       // Asked before anything is created: a host that cannot start it refuses now, with nothing to undo.
       const start = input.start !== false;
-      const compute = input.hypervisor === 'KVM' && deps.compute ? (start ? deps.compute.forHost(host) : null) : null;
-      const managed = input.hypervisor === 'KVM' && deps.compute !== undefined;
+      const managed = input.hypervisor === 'KVM' && deps.vmSteps !== undefined;
+      if (managed && start) deps.vmSteps!.check(host);
       const vm = await withStorageTransaction(pool, logger, async (tx, onRollback) => {
         const id = randomUUID();
         await insertVm(tx, { id, accountId: caller.accountId, name: input.name, hypervisor: input.hypervisor, serviceOfferingId: offering.id, hostId: host.id, state: managed || !start ? 'Stopped' : 'Running' });
@@ -469,7 +342,7 @@ export function createVmService(deps: ServiceDeps) {
       });
       // As CloudStack's deployVirtualMachine with startvm: the VM exists once committed; a start that fails leaves
       // it Stopped with the hypervisor's reason (HYPERVISOR_ERROR names it), to start again or destroy.
-      if (compute) return actOnce(caller, vm, { action: 'start' }, compute);
+      if (managed && start) return actOnce(caller, vm, { action: 'start' }, host);
       return view((await findVm(pool, vm, null))!);
     },
 
@@ -496,15 +369,15 @@ export function createVmService(deps: ServiceDeps) {
     async act(caller: Caller, id: string, req: VmActionRequest): Promise<VmView> {
       const before = await findVm(pool, id, ownerScope(caller));
       if (!before) throw new NotFoundError('VM', id);
-      const compute = await computeOf(before);
+      const host = await hostOf(before);
       const wasRunning = before.state === 'Running';
-      if (compute && wasRunning && (req.action === 'destroy' || req.action === 'reinstall')) {
-        await actOnce(caller, id, { action: 'stop', forced: true }, compute);
+      if (host && wasRunning && (req.action === 'destroy' || req.action === 'reinstall')) {
+        await actOnce(caller, id, { action: 'stop', forced: true }, host);
       }
-      const done = await actOnce(caller, id, req, compute);
-      if (compute && wasRunning && req.action === 'reinstall') {
+      const done = await actOnce(caller, id, req, host);
+      if (host && wasRunning && req.action === 'reinstall') {
         // As CloudStack's restoreVirtualMachine: a VM that ran runs again, on its fresh ROOT volume.
-        return actOnce(caller, id, { action: 'start' }, compute);
+        return actOnce(caller, id, { action: 'start' }, host);
       }
       return done;
     },

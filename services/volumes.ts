@@ -63,7 +63,7 @@ export function createVolumeService(deps: ServiceDeps) {
       const op = { kind: 'volume', action, volumeId: volume.id } as const;
       // A running QEMU holds the image: no live resize or storage migration here (CloudStack's KVM needs the VM
       // stopped for a migration too). A VM that is records only (KVM_COMPUTE=none) has no QEMU.
-      if ((action === 'resize' || action === 'migrate') && deps.compute && vm?.hypervisor === 'KVM' && vm.state !== 'Stopped') {
+      if ((action === 'resize' || action === 'migrate') && deps.vmSteps && vm?.hypervisor === 'KVM' && vm.state !== 'Stopped') {
         throw new ConflictError('INVALID_STATE', `volume ${volume.id} is attached to VM ${vm.name}, which is ${vm.state}; stop the VM before ${action === 'resize' ? 'resizing' : 'migrating'} the volume`, {
           volumeId: volume.id,
           vmId: vm.id,

@@ -131,3 +131,24 @@ export interface BackupAttemptInput extends SnapshotActivityInput {
   attempt?: number;
   maxAttempts?: number;
 }
+
+/** The workflow id of one VM step: a VM has at most one step in flight (its row refuses others meanwhile). */
+export const vmStepWorkflowId = (vmId: string, stepId: string): string => `vm-${vmId}-step-${stepId}`;
+
+/** A VM action's hypervisor step, run on the VM's host (workflows/vm-step-workflow.ts). */
+export interface VmStepWorkflowInput {
+  vmId: string;
+  /** The VM's host and its task queue (compute/host-queue.ts). */
+  hostName: string;
+  hostTaskQueue: string;
+  /** How long the step may wait for the host's worker to take it (VM_HOST_TIMEOUT_SECONDS). */
+  hostTimeoutSeconds: number;
+  /** services/vm-steps.ts VmStep: plain data. */
+  step: { kind: string } & Record<string, unknown>;
+}
+
+/** The failure types a VM step ends with; the API answers them with the same codes. */
+export const VM_STEP_FAILURE_TYPES = {
+  hypervisor: 'HYPERVISOR_ERROR',
+  unavailable: 'HYPERVISOR_UNAVAILABLE',
+} as const;
