@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { Client, Connection } from '@temporalio/client';
 import type { NativeConnection } from '@temporalio/worker';
 import type { Logger } from 'pino';
-import { createSnapshotActivities } from '../activities/snapshot-activities.js';
+import { createSnapshotActivities, type SnapshotActivities } from '../activities/snapshot-activities.js';
 import { createBackupScrubActivities } from '../activities/backup-scrub-activities.js';
 import { createStorageGcActivities } from '../activities/storage-gc-activities.js';
 import type { Env } from '../config/env.js';
@@ -17,7 +17,7 @@ import { hostTaskQueue } from '../compute/host-queue.js';
 import { createHostActivities, createVmStepActivities } from '../activities/vm-step-activities.js';
 import { createVmPowerSync } from '../services/vm-power-sync.js';
 import { hostQueueVmSteps, type VmStepDispatcher } from '../services/vm-step-dispatch.js';
-import { createVmStepRunner } from '../services/vm-steps.js';
+import { createVmStepRunner, type VmStepRunner } from '../services/vm-steps.js';
 import { liveImageResolver } from '../services/live-images.js';
 import { startEmbeddedPostgres, type EmbeddedDatabase } from '../db/embedded.js';
 import { migrate } from '../db/migrate.js';
@@ -44,6 +44,9 @@ import { startWorkers, type RunningWorkers } from './workers.js';
 
 export type Role = 'api' | 'worker';
 
+/** The KVM host `npm start` is when KVM_HOST does not say (the seeded one). */
+const DEFAULT_KVM_HOST = 'kvm-host-1';
+
 export interface Stack {
   env: Env;
   logger: Logger;
@@ -52,8 +55,9 @@ export interface Stack {
   connection: Connection;
   drivers: StorageDrivers;
   /**
-   * This process's host compute (libvirt): on worker processes with KVM_COMPUTE=libvirt, which are KVM host
-   * KVM_HOST; null elsewhere (an API process reaches hosts through their task queues, `vmSteps`).
+   * The hosts' libvirt as this process reaches it (KVM_COMPUTE=libvirt; null with none). A host's worker
+   * (KVM_HOST; `npm start`) runs its libvirt; other processes reach a host's libvirt only for storage work on a
+   * running VM's image (VM actions go to the host's task queue, `vmSteps`).
    */
   compute: ComputeRegistry | null;
   /** Where KVM VM actions' hypervisor steps go: their hosts' task queues; null with KVM_COMPUTE=none. */
@@ -136,12 +140,15 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
     if (!devServer) await ensureSearchAttributes(connection, env.TEMPORAL_NAMESPACE, logger);
 
     const consoleDir = join(env.dataDir, 'consoles');
-    // A worker process with libvirt is a KVM host (KVM_HOST): its compute serves that host's task queue.
-    const isHost = env.KVM_COMPUTE === 'libvirt' && roles.includes('worker');
-    const compute = isHost ? await startCompute(env, logger, pool, consoleDir, closers) : null;
-    const vmBoot = compute && env.VM_BOOT === 'auto' ? testGuest(undefined, { workload: env.VM_GUEST_WORKLOAD === 'on' }) : undefined;
-    if (compute?.local.available) startAcceleratorProbe(env, logger, pool, compute, closers);
-    if (compute) logger.info({ boot: vmBoot ? 'test guest' : 'ROOT disk', workload: vmBoot ? env.VM_GUEST_WORKLOAD : undefined }, 'what KVM VMs boot');
+    // A worker process with libvirt that is a KVM host (KVM_HOST; `npm start` is kvm-host-1) ensures its libvirt
+    // and serves that host's task queue. Any other process reaches a host's libvirt by its URI, only for storage
+    // work on a running VM's image.
+    const hostName = env.KVM_HOST ?? (roles.includes('api') ? DEFAULT_KVM_HOST : undefined);
+    const isHost = env.KVM_COMPUTE === 'libvirt' && roles.includes('worker') && hostName !== undefined;
+    const compute = isHost ? await startCompute(env, hostName!, logger, pool, consoleDir, closers) : env.KVM_COMPUTE === 'libvirt' ? reachHosts(env, logger) : null;
+    const vmBoot = isHost && env.VM_BOOT === 'auto' ? testGuest(undefined, { workload: env.VM_GUEST_WORKLOAD === 'on' }) : undefined;
+    if (isHost && compute?.local.available) startAcceleratorProbe(env, hostName!, logger, pool, compute, closers);
+    if (isHost) logger.info({ boot: vmBoot ? 'test guest' : 'ROOT disk', workload: vmBoot ? env.VM_GUEST_WORKLOAD : undefined }, 'what KVM VMs boot');
     const drivers: Stack['drivers'] = {
       KVM: new KvmStorageDriver({
         logger,
@@ -174,7 +181,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
       workerConnection = await connectWorker(env, target);
       const settings = await readSettings(pool);
       const snapshotActivities = createSnapshotActivities({ pool, drivers, logger, metrics: metrics.backupHooks });
-      const runner = compute ? createVmStepRunner({ pool, logger, compute, consoleDir, vmBoot }) : null;
+      const runner = isHost && compute ? createVmStepRunner({ pool, logger, compute, consoleDir, vmBoot }) : null;
       workers = await startWorkers({
         connection: workerConnection,
         namespace: env.TEMPORAL_NAMESPACE,
@@ -190,9 +197,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
           ...createVmStepActivities(pool),
         },
         activityInterceptors: [activityLogContext((id) => volumeIdOfSnapshot(pool, id))],
-        ...(runner
-          ? { host: { name: env.KVM_HOST, taskQueue: hostTaskQueue(env.TEMPORAL_TASK_QUEUE, env.KVM_HOST), activities: createHostActivities(runner) } }
-          : {}),
+        ...(runner ? { host: hostWorker(env, hostName!, runner, snapshotActivities) } : {}),
       });
       closers.push(async () => {
         await workers!.shutdown();
@@ -205,7 +210,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
       await backupScrub
         .ensureSchedule(settings['backup.scrub.interval'])
         .catch((err) => logger.error({ err }, 'could not create or update the backup scrub schedule'));
-      if (compute) startPowerSync(env, logger, pool, compute, closers);
+      if (isHost && compute) startPowerSync(env, logger, pool, compute, closers);
     }
 
     const links = {
@@ -221,6 +226,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
       taskQueue: env.TEMPORAL_TASK_QUEUE,
       backupTaskQueue: env.TEMPORAL_BACKUP_TASK_QUEUE,
       logger,
+      ...(env.KVM_COMPUTE === 'libvirt' ? { hostTaskQueues: { timeoutSeconds: env.VM_HOST_TIMEOUT_SECONDS } } : {}),
     });
     // Runs before the Temporal connection closes (closers run newest first): requests in flight settle first.
     closers.push(() => snapshots.close());
@@ -253,12 +259,29 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
   }
 }
 
+/** The host worker of this KVM host: its VMs' libvirt steps, and snapshots of their running disks. */
+function hostWorker(env: Env, name: string, runner: VmStepRunner, snapshots: SnapshotActivities) {
+  return {
+    name,
+    taskQueue: hostTaskQueue(env.TEMPORAL_TASK_QUEUE, name),
+    activities: { ...createHostActivities(runner), createSnapshotOnPrimary: snapshots.createSnapshotOnPrimary },
+  };
+}
+
+/** Hosts' libvirt reached by URI, for storage work on running VMs' images; this process runs no libvirt. */
+function reachHosts(env: Env, logger: Logger): ComputeRegistry {
+  const uri = env.LIBVIRT_URI ?? SYSTEM_URI;
+  const workDir = join(env.dataDir, 'libvirt-xml');
+  mkdirSync(workDir, { recursive: true });
+  return createComputeRegistry({ local: { uri, available: true, reason: null }, workDir, logger, stopTimeoutMs: env.VM_STOP_TIMEOUT_SECONDS * 1000 });
+}
+
 /**
  * The local libvirt (started when nothing answers at its URI) and the compute registry over it. A libvirt that
  * cannot run does not stop the service: storage and XenServer go on, and KVM VM actions are refused with
  * HYPERVISOR_UNAVAILABLE while the reason is logged here.
  */
-async function startCompute(env: Env, logger: Logger, pool: Pool, consoleDir: string, closers: Array<() => Promise<void>>): Promise<ComputeRegistry> {
+async function startCompute(env: Env, hostName: string, logger: Logger, pool: Pool, consoleDir: string, closers: Array<() => Promise<void>>): Promise<ComputeRegistry> {
   const uri = env.LIBVIRT_URI ?? SYSTEM_URI;
   let reason: string | null = null;
   try {
@@ -274,8 +297,8 @@ async function startCompute(env: Env, logger: Logger, pool: Pool, consoleDir: st
   const iso = await ensureToolsIso(join(env.dataDir, 'isos'));
   if ('path' in iso) await registerIsoImage(pool, TOOLS_ISO_NAME, 'Other (64-bit)', iso.path);
   else logger.warn({ reason: iso.reason }, `could not build the ${TOOLS_ISO_NAME} ISO (xorriso); ISOs cannot go into running VMs`);
-  const connected = await connectKvmHost(pool, env.KVM_HOST, uri);
-  if (connected.changed) logger.info({ host: env.KVM_HOST, uri, previous: connected.previous }, 'KVM host connected to this libvirt');
+  const connected = await connectKvmHost(pool, hostName, uri);
+  if (connected.changed) logger.info({ host: hostName, uri, previous: connected.previous }, 'KVM host connected to this libvirt');
   return createComputeRegistry({ local: { uri, available: reason === null, reason }, workDir, logger, stopTimeoutMs: env.VM_STOP_TIMEOUT_SECONDS * 1000 });
 }
 
@@ -283,10 +306,10 @@ async function startCompute(env: Env, logger: Logger, pool: Pool, consoleDir: st
  * The local host's accelerator: configured, or probed in the background (a KVM that hangs costs the probe's
  * deadline, which start-up does not wait for; VMs started meanwhile run under TCG).
  */
-function startAcceleratorProbe(env: Env, logger: Logger, pool: Pool, compute: ComputeRegistry, closers: Array<() => Promise<void>>): void {
+function startAcceleratorProbe(env: Env, hostName: string, logger: Logger, pool: Pool, compute: ComputeRegistry, closers: Array<() => Promise<void>>): void {
   const record = async (choice: AcceleratorChoice) => {
     compute.setLocalAccelerator(choice);
-    await setHostAccelerator(pool, env.KVM_HOST, choice.accelerator, choice.reason).catch((err: unknown) =>
+    await setHostAccelerator(pool, hostName, choice.accelerator, choice.reason).catch((err: unknown) =>
       logger.warn({ err }, 'could not record the host accelerator'),
     );
   };

@@ -64,13 +64,15 @@ export const EnvSchema = z.object({
    */
   LIBVIRT_URI: optionalString,
   /**
-   * The KVM host a worker process is (docs/design.md §15): it connects that host's row to LIBVIRT_URI and serves
-   * its task queue (`<TEMPORAL_TASK_QUEUE>-host-<name>`). A name not in the catalog is added as a KVM host.
+   * The KVM host a worker process is (docs/design.md §15): it runs that host's libvirt steps on its task queue
+   * (`<TEMPORAL_TASK_QUEUE>-host-<name>`), connects the host's row to LIBVIRT_URI and runs its power sync. A
+   * name not in the catalog is added as a KVM host. Unset: `npm start` is `kvm-host-1`; `npm run worker` is no
+   * host (one worker per host sets it).
    */
   KVM_HOST: z
     .string()
     .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'a host name: lower-case letters, digits and dashes')
-    .default('kvm-host-1'),
+    .optional(),
   /** How long a VM action's hypervisor step waits for its host's worker to take it before it is undone (503). */
   VM_HOST_TIMEOUT_SECONDS: z.coerce.number().int().min(1).max(600).default(30),
   /**

@@ -9,7 +9,8 @@ import {
 } from '@temporalio/client';
 import type { Logger } from 'pino';
 import { backupRetryFrom, incrementalFrom } from '../config/settings.js';
-import { findImageStore, findStoragePool } from '../db/catalog-queries.js';
+import { findHost, findImageStore, findStoragePool } from '../db/catalog-queries.js';
+import { hostTaskQueue } from '../compute/host-queue.js';
 import { recordEvent } from '../db/events.js';
 import { findIdempotentRequest, releaseIdempotencyKey, rememberIdempotentRequest } from '../db/idempotency.js';
 import { withImageLock } from '../db/image-locks.js';
@@ -84,6 +85,11 @@ export interface SnapshotServiceDeps extends Omit<ServiceDeps, 'drivers'> {
   createDeadlineMs?: number;
   /** The web console's address: each workflow's details link to the snapshot there. */
   consoleUrl?: string;
+  /**
+   * KVM VMs run on libvirt hosts, each with its task queue (KVM_COMPUTE=libvirt): a running VM's disk is
+   * snapshotted on its host, by its QEMU.
+   */
+  hostTaskQueues?: { timeoutSeconds: number };
 }
 
 /** A snapshot request of the workflow-facing kind: `accountId` owns the volume (tests, benchmarks, scripts). */
@@ -279,15 +285,20 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         snapshotDeltaMax: settings.deltaMax,
       });
       if (req.idempotencyKey) await rememberIdempotentRequest(tx, id, fingerprint, ttlSeconds);
+      // The VM's QEMU may hold the image (any state but Stopped): the snapshot is taken on its host.
+      const liveHost = deps.hostTaskQueues && vm?.hypervisor === 'KVM' && vm.state !== 'Stopped' && vm.hostId ? await findHost(tx, vm.hostId) : undefined;
+      const primaryHost = liveHost && deps.hostTaskQueues
+        ? { name: liveHost.name, taskQueue: hostTaskQueue(deps.taskQueue, liveHost.name), timeoutSeconds: deps.hostTaskQueues.timeoutSeconds }
+        : undefined;
       await recordEvent(tx, {
         type: 'SNAPSHOT.CREATE',
         accountId: volume.accountId,
         resourceType: 'Snapshot',
         resourceId: id,
         description: `snapshot ${name} of volume ${volume.name} requested (${req.asyncBackup ? 'asynchronous' : 'synchronous'} backup)`,
-        details: { snapshotId: id, volumeId: volume.id, asyncBackup: req.asyncBackup, ...settings },
+        details: { snapshotId: id, volumeId: volume.id, asyncBackup: req.asyncBackup, ...settings, ...(liveHost ? { host: liveHost.name } : {}) },
       });
-      return { snapshot, input: inputFor(snapshot, deps.backupTaskQueue), replay: false, labels: await labels() };
+      return { snapshot, input: { ...inputFor(snapshot, deps.backupTaskQueue), ...(primaryHost ? { primaryHost } : {}) }, replay: false, labels: await labels() };
     });
   }
 

@@ -52,6 +52,13 @@ export interface SnapshotWorkflowInput {
   };
   /** The task queue of the backup worker (the separate backup pool). */
   backupTaskQueue: string;
+  /**
+   * The host whose QEMU held the volume's image when the snapshot was requested (its VM was not Stopped): the
+   * primary snapshot is taken on its task queue, by that QEMU (docs/design.md §15), if its worker takes it within
+   * `timeoutSeconds` (VM_HOST_TIMEOUT_SECONDS). Absent: a stopped VM's or detached volume's image, snapshotted by
+   * any main worker (and in executions from before it).
+   */
+  primaryHost?: { name: string; taskQueue: string; timeoutSeconds: number };
 }
 
 export interface SnapshotCreated {

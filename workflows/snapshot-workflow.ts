@@ -52,6 +52,11 @@ const primary = proxyActivities<SnapshotActivities>(PRIMARY_OPTIONS);
  */
 const primaryLocal = proxyLocalActivities<SnapshotActivities>(PRIMARY_OPTIONS);
 const PRIMARY_AS_LOCAL_ACTIVITY = 'create-primary-as-local-activity';
+/**
+ * A running VM's disk is snapshotted by its QEMU, on its host: the activity goes to the host's queue (its input
+ * names it). Executions started before this change have no such input and never reach the patch.
+ */
+const PRIMARY_ON_HOST_QUEUE = 'create-primary-on-host-queue';
 
 /**
  * Executions that reached a failure before this change recorded the innermost cause of the error chain (e.g. a
@@ -71,6 +76,28 @@ const LAST_ERROR_FROM_ACTIVITY = 'last-error-from-activity-message';
 const BACKUP_ATTEMPT_LOOP = 'backup-attempt-loop';
 /** Interruptions retried per attempt before the attempt counts as failed: a crash loop must still end. */
 const MAX_INTERRUPTIONS = 50;
+
+/** The primary snapshot of a running VM's disk, on its host's queue; a host with no worker fails it clearly. */
+async function createOnHost(host: NonNullable<SnapshotWorkflowInput['primaryHost']>, ids: { snapshotId: string; volumeId: string }): Promise<void> {
+  const onHost = proxyActivities<SnapshotActivities>({
+    ...PRIMARY_OPTIONS,
+    taskQueue: host.taskQueue,
+    // The caller is waiting for "created": a host whose worker is gone fails the snapshot instead.
+    scheduleToStartTimeout: `${host.timeoutSeconds} seconds`,
+    summary: `create snapshot on primary storage, on host ${host.name}`,
+  });
+  try {
+    await onHost.createSnapshotOnPrimary(ids);
+  } catch (err) {
+    if (err instanceof ActivityFailure && err.cause instanceof TimeoutFailure && err.cause.timeoutType === 'SCHEDULE_TO_START') {
+      throw ApplicationFailure.nonRetryable(
+        `host ${host.name} did not take the snapshot within ${host.timeoutSeconds} s (its host worker is not running); nothing was created`,
+        FAILURE_TYPES.primary,
+      );
+    }
+    throw err;
+  }
+}
 
 function failureType(err: unknown): string | undefined {
   const cause = err instanceof ActivityFailure ? err.cause : err;
@@ -127,7 +154,8 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
 
   moveTo('Creating', 'creating the snapshot on primary storage');
   try {
-    if (patched(PRIMARY_AS_LOCAL_ACTIVITY)) await primaryLocal.createSnapshotOnPrimary(ids);
+    if (input.primaryHost !== undefined && patched(PRIMARY_ON_HOST_QUEUE)) await createOnHost(input.primaryHost, ids);
+    else if (patched(PRIMARY_AS_LOCAL_ACTIVITY)) await primaryLocal.createSnapshotOnPrimary(ids);
     else await primary.createSnapshotOnPrimary(ids);
   } catch (err) {
     lastError = errorMessage(err);

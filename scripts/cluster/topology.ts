@@ -141,8 +141,14 @@ export function apiEnvironment(common: Record<string, string>, port: number, adm
 }
 
 /** The env of `npm run worker` #i: compose's worker environment keys; each its own metrics port on one host. */
-export function workerEnvironment(common: Record<string, string>, metricsPort: number, compose: ComposeTopology): Record<string, string> {
-  return { ...common, METRICS_PORT: String(metricsPort), WORKER_SHUTDOWN_GRACE_SECONDS: compose.workerEnvironment.WORKER_SHUTDOWN_GRACE_SECONDS! };
+export function workerEnvironment(common: Record<string, string>, metricsPort: number, compose: ComposeTopology, kvmHost?: string): Record<string, string> {
+  return {
+    ...common,
+    METRICS_PORT: String(metricsPort),
+    WORKER_SHUTDOWN_GRACE_SECONDS: compose.workerEnvironment.WORKER_SHUTDOWN_GRACE_SECONDS!,
+    // As compose's kvm-host service: with KVM VMs as domains, one worker is this machine's KVM host.
+    ...(kvmHost && common.KVM_COMPUTE === 'libvirt' ? { KVM_HOST: kvmHost } : {}),
+  };
 }
 
 /** What api and worker share (compose's x-volsnap-environment). */
@@ -237,7 +243,7 @@ export async function startTopology(opts: TopologyOptions): Promise<Topology> {
       }),
     );
     const workers = ports.workerMetrics.slice(0, nWorkers).map((p, i) =>
-      volsnapUnit(`worker-${i}`, 'worker/worker-main.ts', workerEnvironment(common, p, compose), async (isUp) => {
+      volsnapUnit(`worker-${i}`, 'worker/worker-main.ts', workerEnvironment(common, p, compose, i === 0 ? 'kvm-host-1' : undefined), async (isUp) => {
         await waitFor(async () => isUp() && (await fetch(`http://127.0.0.1:${p}/metrics`).then((r) => r.ok, () => false)), 180_000, `worker-${i}`);
       }),
     );

@@ -38,7 +38,7 @@ describe('VM lifecycle on libvirt, through the API', () => {
     requireLibvirt();
     h = await startApiHarness({
       // The test guest boots (workload off: these tests watch the VM, not its data): it answers ACPI and hot-plug.
-      env: { KVM_COMPUTE: 'libvirt', VM_ACCELERATOR: 'qemu', VM_GUEST_WORKLOAD: 'off', VM_STOP_TIMEOUT_SECONDS: '30', VM_POWER_SYNC_SECONDS: '1', VM_ACTION_STALE_SECONDS: '10' },
+      env: { KVM_COMPUTE: 'libvirt', VM_ACCELERATOR: 'qemu', VM_GUEST_WORKLOAD: 'off', VM_STOP_TIMEOUT_SECONDS: '30', VM_POWER_SYNC_SECONDS: '1', VM_ACTION_STALE_SECONDS: '10', VM_HOST_TIMEOUT_SECONDS: '8' },
     });
   }, 120_000);
   afterAll(async () => {
@@ -49,7 +49,7 @@ describe('VM lifecycle on libvirt, through the API', () => {
     const res = await call('POST', '/api/v1/vms', { name, hypervisor: 'KVM', rootDiskSizeBytes: 16 * MiB, ...body });
     expect(res.status, JSON.stringify(res.body)).toBe(201);
     vmIds.push(res.body.id);
-    return res.body as { id: string; state: string; stateSince: string; lastError: string | null; volumes: Array<{ id: string; path: string; deviceId: number }> };
+    return res.body as { id: string; hostId: string; state: string; stateSince: string; lastError: string | null; volumes: Array<{ id: string; path: string; deviceId: number }> };
   }
   const get = async (id: string) => (await call('GET', `/api/v1/vms/${id}`)).body;
   /** Waits until the guest's console (through the API) prints `line`. */
@@ -178,6 +178,30 @@ describe('VM lifecycle on libvirt, through the API', () => {
     expect(moved.body.error.message).toMatch(/stop it before migrating/);
     expect(await get(vm.id)).toMatchObject({ serviceOfferingId: before.serviceOfferingId, hostId: before.hostId, state: 'Running' });
     expect(await domstate(vm.id)).toBe('running');
+  });
+
+  it("a VM whose host has no worker is refused: at once if never connected, after the host timeout if its worker is gone", async () => {
+    const vm = await createVm('lc-no-host-worker', { start: false });
+    const hosts = (await call('GET', '/api/v1/hosts')).body as Array<{ id: string; name: string; hypervisor: string }>;
+    const other = hosts.find((x) => x.hypervisor === 'KVM' && x.id !== vm.hostId)!;
+    expect((await act(vm.id, { action: 'migrate', hostId: other.id })).status).toBe(200);
+    try {
+      const never = await act(vm.id, { action: 'start' });
+      expect(never.status).toBe(503);
+      expect(never.body.error).toMatchObject({ code: 'HYPERVISOR_UNAVAILABLE' });
+      expect(await get(vm.id)).toMatchObject({ state: 'Stopped', lastError: null });
+      // As if its worker had connected once and is gone: the step waits on its queue, then is undone.
+      await h.stack.pool.query("UPDATE hosts SET uri = 'qemu:///system' WHERE id = $1", [other.id]);
+      const gone = await act(vm.id, { action: 'start' });
+      expect(gone.status, JSON.stringify(gone.body)).toBe(503);
+      expect(gone.body.error.message).toContain(`host ${other.name} did not take the step within 8 s`);
+      expect(await get(vm.id)).toMatchObject({ state: 'Stopped', lastError: expect.stringContaining('its host worker is not running') });
+      expect((await events(vm.id)).filter((e) => e.type === 'VM.START').map((e) => e.level)).toEqual(['ERROR']);
+      expect(await domstate(vm.id)).toBe('absent');
+    } finally {
+      await h.stack.pool.query('UPDATE hosts SET uri = NULL WHERE id = $1', [other.id]);
+      await act(vm.id, { action: 'migrate', hostId: vm.hostId });
+    }
   });
 
   it('destroy of a running VM powers it off first; nothing of its domain is left', async () => {

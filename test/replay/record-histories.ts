@@ -12,6 +12,11 @@ import { getSnapshot } from '../../db/snapshots.js';
 import { mayRunQuery, statusQuery } from '../../workflows/definitions.js';
 import { eventually, insertAccount, insertVolume, writePattern } from '../support/fixtures.js';
 import { startTestStack, type TestStack } from '../../harness/stack.js';
+import { NativeConnection, Worker } from '@temporalio/worker';
+import { createSnapshotActivities } from '../../activities/snapshot-activities.js';
+import { hostTaskQueue } from '../../compute/host-queue.js';
+import { createSnapshotService } from '../../services/snapshots.js';
+import { silentLogger } from '../../observability/logger.js';
 
 const OUT = join(import.meta.dirname, 'histories');
 const MiB = 1024 * 1024;
@@ -45,6 +50,10 @@ async function save(stack: TestStack, name: string, workflowId: string) {
   console.log(`recorded ${name} (${events} events)`);
 }
 
+/** `RECORD_ONLY=a,b` records only those scenarios (a new one, say), leaving the other recordings as they are. */
+const only = process.env.RECORD_ONLY?.split(',');
+const want = (name: string) => !only || only.includes(name);
+
 const stack = await startTestStack();
 try {
   const accountId = await insertAccount(stack.pool);
@@ -58,18 +67,18 @@ try {
     return v;
   };
 
-  {
+  if (want('async-success')) {
     const v = await volume();
     const { snapshot } = await stack.snapshots.requestSnapshot({ accountId, volumeId: v.volumeId, asyncBackup: true });
     await waitFor(stack, snapshot.id, ['BackedUp']);
     await save(stack, 'async-success', snapshot.workflowId);
   }
-  {
+  if (want('sync-success')) {
     const v = await volume('DATADISK');
     const { snapshot } = await stack.snapshots.requestSnapshot({ accountId, volumeId: v.volumeId, asyncBackup: false });
     await save(stack, 'sync-success', snapshot.workflowId);
   }
-  {
+  if (want('retry-then-success')) {
     await updateSetting(stack.pool, 'backup.max.attempts', 3);
     await updateSetting(stack.pool, 'backup.retry.interval', 3);
     const v = await volume();
@@ -80,7 +89,7 @@ try {
     await waitFor(stack, snapshot.id, ['BackedUp']);
     await save(stack, 'retry-then-success', snapshot.workflowId);
   }
-  {
+  if (want('all-attempts-failed')) {
     await updateSetting(stack.pool, 'backup.max.attempts', 2);
     await updateSetting(stack.pool, 'backup.retry.interval', 1);
     const v = await volume();
@@ -90,7 +99,7 @@ try {
     await fixStore();
     await save(stack, 'all-attempts-failed', snapshot.workflowId);
   }
-  {
+  if (want('query-during-backup')) {
     await updateSetting(stack.pool, 'backup.max.attempts', 3);
     await updateSetting(stack.pool, 'backup.retry.interval', 3);
     const v = await volume();
@@ -104,13 +113,43 @@ try {
     await waitFor(stack, snapshot.id, ['BackedUp']);
     await save(stack, 'query-during-backup', snapshot.workflowId);
   }
-  {
+  if (want('primary-failure')) {
     const v = await volume();
     writeFileSync(v.path, 'not a qcow2 image');
     const err = await stack.snapshots.requestSnapshot({ accountId, volumeId: v.volumeId, asyncBackup: true }).catch((e) => e);
     const snap = await getSnapshot(stack.pool, err.snapshotId);
     await eventually(async () => ((await stack.client.workflow.getHandle(snap!.workflowId).describe()).status.name === 'FAILED' ? true : undefined));
     await save(stack, 'primary-failure', snap!.workflowId);
+  }
+  if (want('live-vm-on-host-queue')) {
+    // A running VM's disk: the primary snapshot goes to its host's queue (a host worker with the real activity).
+    const v = await volume('DATADISK');
+    await stack.pool.query("UPDATE virtual_machines SET host_id = (SELECT id FROM hosts WHERE name = 'kvm-host-1') WHERE id = $1", [v.vmId]);
+    const taskQueue = stack.env.TEMPORAL_TASK_QUEUE;
+    const connection = await NativeConnection.connect({ address: stack.devServer!.address });
+    const host = await Worker.create({
+      connection,
+      namespace: stack.env.TEMPORAL_NAMESPACE,
+      taskQueue: hostTaskQueue(taskQueue, 'kvm-host-1'),
+      activities: { createSnapshotOnPrimary: createSnapshotActivities({ pool: stack.pool, drivers: stack.drivers, logger: silentLogger }).createSnapshotOnPrimary },
+    });
+    const snapshots = createSnapshotService({
+      pool: stack.pool,
+      drivers: stack.drivers,
+      client: stack.client,
+      taskQueue,
+      backupTaskQueue: stack.env.TEMPORAL_BACKUP_TASK_QUEUE,
+      logger: silentLogger,
+      hostTaskQueues: { timeoutSeconds: 30 },
+    });
+    const id = await host.runUntil(async () => {
+      const { snapshot } = await snapshots.requestSnapshot({ accountId, volumeId: v.volumeId, asyncBackup: true });
+      await waitFor(stack, snapshot.id, ['BackedUp']);
+      return snapshot.workflowId;
+    });
+    await snapshots.close();
+    await connection.close();
+    await save(stack, 'live-vm-on-host-queue', id);
   }
 } finally {
   await stack.stop();

@@ -46,6 +46,14 @@ describe('replay of recorded snapshot-workflow histories', () => {
     expect(retried.events.some((e) => e.timerStartedEventAttributes), 'a wait between attempts').toBe(true);
     expect(current('all-attempts-failed')).toMatchObject({ close: failed, compensations: 1 });
     expect(current('primary-failure')).toMatchObject({ close: failed, backups: 0, compensations: 0 });
+    // A running VM's disk: its primary snapshot was scheduled on its host's queue, then backed up.
+    const live = current('live-vm-on-host-queue');
+    expect(live).toMatchObject({ close: completed, compensations: 0 });
+    const primaryOn = live.events
+      .filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'createSnapshotOnPrimary')
+      .map((e) => (e.activityTaskScheduledEventAttributes as { taskQueue?: { name?: string } }).taskQueue?.name);
+    expect(primaryOn).toHaveLength(1);
+    expect(primaryOn[0]).toMatch(/-host-kvm-host-1$/);
   });
 
   it('the current recordings take every patch the workflow code has (each new path is replayed)', () => {

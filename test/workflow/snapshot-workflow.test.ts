@@ -379,6 +379,50 @@ describe('snapshot workflow (time-skipping server, mocked activities)', () => {
     expect(calls.order).not.toContain('markSnapshotError');
   });
 
+  it("takes a running VM's primary snapshot on its host's queue (not the main one), and its history replays", async () => {
+    const calls: Calls = { order: [], backupAttempts: [], errors: [] };
+    const hostQueue = `${TASK_QUEUE}-host-kvm-host-1`;
+    const { createSnapshotOnPrimary: _onMain, ...rest } = mockActivities(calls);
+    const onHost: string[] = [];
+    const mainOnly = { ...rest, createSnapshotOnPrimary: async () => Promise.reject(new Error('the main queue must not take it')) };
+    const wfInput = input({ primaryHost: { name: 'kvm-host-1', taskQueue: hostQueue, timeoutSeconds: 5 } });
+    const host = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue: hostQueue,
+      activities: {
+        createSnapshotOnPrimary: async (i: { snapshotId: string }) => {
+          onHost.push(i.snapshotId);
+          return { sizeBytes: 1024 };
+        },
+      },
+    });
+    const handle = await host.runUntil(
+      withWorkers(mainOnly as SnapshotActivities, async () => {
+        const { handle, created } = await startAndAwaitCreated(wfInput);
+        await created;
+        await handle.result();
+        return handle;
+      }),
+    );
+    expect(onHost).toEqual([wfInput.snapshotId]);
+    expect(calls.order).toEqual(['backupSnapshotToSecondary']);
+    // Deterministic: the recorded history replays against this code.
+    await Worker.runReplayHistory({ workflowBundle: await workflowBundle() }, await handle.fetchHistory(), wfInput.snapshotId);
+  });
+
+  it("with no worker on the VM's host queue, fails creation with a clear reason and backs nothing up", async () => {
+    const calls: Calls = { order: [], backupAttempts: [], errors: [] };
+    const wfInput = input({ primaryHost: { name: 'kvm-host-9', taskQueue: `${TASK_QUEUE}-host-kvm-host-9`, timeoutSeconds: 2 } });
+    await withWorkers(mockActivities(calls), async () => {
+      const { handle, created } = await startAndAwaitCreated(wfInput);
+      // Schedule-to-start is timed on the real clock by the test server: keep the bound short.
+      await expect(created).rejects.toBeInstanceOf(WorkflowUpdateFailedError);
+      await expect(handle.result()).rejects.toBeInstanceOf(WorkflowFailedError);
+    });
+    expect(calls.order).toEqual(['markSnapshotError']);
+    expect(calls.errors[0]).toContain('host kvm-host-9 did not take the snapshot within 2 s');
+  });
+
   it('with no backup worker, fails after backup.queue.timeout with a clear reason', async () => {
     const calls: Calls = { order: [], backupAttempts: [], errors: [] };
     const { backupSnapshotToSecondary: _unused, ...mainOnly } = mockActivities(calls);
