@@ -1,5 +1,6 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { consoleLogOf } from '../../services/vm-domain.js';
 import { chromium, type Browser, type Locator, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../../api/app.js';
@@ -30,6 +31,7 @@ describe('web console: sign-in, deleted volumes, a failed backup, the admin\'s a
   let page: Page;
   let alice: string;
   let failedId: string;
+  let aliceVmId: string;
   const problems: string[] = [];
 
   const api = async (method: string, path: string, key: string, body?: unknown) => {
@@ -69,7 +71,7 @@ describe('web console: sign-in, deleted volumes, a failed backup, the admin\'s a
     const bob = (await api('POST', '/api/v1/accounts', ADMIN_KEY, { name: 'bob', role: 'user' })).apiKey;
 
     // Two VMs of one name, in two accounts: only the admin sees both, and tells them apart by account.
-    await api('POST', '/api/v1/vms', alice, { name: 'web-1', hypervisor: 'KVM', rootDiskSizeBytes: 4 * MiB, dataDisks: [{ name: 'alice-data', sizeBytes: 4 * MiB }] });
+    aliceVmId = (await api('POST', '/api/v1/vms', alice, { name: 'web-1', hypervisor: 'KVM', rootDiskSizeBytes: 4 * MiB, dataDisks: [{ name: 'alice-data', sizeBytes: 4 * MiB }] })).id;
     await api('POST', '/api/v1/vms', bob, { name: 'web-1', hypervisor: 'KVM', rootDiskSizeBytes: 4 * MiB });
     // Alice's detached volumes: one that exists, one deleted, and the ROOT of a VM she destroyed.
     await api('POST', '/api/v1/volumes', alice, { name: 'spare-disk', sizeBytes: 2 * MiB });
@@ -203,6 +205,39 @@ describe('web console: sign-in, deleted volumes, a failed backup, the admin\'s a
     await go('Snapshots', 'Snapshots');
     await visible(page.locator('#snapshots-table tbody tr').first());
     await hidden(page.locator('#snapshots-table thead th').filter({ hasText: 'Account' }));
+    expect(problems).toEqual([]);
+  });
+
+  it("the admin reads a VM's console in its card, and refreshes it; a user's card has no console", async () => {
+    // What QEMU appends to the VM's console log while its domain runs (these tiers keep VMs as records).
+    const log = consoleLogOf(stack.consoleDir, aliceVmId);
+    mkdirSync(dirname(log), { recursive: true });
+    writeFileSync(log, 'volsnap-guest: disks vda vdb\nvolsnap-guest: ready\n');
+    const aliceCard = () => page.locator(`[data-vm-card="${aliceVmId}"]`);
+    if (await page.getByRole('button', { name: 'Sign out' }).isVisible()) await signOut();
+    await signIn(alice);
+    await go('Virtual machines', 'Virtual machines');
+    await visible(aliceCard());
+    expect(await aliceCard().locator('details.console').count()).toBe(0);
+
+    await signOut();
+    await signIn(ADMIN_KEY);
+    await go('Virtual machines', 'Virtual machines');
+    const panel = aliceCard().locator('details.console');
+    await visible(panel);
+    await panel.locator('summary').click();
+    await poll(() => panel.locator('pre.console-tail').textContent()).toContain('volsnap-guest: ready');
+    appendFileSync(log, 'volsnap-guest: disk added vdc\n');
+    await panel.getByRole('button', { name: 'Refresh' }).click();
+    await poll(() => panel.locator('pre.console-tail').textContent()).toContain('disk added vdc');
+    // Open across the card's re-renders (the VM's state changing re-draws it), until the admin closes it.
+    await panel.evaluate((el: any) => (el.dataset.before = 'yes'));
+    await api('POST', `/api/v1/vms/${aliceVmId}/actions`, ADMIN_KEY, { action: 'stop' });
+    await visible(aliceCard().locator('.badge', { hasText: 'Stopped' }));
+    expect(await aliceCard().locator('details.console[data-before]').count()).toBe(0);
+    expect(await aliceCard().locator('details.console').getAttribute('open')).not.toBeNull();
+    await poll(() => aliceCard().locator('pre.console-tail').textContent()).toContain('disk added vdc');
+    await shot('vm-console-admin');
     expect(problems).toEqual([]);
   });
 });

@@ -43,6 +43,12 @@ describe('snapshots of a running VM on libvirt', () => {
     const res = await call('POST', `/api/v1/volumes/${data.id}/snapshots`, { name: 'live-1', asyncBackup: true });
     expect(res.status, JSON.stringify(res.body)).toBe(201);
     expect(await snapshotTags(data.path)).toContain(res.body.id);
+    // Taken on the VM's host, by its worker (its task queue), not by whichever main worker ran the workflow.
+    const history = await h.stack.client.workflow.getHandle(`snapshot-${res.body.id}`).fetchHistory();
+    const primaryOn = (history.events ?? [])
+      .filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'createSnapshotOnPrimary')
+      .map((e) => e.activityTaskScheduledEventAttributes?.taskQueue?.name);
+    expect(primaryOn).toEqual([`${h.stack.env.TEMPORAL_TASK_QUEUE}-host-kvm-host-1`]);
     const done = await waitFor(async () => {
       const s = (await call('GET', `/api/v1/snapshots/${res.body.id}`)).body;
       return s.state === 'BackedUp' || s.state === 'Error' ? s : undefined;

@@ -93,6 +93,8 @@ export function createApi(key, { onUnauthorized, onAvailability } = {}) {
     createVm: (body) => call('POST', '/api/v1/vms', body),
     allowedActions: (id) => call('GET', `/api/v1/vms/${seg(id)}/allowed-actions`),
     vmAction: (id, body) => call('POST', `/api/v1/vms/${seg(id)}/actions`, body),
+    /** The last lines of a VM's serial console (admins only). */
+    vmConsole: (id, lines = 40) => call('GET', `/api/v1/vms/${seg(id)}/console?lines=${lines}`),
     /** Who is signed in: the account of the key, and the key's id. */
     account: () => call('GET', '/api/v1/accounts/me'),
     /** Every account (admins only). */

@@ -27,6 +27,7 @@ const vmView = createView({
   onAction: (vm, body, button) => actions.run(vm, body, button),
   onSnapshotChanged: (s) => dialog.snapshotChanged(s),
   isBusy: (vmId, action) => actions.isBusy(vmId, action),
+  loadConsole: (vmId) => ctx.api.vmConsole(vmId),
 });
 const tables = createViews({
   api: () => ctx.api,

@@ -23,8 +23,53 @@ const VM_LEVEL = ['start', 'stop', 'reboot', 'destroy', 'reinstall', 'attach-iso
  * Renders the VM list and the detached volumes from the store. Whole VM cards are rebuilt when their data
  * changes (keeping focus and form values); progress only rebuilds the snapshot's row.
  */
-export function createView({ onTakeSnapshot, onAction, onSnapshotChanged, isBusy }) {
+export function createView({ onTakeSnapshot, onAction, onSnapshotChanged, isBusy, loadConsole }) {
   const nameOf = (list, id) => list.find((x) => x.id === id)?.name ?? null;
+  /** Each VM's console panel (admins): open or not, and the tail last read. Kept across re-renders. */
+  const consoles = new Map();
+
+  async function readConsole(vmId) {
+    const c = consoles.get(vmId);
+    c.loading = true;
+    renderVm(vmId);
+    try {
+      Object.assign(c, { tail: await loadConsole(vmId), error: null });
+    } catch (err) {
+      c.error = err?.message ?? 'the console cannot be read';
+    }
+    c.loading = false;
+    renderVm(vmId);
+  }
+
+  function consolePanel(vm) {
+    const c = consoles.get(vm.id) ?? { open: false, tail: null, error: null, loading: false };
+    consoles.set(vm.id, c);
+    const body = c.error
+      ? h('p', { class: 'form-error' }, c.error)
+      : !c.tail
+        ? h('p', { class: 'muted' }, c.loading ? 'Reading the console…' : 'Open to read the console.')
+        : c.tail.lines.length
+          ? h('pre', { class: 'console-tail', tabindex: '0', 'aria-label': `Console of VM ${vm.name}` }, c.tail.lines.join('\n'))
+          : h('p', { class: 'muted' }, 'No console output yet: the VM has not run since it was created.');
+    return h(
+      'details',
+      {
+        class: 'console',
+        'data-console': vm.id,
+        open: c.open,
+        // Setting `open` on a fresh card fires toggle too: only a change the user made reads the console.
+        ontoggle: (e) => {
+          if (e.target.open === c.open) return;
+          c.open = e.target.open;
+          if (c.open) void readConsole(vm.id);
+        },
+      },
+      h('summary', {}, 'Console'),
+      body,
+      c.tail?.updatedAt ? h('p', { class: 'muted' }, `Last written ${formatDateTime(c.tail.updatedAt)}${c.tail.truncated ? '; older lines not shown' : ''}.`) : null,
+      h('button', { type: 'button', class: 'btn', 'data-key': `vm:${vm.id}:console:refresh`, disabled: c.loading, onclick: () => void readConsole(vm.id) }, 'Refresh'),
+    );
+  }
 
   function renderAll() {
     const vms = [...state.vms.values()]
@@ -147,6 +192,7 @@ export function createView({ onTakeSnapshot, onAction, onSnapshotChanged, isBusy
           fact('Hypervisor', vm.hypervisor),
           fact('Offering', nameOf(offerings, vm.serviceOfferingId) ?? '—'),
           fact('Host', nameOf(hosts, vm.hostId) ?? '—'),
+          vm.accelerator ? fact('Accelerator', vm.accelerator === 'kvm' ? 'KVM' : 'TCG (emulated)') : null,
           fact('ISO', vm.isoId ? nameOf(isos, vm.isoId) ?? vm.isoId : 'none'),
           vm.lastError ? fact('Last error', vm.lastError) : null,
         ),
@@ -182,6 +228,7 @@ export function createView({ onTakeSnapshot, onAction, onSnapshotChanged, isBusy
             h('div', { class: 'reasons reasons-idle' }, h('p', { class: 'muted' }, 'Every action is available.')),
       ),
       h('div', { class: 'volumes' }, volumesOfVm(vm.id).map((v) => volumeSection(v, vm, decide('detach-volume'), allowed))),
+      isAdmin() && vm.hypervisor === 'KVM' ? consolePanel(vm) : null,
     );
   }
 
