@@ -37,6 +37,8 @@ export class LibvirtComputeDriver implements ComputeDriver {
   private readonly log: Logger;
   private readonly stopTimeoutMs: number;
   private readonly virshBin: string;
+  /** Format node names by VM, QEMU pid and image file (internalSnapshot). */
+  private readonly nodes = new Map<string, string>();
 
   constructor(opts: LibvirtDriverOptions) {
     this.uri = opts.uri;
@@ -167,11 +169,30 @@ export class LibvirtComputeDriver implements ComputeDriver {
     return (await this.internalSnapshot('blockdev-snapshot-delete-internal-sync', vmId, file, tag)) ? 'deleted' : 'no-domain';
   }
 
-  /** One internal-snapshot command on the node QEMU opened `file` as; false when no running domain has it. */
+  /**
+   * One internal-snapshot command on the node QEMU opened `file` as; false when no running domain has it. The
+   * node is remembered per QEMU process: libvirt never reuses a node name within a domain's life (a hot-plug
+   * gets a new one), so one virsh call instead of two on the time-to-created path; a node QEMU no longer knows
+   * (the disk unplugged and plugged again) is looked up again.
+   */
   private async internalSnapshot(execute: string, vmId: string, file: string, tag: string): Promise<boolean> {
-    const node = await this.formatNodeOf(vmId, file);
+    const pid = await readFile(`/run/libvirt/qemu/${domainName(vmId)}.pid`, 'utf8').then((p) => p.trim(), () => null);
+    const key = pid ? `${vmId}\0${pid}\0${file}` : null;
+    const cached = key ? this.nodes.get(key) : undefined;
+    const node = cached ?? (await this.formatNodeOf(vmId, file));
     if (!node) return false;
-    await this.qmp(vmId, execute, { device: node, name: tag });
+    try {
+      await this.qmp(vmId, execute, { device: node, name: tag });
+    } catch (err) {
+      if (cached === undefined || !/Cannot find device|not found/i.test(String(err))) throw err;
+      this.nodes.delete(key!);
+      return this.internalSnapshot(execute, vmId, file, tag);
+    }
+    if (key && cached === undefined) {
+      // An earlier QEMU of this VM (a restart) is gone with its names.
+      for (const k of this.nodes.keys()) if (k.startsWith(`${vmId}\0`) && !k.startsWith(`${vmId}\0${pid}\0`)) this.nodes.delete(k);
+      this.nodes.set(key, node);
+    }
     this.log.info({ vmId, file, tag, node, command: execute }, 'internal snapshot changed by the running QEMU');
     return true;
   }

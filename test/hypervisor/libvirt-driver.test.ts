@@ -92,6 +92,32 @@ describe('libvirt compute driver', () => {
     await hv.driver.stop(s.vmId, { forced: true });
   });
 
+  it('live snapshots go to the disk named, by node names remembered per QEMU process, looked up again when stale', async () => {
+    const tags = async (file: string) =>
+      ((JSON.parse((await exec('qemu-img', ['info', '-U', '--output=json', file])).stdout).snapshots ?? []) as Array<{ name: string }>).map((t) => t.name).sort();
+    const s = await spec(2);
+    const [a, b] = s.disks.map((d) => d.path) as [string, string];
+    await hv.driver.start(s);
+    expect(await hv.driver.snapshotDiskLive(s.vmId, a, 'a1')).toBe('taken');
+    expect(await hv.driver.snapshotDiskLive(s.vmId, b, 'b1')).toBe('taken');
+    expect(await hv.driver.snapshotDiskLive(s.vmId, a, 'a2')).toBe('taken');
+    expect(await tags(a)).toEqual(['a1', 'a2']);
+    expect(await tags(b)).toEqual(['b1']);
+    // A name QEMU no longer knows (a disk plugged again gets a new one): looked up again, on the right disk.
+    const nodes = (hv.driver as unknown as { nodes: Map<string, string> }).nodes;
+    for (const k of nodes.keys()) if (k.endsWith(b)) nodes.set(k, 'libvirt-99-format');
+    expect(await hv.driver.snapshotDiskLive(s.vmId, b, 'b2')).toBe('taken');
+    expect(await tags(b)).toEqual(['b1', 'b2']);
+    // A new QEMU (the VM restarted, disks in the other order) has names of its own.
+    await hv.driver.stop(s.vmId, { forced: true });
+    await hv.driver.start({ ...s, disks: [s.disks[1]!, s.disks[0]!] });
+    expect(await hv.driver.snapshotDiskLive(s.vmId, a, 'a3')).toBe('taken');
+    expect(await hv.driver.deleteDiskSnapshotLive(s.vmId, b, 'b1')).toBe('deleted');
+    expect(await tags(a)).toEqual(['a1', 'a2', 'a3']);
+    expect(await tags(b)).toEqual(['b2']);
+    await hv.driver.stop(s.vmId, { forced: true });
+  });
+
   it('a domain an operator destroyed behind its back reads as stopped', async () => {
     const s = await spec(1);
     await hv.driver.start(s);
