@@ -259,12 +259,16 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
   }
 }
 
-/** The host worker of this KVM host: its VMs' libvirt steps, and snapshots of their running disks. */
+/** The host worker of this KVM host: its VMs' libvirt steps, and creating and compensating their disks' snapshots. */
 function hostWorker(env: Env, name: string, runner: VmStepRunner, snapshots: SnapshotActivities) {
   return {
     name,
     taskQueue: hostTaskQueue(env.TEMPORAL_TASK_QUEUE, name),
-    activities: { ...createHostActivities(runner), createSnapshotOnPrimary: snapshots.createSnapshotOnPrimary },
+    activities: {
+      ...createHostActivities(runner),
+      createSnapshotOnPrimary: snapshots.createSnapshotOnPrimary,
+      deletePrimarySnapshot: snapshots.deletePrimarySnapshot,
+    },
   };
 }
 

@@ -57,6 +57,12 @@ const PRIMARY_AS_LOCAL_ACTIVITY = 'create-primary-as-local-activity';
  * names it). Executions started before this change have no such input and never reach the patch.
  */
 const PRIMARY_ON_HOST_QUEUE = 'create-primary-on-host-queue';
+/**
+ * The compensation of a running VM's snapshot deletes it on the VM's host too (by its QEMU, if the VM still
+ * runs); a host whose worker does not take it in time leaves it to any main worker, which reaches the host's
+ * libvirt by its URI. Executions from before this change compensate on the main queue.
+ */
+const COMPENSATE_ON_HOST_QUEUE = 'compensate-on-host-queue';
 
 /**
  * Executions that reached a failure before this change recorded the innermost cause of the error chain (e.g. a
@@ -96,6 +102,24 @@ async function createOnHost(host: NonNullable<SnapshotWorkflowInput['primaryHost
       );
     }
     throw err;
+  }
+}
+
+/** The compensation on the VM's host; on the main queue when no host worker takes it in time. */
+async function deleteOnHost(host: NonNullable<SnapshotWorkflowInput['primaryHost']>, ids: { snapshotId: string; volumeId: string }) {
+  const onHost = proxyActivities<SnapshotActivities>({
+    startToCloseTimeout: '1 minute',
+    scheduleToStartTimeout: `${host.timeoutSeconds} seconds`,
+    retry: { maximumAttempts: 5, initialInterval: '1 second', nonRetryableErrorTypes: [ACTIVITY_FAILURE_TYPES.notFound] },
+    taskQueue: host.taskQueue,
+    summary: `delete the primary snapshot, on host ${host.name}`,
+  });
+  try {
+    return await onHost.deletePrimarySnapshot(ids);
+  } catch (err) {
+    if (!(err instanceof ActivityFailure && err.cause instanceof TimeoutFailure && err.cause.timeoutType === 'SCHEDULE_TO_START')) throw err;
+    log.warn('the host did not take the compensation; deleting through any main worker', { snapshotId: ids.snapshotId, host: host.name });
+    return bookkeeping.deletePrimarySnapshot(ids);
   }
 }
 
@@ -249,7 +273,9 @@ export async function snapshotWorkflow(input: SnapshotWorkflowInput): Promise<Sn
     log.error('backup failed; deleting the primary snapshot', { snapshotId, error: lastError, cancelled });
     // Compensation must run even while the workflow is being cancelled.
     const kept = await CancellationScope.nonCancellable(async () => {
-      const compensation = await bookkeeping.deletePrimarySnapshot(ids);
+      const compensation = input.primaryHost !== undefined && patched(COMPENSATE_ON_HOST_QUEUE)
+        ? await deleteOnHost(input.primaryHost, ids)
+        : await bookkeeping.deletePrimarySnapshot(ids);
       // Older workers answered nothing; only an explicit "kept" changes the outcome.
       if (compensation?.deleted === false) return compensation.reason ?? 'kept';
       await bookkeeping.markSnapshotError({ ...ids, reason: lastError! });

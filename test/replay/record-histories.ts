@@ -121,17 +121,18 @@ try {
     await eventually(async () => ((await stack.client.workflow.getHandle(snap!.workflowId).describe()).status.name === 'FAILED' ? true : undefined));
     await save(stack, 'primary-failure', snap!.workflowId);
   }
-  if (want('live-vm-on-host-queue')) {
-    // A running VM's disk: the primary snapshot goes to its host's queue (a host worker with the real activity).
+  /** A running VM's disk: the workflow's primary steps go to its host's queue (a host worker with the real activities). */
+  const liveSnapshot = async (name: string, until: string[]) => {
     const v = await volume('DATADISK');
     await stack.pool.query("UPDATE virtual_machines SET host_id = (SELECT id FROM hosts WHERE name = 'kvm-host-1') WHERE id = $1", [v.vmId]);
     const taskQueue = stack.env.TEMPORAL_TASK_QUEUE;
     const connection = await NativeConnection.connect({ address: stack.devServer!.address });
+    const real = createSnapshotActivities({ pool: stack.pool, drivers: stack.drivers, logger: silentLogger });
     const host = await Worker.create({
       connection,
       namespace: stack.env.TEMPORAL_NAMESPACE,
       taskQueue: hostTaskQueue(taskQueue, 'kvm-host-1'),
-      activities: { createSnapshotOnPrimary: createSnapshotActivities({ pool: stack.pool, drivers: stack.drivers, logger: silentLogger }).createSnapshotOnPrimary },
+      activities: { createSnapshotOnPrimary: real.createSnapshotOnPrimary, deletePrimarySnapshot: real.deletePrimarySnapshot },
     });
     const snapshots = createSnapshotService({
       pool: stack.pool,
@@ -144,12 +145,19 @@ try {
     });
     const id = await host.runUntil(async () => {
       const { snapshot } = await snapshots.requestSnapshot({ accountId, volumeId: v.volumeId, asyncBackup: true });
-      await waitFor(stack, snapshot.id, ['BackedUp']);
+      await waitFor(stack, snapshot.id, until);
       return snapshot.workflowId;
     });
     await snapshots.close();
     await connection.close();
-    await save(stack, 'live-vm-on-host-queue', id);
+    await save(stack, name, id);
+  };
+  if (want('live-vm-on-host-queue')) await liveSnapshot('live-vm-on-host-queue', ['BackedUp']);
+  if (want('live-vm-compensated')) {
+    await updateSetting(stack.pool, 'backup.max.attempts', 1);
+    await breakStore();
+    await liveSnapshot('live-vm-compensated', ['Error']);
+    await fixStore();
   }
 } finally {
   await stack.stop();

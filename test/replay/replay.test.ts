@@ -54,6 +54,14 @@ describe('replay of recorded snapshot-workflow histories', () => {
       .map((e) => (e.activityTaskScheduledEventAttributes as { taskQueue?: { name?: string } }).taskQueue?.name);
     expect(primaryOn).toHaveLength(1);
     expect(primaryOn[0]).toMatch(/-host-kvm-host-1$/);
+    // Its backup failed: the compensation ran on the host's queue too.
+    const compensated = current('live-vm-compensated');
+    expect(compensated).toMatchObject({ close: failed, compensations: 1 });
+    const deleteOn = compensated.events
+      .filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'deletePrimarySnapshot')
+      .map((e) => (e.activityTaskScheduledEventAttributes as { taskQueue?: { name?: string } }).taskQueue?.name);
+    expect(deleteOn).toHaveLength(1);
+    expect(deleteOn[0]).toMatch(/-host-kvm-host-1$/);
   });
 
   it('the current recordings take every patch the workflow code has (each new path is replayed)', () => {

@@ -410,6 +410,41 @@ describe('snapshot workflow (time-skipping server, mocked activities)', () => {
     await Worker.runReplayHistory({ workflowBundle: await workflowBundle() }, await handle.fetchHistory(), wfInput.snapshotId);
   });
 
+  it("compensates on the VM's host; with its host worker gone by then, on the main queue", async () => {
+    const calls: Calls = { order: [], backupAttempts: [], errors: [] };
+    const hostQueue = `${TASK_QUEUE}-host-kvm-host-3`;
+    const acts = mockActivities(calls, { backupSnapshotToSecondary: async () => Promise.reject(copyFailed('store unusable')) });
+    const onHost: string[] = [];
+    const wfInput = input({ backup: { maxAttempts: 1, retryIntervalSeconds: 1 }, primaryHost: { name: 'kvm-host-3', taskQueue: hostQueue, timeoutSeconds: 2 } });
+    // The host worker takes the creation, then stops before the backup fails.
+    const host = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue: hostQueue,
+      activities: {
+        createSnapshotOnPrimary: async () => {
+          onHost.push('createSnapshotOnPrimary');
+          return { sizeBytes: 1024 };
+        },
+        deletePrimarySnapshot: async () => {
+          onHost.push('deletePrimarySnapshot');
+          return { deleted: true };
+        },
+      },
+    });
+    const { createSnapshotOnPrimary: _c, ...mainOnly } = acts;
+    await withWorkers(mainOnly as SnapshotActivities, async () => {
+      const { handle, created } = await host.runUntil(async () => {
+        const started = await startAndAwaitCreated(wfInput);
+        await started.created;
+        return started;
+      });
+      await created;
+      await expect(handle.result()).rejects.toBeInstanceOf(WorkflowFailedError);
+    });
+    expect(onHost).toEqual(['createSnapshotOnPrimary']);
+    expect(calls.order).toEqual(['backupSnapshotToSecondary', 'deletePrimarySnapshot', 'markSnapshotError']);
+  });
+
   it("with no worker on the VM's host queue, fails creation with a clear reason and backs nothing up", async () => {
     const calls: Calls = { order: [], backupAttempts: [], errors: [] };
     const wfInput = input({ primaryHost: { name: 'kvm-host-9', taskQueue: `${TASK_QUEUE}-host-kvm-host-9`, timeoutSeconds: 2 } });
