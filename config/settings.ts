@@ -81,6 +81,12 @@ export const SETTINGS = {
     default: 604_800,
     description: 'Seconds after which a backup the scrub found matching its checksum is re-hashed',
   },
+  'cloudstack.signature.v3.required': {
+    schema: onOff(),
+    default: 0,
+    description:
+      'Whether the CloudStack API accepts only requests signed with signatureVersion=3 and an expires at most an hour ahead (1/true): a request without one can be replayed for ever. Off (0) for clients that sign without it',
+  },
 } as const;
 
 export type SettingName = keyof typeof SETTINGS;

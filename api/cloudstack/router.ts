@@ -10,6 +10,13 @@ import { createJobRunner, type JobRunner, type JobRunnerOptions, type Redriver }
 import { findByApiKey } from '../../services/cloudstack/keys.js';
 import { commandParams, lowerCaseParams, parseParams } from './params.js';
 import { parseExpires, verifySignature } from './signature.js';
+import { readSettings } from '../../db/settings.js';
+import type { Settings } from '../../config/settings.js';
+
+/** How long the router's read of the settings holds. */
+const SETTINGS_TTL_MS = 2_000;
+/** With cloudstack.signature.v3.required, how far ahead a request's expires may be (cs signs 10 minutes ahead). */
+const MAX_EXPIRES_AHEAD_MS = 3_600_000;
 import { loadLookups, type Lookups } from './views.js';
 
 /** The path CloudStack's clients call. */
@@ -107,6 +114,17 @@ export function createCloudStackApi(deps: CloudStackApiDeps): { router: Hono<App
     }
   });
 
+  // Read at most every few seconds, not once per request: a change applies within SETTINGS_TTL_MS.
+  let cached: { at: number; value: Promise<Settings> } | undefined;
+  const settings = (): Promise<Settings> => {
+    if (!cached || Date.now() - cached.at > SETTINGS_TTL_MS) {
+      const value = readSettings(pool);
+      cached = { at: Date.now(), value };
+      value.catch(() => (cached = undefined));
+    }
+    return cached.value;
+  };
+
   /** The caller behind apiKey + signature (ApiServer.verifyRequest); 401 for anything that does not check out. */
   async function authenticate(params: Map<string, string>): Promise<Caller> {
     let apiKey: string | undefined;
@@ -121,11 +139,19 @@ export function createCloudStackApi(deps: CloudStackApiDeps): { router: Hono<App
       else if (name === 'expires') expires ??= v;
     }
     if (!apiKey || !signature) throw unauthorized('unable to verify user credentials: send apiKey and signature');
+    const v3Required = (await settings())['cloudstack.signature.v3.required'] === 1;
+    if (version !== '3' && v3Required) {
+      throw unauthorized('this server accepts only requests signed with signatureVersion=3 and expires (cloudstack.signature.v3.required)');
+    }
     if (version === '3') {
       if (!expires) throw unauthorized('Missing Expires parameter -- ignoring request');
       const at = parseExpires(expires);
       if (!at) throw unauthorized(`Incorrect date format for Expires parameter -- ignoring request`);
       if (at.getTime() < Date.now()) throw unauthorized(`Request expired -- ignoring (expires: ${expires})`);
+      // An expiry far ahead is as replayable as none: bounded when the server asks for expiring requests.
+      if (v3Required && at.getTime() > Date.now() + MAX_EXPIRES_AHEAD_MS) {
+        throw unauthorized(`Expires is more than an hour ahead -- ignoring request (expires: ${expires})`);
+      }
     }
     const key = apiKey.length <= 200 ? await findByApiKey(pool, apiKey) : undefined;
     if (!key || !verifySignature(key.secretKey, params, signature)) throw unauthorized();

@@ -270,6 +270,28 @@ describe('CloudStack clients against /client/api', () => {
     expect(badValue.json.updateconfigurationresponse).toMatchObject({ errorcode: 431 });
   });
 
+  it('cloudstack.signature.v3.required: only requests that expire (within an hour) authenticate; off again, any signed one', async () => {
+    // cs signs with signatureVersion=3 and expires 10 minutes ahead by default; CLOUDSTACK_EXPIRATION=-1 leaves both out.
+    const set = (value: string) => csCli(ep, svc.admin, ['updateConfiguration', 'name=cloudstack.signature.v3.required', `value=${value}`]);
+    expect((await set('true')).json.configuration).toMatchObject({ name: 'cloudstack.signature.v3.required', value: '1' });
+    // The router reads the settings at most every 2 s.
+    await new Promise((r) => setTimeout(r, 2_100));
+    try {
+      const unexpiring = await csCli(ep, alice.keys, ['listVolumes'], { env: { CLOUDSTACK_EXPIRATION: '-1' } });
+      expect(unexpiring.json.listvolumesresponse).toMatchObject({ errorcode: 401, errortext: expect.stringContaining('signatureVersion=3') });
+      const farAhead = await csCli(ep, alice.keys, ['listVolumes'], { env: { CLOUDSTACK_EXPIRATION: '7200' } });
+      expect(farAhead.json.listvolumesresponse).toMatchObject({ errorcode: 401, errortext: expect.stringContaining('more than an hour ahead') });
+      const signed = await csCli(ep, alice.keys, ['listVolumes']);
+      expect(signed.code, JSON.stringify(signed.json)).toBe(0);
+      expect(signed.json).toHaveProperty('count');
+    } finally {
+      await set('false');
+      await new Promise((r) => setTimeout(r, 2_100));
+    }
+    const unexpiring = await csCli(ep, alice.keys, ['listVolumes'], { env: { CLOUDSTACK_EXPIRATION: '-1' } });
+    expect(unexpiring.code, JSON.stringify(unexpiring.json)).toBe(0);
+  });
+
   it('a job left pending by an API server that went away is re-driven (createSnapshot) or failed with a clear error', async () => {
     const pool = svc.h.stack.pool;
     const snapJob = await insertAsyncJob(pool, {

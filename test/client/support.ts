@@ -53,11 +53,16 @@ function run(file: string, args: string[], opts: { env?: Record<string, string>;
 const emptyCwd = () => mkdtempSync(join(tmpdir(), 'volsnap-cs-'));
 
 /** The `cs` command line as an operator runs it (config from CLOUDSTACK_* variables; it polls async jobs). */
-export async function csCli(endpoint: string, keys: Keys, args: string[], opts: { post?: boolean } = {}): Promise<{ code: number; json: any; stderr: string }> {
+export async function csCli(
+  endpoint: string,
+  keys: Keys,
+  args: string[],
+  opts: { post?: boolean; env?: Record<string, string> } = {},
+): Promise<{ code: number; json: any; stderr: string }> {
   const cwd = emptyCwd();
   const r = await run(CS_CLI, [...(opts.post ? ['--post'] : []), ...args], {
     cwd,
-    env: { HOME: cwd, CLOUDSTACK_ENDPOINT: endpoint, CLOUDSTACK_KEY: keys.key, CLOUDSTACK_SECRET: keys.secret, CLOUDSTACK_POLL_INTERVAL: '0.2', CLOUDSTACK_TIMEOUT: '60' },
+    env: { HOME: cwd, CLOUDSTACK_ENDPOINT: endpoint, CLOUDSTACK_KEY: keys.key, CLOUDSTACK_SECRET: keys.secret, CLOUDSTACK_POLL_INTERVAL: '0.2', CLOUDSTACK_TIMEOUT: '60', ...opts.env },
   });
   let json: any;
   try {

@@ -23,11 +23,13 @@ const DESIGN_DEFAULTS = {
   'backup.scrub.interval': 86_400,
   'backup.scrub.rate': 64,
   'backup.scrub.reverify': 604_800,
+  // Off: clients that sign without signatureVersion=3 keep working unless an operator asks for it.
+  'cloudstack.signature.v3.required': 0,
 };
 /** Settings where 0 means off. */
 const ZERO_MEANS_OFF: SettingName[] = ['backup.scrub.interval'];
 /** The switches (0/1); every other setting is a whole number. */
-const SWITCHES: SettingName[] = ['backup.incremental'];
+const SWITCHES: SettingName[] = ['backup.incremental', 'cloudstack.signature.v3.required'];
 const NUMBERS = SETTING_NAMES.filter((n) => !SWITCHES.includes(n));
 
 describe('defaults', () => {
@@ -113,6 +115,7 @@ describe('backupRetryFrom', () => {
         'backup.scrub.interval': 0,
         'backup.scrub.rate': 1,
         'backup.scrub.reverify': 60,
+        'cloudstack.signature.v3.required': 1,
       }),
     ).toEqual({ maxAttempts: 7, retryIntervalSeconds: 45 });
   });
