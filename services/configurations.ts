@@ -1,9 +1,9 @@
 import { ZodError } from 'zod';
-import { isSettingName } from '../config/settings.js';
+import { isSettingName, type Settings } from '../config/settings.js';
 import { recordEvent } from '../db/events.js';
 import type { Logger } from 'pino';
 import { withTransaction, type Pool } from '../db/pool.js';
-import { listSettings, lockSetting, updateSetting, type SettingRow } from '../db/settings.js';
+import { listSettings, lockSetting, readSettings, updateSetting, type SettingRow } from '../db/settings.js';
 import { NotFoundError, ValidationError } from '../domain/errors.js';
 import type { Caller } from './caller.js';
 import type { BackupScrubService } from './backup-scrub.js';
@@ -21,6 +21,8 @@ export function createConfigurationService(deps: {
   const { pool, logger } = deps;
   return {
     list: (): Promise<SettingRow[]> => listSettings(pool),
+    /** Every setting's current value (defaults for the unset). */
+    values: (): Promise<Settings> => readSettings(pool),
 
     /** Validates and stores one setting (ValidationError for a bad value, NotFoundError for an unknown name). */
     async update(caller: Caller, name: string, value: unknown): Promise<SettingRow> {

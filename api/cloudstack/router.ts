@@ -10,7 +10,6 @@ import { createJobRunner, type JobRunner, type JobRunnerOptions, type Redriver }
 import { findByApiKey } from '../../services/cloudstack/keys.js';
 import { commandParams, lowerCaseParams, parseParams } from './params.js';
 import { parseExpires, verifySignature } from './signature.js';
-import { readSettings } from '../../db/settings.js';
 import type { Settings } from '../../config/settings.js';
 
 /** How long the router's read of the settings holds. */
@@ -118,7 +117,7 @@ export function createCloudStackApi(deps: CloudStackApiDeps): { router: Hono<App
   let cached: { at: number; value: Promise<Settings> } | undefined;
   const settings = (): Promise<Settings> => {
     if (!cached || Date.now() - cached.at > SETTINGS_TTL_MS) {
-      const value = readSettings(pool);
+      const value = services.configurations.values();
       cached = { at: Date.now(), value };
       value.catch(() => (cached = undefined));
     }
