@@ -62,6 +62,8 @@ export interface Stack {
   compute: ComputeRegistry | null;
   /** Where KVM VM actions' hypervisor steps go: their hosts' task queues; null with KVM_COMPUTE=none. */
   vmSteps: VmStepDispatcher | null;
+  /** When a KVM host's worker last polled its task queue; null with KVM_COMPUTE=none. */
+  hostWorkerLastPoll: ((hostName: string) => Promise<Date | null>) | null;
   /** Where the VMs' serial consoles are written. */
   consoleDir: string;
   snapshots: SnapshotService;
@@ -252,7 +254,20 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
         ? hostQueueVmSteps({ client, pool, taskQueue: env.TEMPORAL_TASK_QUEUE, hostTimeoutSeconds: env.VM_HOST_TIMEOUT_SECONDS })
         : null;
 
-    return { env, logger, pool, client, connection, drivers, compute, vmSteps, consoleDir, snapshots, devServer, links, workers, storageGc, backupScrub, metrics, health, close };
+    const hostWorkerLastPoll =
+      env.KVM_COMPUTE === 'libvirt'
+        ? async (hostName: string): Promise<Date | null> => {
+            const r = await connection.workflowService.describeTaskQueue({
+              namespace: env.TEMPORAL_NAMESPACE,
+              taskQueue: { name: hostTaskQueue(env.TEMPORAL_TASK_QUEUE, hostName) },
+              taskQueueType: 2,
+            });
+            const last = Math.max(0, ...(r.pollers ?? []).map((p) => (p.lastAccessTime ? Number(p.lastAccessTime.seconds ?? 0) * 1000 : 0)));
+            return last > 0 ? new Date(last) : null;
+          }
+        : null;
+
+    return { env, logger, pool, client, connection, drivers, compute, vmSteps, hostWorkerLastPoll, consoleDir, snapshots, devServer, links, workers, storageGc, backupScrub, metrics, health, close };
   } catch (err) {
     await close();
     throw err;

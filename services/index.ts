@@ -24,6 +24,8 @@ export interface ServiceStack {
   backupScrub?: BackupScrubService;
   /** Where KVM VM steps run (their hosts); null or absent: KVM VMs are records only (KVM_COMPUTE=none). */
   vmSteps?: VmStepDispatcher | null;
+  /** When a KVM host's worker last polled its task queue (KVM_COMPUTE=libvirt). */
+  hostWorkerLastPoll?: ((hostName: string) => Promise<Date | null>) | null;
   consoleDir?: string;
 }
 
@@ -43,7 +45,7 @@ export function createServices(stack: ServiceStack) {
       ...(stack.storageGc ? { storageGc: stack.storageGc } : {}),
       ...(stack.backupScrub ? { backupScrub: stack.backupScrub } : {}),
     }),
-    catalogs: createCatalogService(deps),
+    catalogs: createCatalogService({ ...deps, ...(stack.hostWorkerLastPoll ? { hostWorkerLastPoll: stack.hostWorkerLastPoll } : {}) }),
     vms: createVmService(deps),
     volumes: createVolumeService(deps),
     // The one snapshot module (services/snapshots.ts), built with the stack because the workers' tests use it too.

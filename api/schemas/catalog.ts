@@ -21,6 +21,10 @@ export const HostSchema = z
     connected: z.boolean().openapi({ description: 'KVM: the host has a libvirt this server reaches; VMs are placed only on connected hosts' }),
     accelerator: z.enum(['kvm', 'qemu']).nullable().openapi({ description: 'What its VMs run under (qemu: TCG), as its probe found; null until probed' }),
     acceleratorReason: z.string().nullable().openapi({ description: 'What the probe saw' }),
+    hostWorkerLastPoll: z.string().nullable().openapi({
+      description:
+        "KVM: when the host's worker last polled its task queue (Temporal keeps pollers of the last few minutes); null: no worker polled it lately, so its VM actions wait VM_HOST_TIMEOUT_SECONDS and fail (and always null with KVM_COMPUTE=none or XenServer)",
+    }),
   })
   .openapi('Host');
 export const StoragePoolSchema = z

@@ -54,6 +54,9 @@ describe('HTTP API contract', () => {
         expect(res.status, path).toBe(200);
         expect(res.body.length, path).toBeGreaterThanOrEqual(2);
       }
+      // KVM VMs are records here (KVM_COMPUTE=none): no host has a worker to report.
+      const hosts = (await h.call('GET', '/api/v1/hosts', { key: alice.key })).body as Array<{ hostWorkerLastPoll: unknown }>;
+      expect(hosts.map((x) => x.hostWorkerLastPoll)).toEqual(hosts.map(() => null));
     });
 
     it('serves /openapi.json generated from the route schemas, and /docs', async () => {

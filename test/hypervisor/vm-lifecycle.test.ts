@@ -68,6 +68,10 @@ describe('VM lifecycle on libvirt, through the API', () => {
     const hosts = (await call('GET', '/api/v1/hosts')).body as Array<Record<string, unknown>>;
     expect(hosts.find((x) => x.name === 'kvm-host-1')).toMatchObject({ connected: true, accelerator: 'qemu', acceleratorReason: 'configured (VM_ACCELERATOR)' });
     expect(hosts.every((x) => !('uri' in x))).toBe(true);
+    // Its host worker polls the host's queue (npm start is kvm-host-1); nothing serves kvm-host-2's.
+    const lastPoll = Date.parse(String(hosts.find((x) => x.name === 'kvm-host-1')!.hostWorkerLastPoll));
+    expect(Math.abs(Date.now() - lastPoll)).toBeLessThan(5 * 60_000);
+    expect(hosts.find((x) => x.name === 'kvm-host-2')!.hostWorkerLastPoll).toBeNull();
     expect(await domstate(vm.id)).toBe('running');
     const files = openFiles(await qemuPid(vm.id));
     const paths = vm.volumes.sort((a, b) => a.deviceId - b.deviceId).map((v) => v.path);
