@@ -6,11 +6,11 @@ import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Pool } from '../db/pool.js';
 import { ConflictError, NotFoundError, ServiceUnavailableError } from '../domain/errors.js';
-import { abandonVmStep, type VmStep, type VmStepRunner } from '../services/vm-steps.js';
+import { abandonVmStep, type HostStep, type VmStepRunner } from '../services/vm-steps.js';
 
 export interface VmStepActivityInput {
   vmId: string;
-  step: VmStep;
+  step: HostStep;
 }
 
 /** Heartbeats while a step runs: a host worker that dies mid-step is noticed in the heartbeat timeout. */

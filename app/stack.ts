@@ -183,7 +183,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
       workerConnection = await connectWorker(env, target);
       const settings = await readSettings(pool);
       const snapshotActivities = createSnapshotActivities({ pool, drivers, logger, metrics: metrics.backupHooks });
-      const runner = isHost && compute ? createVmStepRunner({ pool, logger, compute, consoleDir, vmBoot }) : null;
+      const runner = isHost && compute ? createVmStepRunner({ pool, logger, compute, kvm: drivers.KVM!, consoleDir, vmBoot }) : null;
       workers = await startWorkers({
         connection: workerConnection,
         namespace: env.TEMPORAL_NAMESPACE,
@@ -220,6 +220,11 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
       temporalUiUrl: (env.TEMPORAL_UI_URL ?? devServer?.uiUrl ?? null)?.replace(/\/+$/, '') ?? null,
       namespace: env.TEMPORAL_NAMESPACE,
     };
+    const vmSteps =
+      env.KVM_COMPUTE === 'libvirt'
+        ? hostQueueVmSteps({ client, pool, taskQueue: env.TEMPORAL_TASK_QUEUE, hostTimeoutSeconds: env.VM_HOST_TIMEOUT_SECONDS })
+        : null;
+
     const snapshots = createSnapshotService({
       consoleUrl: links.consoleUrl,
       pool,
@@ -229,6 +234,7 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
       backupTaskQueue: env.TEMPORAL_BACKUP_TASK_QUEUE,
       logger,
       ...(env.KVM_COMPUTE === 'libvirt' ? { hostTaskQueues: { timeoutSeconds: env.VM_HOST_TIMEOUT_SECONDS } } : {}),
+      ...(vmSteps ? { vmSteps } : {}),
     });
     // Runs before the Temporal connection closes (closers run newest first): requests in flight settle first.
     closers.push(() => snapshots.close());
@@ -248,11 +254,6 @@ export async function startStack(env: Env, logger: Logger, roles: Role[]): Promi
       }
       return { ok: Object.values(checks).every(Boolean), checks };
     };
-
-    const vmSteps =
-      env.KVM_COMPUTE === 'libvirt'
-        ? hostQueueVmSteps({ client, pool, taskQueue: env.TEMPORAL_TASK_QUEUE, hostTimeoutSeconds: env.VM_HOST_TIMEOUT_SECONDS })
-        : null;
 
     const hostWorkerLastPoll =
       env.KVM_COMPUTE === 'libvirt'

@@ -40,6 +40,11 @@ export interface ComputeDriver {
    * 'no-domain' when no running domain of the VM has the file open.
    */
   snapshotDiskLive(vmId: string, file: string, tag: string): Promise<'taken' | 'no-domain'>;
+  /**
+   * Takes internal snapshots of several of the running domain's disks at one instant: one QMP `transaction`,
+   * all or none. 'no-domain' when no running domain of the VM has every file open.
+   */
+  snapshotDisksLive(vmId: string, disks: Array<{ file: string; tag: string }>): Promise<'taken' | 'no-domain'>;
   /** Deletes internal snapshot `tag` of the running domain's disk image `file` through QEMU; as above. */
   deleteDiskSnapshotLive(vmId: string, file: string, tag: string): Promise<'deleted' | 'no-domain'>;
 }

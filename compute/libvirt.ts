@@ -165,6 +165,18 @@ export class LibvirtComputeDriver implements ComputeDriver {
     return (await this.internalSnapshot('blockdev-snapshot-internal-sync', vmId, file, tag)) ? 'taken' : 'no-domain';
   }
 
+  async snapshotDisksLive(vmId: string, disks: Array<{ file: string; tag: string }>): Promise<'taken' | 'no-domain'> {
+    const blocks = (await this.qmp(vmId, 'query-block', {}).catch((err: unknown) => (isNoDomain(err) ? null : Promise.reject(err)))) as
+      | Array<{ inserted?: { file?: string; 'node-name'?: string } }>
+      | null;
+    const nodes = disks.map((d) => blocks?.find((b) => b.inserted?.file === d.file)?.inserted?.['node-name']);
+    if (nodes.some((n) => !n)) return 'no-domain';
+    const actions = disks.map((d, i) => ({ type: 'blockdev-snapshot-internal-sync', data: { device: nodes[i], name: d.tag } }));
+    await this.qmp(vmId, 'transaction', { actions });
+    this.log.info({ vmId, disks, nodes }, 'internal snapshots of several disks taken at one instant by the running QEMU');
+    return 'taken';
+  }
+
   async deleteDiskSnapshotLive(vmId: string, file: string, tag: string): Promise<'deleted' | 'no-domain'> {
     return (await this.internalSnapshot('blockdev-snapshot-delete-internal-sync', vmId, file, tag)) ? 'deleted' : 'no-domain';
   }

@@ -31,14 +31,25 @@ import {
   type SnapshotRecord,
   type StoreRefRecord,
 } from '../db/snapshots.js';
-import type { VmRecord } from '../db/vms.js';
-import { beginVolumeOperation, busyVolumes, endVolumeOperation, insertVolume, isTransitionalVolumeState, updateVolume, type PendingVolumeOperation, type VolumeRecord } from '../db/volumes.js';
+import { findVm, type VmRecord } from '../db/vms.js';
+import {
+  beginVolumeOperation,
+  busyVolumes,
+  endVolumeOperation,
+  insertVolume,
+  isTransitionalVolumeState,
+  updateVolume,
+  volumesOfVms,
+  type PendingVolumeOperation,
+  type VolumeRecord,
+} from '../db/volumes.js';
 import {
   ConflictError,
   IdempotencyKeyMismatchError,
   NotFoundError,
   ServiceUnavailableError,
   SnapshotCreationFailedError,
+  ValidationError,
   VolumeBusyError,
 } from '../domain/errors.js';
 import type { SnapshotAction } from '../domain/policy.js';
@@ -316,7 +327,12 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
   }
 
   async function requestOnce(req: ScopedRequest): Promise<RequestOutcome> {
-    const { snapshot, input, replay, labels } = await allocate(req);
+    return startAndAwait(await allocate(req));
+  }
+
+  /** Starts an allocated snapshot's workflow (Update-with-Start) and waits for its milestone. */
+  async function startAndAwait(allocated: Awaited<ReturnType<typeof allocate>>): Promise<RequestOutcome> {
+    const { snapshot, input, replay, labels } = allocated;
     const log = logger.child({ snapshotId: snapshot.id, volumeId: snapshot.volumeId, workflowId: snapshot.workflowId });
     await pausePoint('allocated', snapshot.volumeId, { snapshotId: snapshot.id });
     const startWorkflowOperation = new WithStartWorkflowOperation<typeof snapshotWorkflow>('snapshotWorkflow', {
@@ -469,6 +485,41 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         if (!snapshot.asyncBackup) throw new SnapshotBackupFailedError(snapshot);
       }
       return { snapshot: snapshotView(snapshot, refs, Date.now(), hostPaths(caller)), replay };
+    },
+
+    /**
+     * Snapshots of several of a VM's volumes (default: all attached) at one instant, each its own snapshot with
+     * its own backup. A running KVM VM's are taken by its QEMU on its host in one transaction
+     * (services/snapshot-together.ts); a stopped VM's disks do not change, so they are taken one after the other.
+     */
+    async takeTogether(caller: Caller, vmId: string, input: { volumeIds?: string[]; asyncBackup: boolean; name?: string }): Promise<{ vmId: string; instant: 'live' | 'stopped'; snapshots: SnapshotView[] }> {
+      const vm = await findVm(pool, vmId, ownerScope(caller));
+      if (!vm) throw new NotFoundError('VM', vmId);
+      const attached = (await volumesOfVms(pool, [vm.id])).filter((v) => v.vmId === vm.id && v.state !== 'Destroyed').sort((a, b) => (a.deviceId ?? 0) - (b.deviceId ?? 0));
+      const wanted = input.volumeIds ? [...new Set(input.volumeIds)] : attached.map((v) => v.id);
+      const missing = wanted.filter((id) => !attached.some((v) => v.id === id));
+      if (missing.length) throw new ValidationError(`volumes ${missing.join(', ')} are not attached to VM ${vm.id}`, { volumeIds: 'each must be a volume attached to the VM' });
+      if (wanted.length === 0) throw new ValidationError(`VM ${vm.id} has no volumes to snapshot`, { volumeIds: 'at least one volume' });
+      const volumes = wanted.map((id) => attached.find((v) => v.id === id)!);
+      const name = (v: VolumeRecord) => (input.name ? `${input.name}-${v.name}` : undefined);
+      const live = vm.hypervisor === 'KVM' && vm.state !== 'Stopped' && deps.vmSteps !== undefined && vm.hostId !== null;
+      const log = logger.child({ vmId: vm.id, volumeIds: wanted });
+      let outcomes: RequestOutcome[];
+      if (!live) {
+        outcomes = [];
+        for (const v of volumes) outcomes.push(await request({ ownerId: ownerScope(caller), volumeId: v.id, asyncBackup: input.asyncBackup, ...(name(v) ? { name: name(v)! } : {}) }));
+      } else {
+        const host = (await findHost(pool, vm.hostId!))!;
+        deps.vmSteps!.check(host);
+        const allocated = [];
+        for (const v of volumes) allocated.push(await allocate({ ownerId: ownerScope(caller), volumeId: v.id, asyncBackup: input.asyncBackup, ...(name(v) ? { name: name(v)! } : {}) }));
+        const members = allocated.map((a, i) => ({ snapshotId: a.snapshot.id, volumeId: volumes[i]!.id, path: volumes[i]!.path, poolId: volumes[i]!.poolId, sizeBytes: volumes[i]!.sizeBytes }));
+        // One instant on the host; a failure leaves every member in Error, none half made.
+        await deps.vmSteps!.run(vm.id, host, { kind: 'snapshot-disks', members });
+        log.info({ snapshotIds: members.map((m) => m.snapshotId) }, 'snapshots created at one instant; starting their workflows');
+        outcomes = await Promise.all(allocated.map((a) => startAndAwait(a)));
+      }
+      return { vmId: vm.id, instant: live ? 'live' : 'stopped', snapshots: outcomes.map((o) => snapshotView(o.snapshot, o.refs, Date.now(), hostPaths(caller))) };
     },
 
     /** Oldest first; `limit` and `after` (the previous page's last id) page through them. */

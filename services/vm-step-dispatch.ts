@@ -10,7 +10,7 @@ import { ConflictError, ERROR_CODES, ServiceUnavailableError, type ErrorCode } f
 import type { vmStepWorkflow } from '../workflows/vm-step-workflow.js';
 import { VM_STEP_FAILURE_TYPES, vmStepWorkflowId } from '../workflows/definitions.js';
 import type { Pool } from '../db/pool.js';
-import { abandonVmStep, type VmStep } from './vm-steps.js';
+import { abandonVmStep, type HostStep } from './vm-steps.js';
 
 export interface VmHostRef {
   name: string;
@@ -22,7 +22,7 @@ export interface VmStepDispatcher {
   /** Refuses (HYPERVISOR_UNAVAILABLE) before any first phase when the host cannot run VMs at all. */
   check(host: VmHostRef): void;
   /** Runs the step on the VM's host and resolves once its result is committed; throws what the step threw. */
-  run(vmId: string, host: VmHostRef, step: VmStep): Promise<void>;
+  run(vmId: string, host: VmHostRef, step: HostStep): Promise<void>;
 }
 
 const notConnected = (host: VmHostRef) =>

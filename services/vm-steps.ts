@@ -16,6 +16,8 @@ import type { ComputeRegistry } from '../compute/registry.js';
 import type { GuestBoot } from '../compute/test-guest.js';
 import { ConflictError, publicErrorMessage } from '../domain/errors.js';
 import type { VmAction } from '../domain/policy.js';
+import type { StorageDriver } from '../storage/driver.js';
+import { abandonTogether, snapshotTogether, type TogetherMember } from './snapshot-together.js';
 import { domainSpecOf } from './vm-domain.js';
 import { recordVmEvent } from './vm-events.js';
 
@@ -34,10 +36,15 @@ export type VmStep =
   | { kind: 'attach' | 'detach'; volume: StepVolume; target: string }
   | { kind: 'media'; isoPath: string | null; previousIsoId: string | null; isoName: string };
 
+/** What a host worker runs for the API: a VM action's step, or snapshots of several disks at one instant. */
+export type HostStep = VmStep | { kind: 'snapshot-disks'; members: TogetherMember[] };
+
 export interface VmStepDeps {
   pool: Pool;
   logger: Logger;
   compute: ComputeRegistry;
+  /** The KVM storage driver, for a group whose VM stopped meanwhile (services/snapshot-together.ts). */
+  kvm: StorageDriver;
   /** Where the VMs' serial consoles are written on this host. */
   consoleDir: string;
   vmBoot?: GuestBoot | undefined;
@@ -95,7 +102,8 @@ const stateBefore = (vm: VmRecord, step: VmStep): VmState => (step.kind === 'sta
  * A step no host took (its queue had no poller in time, so nothing ran): its first phase is undone with the
  * reason. Runs anywhere (the main task queue): it needs only the database.
  */
-export async function abandonVmStep(pool: Pool, vmId: string, step: VmStep, reason: string): Promise<void> {
+export async function abandonVmStep(pool: Pool, vmId: string, step: HostStep, reason: string): Promise<void> {
+  if (step.kind === 'snapshot-disks') return abandonTogether(pool, step.members, reason);
   const vm = await findVm(pool, vmId, null);
   if (vm && stillPending(vm, step)) await undo(pool, vm, step, reason, stateBefore(vm, step));
 }
@@ -163,7 +171,11 @@ export function createVmStepRunner(deps: VmStepDeps) {
 
   return {
     /** Runs the step on this host and commits its result; HYPERVISOR_ERROR (its first phase undone) if libvirt refuses. */
-    async run(vmId: string, step: VmStep): Promise<VmRecord | undefined> {
+    async run(vmId: string, step: HostStep): Promise<VmRecord | undefined> {
+      if (step.kind === 'snapshot-disks') {
+        await snapshotTogether({ pool, logger, compute: deps.compute, kvm: deps.kvm }, vmId, step.members);
+        return undefined;
+      }
       const vm = await findVm(pool, vmId, null);
       if (!vm || !stillPending(vm, step)) {
         logger.warn({ vmId, step: step.kind, state: vm?.state }, 'VM step not run: its VM was settled meanwhile');

@@ -1,6 +1,6 @@
 import { ActivityFailure, ApplicationFailure, TimeoutFailure, proxyActivities, setCurrentDetails } from '@temporalio/workflow';
 import type { HostActivities, VmStepActivities } from '../activities/vm-step-activities.js';
-import type { VmStep } from '../services/vm-steps.js';
+import type { HostStep } from '../services/vm-steps.js';
 import { VM_STEP_FAILURE_TYPES, type VmStepWorkflowInput } from './definitions.js';
 
 /**
@@ -12,7 +12,7 @@ import { VM_STEP_FAILURE_TYPES, type VmStepWorkflowInput } from './definitions.j
  * sync from libvirt's truth.
  */
 export async function vmStepWorkflow(input: VmStepWorkflowInput): Promise<void> {
-  const step = input.step as unknown as VmStep;
+  const step = input.step as unknown as HostStep;
   const host = proxyActivities<HostActivities>({
     taskQueue: input.hostTaskQueue,
     scheduleToStartTimeout: `${input.hostTimeoutSeconds} seconds`,

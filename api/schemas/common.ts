@@ -78,6 +78,11 @@ export function jsonBody<T extends z.ZodType>(schema: T, description?: string) {
   return { content: { 'application/json': { schema } }, required: true, ...(description ? { description } : {}) };
 }
 
+/** An optional JSON request body (its fields have defaults). */
+export function optionalJsonBody<T extends z.ZodType>(schema: T) {
+  return { content: { 'application/json': { schema } }, required: false };
+}
+
 const ERROR_DESCRIPTIONS = {
   400: 'Invalid input: `details.fields` names each bad field',
   401: 'Missing or invalid API key',

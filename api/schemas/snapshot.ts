@@ -55,6 +55,31 @@ export const CreateSnapshotSchema = z
   })
   .openapi('CreateSnapshot');
 
+export const CreateVmSnapshotsSchema = z
+  .strictObject({
+    volumeIds: z
+      .array(uuid('A volume attached to the VM'))
+      .min(1, 'at least one volume')
+      .max(16, 'at most 16 volumes')
+      .optional()
+      .openapi({ description: 'The volumes to snapshot together; default: every volume attached to the VM' }),
+    name: NameSchema.optional().openapi({ description: "Each snapshot's name is this, then a dash and its volume's name" }),
+    asyncBackup: z.boolean({ error: 'must be a boolean' }).default(false).openapi({
+      description: 'true: answer once the snapshots exist on primary storage; false (default): once each is backed up',
+    }),
+  })
+  .openapi('CreateVmSnapshots');
+
+export const VmSnapshotsSchema = z
+  .object({
+    vmId: z.string(),
+    instant: z.enum(['live', 'stopped']).openapi({
+      description: "live: the running VM's QEMU took every snapshot in one transaction; stopped: nothing wrote to its disks, taken one after the other",
+    }),
+    snapshots: z.array(SnapshotSchema),
+  })
+  .openapi('VmSnapshots');
+
 export const IdempotencyHeadersSchema = z.object({
   'Idempotency-Key': z
     .string()

@@ -118,6 +118,24 @@ describe('libvirt compute driver', () => {
     await hv.driver.stop(s.vmId, { forced: true });
   });
 
+  it("snapshots several of a running domain's disks in one transaction: all or none", async () => {
+    const tags = async (file: string) =>
+      ((JSON.parse((await exec('qemu-img', ['info', '-U', '--output=json', file])).stdout).snapshots ?? []) as Array<{ name: string }>).map((t) => t.name).sort();
+    const s = await spec(3);
+    const [a, b, c] = s.disks.map((d) => d.path) as [string, string, string];
+    await hv.driver.start(s);
+    expect(await hv.driver.snapshotDisksLive(s.vmId, [{ file: a, tag: 'g1' }, { file: c, tag: 'g1' }])).toBe('taken');
+    expect([await tags(a), await tags(b), await tags(c)]).toEqual([['g1'], [], ['g1']]);
+    // b already has g2: QEMU refuses the transaction, and a gets none either.
+    await hv.driver.snapshotDiskLive(s.vmId, b, 'g2');
+    await expect(hv.driver.snapshotDisksLive(s.vmId, [{ file: a, tag: 'g2' }, { file: b, tag: 'g2' }])).rejects.toThrow(/transaction/);
+    expect([await tags(a), await tags(b)]).toEqual([['g1'], ['g2']]);
+    // A file the domain does not have open: nothing is tried.
+    expect(await hv.driver.snapshotDisksLive(s.vmId, [{ file: a, tag: 'g3' }, { file: `${a}.other`, tag: 'g3' }])).toBe('no-domain');
+    await hv.driver.stop(s.vmId, { forced: true });
+    expect(await hv.driver.snapshotDisksLive(s.vmId, [{ file: a, tag: 'g4' }])).toBe('no-domain');
+  });
+
   it('a domain an operator destroyed behind its back reads as stopped', async () => {
     const s = await spec(1);
     await hv.driver.start(s);

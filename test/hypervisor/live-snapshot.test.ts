@@ -30,6 +30,12 @@ describe('snapshots of a running VM on libvirt', () => {
   afterAll(async () => {
     await h?.stop();
   });
+  /** Waits until the VM's guest reports its workload writing (on its console, through the API). */
+  const guestWriting = (vmId: string) =>
+    waitFor(async () => {
+      const tail = (await call('GET', `/api/v1/vms/${vmId}/console?lines=200`)).body as { lines: string[] };
+      return tail.lines.some((l) => l.includes('volsnap-guest: wrote seq=')) ? true : undefined;
+    }, 90_000, 'the guest workload to write');
 
   it('takes, backs up, restores from and deletes a snapshot of a running VM’s data disk, with the VM running throughout', async () => {
     const created = await call('POST', '/api/v1/vms', { name: 'live', hypervisor: 'KVM', rootDiskSizeBytes: 16 * MiB, dataDisks: [{ sizeBytes: 16 * MiB }], start: false });
@@ -92,10 +98,7 @@ describe('snapshots of a running VM on libvirt', () => {
     const vm = (await call('POST', '/api/v1/vms', { name: 'live-writing', hypervisor: 'KVM', rootDiskSizeBytes: 16 * MiB, dataDisks: [{ sizeBytes: 16 * MiB }] })).body;
     expect(vm.state).toBe('Running');
     const data = vm.volumes.find((v: { type: string }) => v.type === 'DATADISK');
-    await waitFor(async () => {
-      const tail = (await call('GET', `/api/v1/vms/${vm.id}/console?lines=200`)).body as { lines: string[] };
-      return tail.lines.some((l) => l.includes('volsnap-guest: wrote seq=')) ? true : undefined;
-    }, 90_000, 'the guest workload to write');
+    await guestWriting(vm.id);
     const ids: string[] = [];
     for (let i = 0; i < 3; i++) {
       await new Promise((r) => setTimeout(r, 300 + Math.floor(Math.random() * 1500)));
@@ -131,10 +134,7 @@ describe('snapshots of a running VM on libvirt', () => {
     const data = vm.volumes.find((v: { type: string }) => v.type === 'DATADISK');
     await exec('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 2M 12M', data.path]);
     expect((await call('POST', `/api/v1/vms/${vm.id}/actions`, { action: 'start' })).body.state).toBe('Running');
-    await waitFor(async () => {
-      const tail = (await call('GET', `/api/v1/vms/${vm.id}/console?lines=200`)).body as { lines: string[] };
-      return tail.lines.some((l) => l.includes('volsnap-guest: wrote seq=')) ? true : undefined;
-    }, 90_000, 'the guest workload to write');
+    await guestWriting(vm.id);
     return { vm, data };
   }
   /** Takes a snapshot and waits until its copy has begun (some bytes done, not yet all). */
@@ -186,6 +186,50 @@ describe('snapshots of a running VM on libvirt', () => {
     process.kill(pid, 'SIGKILL');
     await waitFor(async () => ((await virsh('domstate', domainName(vm.id)).catch(() => 'absent')) !== 'running' ? true : undefined), 30_000, 'QEMU to die');
     await backedUpAndVerified(id);
+  });
+
+  it("snapshots a running VM's disks at one instant on its host, each backed up on its own; a stopped VM's too", async () => {
+    const vm = (await call('POST', '/api/v1/vms', { name: 'together', hypervisor: 'KVM', rootDiskSizeBytes: 16 * MiB, dataDisks: [{ sizeBytes: 16 * MiB }, { sizeBytes: 16 * MiB }] })).body;
+    expect(vm.state).toBe('Running');
+    const volumes = [...vm.volumes].sort((x: { deviceId: number }, y: { deviceId: number }) => x.deviceId - y.deviceId) as Array<{ id: string; path: string }>;
+    // Refused before anything is made: a volume that is not the VM's.
+    const other = (await call('POST', '/api/v1/volumes', { name: 'not-attached', sizeBytes: 8 * MiB, hypervisor: 'KVM' })).body;
+    const refused = await call('POST', `/api/v1/vms/${vm.id}/snapshots`, { volumeIds: [volumes[1]!.id, other.id] });
+    expect(refused.status, JSON.stringify(refused.body)).toBe(400);
+    expect((await call('GET', `/api/v1/snapshots?volumeId=${volumes[1]!.id}`)).body).toEqual([]);
+
+    await guestWriting(vm.id);
+    const res = await call('POST', `/api/v1/vms/${vm.id}/snapshots`, { name: 'all', asyncBackup: true });
+    expect(res.status, JSON.stringify(res.body)).toBe(201);
+    expect(res.body.instant).toBe('live');
+    const snaps = res.body.snapshots as Array<{ id: string; volumeId: string; name: string; state: string }>;
+    expect(snaps.map((x) => x.volumeId)).toEqual(volumes.map((v) => v.id));
+    for (const [i, x] of snaps.entries()) {
+      expect(['CreatedOnPrimary', 'BackingUp', 'BackedUp']).toContain(x.state);
+      expect(x.name.startsWith('all-')).toBe(true);
+      // Exactly one internal snapshot of that tag, taken by the VM's QEMU.
+      expect((await snapshotTags(volumes[i]!.path)).filter((t) => t === x.id)).toHaveLength(1);
+    }
+    const events = (await h.stack.pool.query<{ description: string }>("SELECT description FROM events WHERE resource_id = ANY($1::text[]) AND description LIKE '%at one instant%'", [snaps.map((x) => x.id)])).rows;
+    expect(events.length).toBeGreaterThanOrEqual(snaps.length);
+    for (const x of snaps) {
+      const done = await waitFor(async () => {
+        const s = (await call('GET', `/api/v1/snapshots/${x.id}`)).body;
+        return s.state === 'BackedUp' || s.state === 'Error' ? s : undefined;
+      }, 120_000, `the backup of ${x.id}`);
+      expect(done.state, JSON.stringify(done)).toBe('BackedUp');
+    }
+    // The data disk the guest writes: its backup is one instant of the workload.
+    const restored = (await call('POST', `/api/v1/snapshots/${snaps[1]!.id}/volumes`, { name: 'together-vdb' })).body;
+    const verdict = await verifyWorkload((await call('GET', `/api/v1/volumes/${restored.id}`)).body.path);
+    expect(verdict.problems).toEqual([]);
+    expect(verdict.ok).toBe(true);
+
+    expect((await call('POST', `/api/v1/vms/${vm.id}/actions`, { action: 'stop', forced: true })).body.state).toBe('Stopped');
+    const stopped = await call('POST', `/api/v1/vms/${vm.id}/snapshots`, { volumeIds: [volumes[1]!.id, volumes[2]!.id], asyncBackup: true });
+    expect(stopped.status, JSON.stringify(stopped.body)).toBe(201);
+    expect(stopped.body.instant).toBe('stopped');
+    expect(stopped.body.snapshots).toHaveLength(2);
   });
 
   it('refuses to resize a running VM’s disk, and changes nothing', async () => {

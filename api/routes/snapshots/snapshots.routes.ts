@@ -1,5 +1,5 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import { errorResponses, IdParamsSchema, jsonContent, PageHeadersSchema } from '../../schemas/common.js';
+import { errorResponses, IdParamsSchema, jsonContent, optionalJsonBody, PageHeadersSchema } from '../../schemas/common.js';
 import {
   CreateSnapshotSchema,
   CreateVolumeFromSnapshotSchema,
@@ -12,7 +12,6 @@ import { VolumeSchema } from '../../schemas/volume.js';
 const tags = ['Snapshots'];
 
 /** An optional JSON body: no body means every field takes its default. */
-const optionalJsonBody = <T extends z.ZodType>(schema: T) => ({ content: { 'application/json': { schema } }, required: false });
 
 export const create = createRoute({
   path: '/api/v1/volumes/{id}/snapshots',

@@ -1,7 +1,7 @@
 import { page } from '../../paging.js';
 import type { AppRouteHandler } from '../../types.js';
 import { assertAdmin } from '../../middleware/auth.js';
-import type { ActRoute, AllowedActionsRoute, ConsoleRoute, CreateRoute, GetRoute, ListRoute } from './vms.routes.js';
+import type { ActRoute, AllowedActionsRoute, ConsoleRoute, CreateRoute, GetRoute, ListRoute, SnapshotTogetherRoute } from './vms.routes.js';
 
 export const create: AppRouteHandler<CreateRoute> = async (c) =>
   c.json(await c.var.services.vms.create(c.var.caller, c.req.valid('json')), 201);
@@ -25,4 +25,14 @@ export const act: AppRouteHandler<ActRoute> = async (c) =>
 export const consoleTail: AppRouteHandler<ConsoleRoute> = async (c) => {
   assertAdmin(c);
   return c.json(await c.var.services.vms.consoleTail(c.var.caller, c.req.valid('param').id, c.req.valid('query').lines), 200);
+};
+
+export const snapshotTogether: AppRouteHandler<SnapshotTogetherRoute> = async (c) => {
+  const body = c.req.valid('json');
+  const taken = await c.var.services.snapshots.takeTogether(c.var.caller, c.req.valid('param').id, {
+    asyncBackup: body.asyncBackup ?? false,
+    ...(body.volumeIds ? { volumeIds: body.volumeIds } : {}),
+    ...(body.name !== undefined ? { name: body.name } : {}),
+  });
+  return c.json(taken, 201);
 };

@@ -9,4 +9,5 @@ export default createRouter()
   .openapi(routes.get, handlers.get)
   .openapi(routes.allowedActions, handlers.allowedActions)
   .openapi(routes.act, handlers.act)
-  .openapi(routes.consoleTail, handlers.consoleTail);
+  .openapi(routes.consoleTail, handlers.consoleTail)
+  .openapi(routes.snapshotTogether, handlers.snapshotTogether);

@@ -1,5 +1,6 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import { errorResponses, IdParamsSchema, jsonBody, jsonContent, PageHeadersSchema } from '../../schemas/common.js';
+import { errorResponses, IdParamsSchema, jsonBody, jsonContent, optionalJsonBody, PageHeadersSchema } from '../../schemas/common.js';
+import { CreateVmSnapshotsSchema, VmSnapshotsSchema } from '../../schemas/snapshot.js';
 import { AllowedActionsSchema, CreateVmSchema, VmActionSchema, VmConsoleQuerySchema, VmConsoleSchema, VmListQuerySchema, VmSchema } from '../../schemas/vm.js';
 
 const tags = ['Virtual machines'];
@@ -59,7 +60,21 @@ export const consoleTail = createRoute({
   responses: { 200: jsonContent(VmConsoleSchema, 'The last lines'), ...errorResponses(400, 401, 403, 404) },
 });
 
+export const snapshotTogether = createRoute({
+  path: '/api/v1/vms/{id}/snapshots',
+  method: 'post',
+  tags,
+  summary: "Snapshot several of a VM's volumes at one instant, each its own snapshot with its own backup",
+  description:
+    "A running KVM VM's disks are snapshotted by its QEMU on its host in one transaction, all or none (a failure leaves each " +
+    'snapshot in Error and answers 409 SNAPSHOT_CREATION_FAILED); a stopped VM\'s one after the other, which is the same instant. ' +
+    'Each snapshot then backs up on its own, as POST /api/v1/volumes/{id}/snapshots does.',
+  request: { params: IdParamsSchema, body: optionalJsonBody(CreateVmSnapshotsSchema) },
+  responses: { 201: jsonContent(VmSnapshotsSchema, 'The snapshots at their milestone'), ...errorResponses(400, 401, 404, 409, 413) },
+});
+
 export type CreateRoute = typeof create;
+export type SnapshotTogetherRoute = typeof snapshotTogether;
 export type ConsoleRoute = typeof consoleTail;
 export type ListRoute = typeof list;
 export type GetRoute = typeof get;
