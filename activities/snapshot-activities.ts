@@ -156,6 +156,11 @@ export function createSnapshotActivities(deps: SnapshotActivityDeps) {
       const latest = await latestBackupOfVolume(pool, { volumeId: snapshot.volumeId, storeId: store.id, snapshotId: snapshot.id });
       if (!latest) reason = 'no earlier backup of the volume in this image store';
       else if (latest.chainLength > deltaMax) reason = `the chain of ${latest.snapshotId} already holds ${latest.chainLength - 1} delta(s) (snapshot.delta.max ${deltaMax})`;
+      // A delta across a resize would compare the whole new size with the parent (hours for a sparse disk grown to
+      // terabytes): the size changed, so the chain starts again.
+      else if (latest.virtualSize !== null && snapshot.size !== null && latest.virtualSize !== snapshot.size) {
+        reason = `the volume was resized since the backup of ${latest.snapshotId} (${latest.virtualSize} to ${snapshot.size} bytes)`;
+      }
       else {
         const problem = await checkBackupChain(driver, store.path, await getBackupChain(pool, latest.snapshotId), { full: false }).catch(
           (err: unknown) => `verifying it failed: ${messageOf(err)}`,

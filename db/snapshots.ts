@@ -358,6 +358,8 @@ export interface BackupParentCandidate {
   checksum: string | null;
   sizeBytes: number | null;
   chainLength: number;
+  /** The volume's virtual size when that snapshot was taken. */
+  virtualSize: number | null;
 }
 
 /**
@@ -366,14 +368,23 @@ export interface BackupParentCandidate {
  */
 export async function latestBackupOfVolume(db: Queryable, q: { volumeId: string; storeId: string; snapshotId: string }): Promise<BackupParentCandidate | undefined> {
   const { rows } = await db.query(
-    `SELECT s.id, r.install_path, r.checksum, r.size, r.chain_length
+    `SELECT s.id, s.size AS virtual_size, r.install_path, r.checksum, r.size, r.chain_length
        FROM snapshots s JOIN snapshot_store_ref r ON r.snapshot_id = s.id AND r.store_role = 'Image'
       WHERE s.volume_id = $1 AND r.store_id = $2 AND s.id <> $3 AND s.status = 'BackedUp' AND r.state = 'Ready'
       ORDER BY s.created DESC, s.id DESC LIMIT 1`,
     [q.volumeId, q.storeId, q.snapshotId],
   );
   const r = rows[0];
-  return r && { snapshotId: r.id, installPath: r.install_path, checksum: r.checksum, sizeBytes: r.size == null ? null : Number(r.size), chainLength: r.chain_length };
+  return (
+    r && {
+      snapshotId: r.id,
+      installPath: r.install_path,
+      checksum: r.checksum,
+      sizeBytes: r.size == null ? null : Number(r.size),
+      chainLength: r.chain_length,
+      virtualSize: r.virtual_size == null ? null : Number(r.virtual_size),
+    }
+  );
 }
 
 /**

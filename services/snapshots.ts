@@ -492,7 +492,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
      * its own backup. A running KVM VM's are taken by its QEMU on its host in one transaction
      * (services/snapshot-together.ts); a stopped VM's disks do not change, so they are taken one after the other.
      */
-    async takeTogether(caller: Caller, vmId: string, input: { volumeIds?: string[]; asyncBackup: boolean; name?: string }): Promise<{ vmId: string; instant: 'live' | 'stopped'; snapshots: SnapshotView[] }> {
+    async takeTogether(caller: Caller, vmId: string, input: { volumeIds?: string[]; asyncBackup: boolean; name?: string }): Promise<{ vmId: string; instant: 'live' | 'offline'; snapshots: SnapshotView[] }> {
       const vm = await findVm(pool, vmId, ownerScope(caller));
       if (!vm) throw new NotFoundError('VM', vmId);
       const attached = (await volumesOfVms(pool, [vm.id])).filter((v) => v.vmId === vm.id && v.state !== 'Destroyed').sort((a, b) => (a.deviceId ?? 0) - (b.deviceId ?? 0));
@@ -519,7 +519,7 @@ export function createSnapshotService(deps: SnapshotServiceDeps) {
         log.info({ snapshotIds: members.map((m) => m.snapshotId) }, 'snapshots created at one instant; starting their workflows');
         outcomes = await Promise.all(allocated.map((a) => startAndAwait(a)));
       }
-      return { vmId: vm.id, instant: live ? 'live' : 'stopped', snapshots: outcomes.map((o) => snapshotView(o.snapshot, o.refs, Date.now(), hostPaths(caller))) };
+      return { vmId: vm.id, instant: live ? 'live' : 'offline', snapshots: outcomes.map((o) => snapshotView(o.snapshot, o.refs, Date.now(), hostPaths(caller))) };
     },
 
     /** Oldest first; `limit` and `after` (the previous page's last id) page through them. */

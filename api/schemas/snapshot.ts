@@ -73,8 +73,8 @@ export const CreateVmSnapshotsSchema = z
 export const VmSnapshotsSchema = z
   .object({
     vmId: z.string(),
-    instant: z.enum(['live', 'stopped']).openapi({
-      description: "live: the running VM's QEMU took every snapshot in one transaction; stopped: nothing wrote to its disks, taken one after the other",
+    instant: z.enum(['live', 'offline']).openapi({
+      description: "live: the running VM's QEMU took every snapshot in one transaction; offline: no QEMU writes to its disks (a stopped VM, or VMs kept as records), taken one after the other",
     }),
     snapshots: z.array(SnapshotSchema),
   })

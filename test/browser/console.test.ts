@@ -260,4 +260,18 @@ describe('web console: views, snapshot detail and actions (Chromium)', () => {
     await visible(page.getByText('Live updates on'), 30_000);
     expect(problems).toEqual([]);
   });
+
+  it('Snapshot all disks: one click snapshots every disk of the VM, each then backed up on its own', async () => {
+    await go('Virtual machines', 'Virtual machines');
+    const before = ((await api('GET', `/api/v1/snapshots?vmId=${vmId}&limit=1000`, alice)) as unknown[]).length;
+    const card = page.getByRole('article', { name: 'vm-a' });
+    await card.getByRole('button', { name: 'Snapshot all disks' }).click();
+    // These tiers keep VMs as records: no QEMU writes to the disks, so they are taken one after the other.
+    await visible(page.getByRole('status', { name: 'Notifications' }).getByText('VM vm-a: 2 disk snapshots taken one after the other (nothing writes to them); backing up.'));
+    const after = (await api('GET', `/api/v1/snapshots?vmId=${vmId}&limit=1000`, alice)) as Array<{ volumeId: string; createdAt: string }>;
+    expect(after.length).toBe(before + 2);
+    const newest = [...after].sort((a, b) => b.createdAt.localeCompare(a.createdAt)).slice(0, 2);
+    expect(new Set(newest.map((x) => x.volumeId)).size).toBe(2);
+    expect(problems).toEqual([]);
+  });
 });

@@ -228,7 +228,7 @@ describe('snapshots of a running VM on libvirt', () => {
     expect((await call('POST', `/api/v1/vms/${vm.id}/actions`, { action: 'stop', forced: true })).body.state).toBe('Stopped');
     const stopped = await call('POST', `/api/v1/vms/${vm.id}/snapshots`, { volumeIds: [volumes[1]!.id, volumes[2]!.id], asyncBackup: true });
     expect(stopped.status, JSON.stringify(stopped.body)).toBe(201);
-    expect(stopped.body.instant).toBe('stopped');
+    expect(stopped.body.instant).toBe('offline');
     expect(stopped.body.snapshots).toHaveLength(2);
   });
 

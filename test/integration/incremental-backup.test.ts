@@ -186,6 +186,21 @@ describe('incremental backups', () => {
     expect(warn.map((w) => w.description).join('\n')).toMatch(/full backup instead of a delta: .*marked faulty by the scrub: does not match its checksum/);
   });
 
+  it('after a resize the next backup is a full one (a delta would compare the whole new size), then deltas again', async () => {
+    const vol = await insertVolume(stack.pool, driver, { accountId, sizeBytes: 16 * MiB });
+    await writePattern(vol.path, 0x85, 0, 4 * MiB);
+    const s1 = await take(vol.volumeId);
+    expect(s1.backup.kind).toBe('full');
+    // Grown as the volume service grows it (the image, then its row).
+    await driver.resizeVolume(vol.path, 64 * MiB);
+    await stack.pool.query('UPDATE volumes SET size_bytes = $2 WHERE id = $1', [vol.volumeId, 64 * MiB]);
+    const s2 = await take(vol.volumeId);
+    expect(s2.backup).toMatchObject({ kind: 'full', parentSnapshotId: null, chainLength: 1 });
+    await writePattern(vol.path, 0x86, 0, MiB);
+    const s3 = await take(vol.volumeId);
+    expect(s3.backup).toMatchObject({ kind: 'incremental', parentSnapshotId: s2.id, chainLength: 2 });
+  });
+
   it('a parent backup file of the wrong size forces a full backup, and says why', async () => {
     const vol = await insertVolume(stack.pool, driver, { accountId, sizeBytes: 16 * MiB });
     await writePattern(vol.path, 0x83, 0, 8 * MiB);

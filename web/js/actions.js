@@ -46,5 +46,27 @@ export function createActions(ctx) {
     }
   }
 
-  return { run, isBusy: (vmId, action) => running.has(`${vmId}:${action}`) };
+  /** Snapshots every disk of the VM at one instant (asynchronous backups); the snapshots arrive live. */
+  async function snapshotAll(vm, button) {
+    const key = `${vm.id}:snapshot-all`;
+    if (running.has(key)) return;
+    running.add(key);
+    button?.setAttribute('aria-busy', 'true');
+    button?.setAttribute('aria-disabled', 'true');
+    try {
+      const taken = await ctx.api.snapshotVm(vm.id, { asyncBackup: true });
+      const how = taken.instant === 'live' ? "at one instant by the VM's QEMU" : 'one after the other (nothing writes to them)';
+      toast(`VM ${vm.name}: ${taken.snapshots.length} disk snapshot${taken.snapshots.length === 1 ? '' : 's'} taken ${how}; backing up.`, { kind: 'success' });
+    } catch (err) {
+      const { sentence, detail } = explain(err);
+      toast(`VM ${vm.name}: snapshot of all disks failed. ${sentence}`, { kind: 'error', detail });
+    } finally {
+      running.delete(key);
+      button?.removeAttribute('aria-busy');
+      button?.removeAttribute('aria-disabled');
+      await ctx.live?.refreshAll();
+    }
+  }
+
+  return { run, snapshotAll, isBusy: (vmId, action) => running.has(`${vmId}:${action}`) };
 }

@@ -93,6 +93,8 @@ export function createApi(key, { onUnauthorized, onAvailability } = {}) {
     createVm: (body) => call('POST', '/api/v1/vms', body),
     allowedActions: (id) => call('GET', `/api/v1/vms/${seg(id)}/allowed-actions`),
     vmAction: (id, body) => call('POST', `/api/v1/vms/${seg(id)}/actions`, body),
+    /** Snapshots of a VM's disks at one instant (default: all attached), each backed up on its own. */
+    snapshotVm: (id, body) => call('POST', `/api/v1/vms/${seg(id)}/snapshots`, body),
     /** The last lines of a VM's serial console (admins only). */
     vmConsole: (id, lines = 40) => call('GET', `/api/v1/vms/${seg(id)}/console?lines=${lines}`),
     /** Who is signed in: the account of the key, and the key's id. */

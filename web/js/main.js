@@ -25,6 +25,7 @@ const vmForm = createVmForm(ctx);
 const vmView = createView({
   onTakeSnapshot: (volume, opener) => dialog.open(volume, opener),
   onAction: (vm, body, button) => actions.run(vm, body, button),
+  onSnapshotAll: (vm, button) => actions.snapshotAll(vm, button),
   onSnapshotChanged: (s) => dialog.snapshotChanged(s),
   isBusy: (vmId, action) => actions.isBusy(vmId, action),
   loadConsole: (vmId) => ctx.api.vmConsole(vmId),

@@ -23,7 +23,7 @@ const VM_LEVEL = ['start', 'stop', 'reboot', 'destroy', 'reinstall', 'attach-iso
  * Renders the VM list and the detached volumes from the store. Whole VM cards are rebuilt when their data
  * changes (keeping focus and form values); progress only rebuilds the snapshot's row.
  */
-export function createView({ onTakeSnapshot, onAction, onSnapshotChanged, isBusy, loadConsole }) {
+export function createView({ onTakeSnapshot, onAction, onSnapshotAll, onSnapshotChanged, isBusy, loadConsole }) {
   const nameOf = (list, id) => list.find((x) => x.id === id)?.name ?? null;
   /** Each VM's console panel (admins): open or not, and the tail last read. Kept across re-renders. */
   const consoles = new Map();
@@ -208,6 +208,20 @@ export function createView({ onTakeSnapshot, onAction, onSnapshotChanged, isBusy
           button('reinstall'),
           button('destroy', { danger: true }),
           vm.isoId ? button('detach-iso') : null,
+          volumesOfVm(vm.id).length > 1
+            ? h(
+                'button',
+                {
+                  type: 'button',
+                  class: 'btn',
+                  'data-key': `vm:${vm.id}:snapshot-all`,
+                  title: 'Every disk of the VM at one instant, each snapshot backed up on its own',
+                  'aria-busy': isBusy(vm.id, 'snapshot-all') ? 'true' : undefined,
+                  onclick: (e) => onSnapshotAll(vm, e.currentTarget),
+                },
+                'Snapshot all disks',
+              )
+            : null,
         ),
         h(
           'div',
