@@ -10,7 +10,7 @@ const DIR = join(import.meta.dirname, 'histories');
 /** The parts of a recorded history event (JSON, as `temporal workflow show --output json` writes it) read here. */
 interface HistoryEvent {
   eventType?: string;
-  activityTaskScheduledEventAttributes?: { activityType?: { name?: string } };
+  activityTaskScheduledEventAttributes?: { activityType?: { name?: string }; taskQueue?: { name?: string } };
   timerStartedEventAttributes?: unknown;
   markerRecordedEventAttributes?: { markerName?: string; details?: Record<string, { payloads?: Array<{ data?: string }> }> };
 }
@@ -46,22 +46,19 @@ describe('replay of recorded snapshot-workflow histories', () => {
     expect(retried.events.some((e) => e.timerStartedEventAttributes), 'a wait between attempts').toBe(true);
     expect(current('all-attempts-failed')).toMatchObject({ close: failed, compensations: 1 });
     expect(current('primary-failure')).toMatchObject({ close: failed, backups: 0, compensations: 0 });
+    /** The task queues an activity was scheduled on, in a history. */
+    const queuesOf = (events: HistoryEvent[], activity: string) =>
+      events
+        .filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === activity)
+        .map((e) => e.activityTaskScheduledEventAttributes?.taskQueue?.name);
     // A running VM's disk: its primary snapshot was scheduled on its host's queue, then backed up.
     const live = current('live-vm-on-host-queue');
     expect(live).toMatchObject({ close: completed, compensations: 0 });
-    const primaryOn = live.events
-      .filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'createSnapshotOnPrimary')
-      .map((e) => (e.activityTaskScheduledEventAttributes as { taskQueue?: { name?: string } }).taskQueue?.name);
-    expect(primaryOn).toHaveLength(1);
-    expect(primaryOn[0]).toMatch(/-host-kvm-host-1$/);
+    expect(queuesOf(live.events, 'createSnapshotOnPrimary')).toEqual([expect.stringMatching(/-host-kvm-host-1$/)]);
     // Its backup failed: the compensation ran on the host's queue too.
     const compensated = current('live-vm-compensated');
     expect(compensated).toMatchObject({ close: failed, compensations: 1 });
-    const deleteOn = compensated.events
-      .filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'deletePrimarySnapshot')
-      .map((e) => (e.activityTaskScheduledEventAttributes as { taskQueue?: { name?: string } }).taskQueue?.name);
-    expect(deleteOn).toHaveLength(1);
-    expect(deleteOn[0]).toMatch(/-host-kvm-host-1$/);
+    expect(queuesOf(compensated.events, 'deletePrimarySnapshot')).toEqual([expect.stringMatching(/-host-kvm-host-1$/)]);
   });
 
   it('the current recordings take every patch the workflow code has (each new path is replayed)', () => {
